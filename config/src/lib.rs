@@ -1,0 +1,38 @@
+//! jetrun's configuration: the TOML schema, parsing and validation. Pure: text
+//! and an environment map in, a validated [`Config`] or every error out; no I/O.
+
+mod error;
+mod model;
+mod name;
+mod parse;
+mod retry;
+mod subject;
+mod vars;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use retry::{InvalidRetry, RetryPolicy};
+
+/// Parses and validates a config file.
+///
+/// - `text`: the file's contents.
+/// - `env`: the process environment, for `${VAR}` in string values and the
+///   `JETRUN_NATS_URL` override (comma-separated server URLs).
+/// - `base_dir`: the config file's folder; relative paths (creds, nkey, TLS
+///   files, an exec program path containing a `/`) are joined to it, and exec
+///   functions run in it.
+/// - `builtins`: the names of the registered built-in functions.
+///
+/// Returns every error of the file, each with its key path and line, sorted
+/// by line; a TOML syntax error is reported alone.
+pub fn parse(
+    text: &str,
+    env: &BTreeMap<String, String>,
+    base_dir: &Path,
+    builtins: &[&str],
+) -> Result<Config, ConfigErrors> {
+    parse::parse(text, env, base_dir, builtins)
+}

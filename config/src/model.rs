@@ -1,0 +1,160 @@
+//! The validated configuration: what `parse` hands the runner. Every value here
+//! has passed validation, every default is filled in and every relative path
+//! is already joined to the config file's folder.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// The name of the dead-letter stream jetrun creates when missing.
+pub const DLQ_STREAM: &str = "DLQ";
+/// The subjects that stream captures.
+pub const DLQ_SUBJECTS: &str = "dlq.>";
+
+/// A whole, validated config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub metrics: MetricsConfig,
+    /// How long the drain on SIGTERM/SIGINT may take before what is left is NAKed.
+    pub shutdown_timeout: Duration,
+    /// Streams jetrun creates when missing and updates when they differ, by name.
+    pub streams: BTreeMap<String, StreamConfig>,
+    /// Functions by name (the name is also the durable consumer's name).
+    pub functions: BTreeMap<String, FunctionConfig>,
+}
+
+/// `[nats]`: how to reach the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConfig {
+    /// One or more server URLs (`url` as a string or a list; env `JETRUN_NATS_URL` overrides).
+    pub urls: Vec<String>,
+    pub auth: NatsAuth,
+    pub tls: Option<TlsConfig>,
+}
+
+/// At most one way to authenticate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    None,
+    /// A `.creds` file (JWT and nkey seed).
+    Creds(PathBuf),
+    /// A file holding an nkey seed.
+    Nkey(PathBuf),
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+/// `[nats] tls = { ca, cert, key }`: `cert` and `key` come together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+}
+
+/// `[streams.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamConfig {
+    pub subjects: Vec<String>,
+    pub storage: Storage,
+    pub replicas: usize,
+    /// `None`: kept forever (JetStream's default).
+    pub max_age: Option<Duration>,
+    /// `None`: JetStream's default (2 minutes).
+    pub duplicate_window: Option<Duration>,
+    pub retention: Retention,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Limits,
+    Interest,
+    WorkQueue,
+}
+
+/// `[functions.NAME]`, with `[defaults]` merged in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionConfig {
+    /// The function's name, also its durable consumer's name.
+    pub name: String,
+    /// The subjects its consumer filters on.
+    pub subjects: Vec<String>,
+    /// The stream its consumer lives on: the declared stream capturing every
+    /// subject, or the one named by `stream`.
+    pub stream: String,
+    /// `false` when `stream` names a stream jetrun does not manage.
+    pub stream_managed: bool,
+    pub handler: Handler,
+    /// Events in flight for this function in this process.
+    pub concurrency: usize,
+    /// A handler running longer is cancelled: a retryable failure.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// The dead-letter subject (`dlq.<name>` unless set).
+    pub dead_letter: String,
+    /// Events must carry JSON data; a body that does not parse is a permanent failure.
+    pub json: bool,
+    /// JetStream ack wait of the consumer.
+    pub ack_wait: Duration,
+    /// JetStream max_ack_pending of the consumer.
+    pub max_ack_pending: i64,
+}
+
+/// Exactly one of `builtin`, `exec`, `http`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handler {
+    /// A Rust function compiled in, by its registered name.
+    Builtin(String),
+    Exec(ExecConfig),
+    Http(HttpConfig),
+}
+
+/// `exec = [...]` or `exec = { command, env, mode, workers }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecConfig {
+    /// argv; a relative program path with a `/` is already joined to `dir`.
+    pub command: Vec<String>,
+    /// Added to the child's environment (which holds nothing else of the runner's
+    /// but PATH, HOME, LANG and TZ, plus the JETRUN_* variables).
+    pub env: BTreeMap<String, String>,
+    pub mode: ExecMode,
+    /// Long-lived processes in worker mode (1 in per-event mode).
+    pub workers: usize,
+    /// The working directory of the child: the config file's folder, so that
+    /// relative paths in the arguments mean what they say in the file.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecMode {
+    /// One process per event (the default).
+    PerEvent,
+    /// `workers` long-lived processes speaking one JSON line each way.
+    Worker,
+}
+
+/// `http = "url"` or `http = { url, headers, timeout }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    /// Overrides the function's timeout for the HTTP call.
+    pub timeout: Option<Duration>,
+}

@@ -1,0 +1,50 @@
+//! JetStream names: which stream and durable consumer (function) names are
+//! valid. Function names are kept to a portable subset because they also end
+//! up in subjects (`dlq.<name>`), metric labels and file names.
+
+/// Whether `name` can name a JetStream stream: not empty, and no whitespace,
+/// `.`, `*`, `>`, `/` or `\`.
+pub(crate) fn is_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+}
+
+/// What a stream name must look like, as the end of a sentence.
+pub(crate) const STREAM_NAME_RULE: &str =
+    "it must not be empty nor contain whitespace, ., *, >, / or \\";
+
+/// Whether `name` can name a function (and so its durable consumer): letters,
+/// digits, `-` and `_`.
+pub(crate) fn is_function_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names() {
+        for ok in ["ORDERS", "orders-v2", "my_stream", "Ünïcode"] {
+            assert!(is_stream_name(ok), "{ok}");
+        }
+        for bad in ["", "MY STREAM", "a.b", "a*", "a>", "a/b", "a\\b", "tab\t"] {
+            assert!(!is_stream_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn function_names() {
+        for ok in ["reserve-stock", "welcome_email", "v2"] {
+            assert!(is_function_name(ok), "{ok}");
+        }
+        for bad in ["", "a.b", "a b", "a*", "é"] {
+            assert!(!is_function_name(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `[defaults]` and `[functions.NAME]`: each function's own keys read over
+//! what it inherits, into a [`Draft`] that [`super::bind`] then binds to a
+//! stream.
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::bind::Binding;
+use super::handler::{self, HANDLER_KEYS};
+use super::retry;
+use super::section::{Ctx, Field, Read, Reported, Section};
+use crate::model::{FunctionConfig, Handler};
+use crate::name;
+use crate::retry::RetryPolicy;
+use crate::subject;
+
+const DEFAULTS_KEYS: &[&str] = &[
+    "concurrency",
+    "timeout",
+    "retry",
+    "ack_wait",
+    "max_ack_pending",
+];
+const FUNCTION_KEYS: &[&str] = &[
+    HANDLER_KEYS[0],
+    HANDLER_KEYS[1],
+    HANDLER_KEYS[2],
+    "subjects",
+    "stream",
+    "concurrency",
+    "timeout",
+    "retry",
+    "ack_wait",
+    "max_ack_pending",
+    "dead_letter",
+    "json",
+];
+
+const CONCURRENCY: usize = 16;
+const TIMEOUT: Duration = Duration::from_secs(30);
+const ACK_WAIT: Duration = Duration::from_secs(30);
+const MAX_ACK_PENDING: i64 = 10_000;
+
+/// What every function inherits: `[defaults]` over the built-in defaults;
+/// `None` where `[defaults]` holds a value that could not be read.
+pub(super) struct Defaults {
+    concurrency: Option<usize>,
+    timeout: Option<Duration>,
+    ack_wait: Option<Duration>,
+    max_ack_pending: Option<i64>,
+    retry: retry::Inherited,
+}
+
+/// The keys `[defaults]` and a function share, as one table sets them.
+struct Limits {
+    concurrency: Read<Option<usize>>,
+    timeout: Read<Option<Duration>>,
+    ack_wait: Read<Option<Duration>>,
+    max_ack_pending: Read<Option<i64>>,
+}
+
+impl Limits {
+    fn read(ctx: &mut Ctx<'_>, section: &Section<'_, '_>) -> Limits {
+        Limits {
+            concurrency: section.read(ctx, "concurrency", Field::count),
+            timeout: section.read(ctx, "timeout", Field::nonzero_duration),
+            ack_wait: section.read(ctx, "ack_wait", Field::nonzero_duration),
+            max_ack_pending: section.read(ctx, "max_ack_pending", Field::positive),
+        }
+    }
+}
+
+/// The value a table sets, else the inherited one; `None` if either is
+/// unreadable.
+fn over<T>(own: Read<Option<T>>, inherited: Option<T>) -> Option<T> {
+    own.ok()?.or(inherited)
+}
+
+/// `[defaults]`, absent or not.
+pub(super) fn defaults(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Defaults {
+    let Ok(section) = Section::optional("defaults", field, DEFAULTS_KEYS, ctx) else {
+        return Defaults {
+            concurrency: None,
+            timeout: None,
+            ack_wait: None,
+            max_ack_pending: None,
+            retry: retry::Inherited::unknown(),
+        };
+    };
+    let own = Limits::read(ctx, &section);
+    let retry = retry::defaults(ctx, &section);
+    section.finish(ctx);
+    let defaults = Defaults {
+        concurrency: over(own.concurrency, Some(CONCURRENCY)),
+        timeout: over(own.timeout, Some(TIMEOUT)),
+        ack_wait: over(own.ack_wait, Some(ACK_WAIT)),
+        max_ack_pending: over(own.max_ack_pending, Some(MAX_ACK_PENDING)),
+        retry,
+    };
+    // An error here is reported; functions inheriting both are not reported again.
+    let _ = ack_window(
+        ctx,
+        &section,
+        defaults.concurrency,
+        defaults.max_ack_pending,
+    );
+    defaults
+}
+
+/// `max_ack_pending` must leave room for `concurrency` events in flight (the
+/// rest of the window holds events waiting out a delayed NAK). Reported on
+/// the key `section` sets, if it sets either.
+fn ack_window(
+    ctx: &mut Ctx<'_>,
+    section: &Section<'_, '_>,
+    concurrency: Option<usize>,
+    max_ack_pending: Option<i64>,
+) -> Read<()> {
+    let (Some(concurrency), Some(max_ack_pending)) = (concurrency, max_ack_pending) else {
+        return Err(Reported);
+    };
+    if i128::from(max_ack_pending) >= concurrency as i128 {
+        return Ok(());
+    }
+    if let Some(field) = section.field("max_ack_pending") {
+        Err(field.error(
+            ctx,
+            format!("must be at least concurrency ({concurrency}), got {max_ack_pending}"),
+        ))
+    } else if let Some(field) = section.field("concurrency") {
+        Err(field.error(
+            ctx,
+            format!("must not be more than max_ack_pending ({max_ack_pending}), got {concurrency}"),
+        ))
+    } else {
+        Err(Reported)
+    }
+}
+
+/// One function as read, before it is bound to a stream.
+pub(super) struct Draft {
+    pub(super) name: String,
+    /// `functions.NAME`.
+    pub(super) path: String,
+    /// Where the function's table starts (its `[functions.NAME]` header).
+    pub(super) span: Option<Range<usize>>,
+    /// Valid subject filters, none overlapping another.
+    pub(super) subjects: Read<Vec<Spanned<String>>>,
+    /// `stream = "NAME"`, a valid stream name.
+    pub(super) stream: Read<Option<Spanned<String>>>,
+    /// `dead_letter = "subject"`, a valid subject without wildcards.
+    pub(super) dead_letter: Read<Option<Spanned<String>>>,
+    settings: Option<Settings>,
+}
+
+/// A function's keys that need no binding.
+struct Settings {
+    handler: Handler,
+    concurrency: usize,
+    timeout: Duration,
+    retry: RetryPolicy,
+    json: bool,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+}
+
+impl Draft {
+    /// The function's config, once bound.
+    pub(super) fn finish(self, binding: Binding) -> Option<FunctionConfig> {
+        let settings = self.settings?;
+        Some(FunctionConfig {
+            name: self.name,
+            subjects: self
+                .subjects
+                .ok()?
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+            stream: binding.stream,
+            stream_managed: binding.managed,
+            handler: settings.handler,
+            concurrency: settings.concurrency,
+            timeout: settings.timeout,
+            retry: settings.retry,
+            dead_letter: binding.dead_letter,
+            json: settings.json,
+            ack_wait: settings.ack_wait,
+            max_ack_pending: settings.max_ack_pending,
+        })
+    }
+}
+
+/// `[functions]`: at least one function, each with a valid name.
+pub(super) fn read_all(
+    ctx: &mut Ctx<'_>,
+    field: Option<&Field<'_, '_>>,
+    defaults: &Defaults,
+    base_dir: &Path,
+    builtins: &[&str],
+) -> Vec<Draft> {
+    const NONE: &str =
+        "must declare at least one function, like [functions.hello] with subjects and a handler";
+    let Some(field) = field else {
+        ctx.error("functions", None, NONE);
+        return Vec::new();
+    };
+    let Ok(section) = Section::of(field, &[], ctx) else {
+        return Vec::new();
+    };
+    let entries = section.entries();
+    if entries.is_empty() {
+        ctx.error("functions", section.span(), NONE);
+    }
+    let mut drafts = Vec::with_capacity(entries.len());
+    for (name, field) in entries {
+        let named = if name::is_function_name(name) {
+            Ok(())
+        } else {
+            Err(ctx.error(
+                field.path.clone(),
+                field.key_span.as_ref(),
+                "is not a valid function name: it is also the durable consumer's name, \
+                 so use only letters, digits, - and _",
+            ))
+        };
+        let draft = function(ctx, name, &field, defaults, base_dir, builtins);
+        if let (Ok(()), Ok(draft)) = (named, draft) {
+            drafts.push(draft);
+        }
+    }
+    drafts
+}
+
+/// One `[functions.NAME]` table.
+fn function(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    field: &Field<'_, '_>,
+    defaults: &Defaults,
+    base_dir: &Path,
+    builtins: &[&str],
+) -> Read<Draft> {
+    let section = Section::of(field, FUNCTION_KEYS, ctx)?;
+    let handler = handler::read(ctx, &section, base_dir, builtins);
+    let subjects = match section.field("subjects") {
+        Some(field) => subjects(ctx, &field),
+        None => Err(ctx.error(
+            section.key_path("subjects"),
+            section.span(),
+            "is required: the subjects the function runs for, like [\"order.placed\"]",
+        )),
+    };
+    let stream = section.read(ctx, "stream", stream);
+    let dead_letter = section.read(ctx, "dead_letter", dead_letter);
+    let json = section.read(ctx, "json", Field::boolean);
+    let own = Limits::read(ctx, &section);
+    let retry = retry::function(ctx, &section, &defaults.retry);
+    section.finish(ctx);
+
+    let concurrency = over(own.concurrency, defaults.concurrency);
+    let max_ack_pending = over(own.max_ack_pending, defaults.max_ack_pending);
+    let window = ack_window(ctx, &section, concurrency, max_ack_pending);
+    let settings = match (
+        window,
+        handler,
+        concurrency,
+        over(own.timeout, defaults.timeout),
+        retry,
+        json,
+        over(own.ack_wait, defaults.ack_wait),
+        max_ack_pending,
+    ) {
+        (
+            Ok(()),
+            Ok(handler),
+            Some(concurrency),
+            Some(timeout),
+            Some(retry),
+            Ok(json),
+            Some(ack_wait),
+            Some(max_ack_pending),
+        ) => Some(Settings {
+            handler,
+            concurrency,
+            timeout,
+            retry,
+            json: json.unwrap_or(false),
+            ack_wait,
+            max_ack_pending,
+        }),
+        _ => None,
+    };
+    Ok(Draft {
+        name: name.to_owned(),
+        path: section.path().to_owned(),
+        span: section.span().cloned(),
+        subjects,
+        stream,
+        dead_letter,
+        settings,
+    })
+}
+
+/// A non-empty list of valid subject filters, none overlapping another (a
+/// consumer's filters must not).
+fn subjects(ctx: &mut Ctx<'_>, field: &Field<'_, '_>) -> Read<Vec<Spanned<String>>> {
+    let subjects = field.strings(ctx, "a non-empty list of subjects, like [\"order.placed\"]")?;
+    let mut failed = false;
+    for (i, s) in subjects.iter().enumerate() {
+        let error = match subject::check(s.get_ref(), true) {
+            Err(why) => Some(format!("{:?} is not a valid subject: {why}", s.get_ref())),
+            Ok(()) => subjects[..i]
+                .iter()
+                .find(|earlier| subject::overlaps(earlier.get_ref(), s.get_ref()))
+                .map(|earlier| {
+                    format!(
+                        "{:?} overlaps {:?}; a consumer's subject filters must not overlap",
+                        s.get_ref(),
+                        earlier.get_ref()
+                    )
+                }),
+        };
+        if let Some(message) = error {
+            ctx.error(field.path.clone(), Some(&s.span()), message);
+            failed = true;
+        }
+    }
+    if failed {
+        Err(Reported)
+    } else {
+        Ok(subjects)
+    }
+}
+
+/// `stream = "NAME"`.
+fn stream(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<Spanned<String>> {
+    let name = field.string(ctx)?;
+    if !name::is_stream_name(&name) {
+        return Err(field.error(
+            ctx,
+            format!("{name:?} is not a valid stream name: {}", name::STREAM_NAME_RULE),
+        ));
+    }
+    Ok(Spanned::new(field.span(), name))
+}
+
+/// `dead_letter = "subject"`, a subject a message can be published to.
+fn dead_letter(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<Spanned<String>> {
+    let subject = field.string(ctx)?;
+    if let Err(why) = subject::check(&subject, false) {
+        return Err(field.error(ctx, format!("{subject:?} is not a valid subject: {why}")));
+    }
+    Ok(Spanned::new(field.span(), subject))
+}

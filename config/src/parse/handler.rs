@@ -1,0 +1,208 @@
+//! A function's handler: exactly one of `builtin` (a registered Rust
+//! function), `exec` (a program, per event or as workers) and `http` (an
+//! endpoint).
+
+use std::path::Path;
+
+use super::section::{listed, Ctx, Field, Read, Reported, Section};
+use crate::model::{ExecConfig, ExecMode, Handler, HttpConfig};
+
+/// The keys naming a handler, in the order messages list them.
+pub(super) const HANDLER_KEYS: [&str; 3] = ["builtin", "exec", "http"];
+const EXEC_KEYS: &[&str] = &["command", "env", "mode", "workers"];
+const HTTP_KEYS: &[&str] = &["url", "headers", "timeout"];
+const ARGV: &str = "an argv list of strings like [\"python3\", \"handler.py\"]";
+
+/// The one handler of the function in `section`.
+pub(super) fn read(
+    ctx: &mut Ctx<'_>,
+    section: &Section<'_, '_>,
+    base_dir: &Path,
+    builtins: &[&str],
+) -> Read<Handler> {
+    let builtin = section.read(ctx, "builtin", |f, ctx| builtin(f, ctx, builtins));
+    let exec = section.read(ctx, "exec", |f, ctx| exec(f, ctx, base_dir));
+    let http = section.read(ctx, "http", http);
+    let present: Vec<&str> = HANDLER_KEYS
+        .into_iter()
+        .filter(|key| section.field(key).is_some())
+        .collect();
+    if present.len() != 1 {
+        return Err(ctx.error(
+            section.path(),
+            section.span(),
+            format!(
+                "must have exactly one of {}; it has {}",
+                HANDLER_KEYS.join(", "),
+                listed(&present)
+            ),
+        ));
+    }
+    match (builtin?, exec?, http?) {
+        (Some(name), ..) => Ok(Handler::Builtin(name)),
+        (_, Some(exec), _) => Ok(Handler::Exec(exec)),
+        (.., Some(http)) => Ok(Handler::Http(http)),
+        (None, None, None) => Err(Reported),
+    }
+}
+
+/// `builtin = "name"`, a registered built-in function.
+fn builtin(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, builtins: &[&str]) -> Read<String> {
+    let name = field.string(ctx)?;
+    if builtins.contains(&name.as_str()) {
+        return Ok(name);
+    }
+    let mut known = builtins.to_vec();
+    known.sort_unstable();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    Err(field.error(
+        ctx,
+        format!("{name:?} is not a built-in function; known: {known}"),
+    ))
+}
+
+/// `exec = [argv...]` or `exec = { command, env, mode, workers }`.
+fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecConfig> {
+    let mut exec = ExecConfig {
+        command: Vec::new(),
+        env: Default::default(),
+        mode: ExecMode::PerEvent,
+        workers: 1,
+        dir: base_dir.to_path_buf(),
+    };
+    if field.elements().is_some() {
+        exec.command = argv(field, ctx, base_dir)?;
+        return Ok(exec);
+    }
+    if !field.value.get_ref().is_table() {
+        return Err(field.wrong(ctx, &format!("{ARGV}, or a table with command")));
+    }
+    let section = Section::of(field, EXEC_KEYS, ctx)?;
+    let command = match section.field("command") {
+        Some(field) => argv(&field, ctx, base_dir),
+        None => Err(ctx.error(
+            section.key_path("command"),
+            section.span(),
+            format!("is required: {ARGV}"),
+        )),
+    };
+    let env = section.read(ctx, "env", env);
+    let mode = section.read(ctx, "mode", |f, ctx| {
+        f.one_of(
+            ctx,
+            &[("per-event", ExecMode::PerEvent), ("worker", ExecMode::Worker)],
+        )
+    });
+    let workers = section.read(ctx, "workers", Field::count);
+    section.finish(ctx);
+
+    exec.command = command?;
+    exec.env = env?.unwrap_or_default();
+    exec.mode = mode?.unwrap_or(ExecMode::PerEvent);
+    if let Some(workers) = workers? {
+        if exec.mode != ExecMode::Worker {
+            let field = section.field("workers").ok_or(Reported)?;
+            return Err(field.error(
+                ctx,
+                "only applies with mode = \"worker\"; add mode = \"worker\" or remove workers",
+            ));
+        }
+        exec.workers = workers;
+    }
+    Ok(exec)
+}
+
+/// A non-empty argv list; a relative program path with a `/` is joined to
+/// the config file's folder.
+fn argv(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<Vec<String>> {
+    let mut argv: Vec<String> = field
+        .strings(ctx, ARGV)?
+        .into_iter()
+        .map(|arg| arg.into_inner())
+        .collect();
+    if let Some(program) = argv.first_mut() {
+        if program.is_empty() {
+            return Err(field.error(ctx, "must not start with an empty program name"));
+        }
+        if program.contains('/') && Path::new(program.as_str()).is_relative() {
+            *program = base_dir.join(program.as_str()).to_string_lossy().into_owned();
+        }
+    }
+    Ok(argv)
+}
+
+/// `env = { NAME = "value" }`, names fit for an environment.
+fn env(
+    field: &Field<'_, '_>,
+    ctx: &mut Ctx<'_>,
+) -> Read<std::collections::BTreeMap<String, String>> {
+    let env = field.string_map(ctx)?;
+    let mut failed = false;
+    for name in env.keys() {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            let path = super::section::join(&field.path, name);
+            ctx.error(
+                path,
+                Some(&field.span()),
+                "is not a valid environment variable name",
+            );
+            failed = true;
+        }
+    }
+    if failed {
+        Err(Reported)
+    } else {
+        Ok(env)
+    }
+}
+
+/// `http = "url"` or `http = { url, headers, timeout }`.
+fn http(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<HttpConfig> {
+    if field.value.get_ref().is_str() {
+        return Ok(HttpConfig {
+            url: url(field, ctx)?,
+            headers: Default::default(),
+            timeout: None,
+        });
+    }
+    if !field.value.get_ref().is_table() {
+        return Err(field.wrong(
+            ctx,
+            "a URL starting with http:// or https://, or a table with url",
+        ));
+    }
+    let section = Section::of(field, HTTP_KEYS, ctx)?;
+    let url = match section.field("url") {
+        Some(field) => url(&field, ctx),
+        None => Err(ctx.error(
+            section.key_path("url"),
+            section.span(),
+            "is required: the endpoint events are POSTed to, like \"http://127.0.0.1:8080/events\"",
+        )),
+    };
+    let headers = section.read(ctx, "headers", Field::string_map);
+    let timeout = section.read(ctx, "timeout", Field::nonzero_duration);
+    section.finish(ctx);
+    Ok(HttpConfig {
+        url: url?,
+        headers: headers?.unwrap_or_default(),
+        timeout: timeout?,
+    })
+}
+
+/// An `http://` or `https://` URL.
+fn url(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<String> {
+    const EXPECTED: &str = "a URL starting with http:// or https://";
+    let url = field.string_or(ctx, EXPECTED)?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(url),
+        _ => Err(field.error(ctx, format!("must be {EXPECTED}, got {url:?}"))),
+    }
+}

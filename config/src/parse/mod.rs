@@ -1,0 +1,95 @@
+//! From text to a validated [`Config`]: the TOML is parsed into a spanned
+//! document, then walked table by table, key by key, recording every error
+//! with its key path and line instead of stopping at the first.
+
+mod bind;
+mod function;
+mod handler;
+mod nats;
+mod retry;
+mod section;
+mod streams;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use self::section::{line_of, Ctx, Field, Section};
+use crate::error::{ConfigError, ConfigErrors};
+use crate::model::Config;
+
+const TOP_KEYS: &[&str] = &[
+    "nats",
+    "metrics",
+    "defaults",
+    "streams",
+    "functions",
+    "shutdown_timeout",
+];
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// See [`crate::parse`].
+pub(crate) fn parse(
+    text: &str,
+    env: &BTreeMap<String, String>,
+    base_dir: &Path,
+    builtins: &[&str],
+) -> Result<Config, ConfigErrors> {
+    let document = DeTable::parse(text).map_err(|e| ConfigErrors(vec![syntax(text, &e)]))?;
+    let mut ctx = Ctx::new(text, env);
+    let top = Section::root(document.get_ref(), TOP_KEYS);
+    let field = |key: &str| top.field(key);
+
+    let nats = nats::nats(&mut ctx, field("nats").as_ref(), base_dir);
+    let metrics = nats::metrics(&mut ctx, field("metrics").as_ref());
+    let shutdown_timeout = top.read(&mut ctx, "shutdown_timeout", Field::duration);
+    let streams = streams::read(&mut ctx, field("streams").as_ref());
+    let defaults = function::defaults(&mut ctx, field("defaults").as_ref());
+    let drafts = function::read_all(
+        &mut ctx,
+        field("functions").as_ref(),
+        &defaults,
+        base_dir,
+        builtins,
+    );
+    let bindings = bind::bind(&mut ctx, &drafts, &streams);
+    top.finish(&mut ctx);
+
+    let mut functions = BTreeMap::new();
+    for (draft, binding) in drafts.into_iter().zip(bindings) {
+        if let Some(function) = binding.ok().and_then(|binding| draft.finish(binding)) {
+            functions.insert(function.name.clone(), function);
+        }
+    }
+    match (nats, metrics, shutdown_timeout) {
+        (Ok(nats), Ok(metrics), Ok(shutdown_timeout)) if !ctx.has_errors() => Ok(Config {
+            nats,
+            metrics,
+            shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+            streams: streams.configs,
+            functions,
+        }),
+        _ => Err(ConfigErrors(ctx.into_errors())),
+    }
+}
+
+/// A TOML syntax error, on its line.
+fn syntax(text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ConfigError {
+        path: String::new(),
+        line: error.span().map(|span| line_of(text, span.start)),
+        message: format!("invalid TOML: {message}"),
+    }
+}

@@ -1,0 +1,36 @@
+//! The built-in Rust functions, registered by the name a config's
+//! `builtin = "..."` uses. Each function in the config gets its own instance,
+//! so state (like `reserve_stock`'s stock) is per function.
+
+mod noop;
+mod reserve_stock;
+mod welcome_email;
+
+use crate::Function;
+
+/// Every built-in's name, sorted.
+pub const BUILTINS: &[&str] = &["noop", "reserve_stock", "welcome_email"];
+
+/// A fresh instance of the built-in called `name`.
+pub fn builtin(name: &str) -> Option<Box<dyn Function>> {
+    match name {
+        "noop" => Some(Box::new(noop::Noop)),
+        "reserve_stock" => Some(Box::new(reserve_stock::ReserveStock::default())),
+        "welcome_email" => Some(Box::new(welcome_email::WelcomeEmail)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_builtin_exists_and_the_list_is_sorted() {
+        for name in BUILTINS {
+            assert!(builtin(name).is_some(), "{name} is listed but not registered");
+        }
+        assert!(BUILTINS.windows(2).all(|w| w[0] < w[1]));
+        assert!(builtin("nope").is_none());
+    }
+}

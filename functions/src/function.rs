@@ -1,0 +1,31 @@
+//! The handler trait and the delivery context every call receives.
+
+use async_trait::async_trait;
+
+use crate::{Event, Outcome};
+
+/// Where and how often an event has been delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// The function's name (also its durable consumer's name).
+    pub function: String,
+    /// The delivery count, from 1; it survives runner restarts.
+    pub attempt: u64,
+    /// The NATS subject the event was stored on.
+    pub subject: String,
+    /// The JetStream stream holding it.
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub sequence: u64,
+}
+
+/// A function: called once per delivery of an event. Every handler kind
+/// (built-in, exec, HTTP) implements it; the runner wraps it in its
+/// middleware (tracing, metrics, timeout) and turns the outcome into an ack.
+///
+/// A call may be cancelled (dropped) when it outlives its timeout, so a
+/// function must not leave work behind when its future is dropped.
+#[async_trait]
+pub trait Function: Send + Sync + 'static {
+    async fn call(&self, event: &Event, ctx: &Context) -> Outcome;
+}

@@ -1,0 +1,111 @@
+//! The command line: `run`, `dev`, `check`, `publish`, and logging setup.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::config_file;
+
+#[derive(Parser)]
+#[command(name = "jetrun", version, about = "Serverless function runner on NATS JetStream")]
+pub(crate) struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(short, long, env = "JETRUN_CONFIG", default_value = "config/jetrun.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the functions in the config file.
+    Run(ConfigArg),
+    /// Run them against a nats-server jetrun starts and stops itself (data under .jetrun/).
+    Dev(ConfigArg),
+    /// Validate the config file: exit 0 when it is good, 2 when it is not.
+    Check(ConfigArg),
+    /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
+    Publish {
+        /// The subject, which is also the event's type.
+        subject: String,
+        /// The data; `-` reads it from stdin; none sends an empty body.
+        data: Option<String>,
+        /// The NATS server.
+        #[arg(long, env = "JETRUN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        server: String,
+        /// The CloudEvents source.
+        #[arg(long, default_value = "jetrun/cli")]
+        source: String,
+        /// The event type, when it differs from the subject.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+    },
+}
+
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("JETRUN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+pub(crate) async fn execute(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Check(arg) => {
+            return match config_file::load(&arg.config) {
+                Ok(config) => {
+                    println!(
+                        "{}: ok ({} functions, {} streams)",
+                        arg.config.display(),
+                        config.functions.len(),
+                        config.streams.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::Run(arg) => match config_file::load(&arg.config) {
+            Ok(config) => crate::run::run(config).await,
+            Err(code) => return code,
+        },
+        Command::Dev(arg) => match config_file::load(&arg.config) {
+            Ok(config) => crate::dev::dev(config).await,
+            Err(code) => return code,
+        },
+        Command::Publish {
+            subject,
+            data,
+            server,
+            source,
+            event_type,
+        } => crate::publish::publish(&server, &subject, data.as_deref(), &source, event_type).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("jetrun: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What becomes of a delivery once its handler has answered: acknowledged,
+//! redelivered after a backoff delay, or dead-lettered. Pure.
+
+use std::time::Duration;
+
+use jetrun_config::RetryPolicy;
+use jetrun_functions::Failure;
+
+/// Why an event went to the dead letters (`Jetrun-Reason`, and the `reason`
+/// label of `jetrun_dead_letters_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Every attempt failed.
+    Exhausted,
+    /// The failure said retrying cannot help.
+    Permanent,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::Exhausted => "exhausted",
+            Reason::Permanent => "permanent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    Ack,
+    /// NAK with this delay: JetStream redelivers after it.
+    Retry(Duration),
+    DeadLetter(Reason),
+}
+
+/// `attempt` is JetStream's delivery count (from 1); `unit` a random number in
+/// [0, 1) for the jitter.
+pub(crate) fn decide(
+    result: Result<(), &Failure>,
+    attempt: u64,
+    policy: &RetryPolicy,
+    unit: f64,
+) -> Action {
+    match result {
+        Ok(()) => Action::Ack,
+        Err(failure) if failure.is_permanent() => Action::DeadLetter(Reason::Permanent),
+        Err(_) if policy.is_last(attempt) => Action::DeadLetter(Reason::Exhausted),
+        Err(_) => Action::Retry(policy.delay(attempt, unit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new(3, Duration::from_millis(200), 2.0, Duration::from_secs(5), 0.0).unwrap()
+    }
+
+    #[test]
+    fn success_is_acked() {
+        assert_eq!(decide(Ok(()), 1, &policy(), 0.5), Action::Ack);
+    }
+
+    #[test]
+    fn retryable_failures_back_off_until_the_last_attempt() {
+        let fail = Failure::retryable("db down");
+        assert_eq!(
+            decide(Err(&fail), 1, &policy(), 0.5),
+            Action::Retry(Duration::from_millis(200))
+        );
+        assert_eq!(
+            decide(Err(&fail), 2, &policy(), 0.5),
+            Action::Retry(Duration::from_millis(400))
+        );
+        assert_eq!(
+            decide(Err(&fail), 3, &policy(), 0.5),
+            Action::DeadLetter(Reason::Exhausted)
+        );
+        // Redelivered past the limit (a runner died in its last attempt).
+        assert_eq!(
+            decide(Err(&fail), 9, &policy(), 0.5),
+            Action::DeadLetter(Reason::Exhausted)
+        );
+    }
+
+    #[test]
+    fn permanent_failures_go_straight_to_the_dead_letters() {
+        let fail = Failure::permanent("no items");
+        assert_eq!(
+            decide(Err(&fail), 1, &policy(), 0.5),
+            Action::DeadLetter(Reason::Permanent)
+        );
+    }
+}

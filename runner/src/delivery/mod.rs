@@ -1,0 +1,479 @@
+//! Running one function: pulling its events from its durable consumer within
+//! its concurrency limit, calling the handler (through the middleware), and
+//! turning the outcome into an ack, a delayed NAK, or a dead letter followed
+//! by `+TERM`. Also keeps the consumer alive: it recreates one deleted behind
+//! the runner's back, and it reports the consumer's backlog.
+
+mod dead_letter;
+mod decision;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use jetrun_config::FunctionConfig;
+use jetrun_functions::{Context, Event, Failure, Function};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::envelope::{self, Origin};
+use crate::metrics::FunctionMetrics;
+use crate::middleware;
+use crate::nats;
+use crate::readiness::Readiness;
+use dead_letter::DeadLetter;
+use decision::{Action, Reason};
+
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The most messages asked for in one pull request.
+const MAX_BATCH: usize = 256;
+/// How often the consumer's info is read (backlog gauges, ack floor, and
+/// whether it still exists).
+const MONITOR_EVERY: Duration = Duration::from_secs(2);
+/// Pause between attempts to bind a consumer NATS refused.
+const REBIND_DELAY: Duration = Duration::from_secs(1);
+
+/// Everything one function's deliveries share.
+struct Shared {
+    config: FunctionConfig,
+    handler: Arc<dyn Function>,
+    js: jetstream::Context,
+    metrics: FunctionMetrics,
+}
+
+/// Signals from the process to every function.
+#[derive(Clone)]
+pub(crate) struct Stop {
+    /// Set on SIGTERM/SIGINT: stop pulling, let events in flight finish.
+    pub(crate) draining: watch::Receiver<bool>,
+    /// Set when the drain ran out of time: NAK what is still in flight.
+    pub(crate) abandon: watch::Receiver<bool>,
+}
+
+/// Runs `config`'s function until `stop.draining` is set and every event in
+/// flight has been settled (or abandoned and NAKed).
+pub(crate) async fn run(
+    config: FunctionConfig,
+    handler: Arc<dyn Function>,
+    js: jetstream::Context,
+    metrics: FunctionMetrics,
+    readiness: Readiness,
+    stop: Stop,
+) {
+    let handler = middleware::layered(
+        handler,
+        config.timeout,
+        metrics.in_flight.clone(),
+        metrics.duration.clone(),
+    );
+    let shared = Arc::new(Shared {
+        config,
+        handler,
+        js,
+        metrics,
+    });
+    let name = shared.config.name.clone();
+    let permits = Arc::new(Semaphore::new(shared.config.concurrency));
+    let mut in_flight = JoinSet::new();
+    let ack_floor = Arc::new(AtomicU64::new(0));
+    let mut draining = stop.draining.clone();
+    while !is_set(&draining) {
+        let start = match ack_floor.load(Ordering::Relaxed) {
+            0 => DeliverPolicy::All,
+            floor => DeliverPolicy::ByStartSequence {
+                start_sequence: floor + 1,
+            },
+        };
+        let consumer = tokio::select! {
+            consumer = bind_until_bound(&shared, start) => consumer,
+            () = until_set(&mut draining) => break,
+        };
+        readiness.set_bound(&name, true);
+        let lost = Arc::new(AtomicBool::new(false));
+        let monitor = tokio::spawn(monitor(
+            consumer.clone(),
+            shared.clone(),
+            ack_floor.clone(),
+            lost.clone(),
+        ));
+        pull(&shared, &consumer, &permits, &mut in_flight, &stop, &lost).await;
+        monitor.abort();
+        readiness.set_bound(&name, false);
+        if lost.load(Ordering::Relaxed) {
+            tracing::warn!(
+                function = %name,
+                resume_after = ack_floor.load(Ordering::Relaxed),
+                "Consumer was deleted behind jetrun's back; recreating it from the config, \
+                 starting just past the last ack floor seen."
+            );
+        }
+    }
+    settle(&name, in_flight).await;
+}
+
+/// Binds the consumer, retrying until NATS agrees (it may be down or starting).
+async fn bind_until_bound(shared: &Shared, start: DeliverPolicy) -> PullConsumer {
+    let mut failures = 0u32;
+    loop {
+        match nats::bind(&shared.js, &shared.config, start).await {
+            Ok(consumer) => {
+                tracing::info!(
+                    function = %shared.config.name,
+                    stream = %shared.config.stream,
+                    subjects = ?shared.config.subjects,
+                    "Consumer bound."
+                );
+                return consumer;
+            }
+            Err(err) => {
+                failures += 1;
+                if failures == 1 || failures % 30 == 0 {
+                    tracing::warn!(function = %shared.config.name, error = %format!("{err:#}"), "Cannot bind consumer yet; retrying.");
+                }
+                tokio::time::sleep(REBIND_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Pulls batches as handler slots free up, until draining or the consumer is lost.
+async fn pull(
+    shared: &Arc<Shared>,
+    consumer: &PullConsumer,
+    permits: &Arc<Semaphore>,
+    in_flight: &mut JoinSet<()>,
+    stop: &Stop,
+    lost: &AtomicBool,
+) {
+    let mut draining = stop.draining.clone();
+    let max_batch = shared.config.concurrency.min(MAX_BATCH);
+    loop {
+        // Reap finished deliveries so the set does not grow.
+        while in_flight.try_join_next().is_some() {}
+        let first = tokio::select! {
+            biased;
+            () = until_set(&mut draining) => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        if lost.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut batch_permits: Vec<OwnedSemaphorePermit> = vec![first];
+        while batch_permits.len() < max_batch {
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => batch_permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(batch_permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(function = %shared.config.name, %err, "Pull request failed; retrying.");
+                tokio::time::sleep(REBIND_DELAY).await;
+                continue;
+            }
+        };
+        // Once a pull request is out, the server may deliver up to its size
+        // until it expires: take every message it sends, even while draining
+        // (those are NAKed at once), so none waits out the ack wait unseen.
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(message) if is_set(&draining) => {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                Ok(message) => {
+                    let permit = batch_permits.pop();
+                    let shared = shared.clone();
+                    let abandon = stop.abandon.clone();
+                    in_flight.spawn(async move {
+                        deliver(&shared, message, abandon).await;
+                        drop(permit);
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(function = %shared.config.name, %err, "Pull request ended with an error.");
+                    tokio::time::sleep(REBIND_DELAY).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the consumer's state now and then: backlog gauges, the ack floor (so
+/// a consumer recreated after a deletion resumes where this one was), and
+/// whether it still exists.
+async fn monitor(
+    mut consumer: PullConsumer,
+    shared: Arc<Shared>,
+    ack_floor: Arc<AtomicU64>,
+    lost: Arc<AtomicBool>,
+) {
+    loop {
+        match consumer.info().await {
+            Ok(info) => {
+                shared.metrics.pending.set(info.num_pending as i64);
+                shared.metrics.ack_pending.set(info.num_ack_pending as i64);
+                ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
+            }
+            Err(err) if nats::is_consumer_not_found(&err) => {
+                lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(function = %shared.config.name, %err, "Cannot read consumer info.");
+            }
+        }
+        tokio::time::sleep(MONITOR_EVERY).await;
+    }
+}
+
+/// Waits for deliveries in flight; when `Stop::abandon` is set, they NAK
+/// their events and return.
+async fn settle(name: &str, mut in_flight: JoinSet<()>) {
+    if !in_flight.is_empty() {
+        tracing::info!(function = %name, in_flight = in_flight.len(), "Draining events in flight.");
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Handles one delivery from start to settlement.
+async fn deliver(shared: &Shared, message: jetstream::Message, mut abandon: watch::Receiver<bool>) {
+    let metrics = &shared.metrics;
+    metrics.received.inc();
+    let info = match message.info() {
+        Ok(info) => info,
+        Err(err) => {
+            tracing::error!(function = %shared.config.name, %err, "A delivery without JetStream metadata; leaving it to redelivery.");
+            return;
+        }
+    };
+    let (attempt, stream, sequence) = (
+        info.delivered.max(1) as u64,
+        info.stream.to_string(),
+        info.stream_sequence,
+    );
+    let published: SystemTime = info.published.into();
+    let origin = Origin {
+        subject: message.subject.as_str(),
+        stream: &stream,
+        sequence,
+        published,
+    };
+    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload);
+    let span = tracing::info_span!(
+        "event",
+        function = %shared.config.name,
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        causation_id = tracing::field::Empty,
+        attempt,
+        stream = %stream,
+        sequence,
+    );
+    if let Ok(event) = &event {
+        span.record("event_id", event.id.as_str());
+        span.record("event_type", event.event_type.as_str());
+        if let Some(c) = &event.correlationid {
+            span.record("correlation_id", c.as_str());
+        }
+        if let Some(c) = &event.causationid {
+            span.record("causation_id", c.as_str());
+        }
+    }
+    let ctx = Context {
+        function: shared.config.name.clone(),
+        attempt,
+        subject: message.subject.to_string(),
+        stream,
+        sequence,
+    };
+    async {
+        let result = match event {
+            Ok(event) => {
+                let run = call_and_emit(shared, &event, &ctx, &message);
+                tokio::select! {
+                    result = run => result,
+                    () = until_set(&mut abandon) => {
+                        tracing::warn!("Shutdown timeout reached; NAKing the event for redelivery.");
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        return;
+                    }
+                }
+            }
+            Err(failure) => Err(failure),
+        };
+        settle_delivery(shared, &message, &ctx, result).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Calls the handler (keeping the message alive with in-progress acks while
+/// it runs), then publishes what it emitted.
+async fn call_and_emit(
+    shared: &Shared,
+    event: &Event,
+    ctx: &Context,
+    message: &jetstream::Message,
+) -> Result<(), Failure> {
+    if shared.config.json && !event.is_json() {
+        let err = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| format!("content type {:?}", event.datacontenttype));
+        return Err(Failure::permanent(format!(
+            "function {} takes JSON (json = true), but the event data is not JSON: {err}",
+            shared.config.name
+        )));
+    }
+    let call = shared.handler.call(event, ctx);
+    tokio::pin!(call);
+    // Half the ack wait: a slow handler is never redelivered behind its back.
+    let mut progress = tokio::time::interval(shared.config.ack_wait / 2);
+    progress.tick().await;
+    let emits = loop {
+        tokio::select! {
+            outcome = &mut call => break outcome?,
+            _ = progress.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(%err, "In-progress ack failed.");
+                }
+            }
+        }
+    };
+    for (index, emit) in emits.iter().enumerate() {
+        let headers = envelope::emitted_headers(&shared.config.name, event, index, emit);
+        let body = serde_json::to_vec(&emit.data).unwrap_or_default();
+        let subject = emit.subject().to_string();
+        let published = async {
+            shared
+                .js
+                .publish_with_headers(subject.clone(), headers, body.into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        published.await.map_err(|err| {
+            Failure::retryable(format!(
+                "cannot publish emitted event {} to {subject}: {err}; is the subject captured by a stream?",
+                emit.event_type
+            ))
+        })?;
+        shared.metrics.emitted.inc();
+    }
+    Ok(())
+}
+
+/// Acks, NAKs with the backoff delay, or dead-letters then terminates.
+async fn settle_delivery(
+    shared: &Shared,
+    message: &jetstream::Message,
+    ctx: &Context,
+    result: Result<(), Failure>,
+) {
+    let metrics = &shared.metrics;
+    let policy = &shared.config.retry;
+    match decision::decide(result.as_ref().map(|_| ()), ctx.attempt, policy, fastrand::f64()) {
+        Action::Ack => {
+            metrics.success.inc();
+            if let Err(err) = message.ack().await {
+                tracing::warn!(%err, "Ack failed; the event may be redelivered.");
+            }
+        }
+        Action::Retry(delay) => {
+            metrics.retry.inc();
+            let error = result.err().map(|f| f.message).unwrap_or_default();
+            tracing::warn!(%error, "Handler failed; retrying in {}.", humantime::format_duration(round_ms(delay)));
+            if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(%err, "NAK failed; the event will be redelivered after the ack wait.");
+            }
+        }
+        Action::DeadLetter(reason) => {
+            let error = result.err().map(|f| f.message).unwrap_or_default();
+            dead_letter(shared, message, ctx, reason, &error).await;
+        }
+    }
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    message: &jetstream::Message,
+    ctx: &Context,
+    reason: Reason,
+    error: &str,
+) {
+    let metrics = &shared.metrics;
+    let letter = DeadLetter {
+        function: &shared.config.name,
+        reason,
+        error,
+        attempts: ctx.attempt,
+        subject: &ctx.subject,
+        stream: &ctx.stream,
+        sequence: ctx.sequence,
+        failed_at: SystemTime::now(),
+    };
+    let headers = letter.headers(message.headers.as_ref());
+    let published = async {
+        shared
+            .js
+            .publish_with_headers(
+                shared.config.dead_letter.clone(),
+                headers,
+                message.payload.clone(),
+            )
+            .await?
+            .await
+            .map_err(async_nats::Error::from)
+    };
+    match published.await {
+        Ok(_) => {
+            metrics.dead_letter.inc();
+            match reason {
+                Reason::Exhausted => metrics.exhausted.inc(),
+                Reason::Permanent => metrics.permanent.inc(),
+            }
+            tracing::warn!(%error, reason = reason.as_str(), dead_letter = %shared.config.dead_letter, "Event dead-lettered.");
+            if let Err(err) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(%err, "+TERM failed; the event will be redelivered and dead-lettered again (deduplicated).");
+            }
+        }
+        Err(err) => {
+            // Never drop an event: if the dead letter cannot be stored, the
+            // original stays in its stream and is tried again later.
+            metrics.retry.inc();
+            let delay = shared.config.retry.max_delay();
+            tracing::error!(%err, subject = %shared.config.dead_letter, "Cannot publish the dead letter; NAKing the event to try again in {}.", humantime::format_duration(delay));
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+    }
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn until_set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+fn is_set(flag: &watch::Receiver<bool>) -> bool {
+    *flag.borrow()
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

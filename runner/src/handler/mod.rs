@@ -1,0 +1,33 @@
+//! The handler kinds behind a function: built-in Rust functions, exec
+//! programs (one process per event, or long-lived workers), each implementing
+//! [`jetrun_functions::Function`].
+
+mod exec;
+mod process;
+mod protocol;
+mod worker;
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use jetrun_config::{ExecMode, FunctionConfig, Handler};
+use jetrun_functions::Function;
+
+/// The handler a function's config names.
+pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Function>> {
+    Ok(match &function.handler {
+        Handler::Builtin(name) => match jetrun_functions::builtin(name) {
+            Some(f) => Arc::from(f),
+            None => bail!("functions.{}.builtin: no built-in called {name:?}", function.name),
+        },
+        Handler::Exec(exec) => match exec.mode {
+            ExecMode::PerEvent => Arc::new(exec::Exec::new(&function.name, exec.clone())),
+            ExecMode::Worker => Arc::new(worker::WorkerPool::new(&function.name, exec.clone())),
+        },
+        Handler::Http(http) => bail!(
+            "functions.{}.http ({}): HTTP functions are not supported by this build yet",
+            function.name,
+            http.url
+        ),
+    })
+}

@@ -1,0 +1,112 @@
+//! The JSON exec functions speak: `{"emit": [{"type", "data", "subject"?}]}`
+//! on stdout (per event) and `{"ok", "emit", "error", "retryable"}` replies
+//! (worker mode).
+
+use jetrun_functions::{Emit, Failure};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitJson {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    data: Value,
+    subject: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Output {
+    #[serde(default)]
+    emit: Vec<EmitJson>,
+}
+
+#[derive(Deserialize)]
+struct WorkerReply {
+    ok: bool,
+    #[serde(default)]
+    emit: Vec<EmitJson>,
+    error: Option<String>,
+    #[serde(default = "yes")]
+    retryable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn emits(list: Vec<EmitJson>) -> Vec<Emit> {
+    list.into_iter()
+        .map(|e| Emit {
+            event_type: e.event_type,
+            subject: e.subject,
+            data: e.data,
+        })
+        .collect()
+}
+
+/// A per-event process's stdout: empty, or `{"emit": [...]}`. Anything else is
+/// a permanent failure: the same input would give the same output.
+pub(super) fn parse_stdout(stdout: &[u8]) -> Result<Vec<Emit>, Failure> {
+    if stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice::<Output>(stdout)
+        .map(|out| emits(out.emit))
+        .map_err(|err| {
+            Failure::permanent(format!(
+                "stdout is not {{\"emit\": [{{\"type\": ..., \"data\": ...}}]}}: {err}"
+            ))
+        })
+}
+
+/// One worker reply line.
+pub(super) fn parse_reply(line: &str) -> Result<Vec<Emit>, Failure> {
+    let reply: WorkerReply = serde_json::from_str(line).map_err(|err| {
+        Failure::permanent(format!(
+            "worker reply is not {{\"ok\": true|false, ...}}: {err}: {}",
+            truncate(line, 200)
+        ))
+    })?;
+    if reply.ok {
+        return Ok(emits(reply.emit));
+    }
+    let message = reply.error.unwrap_or_else(|| "worker said ok: false".into());
+    Err(if reply.retryable {
+        Failure::retryable(message)
+    } else {
+        Failure::permanent(message)
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetrun_functions::FailureKind;
+
+    #[test]
+    fn stdout_may_be_empty_or_an_emit_list() {
+        assert_eq!(parse_stdout(b"  \n").unwrap(), vec![]);
+        let out = parse_stdout(br#"{"emit":[{"type":"order.shipped","data":{"order_id":1}}]}"#).unwrap();
+        assert_eq!(out, vec![Emit::new("order.shipped", serde_json::json!({"order_id": 1}))]);
+        assert!(parse_stdout(b"hello").unwrap_err().is_permanent());
+    }
+
+    #[test]
+    fn worker_replies_map_to_outcomes() {
+        assert_eq!(parse_reply(r#"{"ok":true}"#).unwrap(), vec![]);
+        let retry = parse_reply(r#"{"ok":false,"error":"db down"}"#).unwrap_err();
+        assert_eq!((retry.kind, retry.message.as_str()), (FailureKind::Retryable, "db down"));
+        let permanent = parse_reply(r#"{"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
+        assert!(permanent.is_permanent());
+        assert!(parse_reply("nope").unwrap_err().is_permanent());
+    }
+}

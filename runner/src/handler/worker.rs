@@ -1,0 +1,149 @@
+//! Exec functions in worker mode: `workers` long-lived processes, each taking
+//! one JSON request per line on stdin (`{"event": {...}, "attempt": n}`) and
+//! answering one JSON reply per line on stdout. A worker that dies, or that
+//! is cut off by a timeout, is killed with its process group and replaced on
+//! the next call; its event counts as a retryable failure.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use jetrun_config::ExecConfig;
+use jetrun_functions::{Context, Event, Failure, Function, Outcome};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::Semaphore;
+
+use super::process::{self, GroupGuard, STDERR_LIMIT};
+use super::protocol;
+
+pub(super) struct WorkerPool {
+    function: String,
+    config: ExecConfig,
+    /// One permit per worker slot.
+    slots: Semaphore,
+    /// Idle workers; a missing one is started on demand.
+    idle: Arc<Mutex<Vec<Worker>>>,
+}
+
+struct Worker {
+    child: Child,
+    guard: GroupGuard,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// A worker taken from the pool for one call. Returned to the pool only when
+/// the call finished cleanly; dropped (killed) otherwise, including when the
+/// call itself is dropped by a timeout.
+struct Lease {
+    worker: Option<Worker>,
+    idle: Arc<Mutex<Vec<Worker>>>,
+}
+
+impl Lease {
+    fn give_back(mut self) {
+        if let (Some(worker), Ok(mut idle)) = (self.worker.take(), self.idle.lock()) {
+            idle.push(worker);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            let _ = worker.child.start_kill();
+            drop(worker.guard);
+        }
+    }
+}
+
+impl WorkerPool {
+    pub(super) fn new(function: &str, config: ExecConfig) -> Self {
+        WorkerPool {
+            function: function.to_string(),
+            slots: Semaphore::new(config.workers.max(1)),
+            config,
+            idle: Arc::default(),
+        }
+    }
+
+    fn start(&self) -> Result<Worker, Failure> {
+        let vars = [("JETRUN_FUNCTION", self.function.clone())];
+        let program = &self.config.command[0];
+        let mut child = process::command(&self.config, &vars)
+            .spawn()
+            .map_err(|err| Failure::retryable(format!("cannot start worker {program:?}: {err}")))?;
+        let guard = GroupGuard::new(&child);
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(Failure::retryable("worker pipes were not set up"));
+        };
+        let function = self.function.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line: String = line.chars().take(STDERR_LIMIT).collect();
+                tracing::info!(%function, stderr = %line, "Worker wrote to stderr.");
+            }
+        });
+        tracing::info!(function = %self.function, pid = child.id(), "Started exec worker.");
+        Ok(Worker {
+            child,
+            guard,
+            stdin,
+            stdout: BufReader::new(stdout).lines(),
+        })
+    }
+}
+
+#[async_trait]
+impl Function for WorkerPool {
+    async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Failure::retryable("worker pool closed"))?;
+        let reused = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let worker = match reused {
+            Some(worker) => worker,
+            None => self.start()?,
+        };
+        let mut lease = Lease {
+            worker: Some(worker),
+            idle: self.idle.clone(),
+        };
+        let Some(worker) = lease.worker.as_mut() else {
+            return Err(Failure::retryable("worker lease is empty"));
+        };
+        let mut request = serde_json::to_vec(&json!({
+            "event": event.to_structured_json(),
+            "attempt": ctx.attempt,
+        }))
+        .unwrap_or_default();
+        request.push(b'\n');
+        let died = |what: &str| {
+            Failure::retryable(format!(
+                "worker {} {what}; it will be restarted",
+                self.config.command[0]
+            ))
+        };
+        if worker.stdin.write_all(&request).await.is_err() || worker.stdin.flush().await.is_err() {
+            return Err(died("stopped reading its stdin"));
+        }
+        let line = match worker.stdout.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => {
+                let status = worker.child.wait().await.ok();
+                let how = status.map(|s| s.to_string()).unwrap_or_default();
+                worker.guard.disarm();
+                return Err(died(&format!("exited mid-event ({how})")));
+            }
+        };
+        let outcome = protocol::parse_reply(&line);
+        lease.give_back();
+        outcome
+    }
+}

@@ -1,0 +1,175 @@
+//! Every metric jetrun exports, registered once at start. Handles are cloned
+//! out per function before the hot loop (see [`FunctionMetrics`]), so a
+//! delivery never looks a metric up by name.
+
+mod server;
+
+pub(crate) use server::serve;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The registry and every metric family in it.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    received: IntCounterVec,
+    processed: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    dead_letters: IntCounterVec,
+    emitted: IntCounterVec,
+    pending: IntGaugeVec,
+    ack_pending: IntGaugeVec,
+    pub(crate) nats_connected: IntGauge,
+}
+
+/// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let received = counter(
+            "jetrun_events_received_total",
+            "Deliveries received from JetStream, redeliveries included.",
+            &["function"],
+        );
+        let processed = counter(
+            "jetrun_events_processed_total",
+            "Attempts finished, by what became of the event: success, retry or dead_letter.",
+            &["function", "outcome"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "jetrun_handler_duration_seconds",
+                "Time spent in the handler per attempt.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["function"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("registered once");
+        let in_flight = gauge(
+            "jetrun_events_in_flight",
+            "Events being handled now.",
+            &["function"],
+        );
+        let dead_letters = counter(
+            "jetrun_dead_letters_total",
+            "Events sent to the dead-letter subject, by reason: exhausted or permanent.",
+            &["function", "reason"],
+        );
+        let emitted = counter(
+            "jetrun_events_emitted_total",
+            "Events published by functions.",
+            &["function"],
+        );
+        let pending = gauge(
+            "jetrun_consumer_pending",
+            "Messages in the stream not yet delivered to the function's consumer (num_pending).",
+            &["function"],
+        );
+        let ack_pending = gauge(
+            "jetrun_consumer_ack_pending",
+            "Messages delivered to the function's consumer and not yet acknowledged.",
+            &["function"],
+        );
+        let nats_connected = IntGauge::new(
+            "jetrun_nats_connected",
+            "1 while the connection to NATS is up.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(nats_connected.clone()))
+            .expect("registered once");
+        let build_info = Gauge::with_opts(
+            Opts::new("jetrun_build_info", "jetrun's version; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("valid metric");
+        build_info.set(1.0);
+        registry
+            .register(Box::new(build_info))
+            .expect("registered once");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("registered once");
+        Metrics {
+            registry,
+            received,
+            processed,
+            duration,
+            in_flight,
+            dead_letters,
+            emitted,
+            pending,
+            ack_pending,
+            nats_connected,
+        }
+    }
+
+    /// The handles one function's deliveries use, with their labels bound.
+    /// Creating them also makes every series of the function visible at 0.
+    pub(crate) fn for_function(&self, function: &str) -> FunctionMetrics {
+        let f = &[function];
+        FunctionMetrics {
+            received: self.received.with_label_values(f),
+            success: self.processed.with_label_values(&[function, "success"]),
+            retry: self.processed.with_label_values(&[function, "retry"]),
+            dead_letter: self.processed.with_label_values(&[function, "dead_letter"]),
+            duration: self.duration.with_label_values(f),
+            in_flight: self.in_flight.with_label_values(f),
+            exhausted: self.dead_letters.with_label_values(&[function, "exhausted"]),
+            permanent: self.dead_letters.with_label_values(&[function, "permanent"]),
+            emitted: self.emitted.with_label_values(f),
+            pending: self.pending.with_label_values(f),
+            ack_pending: self.ack_pending.with_label_values(f),
+        }
+    }
+
+    /// Everything in Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%err, "Could not encode metrics.");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// One function's metric handles.
+#[derive(Clone)]
+pub(crate) struct FunctionMetrics {
+    pub(crate) received: IntCounter,
+    pub(crate) success: IntCounter,
+    pub(crate) retry: IntCounter,
+    pub(crate) dead_letter: IntCounter,
+    pub(crate) duration: Histogram,
+    pub(crate) in_flight: IntGauge,
+    pub(crate) exhausted: IntCounter,
+    pub(crate) permanent: IntCounter,
+    pub(crate) emitted: IntCounter,
+    pub(crate) pending: IntGauge,
+    pub(crate) ack_pending: IntGauge,
+}

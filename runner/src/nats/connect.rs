@@ -1,0 +1,95 @@
+//! The connection: URLs, authentication and TLS from `[nats]`, reconnecting
+//! forever, with connection events reflected in `jetrun_nats_connected` and
+//! `/readyz`.
+
+use anyhow::Context as _;
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use jetrun_config::{NatsAuth, NatsConfig};
+
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+/// Connects in the background: the call returns at once, and the client
+/// reconnects forever, so a NATS outage at start or later only delays work.
+pub(crate) async fn connect(
+    config: &NatsConfig,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> anyhow::Result<Client> {
+    let addrs = config
+        .urls
+        .iter()
+        .map(|url| {
+            url.parse::<ServerAddr>()
+                .with_context(|| format!("nats.url {url:?} is not a NATS URL"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut options = ConnectOptions::new()
+        .name(format!("jetrun {}", env!("CARGO_PKG_VERSION")))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            std::time::Duration::from_millis((100 * attempts as u64).min(2_000))
+        });
+    options = match &config.auth {
+        NatsAuth::None => options,
+        NatsAuth::Creds(path) => options
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("cannot read nats.creds file {}", path.display()))?,
+        NatsAuth::Nkey(path) => {
+            let seed = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read nats.nkey file {}", path.display()))?;
+            options.nkey(seed.trim().to_string())
+        }
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(token) => options.token(token.clone()),
+    };
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let gauge = metrics.nats_connected.clone();
+    let ready = readiness.clone();
+    let urls = config.urls.join(", ");
+    options = options.event_callback(move |event| {
+        let gauge = gauge.clone();
+        let ready = ready.clone();
+        let urls = urls.clone();
+        async move {
+            match event {
+                Event::Connected => {
+                    gauge.set(1);
+                    ready.set_connected(true);
+                    tracing::info!(%urls, "Connected to NATS.");
+                }
+                Event::Disconnected => {
+                    gauge.set(0);
+                    ready.set_connected(false);
+                    tracing::warn!(
+                        %urls,
+                        "Disconnected from NATS; reconnecting. Is nats-server running? \
+                         For a laptop with no NATS, try `jetrun dev`."
+                    );
+                }
+                other => tracing::info!(event = %other, "NATS connection event."),
+            }
+        }
+    });
+    let client = options
+        .connect(addrs)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.urls.join(", ")))?;
+    if client.connection_state() == async_nats::connection::State::Connected {
+        metrics.nats_connected.set(1);
+        readiness.set_connected(true);
+    }
+    Ok(client)
+}

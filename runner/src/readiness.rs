@@ -1,0 +1,54 @@
+//! Whether the runner is ready: NATS connected and every function's consumer
+//! bound. `/readyz` reads it; the connection and the consumers write it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Default)]
+pub(crate) struct Readiness {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    connected: AtomicBool,
+    /// Every configured function, and whether its consumer is bound.
+    bound: Mutex<BTreeMap<String, bool>>,
+}
+
+impl Readiness {
+    pub(crate) fn new<'a>(functions: impl IntoIterator<Item = &'a String>) -> Self {
+        let bound = functions.into_iter().map(|f| (f.clone(), false)).collect();
+        Readiness {
+            inner: Arc::new(Inner {
+                connected: AtomicBool::new(false),
+                bound: Mutex::new(bound),
+            }),
+        }
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.inner.connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_bound(&self, function: &str, bound: bool) {
+        if let Ok(mut map) = self.inner.bound.lock() {
+            map.insert(function.to_string(), bound);
+        }
+    }
+
+    /// `None` when ready, else why not.
+    pub(crate) fn not_ready_reason(&self) -> Option<String> {
+        if !self.inner.connected.load(Ordering::Relaxed) {
+            return Some("not connected to NATS".into());
+        }
+        let map = self.inner.bound.lock().ok()?;
+        let unbound: Vec<&str> = map
+            .iter()
+            .filter(|(_, bound)| !**bound)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        (!unbound.is_empty()).then(|| format!("consumers not bound: {}", unbound.join(", ")))
+    }
+}

@@ -1,0 +1,97 @@
+//! Talking to the test's nats-server as a user or operator would: bare
+//! publishes (what `nats pub` sends), the messages a stream holds (the dead
+//! letters in `DLQ`, events a function emitted), and consumer state.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::Context;
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+
+use crate::wait::wait_until;
+
+/// Connects to `url`.
+pub async fn connect(url: &str) -> Client {
+    async_nats::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// A core-NATS publish with no headers, flushed: what `nats pub SUBJECT BODY`
+/// sends. Nothing acknowledges it; a test that needs it stored waits for the
+/// stream to hold it ([`stream_len`]).
+pub async fn publish_bare(client: &Client, subject: &str, body: impl Into<Bytes>) {
+    client
+        .publish(subject.to_string(), body.into())
+        .await
+        .unwrap_or_else(|e| panic!("publish to {subject}: {e}"));
+    client.flush().await.expect("flush");
+}
+
+/// A core-NATS publish with the publisher's own headers, flushed.
+pub async fn publish_with_headers(
+    client: &Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: impl Into<Bytes>,
+) {
+    client
+        .publish_with_headers(subject.to_string(), headers, body.into())
+        .await
+        .unwrap_or_else(|e| panic!("publish to {subject}: {e}"));
+    client.flush().await.expect("flush");
+}
+
+/// How many messages stream `stream` holds; 0 when it does not exist.
+pub async fn stream_len(js: &Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Every message stream `stream` holds, oldest first, read one by one by
+/// sequence; empty when the stream does not exist.
+pub async fn stream_messages(js: &Context, stream: &str) -> Vec<StreamMessage> {
+    let Ok(mut handle) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let state = handle.info().await.expect("stream info").state.clone();
+    let mut messages = Vec::new();
+    if state.messages == 0 {
+        return messages;
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        // A gap (a deleted message) is skipped.
+        if let Ok(message) = handle.get_raw_message(sequence).await {
+            messages.push(message);
+        }
+    }
+    messages
+}
+
+/// The state of durable consumer `consumer` on `stream`; `None` when either
+/// does not exist (yet).
+pub async fn consumer_info(js: &Context, stream: &str, consumer: &str) -> Option<consumer::Info> {
+    let handle = js.get_stream_no_info(stream).await.ok()?;
+    handle.consumer_info(consumer).await.ok()
+}
+
+/// Waits (up to 20 s) until the runner has bound the function's durable
+/// consumer on `stream`, which also means the stream exists: a bare publish
+/// after this is captured.
+pub async fn wait_for_consumer(js: &Context, stream: &str, consumer: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("consumer {consumer} exists on stream {stream}"),
+        || async move { consumer_info(js, stream, consumer).await.is_some() },
+    )
+    .await;
+}
+
+/// The first value of header `name` (exact spelling) as text.
+pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|value| value.as_str().to_string())
+}

@@ -1,0 +1,38 @@
+//! The harness for jetrun's end-to-end tests: it starts a real `nats-server`
+//! on a free loopback port, builds and runs the real `jetrun` binary against
+//! it, and reads back what a user would see: ledgers written by test
+//! functions, messages in streams, consumer state and `/metrics`.
+//!
+//! Every test gets its own server, temp directory and ports, so tests run in
+//! parallel. Waits are for conditions with a deadline ([`wait_until`]), never
+//! bare sleeps; a process started here is killed on drop, and the runner's
+//! log is printed when the test panics.
+
+mod config;
+mod jetstream;
+mod ledger;
+mod metrics;
+mod nats_server;
+mod ports;
+mod repo;
+mod runner;
+mod scripts;
+mod testbed;
+mod clock;
+mod wait;
+
+pub use config::{toml_str, write_config};
+pub use jetstream::{
+    connect, consumer_info, header, publish_bare, publish_with_headers, stream_len,
+    stream_messages, wait_for_consumer,
+};
+pub use ledger::{Entry, Ledger};
+pub use metrics::{http_status, metric, scrape};
+pub use nats_server::{nats_server_bin, NatsServer};
+pub use ports::free_port;
+pub use repo::repo_root;
+pub use runner::{jetrun_bin, run_check, Runner};
+pub use scripts::{record_then, LEDGER_LINE, WORKER_PY};
+pub use testbed::TestBed;
+pub use clock::{parse_rfc3339, unix_now};
+pub use wait::{holds_for, wait_until};

@@ -1,0 +1,39 @@
+//! The programs test functions run: small `sh` scripts built on one ledger
+//! line, and a Python worker for exec worker mode. They read `LEDGER` (the
+//! ledger's absolute path) from the exec `env` table, since a child sees
+//! nothing else of the runner's environment.
+
+/// Appends `<sequence> <attempt> <unix time>` to `$LEDGER`: one short
+/// `O_APPEND` write, so concurrent calls never interleave within a line.
+pub const LEDGER_LINE: &str =
+    r#"printf '%s %s %s\n' "$JETRUN_SEQUENCE" "$JETRUN_ATTEMPT" "$(date +%s.%N)" >> "$LEDGER""#;
+
+/// A script that writes its ledger line, then runs `rest` (its exit status is
+/// the call's outcome: 0 success, 65 permanent failure, other retryable).
+pub fn record_then(rest: &str) -> String {
+    format!("{LEDGER_LINE}\n{rest}\n")
+}
+
+/// An exec worker-mode function: one JSON request per line in, one reply per
+/// line out. For each request it appends `<event id> <attempt> <unix time>
+/// <pid>` to `$LEDGER`, then answers `{"ok": true}`; when the event's data has
+/// `"die_on_attempt": n` and this is attempt n, it dies mid-event instead
+/// (exit 3, no reply).
+pub const WORKER_PY: &str = r#"import json
+import os
+import sys
+import time
+
+ledger = os.environ["LEDGER"]
+for line in sys.stdin:
+    request = json.loads(line)
+    event = request["event"]
+    attempt = request["attempt"]
+    with open(ledger, "a") as f:
+        f.write(f"{event['id']} {attempt} {time.time():.6f} {os.getpid()}\n")
+    data = event.get("data")
+    if isinstance(data, dict) and data.get("die_on_attempt") == attempt:
+        os._exit(3)
+    sys.stdout.write(json.dumps({"ok": True, "emit": []}) + "\n")
+    sys.stdout.flush()
+"#;
