@@ -44,7 +44,10 @@ pub enum NatsAuth {
     Creds(PathBuf),
     /// A file holding an nkey seed.
     Nkey(PathBuf),
-    UserPassword { user: String, password: String },
+    UserPassword {
+        user: String,
+        password: String,
+    },
     Token(String),
 }
 

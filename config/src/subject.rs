@@ -72,7 +72,15 @@ mod tests {
 
     #[test]
     fn valid_subjects() {
-        for s in ["order", "order.placed", "order.*", "order.>", "*.placed", ">", "a-b_c.1"] {
+        for s in [
+            "order",
+            "order.placed",
+            "order.*",
+            "order.>",
+            "*.placed",
+            ">",
+            "a-b_c.1",
+        ] {
             assert_eq!(check(s, true), Ok(()), "{s}");
         }
         assert_eq!(check("dlq.reserve-stock", false), Ok(()));
@@ -89,8 +97,14 @@ mod tests {
                 "{s}"
             );
         }
-        assert_eq!(check("order.>.x", true), Err("> may only be the last token"));
-        assert_eq!(check("order.pl*", true), Err("* and > must be whole tokens"));
+        assert_eq!(
+            check("order.>.x", true),
+            Err("> may only be the last token")
+        );
+        assert_eq!(
+            check("order.pl*", true),
+            Err("* and > must be whole tokens")
+        );
         assert_eq!(
             check("dlq.*", false),
             Err("it must not contain wildcards (* or >)")

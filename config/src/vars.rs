@@ -92,7 +92,10 @@ mod tests {
 
     #[test]
     fn leaves_plain_dollars_alone() {
-        assert_eq!(substitute("$5 and $HOST", &env()), Ok("$5 and $HOST".to_owned()));
+        assert_eq!(
+            substitute("$5 and $HOST", &env()),
+            Ok("$5 and $HOST".to_owned())
+        );
     }
 
     #[test]
@@ -111,7 +114,10 @@ mod tests {
         assert_eq!(substitute("x${HOST", &env()), Err(vec![VarError::Unclosed]));
         assert_eq!(
             substitute("${}${A-B}", &env()),
-            Err(vec![VarError::BadName("".into()), VarError::BadName("A-B".into())])
+            Err(vec![
+                VarError::BadName("".into()),
+                VarError::BadName("A-B".into())
+            ])
         );
     }
 

@@ -43,8 +43,9 @@ impl Event {
     /// The data parsed as JSON into `T`; a body that does not parse is a
     /// permanent failure (retrying bad data helps no one).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Failure> {
-        serde_json::from_slice(&self.data)
-            .map_err(|err| Failure::permanent(format!("event data is not the expected JSON: {err}")))
+        serde_json::from_slice(&self.data).map_err(|err| {
+            Failure::permanent(format!("event data is not the expected JSON: {err}"))
+        })
     }
 
     /// The event in CloudEvents structured JSON: `data` holds the JSON value
@@ -72,12 +73,20 @@ impl Event {
             event.insert(name.clone(), json!(value));
         }
         match serde_json::from_slice::<Value>(&self.data) {
-            Ok(data) if self.datacontenttype.as_deref().is_none_or(is_json_content_type) => {
+            Ok(data)
+                if self
+                    .datacontenttype
+                    .as_deref()
+                    .is_none_or(is_json_content_type) =>
+            {
                 event.insert("data".into(), data);
             }
             _ if self.data.is_empty() => {}
             _ => {
-                event.insert("data_base64".into(), json!(BASE64_STANDARD.encode(&self.data)));
+                event.insert(
+                    "data_base64".into(),
+                    json!(BASE64_STANDARD.encode(&self.data)),
+                );
             }
         }
         Value::Object(event)

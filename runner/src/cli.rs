@@ -9,7 +9,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config_file;
 
 #[derive(Parser)]
-#[command(name = "jetrun", version, about = "Serverless function runner on NATS JetStream")]
+#[command(
+    name = "jetrun",
+    version,
+    about = "Serverless function runner on NATS JetStream"
+)]
 pub(crate) struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -27,7 +31,12 @@ pub(crate) enum LogFormat {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// The config file.
-    #[arg(short, long, env = "JETRUN_CONFIG", default_value = "config/jetrun.toml")]
+    #[arg(
+        short,
+        long,
+        env = "JETRUN_CONFIG",
+        default_value = "config/jetrun.toml"
+    )]
     config: PathBuf,
 }
 
@@ -65,7 +74,11 @@ pub(crate) fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 

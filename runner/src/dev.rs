@@ -19,7 +19,15 @@ pub(crate) async fn dev(mut config: Config) -> anyhow::Result<()> {
     let port = free_port()?;
     std::fs::create_dir_all(DATA_DIR).with_context(|| format!("cannot create {DATA_DIR}"))?;
     let mut server = Command::new(&binary)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--store_dir", DATA_DIR])
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--store_dir",
+            DATA_DIR,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -95,7 +103,10 @@ async fn stop(server: &mut Child) {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    if tokio::time::timeout(Duration::from_secs(5), server.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), server.wait())
+        .await
+        .is_err()
+    {
         let _ = server.kill().await;
     }
 }

@@ -27,7 +27,11 @@ pub(crate) fn read_event(
     headers: Option<&HeaderMap>,
     body: &Bytes,
 ) -> Result<Event, Failure> {
-    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
     let mut event = if header("ce-specversion").is_some() {
         binary(headers.unwrap_or(&HeaderMap::new()), body)?
     } else if header("content-type").is_some_and(|ct| ct.starts_with(STRUCTURED)) {
@@ -77,12 +81,16 @@ fn structured(body: &Bytes) -> Result<Event, Failure> {
         match (name.as_str(), value) {
             ("data", data) => {
                 event.data = Bytes::from(serde_json::to_vec(&data).unwrap_or_default());
-                event.datacontenttype.get_or_insert("application/json".into());
+                event
+                    .datacontenttype
+                    .get_or_insert("application/json".into());
             }
             ("data_base64", Value::String(b64)) => {
                 use base64::prelude::{Engine, BASE64_STANDARD};
                 let bytes = BASE64_STANDARD.decode(b64.as_bytes()).map_err(|err| {
-                    Failure::permanent(format!("structured CloudEvent data_base64 is not base64: {err}"))
+                    Failure::permanent(format!(
+                        "structured CloudEvent data_base64 is not base64: {err}"
+                    ))
                 })?;
                 event.data = Bytes::from(bytes);
             }
@@ -188,12 +196,20 @@ fn require(event: &Event, mode: &str) -> Result<(), Failure> {
 /// the same on every attempt, so the stream's duplicate window drops a
 /// repeat publish after a retry or a crash.
 pub(crate) fn emitted_id(function: &str, input: &Event, index: usize) -> String {
-    let name = format!("{function}\u{0}{}\u{0}{}\u{0}{index}", input.source, input.id);
+    let name = format!(
+        "{function}\u{0}{}\u{0}{}\u{0}{index}",
+        input.source, input.id
+    );
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
 /// The headers of an emitted event in binary mode, `Nats-Msg-Id` included.
-pub(crate) fn emitted_headers(function: &str, input: &Event, index: usize, emit: &Emit) -> HeaderMap {
+pub(crate) fn emitted_headers(
+    function: &str,
+    input: &Event,
+    index: usize,
+    emit: &Emit,
+) -> HeaderMap {
     let id = emitted_id(function, input, index);
     let mut headers = HeaderMap::new();
     headers.insert("ce-specversion", "1.0");
@@ -202,7 +218,9 @@ pub(crate) fn emitted_headers(function: &str, input: &Event, index: usize, emit:
     headers.insert("ce-source", format!("jetrun/{function}").as_str());
     headers.insert(
         "ce-time",
-        humantime::format_rfc3339_micros(SystemTime::now()).to_string().as_str(),
+        humantime::format_rfc3339_micros(SystemTime::now())
+            .to_string()
+            .as_str(),
     );
     headers.insert("ce-datacontenttype", "application/json");
     if let Some(correlation) = &input.correlationid {
@@ -263,7 +281,10 @@ mod tests {
         assert_eq!(event.id, "e-1");
         assert_eq!(event.event_type, "user.registered");
         assert_eq!(event.correlationid.as_deref(), Some("c-9"));
-        assert_eq!(event.extensions.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(
+            event.extensions.get("tenant").map(String::as_str),
+            Some("acme")
+        );
     }
 
     #[test]
@@ -284,7 +305,11 @@ mod tests {
         let event = read_event(&origin(), Some(&headers), &Bytes::from_static(body)).unwrap();
         assert_eq!(event.id, "x");
         assert_eq!(&event.data[..], br#"{"a":1}"#);
-        let missing = read_event(&origin(), Some(&headers), &Bytes::from_static(b"{\"id\":\"x\"}"));
+        let missing = read_event(
+            &origin(),
+            Some(&headers),
+            &Bytes::from_static(b"{\"id\":\"x\"}"),
+        );
         assert!(missing.unwrap_err().is_permanent());
     }
 

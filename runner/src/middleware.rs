@@ -83,7 +83,6 @@ impl Function for TimeLimited {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +110,12 @@ mod tests {
     fn layers(sleep: Duration, timeout: Duration) -> (Arc<dyn Function>, IntGauge, Histogram) {
         let gauge = IntGauge::new("g", "g").unwrap();
         let hist = Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
-        let f = layered(Arc::new(Sleepy(sleep)), timeout, gauge.clone(), hist.clone());
+        let f = layered(
+            Arc::new(Sleepy(sleep)),
+            timeout,
+            gauge.clone(),
+            hist.clone(),
+        );
         (f, gauge, hist)
     }
 

@@ -17,7 +17,9 @@ pub(crate) async fn publish(
     let body = match data {
         Some("-") => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("cannot read the data from stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the data from stdin")?;
             buf
         }
         Some(text) => text.as_bytes().to_vec(),
@@ -35,7 +37,9 @@ pub(crate) async fn publish(
     headers.insert("ce-source", source);
     headers.insert(
         "ce-time",
-        humantime::format_rfc3339_micros(SystemTime::now()).to_string().as_str(),
+        humantime::format_rfc3339_micros(SystemTime::now())
+            .to_string()
+            .as_str(),
     );
     if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
         headers.insert("ce-datacontenttype", "application/json");
@@ -50,10 +54,15 @@ pub(crate) async fn publish(
     };
     match ack {
         Ok(ack) => {
-            println!("published {id} to stream {} at sequence {}", ack.stream, ack.sequence);
+            println!(
+                "published {id} to stream {} at sequence {}",
+                ack.stream, ack.sequence
+            );
             Ok(())
         }
-        Err(err) if err.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound => {
+        Err(err)
+            if err.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound =>
+        {
             bail!("no stream captures subject {subject}; declare one in [streams.*] and run jetrun once")
         }
         Err(err) => Err(err).with_context(|| format!("cannot publish to {subject}")),

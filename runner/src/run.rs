@@ -96,7 +96,9 @@ pub(crate) async fn run_until(
     // (then JetStream redelivers those events after their ack wait).
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
         Ok(result) => result.context("cannot flush the last acks to NATS")?,
-        Err(_) => tracing::warn!("NATS is unreachable; the last acks may be lost and their events redelivered."),
+        Err(_) => tracing::warn!(
+            "NATS is unreachable; the last acks may be lost and their events redelivered."
+        ),
     }
     tracing::info!("Stopped.");
     Ok(())

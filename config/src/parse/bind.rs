@@ -53,7 +53,10 @@ fn stream_of(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<(Strin
         };
         let mut failed = false;
         for s in subjects {
-            if !held.iter().any(|h| subject::captures(h.get_ref(), s.get_ref())) {
+            if !held
+                .iter()
+                .any(|h| subject::captures(h.get_ref(), s.get_ref()))
+            {
                 ctx.error(
                     path.clone(),
                     Some(&s.span()),

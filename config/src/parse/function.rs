@@ -341,7 +341,10 @@ fn stream(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<Spanned<String>> {
     if !name::is_stream_name(&name) {
         return Err(field.error(
             ctx,
-            format!("{name:?} is not a valid stream name: {}", name::STREAM_NAME_RULE),
+            format!(
+                "{name:?} is not a valid stream name: {}",
+                name::STREAM_NAME_RULE
+            ),
         ));
     }
     Ok(Spanned::new(field.span(), name))

@@ -2,9 +2,10 @@
 //! function), `exec` (a program, per event or as workers) and `http` (an
 //! endpoint).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::section::{listed, Ctx, Field, Read, Reported, Section};
+use super::section::{join, listed, Ctx, Field, Read, Reported, Section};
 use crate::model::{ExecConfig, ExecMode, Handler, HttpConfig};
 
 /// The keys naming a handler, in the order messages list them.
@@ -94,7 +95,10 @@ fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecC
     let mode = section.read(ctx, "mode", |f, ctx| {
         f.one_of(
             ctx,
-            &[("per-event", ExecMode::PerEvent), ("worker", ExecMode::Worker)],
+            &[
+                ("per-event", ExecMode::PerEvent),
+                ("worker", ExecMode::Worker),
+            ],
         )
     });
     let workers = section.read(ctx, "workers", Field::count);
@@ -103,9 +107,8 @@ fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecC
     exec.command = command?;
     exec.env = env?.unwrap_or_default();
     exec.mode = mode?.unwrap_or(ExecMode::PerEvent);
-    if let Some(workers) = workers? {
+    if let (Some(workers), Some(field)) = (workers?, section.field("workers")) {
         if exec.mode != ExecMode::Worker {
-            let field = section.field("workers").ok_or(Reported)?;
             return Err(field.error(
                 ctx,
                 "only applies with mode = \"worker\"; add mode = \"worker\" or remove workers",
@@ -129,22 +132,22 @@ fn argv(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<Vec<S
             return Err(field.error(ctx, "must not start with an empty program name"));
         }
         if program.contains('/') && Path::new(program.as_str()).is_relative() {
-            *program = base_dir.join(program.as_str()).to_string_lossy().into_owned();
+            *program = base_dir
+                .join(program.as_str())
+                .to_string_lossy()
+                .into_owned();
         }
     }
     Ok(argv)
 }
 
 /// `env = { NAME = "value" }`, names fit for an environment.
-fn env(
-    field: &Field<'_, '_>,
-    ctx: &mut Ctx<'_>,
-) -> Read<std::collections::BTreeMap<String, String>> {
+fn env(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<BTreeMap<String, String>> {
     let env = field.string_map(ctx)?;
     let mut failed = false;
     for name in env.keys() {
         if name.is_empty() || name.contains(['=', '\0']) {
-            let path = super::section::join(&field.path, name);
+            let path = join(&field.path, name);
             ctx.error(
                 path,
                 Some(&field.span()),

@@ -33,7 +33,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// See [`crate::parse`].
+/// See [`crate::parse()`].
 pub(crate) fn parse(
     text: &str,
     env: &BTreeMap<String, String>,

@@ -125,7 +125,12 @@ fn auth(
 }
 
 /// `{present} is set without {missing}; set both or neither`, on `present`'s line.
-fn half_pair(ctx: &mut Ctx<'_>, section: &Section<'_, '_>, present: &str, missing: &str) -> Reported {
+fn half_pair(
+    ctx: &mut Ctx<'_>,
+    section: &Section<'_, '_>,
+    present: &str,
+    missing: &str,
+) -> Reported {
     let span = section.field(present).map(|f| f.span());
     ctx.error(
         section.key_path(present),

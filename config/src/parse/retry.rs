@@ -111,7 +111,9 @@ impl Table {
     fn report(&self, ctx: &mut Ctx<'_>, error: &InvalidRetry) {
         let key = error.key();
         let text = error.to_string();
-        let message = text.strip_prefix(key).map_or(text.as_str(), str::trim_start);
+        let message = text
+            .strip_prefix(key)
+            .map_or(text.as_str(), str::trim_start);
         let span = self.key_spans.get(key).unwrap_or(&self.span);
         ctx.error(join(&self.path, key), Some(span), message);
     }

@@ -82,7 +82,11 @@ impl<'t> Ctx<'t> {
 /// The 1-based line holding byte `offset` of `text`.
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// `parent.key`, quoting `key` when it is not a bare TOML key.
@@ -306,11 +310,7 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// A non-empty list of strings, each with its span; `expected` words the
     /// type error (of the list or of an element).
-    pub(super) fn strings(
-        &self,
-        ctx: &mut Ctx<'_>,
-        expected: &str,
-    ) -> Read<Vec<Spanned<String>>> {
+    pub(super) fn strings(&self, ctx: &mut Ctx<'_>, expected: &str) -> Read<Vec<Spanned<String>>> {
         let Some(elements) = self.elements() else {
             return Err(self.wrong(ctx, expected));
         };
@@ -413,7 +413,10 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// One of a few strings, each standing for a value.
     pub(super) fn one_of<T: Copy>(&self, ctx: &mut Ctx<'_>, choices: &[(&str, T)]) -> Read<T> {
-        let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("{name:?}"))
+            .collect();
         let expected = match names.split_last() {
             Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
             _ => names.join(""),
@@ -435,7 +438,7 @@ impl<'a, 'i> Field<'a, 'i> {
 
 /// A value as it reads in an error message: strings quoted, scalars as
 /// written, lists and tables by kind.
-pub(super) fn shown(value: &DeValue<'_>) -> String {
+fn shown(value: &DeValue<'_>) -> String {
     match value {
         DeValue::String(s) => format!("{:?}", s.as_ref()),
         DeValue::Integer(i) => i.to_string(),
@@ -473,7 +476,10 @@ mod tests {
     #[test]
     fn paths_quote_keys_that_are_not_bare() {
         assert_eq!(join("", "functions"), "functions");
-        assert_eq!(join("functions", "reserve-stock"), "functions.reserve-stock");
+        assert_eq!(
+            join("functions", "reserve-stock"),
+            "functions.reserve-stock"
+        );
         assert_eq!(join("streams", "a.b"), "streams.\"a.b\"");
         assert_eq!(join("streams", "MY STREAM"), "streams.\"MY STREAM\"");
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::section::{Ctx, Field, Read, Reported, Section};
+use super::section::{join, Ctx, Field, Read, Reported, Section};
 use crate::model::{Retention, Storage, StreamConfig, DLQ_STREAM, DLQ_SUBJECTS};
 use crate::name;
 use crate::subject;
@@ -39,7 +39,11 @@ impl Streams {
     pub(super) fn capturing(&self, filter: &str) -> Option<&str> {
         self.subjects
             .iter()
-            .find(|(_, subjects)| subjects.iter().any(|s| subject::captures(s.get_ref(), filter)))
+            .find(|(_, subjects)| {
+                subjects
+                    .iter()
+                    .any(|s| subject::captures(s.get_ref(), filter))
+            })
             .map(|(name, _)| name.as_str())
     }
 }
@@ -91,10 +95,7 @@ fn stream_name(ctx: &mut Ctx<'_>, name: &str, field: &Field<'_, '_>) -> Read<()>
         return Err(ctx.error(
             field.path.clone(),
             field.key_span.as_ref(),
-            format!(
-                "is not a valid stream name: {}",
-                name::STREAM_NAME_RULE
-            ),
+            format!("is not a valid stream name: {}", name::STREAM_NAME_RULE),
         ));
     }
     Ok(())
@@ -138,16 +139,20 @@ fn stream(
 
     let windows = window_within_age(ctx, &section, max_age, duplicate_window);
     let config = match (&subjects, storage, replicas, windows, retention) {
-        (Ok(subjects), Ok(storage), Ok(replicas), Ok((max_age, duplicate_window)), Ok(retention)) => {
-            Ok(StreamConfig {
-                subjects: subjects.iter().map(|s| s.get_ref().clone()).collect(),
-                storage: storage.unwrap_or(Storage::File),
-                replicas: replicas.unwrap_or(1),
-                max_age,
-                duplicate_window,
-                retention: retention.unwrap_or(Retention::Limits),
-            })
-        }
+        (
+            Ok(subjects),
+            Ok(storage),
+            Ok(replicas),
+            Ok((max_age, duplicate_window)),
+            Ok(retention),
+        ) => Ok(StreamConfig {
+            subjects: subjects.iter().map(|s| s.get_ref().clone()).collect(),
+            storage: storage.unwrap_or(Storage::File),
+            replicas: replicas.unwrap_or(1),
+            max_age,
+            duplicate_window,
+            retention: retention.unwrap_or(Retention::Limits),
+        }),
         _ => Err(Reported),
     };
     (subjects, config)
@@ -227,7 +232,7 @@ fn no_overlaps(ctx: &mut Ctx<'_>, streams: &Streams) {
             .find(|(other, o)| other != name && subject::overlaps(o.get_ref(), s.get_ref()));
         if let Some((other, o)) = earlier {
             ctx.error(
-                format!("{}.subjects", super::section::join("streams", name)),
+                format!("{}.subjects", join("streams", name)),
                 Some(&s.span()),
                 format!(
                     "{:?} overlaps {:?} of stream {other}; JetStream refuses streams whose \

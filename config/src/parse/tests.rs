@@ -1,13 +1,1087 @@
-//! Exploratory.
+//! The config as users see it: whole files in, the exact errors (path,
+//! message, line) or the validated values out.
+
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{
+    parse, Config, ConfigErrors, ExecMode, Handler, NatsAuth, Retention, RetryPolicy, Storage,
+};
+
+const BUILTINS: &[&str] = &["noop", "reserve_stock", "welcome_email"];
+const BASE: &str = "/srv/jetrun/config";
+
+/// Streams most tests bind their functions to, on lines 1 to 5.
+const STREAMS: &str = r#"
+[streams.ORDERS]
+subjects = ["order.>", "inventory.>"]
+
+[streams.USERS]
+subjects = ["user.>"]
+"#;
+
+fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let text = text.strip_prefix('\n').unwrap_or(text);
+    parse(text, &env, Path::new(BASE), BUILTINS)
+}
+
+fn ok(text: &str) -> Config {
+    parse_env(text, &[]).unwrap_or_else(|e| panic!("expected a valid config, got:\n{e}"))
+}
+
+/// Every error, as displayed.
+fn errors_env(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    match parse_env(text, env) {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(errors) => {
+            assert!(!errors.0.is_empty());
+            errors.0.iter().map(ToString::to_string).collect()
+        }
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    errors_env(text, &[])
+}
+
+fn with_streams(functions: &str) -> String {
+    format!("{STREAMS}{functions}")
+}
 
 #[test]
-fn explore() {
-    let text = std::env::var("CFG_TEXT").unwrap_or_default();
-    let env: BTreeMap<String, String> = BTreeMap::new();
-    match crate::parse(&text, &env, Path::new("/etc/jetrun"), &["noop", "reserve_stock", "welcome_email"]) {
-        Ok(c) => println!("{c:#?}"),
-        Err(e) => println!("{e}"),
+fn unknown_key() {
+    let text = with_streams(
+        r#"
+[functions.thumbnail]
+subjects = ["order.placed"]
+builtin = "noop"
+retyr = { max_attempts = 3 }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.thumbnail.retyr is not a known key; expected one of: builtin, exec, http, \
+          subjects, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
+          dead_letter, json (line 10)"
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_in_every_table() {
+    let text = with_streams(
+        r#"
+[nats]
+urls = "nats://x:4222"
+
+[functions.f]
+subjects = ["order.placed"]
+exec = { command = ["./f"], workerz = 2 }
+retry = { max_attempt = 3 }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "nats.urls is not a known key; expected one of: url, creds, nkey, user, password, \
+             token, tls (line 8)",
+            "functions.f.exec.workerz is not a known key; expected one of: command, env, mode, \
+             workers (line 12)",
+            "functions.f.retry.max_attempt is not a known key; expected one of: max_attempts, \
+             initial_delay, multiplier, max_delay, jitter (line 13)",
+        ]
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = with_streams(
+        r#"
+[functions.thumbnail]
+subjects = ["order.placed"]
+builtin = "noop"
+timeout = "five seconds"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.thumbnail.timeout must be a duration like 250ms, 30s, 5m or 7d, \
+          got \"five seconds\" (line 10)"
+        ]
+    );
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+timeout = "0s"
+ack_wait = 30
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.timeout must be a non-zero duration like 250ms, 30s, 5m or 7d, \
+             got \"0s\" (line 10)",
+            "functions.f.ack_wait must be a duration like 250ms, 30s, 5m or 7d, got 30 (line 11)",
+        ]
+    );
+}
+
+#[test]
+fn missing_handler() {
+    let text = with_streams(
+        r#"
+[functions.thumbnail]
+subjects = ["order.placed"]
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        ["functions.thumbnail must have exactly one of builtin, exec, http; it has none (line 7)"]
+    );
+}
+
+#[test]
+fn two_handlers() {
+    let text = with_streams(
+        r#"
+[functions.thumbnail]
+subjects = ["order.placed"]
+builtin = "noop"
+exec = ["./thumbnail"]
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.thumbnail must have exactly one of builtin, exec, http; it has builtin and \
+          exec (line 7)"
+        ]
+    );
+}
+
+#[test]
+fn subject_no_stream_captures() {
+    let text = with_streams(
+        r#"
+[functions.thumbnail]
+subjects = ["order.placed", "image.uploaded"]
+builtin = "noop"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.thumbnail.subjects \"image.uploaded\" is not captured by any [streams.*] \
+          entry; add it to a stream's subjects or name an existing stream with stream = \"...\" \
+          (line 8)"
+        ]
+    );
+}
+
+#[test]
+fn every_error_of_a_file_is_reported() {
+    let text = with_streams(
+        r#"
+[functions.resize]
+subjects = ["order.placed"]
+builtin = "noop"
+retyr = { max_attempts = 3 }
+timeout = "five seconds"
+
+[functions.thumbnail]
+subjects = ["image.uploaded"]
+builtin = "noop"
+
+[functions.audit]
+subjects = ["user.>"]
+
+[functions.ship]
+subjects = ["inventory.reserved"]
+builtin = "noop"
+http = "http://127.0.0.1:8080/ship"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.resize.retyr is not a known key; expected one of: builtin, exec, http, \
+             subjects, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
+             dead_letter, json (line 10)",
+            "functions.resize.timeout must be a duration like 250ms, 30s, 5m or 7d, \
+             got \"five seconds\" (line 11)",
+            "functions.thumbnail.subjects \"image.uploaded\" is not captured by any [streams.*] \
+             entry; add it to a stream's subjects or name an existing stream with \
+             stream = \"...\" (line 14)",
+            "functions.audit must have exactly one of builtin, exec, http; it has none (line 17)",
+            "functions.ship must have exactly one of builtin, exec, http; it has builtin and \
+             http (line 20)",
+        ]
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_is_one_error_on_its_line() {
+    let text = r#"
+[functions.f]
+subjects = ["order.placed"
+builtin = "noop"
+"#;
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("invalid TOML: "), "{}", errors[0]);
+    assert!(errors[0].ends_with("(line 3)"), "{}", errors[0]);
+}
+
+#[test]
+fn wrong_types_say_what_was_expected_and_what_was_found() {
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = "order.placed"
+builtin = 5
+concurrency = "four"
+max_ack_pending = -1
+json = "yes"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.subjects must be a non-empty list of subjects, like [\"order.placed\"], \
+             got \"order.placed\" (line 8)",
+            "functions.f.builtin must be a string, got 5 (line 9)",
+            "functions.f.concurrency must be a positive integer, got \"four\" (line 10)",
+            "functions.f.max_ack_pending must be a positive integer, got -1 (line 11)",
+            "functions.f.json must be true or false, got \"yes\" (line 12)",
+        ]
+    );
+}
+
+#[test]
+fn unknown_builtin_lists_the_known_ones() {
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed"]
+builtin = "nope"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.builtin \"nope\" is not a built-in function; known: noop, reserve_stock, \
+          welcome_email (line 9)"
+        ]
+    );
+}
+
+#[test]
+fn no_functions_is_an_error() {
+    assert_eq!(
+        errors(STREAMS),
+        [
+            "functions must declare at least one function, like [functions.hello] with subjects \
+          and a handler"
+        ]
+    );
+}
+
+#[test]
+fn defaults_are_inherited_and_retry_tables_merge_key_by_key() {
+    let config = ok(&with_streams(
+        r#"
+[defaults]
+concurrency = 8
+timeout = "10s"
+ack_wait = "1m"
+max_ack_pending = 500
+retry = { max_attempts = 7, initial_delay = "2s" }
+
+[functions.plain]
+subjects = ["order.placed"]
+builtin = "noop"
+
+[functions.tuned]
+subjects = ["user.registered"]
+builtin = "welcome_email"
+concurrency = 2
+retry = { max_attempts = 3, jitter = 0.0 }
+"#,
+    ));
+    let plain = &config.functions["plain"];
+    assert_eq!(plain.concurrency, 8);
+    assert_eq!(plain.timeout, Duration::from_secs(10));
+    assert_eq!(plain.ack_wait, Duration::from_secs(60));
+    assert_eq!(plain.max_ack_pending, 500);
+    let s = Duration::from_secs;
+    assert_eq!(
+        plain.retry,
+        RetryPolicy::new(7, s(2), 2.0, s(300), 0.1).unwrap()
+    );
+    let tuned = &config.functions["tuned"];
+    assert_eq!(tuned.concurrency, 2);
+    assert_eq!(tuned.timeout, Duration::from_secs(10));
+    assert_eq!(
+        tuned.retry,
+        RetryPolicy::new(3, s(2), 2.0, s(300), 0.0).unwrap()
+    );
+}
+
+#[test]
+fn built_in_defaults() {
+    let config = ok(&with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    ));
+    assert_eq!(config.nats.urls, ["nats://127.0.0.1:4222"]);
+    assert_eq!(config.nats.auth, NatsAuth::None);
+    assert_eq!(config.nats.tls, None);
+    assert_eq!(config.metrics.listen, "127.0.0.1:9600".parse().unwrap());
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    let orders = &config.streams["ORDERS"];
+    assert_eq!(orders.storage, Storage::File);
+    assert_eq!(orders.replicas, 1);
+    assert_eq!(orders.retention, Retention::Limits);
+    assert_eq!((orders.max_age, orders.duplicate_window), (None, None));
+    let f = &config.functions["f"];
+    assert_eq!(f.name, "f");
+    assert_eq!((f.stream.as_str(), f.stream_managed), ("ORDERS", true));
+    assert_eq!(f.concurrency, 16);
+    assert_eq!(f.timeout, Duration::from_secs(30));
+    assert_eq!(f.ack_wait, Duration::from_secs(30));
+    assert_eq!(f.max_ack_pending, 10_000);
+    assert_eq!(f.retry, RetryPolicy::default());
+    assert_eq!(f.dead_letter, "dlq.f");
+    assert!(!f.json);
+    assert_eq!(f.handler, Handler::Builtin("noop".into()));
+}
+
+#[test]
+fn invalid_retry_policies_name_the_key() {
+    let text = with_streams(
+        r#"
+[defaults]
+retry = { initial_delay = "10s" }
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+retry = { max_attempts = 0 }
+
+[functions.g]
+subjects = ["order.shipped"]
+builtin = "noop"
+retry = { max_delay = "5s" }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.retry.max_attempts must be at least 1, got 0 (line 13)",
+            "functions.g.retry.max_delay (5s) must not be shorter than initial_delay (10s) \
+             (line 18)",
+        ]
+    );
+}
+
+#[test]
+fn an_invalid_default_retry_is_reported_once() {
+    let text = with_streams(
+        r#"
+[defaults]
+retry = { jitter = 1.5 }
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+
+[functions.g]
+subjects = ["order.shipped"]
+builtin = "noop"
+retry = { max_attempts = 2 }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        ["defaults.retry.jitter must be between 0.0 and 1.0, got 1.5 (line 8)"]
+    );
+}
+
+#[test]
+fn max_ack_pending_must_cover_concurrency() {
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+concurrency = 16
+max_ack_pending = 8
+
+[functions.g]
+subjects = ["order.shipped"]
+builtin = "noop"
+concurrency = 20000
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.max_ack_pending must be at least concurrency (16), got 8 (line 11)",
+            "functions.g.concurrency must not be more than max_ack_pending (10000), got 20000 \
+             (line 16)",
+        ]
+    );
+}
+
+#[test]
+fn max_ack_pending_in_defaults_is_checked_once() {
+    let text = with_streams(
+        r#"
+[defaults]
+max_ack_pending = 4
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+
+[functions.g]
+subjects = ["order.shipped"]
+builtin = "noop"
+concurrency = 2
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        ["defaults.max_ack_pending must be at least concurrency (16), got 4 (line 8)"]
+    );
+}
+
+#[test]
+fn nats_url_from_the_file_or_the_environment() {
+    let text = with_streams(
+        r#"
+[nats]
+url = ["nats://a:4222", "nats://b:4222"]
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    );
+    assert_eq!(ok(&text).nats.urls, ["nats://a:4222", "nats://b:4222"]);
+    let env = [("JETRUN_NATS_URL", "nats://x:4222, nats://y:4222,")];
+    let config = parse_env(&text, &env).unwrap();
+    assert_eq!(config.nats.urls, ["nats://x:4222", "nats://y:4222"]);
+    let blank = [("JETRUN_NATS_URL", " ")];
+    let config = parse_env(&text, &blank).unwrap();
+    assert_eq!(config.nats.urls, ["nats://a:4222", "nats://b:4222"]);
+}
+
+#[test]
+fn variables_are_replaced_from_the_environment() {
+    let text = with_streams(
+        r#"
+[nats]
+user = "jetrun"
+password = "${NATS_PASSWORD}"
+
+[functions.hook]
+subjects = ["order.placed"]
+http = { url = "https://${HOOK_HOST}/events", headers = { Authorization = "Bearer ${TOKEN}" } }
+"#,
+    );
+    let env = [
+        ("NATS_PASSWORD", "pw"),
+        ("HOOK_HOST", "hooks.example.com"),
+        ("TOKEN", "t0k"),
+    ];
+    let config = parse_env(&text, &env).unwrap();
+    assert_eq!(
+        config.nats.auth,
+        NatsAuth::UserPassword {
+            user: "jetrun".into(),
+            password: "pw".into()
+        }
+    );
+    let Handler::Http(http) = &config.functions["hook"].handler else {
+        panic!("expected an http handler");
+    };
+    assert_eq!(http.url, "https://hooks.example.com/events");
+    assert_eq!(http.headers["Authorization"], "Bearer t0k");
+}
+
+#[test]
+fn a_missing_variable_is_an_error() {
+    let text = with_streams(
+        r#"
+[functions.x]
+subjects = ["order.placed"]
+http = "${NOPE}"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.x.http \"${NOPE}\" refers to environment variable NOPE, which is not set \
+          (line 9)"
+        ]
+    );
+}
+
+#[test]
+fn auth_is_at_most_one_method() {
+    let text = |nats: &str| {
+        format!(
+            "[nats]\n{nats}\n{STREAMS}\n[functions.f]\nsubjects = [\"order.placed\"]\n\
+             builtin = \"noop\"\n"
+        )
+    };
+    assert_eq!(
+        errors(&text("creds = \"jetrun.creds\"\ntoken = \"t\"")),
+        [
+            "nats must use at most one of creds, nkey, user + password, token; it has creds and \
+          token (line 1)"
+        ]
+    );
+    assert_eq!(
+        errors(&text(
+            "nkey = \"seed.nk\"\nuser = \"u\"\npassword = \"p\"\ntoken = \"t\""
+        )),
+        [
+            "nats must use at most one of creds, nkey, user + password, token; it has nkey, \
+          user + password and token (line 1)"
+        ]
+    );
+    assert_eq!(
+        errors(&text("user = \"u\"")),
+        ["nats.user is set without nats.password; set both or neither (line 2)"]
+    );
+    assert_eq!(
+        errors(&text("password = \"p\"")),
+        ["nats.password is set without nats.user; set both or neither (line 2)"]
+    );
+    assert_eq!(
+        errors(&text("tls = { key = \"k.pem\" }")),
+        ["nats.tls.key is set without nats.tls.cert; set both or neither (line 2)"]
+    );
+
+    let config = ok(&text(
+        "creds = \"secrets/jetrun.creds\"\ntls = { ca = \"/etc/ssl/ca.pem\" }",
+    ));
+    assert_eq!(
+        config.nats.auth,
+        NatsAuth::Creds(PathBuf::from(BASE).join("secrets/jetrun.creds"))
+    );
+    let tls = config.nats.tls.unwrap();
+    assert_eq!(tls.ca, Some(PathBuf::from("/etc/ssl/ca.pem")));
+    assert_eq!((tls.cert, tls.key), (None, None));
+    assert_eq!(
+        ok(&text("token = \"t\"")).nats.auth,
+        NatsAuth::Token("t".into())
+    );
+    assert_eq!(
+        ok(&text("nkey = \"seed.nk\"")).nats.auth,
+        NatsAuth::Nkey(PathBuf::from(BASE).join("seed.nk"))
+    );
+}
+
+#[test]
+fn exec_functions() {
+    let config = ok(&with_streams(
+        r#"
+[functions.per-event]
+subjects = ["order.placed"]
+exec = ["./bin/handle", "--config", "handle.json"]
+
+[functions.on-path]
+subjects = ["order.shipped"]
+exec = ["python3", "../functions/examples/ship_order.py"]
+
+[functions.workers]
+subjects = ["inventory.reserved"]
+exec = { command = ["/usr/bin/handler"], env = { MODE = "fast" }, mode = "worker", workers = 3 }
+"#,
+    ));
+    let exec = |name: &str| match &config.functions[name].handler {
+        Handler::Exec(exec) => exec.clone(),
+        other => panic!("expected exec, got {other:?}"),
+    };
+    let per_event = exec("per-event");
+    assert_eq!(
+        per_event.command,
+        [
+            format!("{BASE}/./bin/handle"),
+            "--config".into(),
+            "handle.json".into()
+        ]
+    );
+    assert_eq!(per_event.dir, PathBuf::from(BASE));
+    assert_eq!((per_event.mode, per_event.workers), (ExecMode::PerEvent, 1));
+    assert_eq!(
+        exec("on-path").command,
+        ["python3", "../functions/examples/ship_order.py"]
+    );
+    let workers = exec("workers");
+    assert_eq!(workers.command, ["/usr/bin/handler"]);
+    assert_eq!(workers.env["MODE"], "fast");
+    assert_eq!((workers.mode, workers.workers), (ExecMode::Worker, 3));
+}
+
+#[test]
+fn exec_mistakes() {
+    let text = with_streams(
+        r#"
+[functions.shell]
+subjects = ["order.placed"]
+exec = "python3 handler.py"
+
+[functions.empty]
+subjects = ["order.shipped"]
+exec = []
+
+[functions.workers]
+subjects = ["inventory.reserved"]
+exec = { command = ["./w"], workers = 4 }
+
+[functions.nocommand]
+subjects = ["inventory.released"]
+exec = { mode = "worker" }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.shell.exec must be an argv list of strings like [\"python3\", \
+             \"handler.py\"], or a table with command, got \"python3 handler.py\" (line 9)",
+            "functions.empty.exec must be an argv list of strings like [\"python3\", \
+             \"handler.py\"], got an empty list (line 13)",
+            "functions.workers.exec.workers only applies with mode = \"worker\"; add \
+             mode = \"worker\" or remove workers (line 17)",
+            "functions.nocommand.exec.command is required: an argv list of strings like \
+             [\"python3\", \"handler.py\"] (line 21)",
+        ]
+    );
+}
+
+#[test]
+fn http_functions() {
+    let config = ok(&with_streams(
+        r#"
+[functions.short]
+subjects = ["order.placed"]
+http = "http://127.0.0.1:8080/events"
+
+[functions.long]
+subjects = ["order.shipped"]
+http = { url = "https://example.com/hook", headers = { X-Key = "k" }, timeout = "2s" }
+"#,
+    ));
+    let Handler::Http(short) = &config.functions["short"].handler else {
+        panic!("expected http");
+    };
+    assert_eq!(short.url, "http://127.0.0.1:8080/events");
+    assert!(short.headers.is_empty());
+    assert_eq!(short.timeout, None);
+    let Handler::Http(long) = &config.functions["long"].handler else {
+        panic!("expected http");
+    };
+    assert_eq!(long.headers["X-Key"], "k");
+    assert_eq!(long.timeout, Some(Duration::from_secs(2)));
+
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed"]
+http = "127.0.0.1:8080/events"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.http must be a URL starting with http:// or https://, \
+          got \"127.0.0.1:8080/events\" (line 9)"
+        ]
+    );
+}
+
+#[test]
+fn a_function_lives_on_one_stream() {
+    let text = with_streams(
+        r#"
+[functions.audit]
+subjects = ["order.>", "user.>"]
+http = "http://127.0.0.1:8080/events"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.audit.subjects \"user.>\" is captured by stream USERS, but \"order.>\" is \
+          captured by stream ORDERS; a function's consumer lives on one stream, so split it \
+          into one function per stream (line 8)"
+        ]
+    );
+}
+
+#[test]
+fn a_function_may_name_its_stream() {
+    let config = ok(&with_streams(
+        r#"
+[functions.legacy]
+subjects = ["billing.invoice.*"]
+stream = "BILLING"
+builtin = "noop"
+dead_letter = "dlq.billing"
+
+[functions.declared]
+subjects = ["order.placed"]
+stream = "ORDERS"
+builtin = "noop"
+"#,
+    ));
+    let legacy = &config.functions["legacy"];
+    assert_eq!(
+        (legacy.stream.as_str(), legacy.stream_managed),
+        ("BILLING", false)
+    );
+    let declared = &config.functions["declared"];
+    assert_eq!(
+        (declared.stream.as_str(), declared.stream_managed),
+        ("ORDERS", true)
+    );
+
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = ["user.registered"]
+stream = "ORDERS"
+builtin = "noop"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.subjects \"user.registered\" is not captured by stream ORDERS, which \
+          stream = \"ORDERS\" names; add it to that stream's subjects (line 8)"
+        ]
+    );
+}
+
+#[test]
+fn subject_mistakes() {
+    let text = with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed", "order.*", "order..x", "order.>.eu"]
+builtin = "noop"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.f.subjects \"order.*\" overlaps \"order.placed\"; a consumer's subject \
+             filters must not overlap (line 8)",
+            "functions.f.subjects \"order..x\" is not a valid subject: it has an empty token \
+             (a leading, trailing or doubled .) (line 8)",
+            "functions.f.subjects \"order.>.eu\" is not a valid subject: > may only be the last \
+             token (line 8)",
+        ]
+    );
+}
+
+#[test]
+fn dead_letters_must_be_stored_and_not_come_back() {
+    let config = ok(&with_streams(
+        r#"
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+dead_letter = "order.failed"
+"#,
+    ));
+    assert_eq!(config.functions["f"].dead_letter, "order.failed");
+
+    let text = with_streams(
+        r#"
+[functions.lost]
+subjects = ["order.placed"]
+builtin = "noop"
+dead_letter = "failed.orders"
+
+[functions.loop]
+subjects = ["order.>"]
+builtin = "noop"
+dead_letter = "order.failed"
+
+[functions.wild]
+subjects = ["order.shipped"]
+builtin = "noop"
+dead_letter = "dlq.>"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.lost.dead_letter \"failed.orders\" is not captured by dlq.> or by any \
+             [streams.*] entry, so dead letters would be lost; use a subject under dlq. or add \
+             it to a stream's subjects (line 10)",
+            "functions.loop.dead_letter \"order.failed\" is matched by the function's own \
+             subject \"order.>\", so its dead letters would come back to it; pick another \
+             dead_letter (line 15)",
+            "functions.wild.dead_letter \"dlq.>\" is not a valid subject: it must not contain \
+             wildcards (* or >) (line 20)",
+        ]
+    );
+}
+
+#[test]
+fn stream_mistakes() {
+    let text = r#"
+[streams.DLQ]
+subjects = ["failed.>"]
+
+[streams."MY STREAM"]
+subjects = ["my.>"]
+
+[streams.ALL]
+subjects = [">"]
+storage = "disk"
+replicas = 7
+retention = "work-queue"
+
+[streams.ORDERS]
+subjects = ["order.>"]
+max_age = "1m"
+duplicate_window = "2h"
+
+[streams.PLACED]
+subjects = ["order.placed"]
+
+[streams.EMPTY]
+subjects = []
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "streams.DLQ is reserved: jetrun creates and manages the DLQ stream for dead letters \
+             (dlq.>); pick another name (line 1)",
+            "streams.\"MY STREAM\" is not a valid stream name: it must not be empty nor contain \
+             whitespace, ., *, >, / or \\ (line 4)",
+            "streams.ALL.subjects \">\" overlaps dlq.>, which the DLQ stream holds for dead \
+             letters; pick subjects outside it (line 8)",
+            "streams.ALL.storage must be \"file\" or \"memory\", got \"disk\" (line 9)",
+            "streams.ALL.replicas must be an integer from 1 to 5, got 7 (line 10)",
+            "streams.ALL.retention must be \"limits\", \"interest\" or \"workqueue\", \
+             got \"work-queue\" (line 11)",
+            "streams.ORDERS.duplicate_window must not be longer than max_age (1m), got \"2h\" \
+             (line 16)",
+            "streams.PLACED.subjects \"order.placed\" overlaps \"order.>\" of stream ORDERS; \
+             JetStream refuses streams whose subjects overlap (line 19)",
+            "streams.EMPTY.subjects must be a non-empty list of subjects, like [\"order.>\"], \
+             got an empty list (line 22)",
+        ]
+    );
+}
+
+#[test]
+fn stream_settings() {
+    let config = ok(r#"
+[streams.ORDERS]
+subjects = ["order.>"]
+storage = "memory"
+replicas = 3
+max_age = "7d"
+duplicate_window = "5m"
+retention = "workqueue"
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+"#);
+    let orders = &config.streams["ORDERS"];
+    assert_eq!(orders.subjects, ["order.>"]);
+    assert_eq!(orders.storage, Storage::Memory);
+    assert_eq!(orders.replicas, 3);
+    assert_eq!(orders.max_age, Some(Duration::from_secs(7 * 86_400)));
+    assert_eq!(orders.duplicate_window, Some(Duration::from_secs(300)));
+    assert_eq!(orders.retention, Retention::WorkQueue);
+}
+
+#[test]
+fn functions_on_a_work_queue_must_not_overlap() {
+    let text = r#"
+[streams.JOBS]
+subjects = ["job.>"]
+retention = "workqueue"
+
+[functions.a]
+subjects = ["job.resize"]
+builtin = "noop"
+
+[functions.b]
+subjects = ["job.*"]
+builtin = "noop"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "functions.b.subjects \"job.*\" overlaps \"job.resize\" of functions.a; stream JOBS \
+          has retention = \"workqueue\", where each message goes to one consumer only (line 10)"
+        ]
+    );
+}
+
+#[test]
+fn function_names_are_consumer_names() {
+    let text = with_streams(
+        r#"
+[functions."resize.v2"]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.\"resize.v2\" is not a valid function name: it is also the durable \
+          consumer's name, so use only letters, digits, - and _ (line 7)"
+        ]
+    );
+}
+
+#[test]
+fn top_level_settings() {
+    let config = ok(r#"
+shutdown_timeout = "1m"
+
+[metrics]
+listen = "[::]:9100"
+
+[streams.ORDERS]
+subjects = ["order.>"]
+
+[functions.f]
+subjects = ["order.placed"]
+builtin = "noop"
+"#);
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(60));
+    assert_eq!(config.metrics.listen, "[::]:9100".parse().unwrap());
+}
+
+#[test]
+fn errors_without_a_line_come_last() {
+    let errors = errors(
+        r#"
+shutdown_timeout = "soon"
+"#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "shutdown_timeout must be a duration like 250ms, 30s, 5m or 7d, got \"soon\" (line 1)",
+            "functions must declare at least one function, like [functions.hello] with subjects \
+             and a handler",
+        ]
+    );
+}
+
+/// Every file in config/ and config/examples/, as users start from them.
+const SAMPLES: &[(&str, &str)] = &[
+    ("jetrun.toml", include_str!("../../jetrun.toml")),
+    (
+        "examples/worker.toml",
+        include_str!("../../examples/worker.toml"),
+    ),
+    (
+        "examples/cluster.toml",
+        include_str!("../../examples/cluster.toml"),
+    ),
+];
+
+#[test]
+fn sample_configs_are_valid() {
+    for (name, text) in SAMPLES {
+        let base = Path::new(BASE).join(name);
+        let base = base.parent().unwrap();
+        if let Err(errors) = parse(text, &BTreeMap::new(), base, BUILTINS) {
+            panic!("config/{name} is not valid:\n{errors}");
+        }
+    }
+}
+
+#[test]
+fn sample_configs_are_listed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut on_disk: Vec<String> = ["", "examples"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .filter(|path| path.file_name().is_some_and(|name| name != "Cargo.toml"))
+        .map(|path| {
+            path.strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = SAMPLES.iter().map(|(name, _)| name.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "add new sample configs to SAMPLES");
+}
+
+#[test]
+fn quick_start_is_the_e_commerce_flow() {
+    let (_, text) = SAMPLES[0];
+    let config = parse(text, &BTreeMap::new(), Path::new(BASE), BUILTINS).unwrap();
+    let stream_of = |f: &str| config.functions[f].stream.as_str();
+    assert_eq!(stream_of("welcome-email"), "USERS");
+    assert_eq!(stream_of("reserve-stock"), "ORDERS");
+    assert_eq!(stream_of("ship-order"), "ORDERS");
+    let reserve = &config.functions["reserve-stock"];
+    assert_eq!(reserve.retry.max_attempts(), 3);
+    assert_eq!(reserve.concurrency, 4);
+    assert_eq!(reserve.timeout, Duration::from_secs(5));
+    assert!(config.functions["ship-order"].json);
+}
+
+#[test]
+fn no_input_makes_it_panic() {
+    // Every prefix of every sample, and each with a byte changed: errors, not panics.
+    for (_, text) in SAMPLES {
+        for end in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+            let _ = parse(&text[..end], &BTreeMap::new(), Path::new(BASE), BUILTINS);
+        }
+        for (i, _) in text.char_indices().step_by(7) {
+            for c in ['"', '[', '=', '0', '.', '$', '{'] {
+                let mut mutated = text.to_string();
+                mutated.replace_range(
+                    i..i + text[i..].chars().next().map_or(0, char::len_utf8),
+                    &c.to_string(),
+                );
+                let _ = parse(&mutated, &BTreeMap::new(), Path::new(BASE), BUILTINS);
+            }
+        }
     }
 }

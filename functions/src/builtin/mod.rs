@@ -28,7 +28,10 @@ mod tests {
     #[test]
     fn every_listed_builtin_exists_and_the_list_is_sorted() {
         for name in BUILTINS {
-            assert!(builtin(name).is_some(), "{name} is listed but not registered");
+            assert!(
+                builtin(name).is_some(),
+                "{name} is listed but not registered"
+            );
         }
         assert!(BUILTINS.windows(2).all(|w| w[0] < w[1]));
         assert!(builtin("nope").is_none());

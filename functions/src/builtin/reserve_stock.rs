@@ -137,7 +137,11 @@ mod tests {
     #[tokio::test]
     async fn reserves_until_stock_runs_out() {
         let f = ReserveStock::default();
-        let order = |id: u32| event(&format!(r#"{{"order_id":{id},"items":[{{"sku":"laptop","qty":2}}]}}"#));
+        let order = |id: u32| {
+            event(&format!(
+                r#"{{"order_id":{id},"items":[{{"sku":"laptop","qty":2}}]}}"#
+            ))
+        };
         let first = f.call(&order(1), &ctx()).await.unwrap();
         assert_eq!(first[0].event_type, "inventory.reserved");
         let second = f.call(&order(2), &ctx()).await.unwrap();
@@ -161,7 +165,11 @@ mod tests {
     #[tokio::test]
     async fn an_order_without_items_is_permanent() {
         let f = ReserveStock::default();
-        for data in [r#"{"order_id":1}"#, r#"{"order_id":1,"items":[]}"#, "not json"] {
+        for data in [
+            r#"{"order_id":1}"#,
+            r#"{"order_id":1,"items":[]}"#,
+            "not json",
+        ] {
             let err = f.call(&event(data), &ctx()).await.unwrap_err();
             assert!(err.is_permanent(), "{data}: {err}");
         }

@@ -56,7 +56,10 @@ mod tests {
     #[tokio::test]
     async fn emits_email_sent() {
         let out = WelcomeEmail
-            .call(&event(r#"{"user_id":123,"email":"user@example.com"}"#), &ctx())
+            .call(
+                &event(r#"{"user_id":123,"email":"user@example.com"}"#),
+                &ctx(),
+            )
             .await
             .unwrap();
         assert_eq!(

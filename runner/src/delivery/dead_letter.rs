@@ -55,10 +55,15 @@ impl DeadLetter<'_> {
         headers.insert("Jetrun-Attempts", self.attempts.to_string().as_str());
         headers.insert("Jetrun-Original-Subject", self.subject);
         headers.insert("Jetrun-Original-Stream", self.stream);
-        headers.insert("Jetrun-Original-Sequence", self.sequence.to_string().as_str());
+        headers.insert(
+            "Jetrun-Original-Sequence",
+            self.sequence.to_string().as_str(),
+        );
         headers.insert(
             "Jetrun-Failed-At",
-            humantime::format_rfc3339_millis(self.failed_at).to_string().as_str(),
+            humantime::format_rfc3339_millis(self.failed_at)
+                .to_string()
+                .as_str(),
         );
         headers.insert("Nats-Msg-Id", self.msg_id().as_str());
         headers
@@ -105,10 +110,16 @@ mod tests {
         let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
         assert_eq!(get("X-Tenant").as_deref(), Some("acme"));
         assert_eq!(get("Nats-Expected-Stream"), None);
-        assert_eq!(get("Nats-Msg-Id").as_deref(), Some("ORDERS:7:reserve-stock"));
+        assert_eq!(
+            get("Nats-Msg-Id").as_deref(),
+            Some("ORDERS:7:reserve-stock")
+        );
         assert_eq!(get("Jetrun-Reason").as_deref(), Some("permanent"));
         assert_eq!(get("Jetrun-Original-Sequence").as_deref(), Some("7"));
-        assert_eq!(get("Jetrun-Failed-At").as_deref(), Some("1970-01-01T00:00:00.000Z"));
+        assert_eq!(
+            get("Jetrun-Failed-At").as_deref(),
+            Some("1970-01-01T00:00:00.000Z")
+        );
     }
 
     #[test]

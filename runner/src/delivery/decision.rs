@@ -54,7 +54,14 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy::new(3, Duration::from_millis(200), 2.0, Duration::from_secs(5), 0.0).unwrap()
+        RetryPolicy::new(
+            3,
+            Duration::from_millis(200),
+            2.0,
+            Duration::from_secs(5),
+            0.0,
+        )
+        .unwrap()
     }
 
     #[test]

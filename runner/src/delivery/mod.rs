@@ -389,7 +389,12 @@ async fn settle_delivery(
 ) {
     let metrics = &shared.metrics;
     let policy = &shared.config.retry;
-    match decision::decide(result.as_ref().map(|_| ()), ctx.attempt, policy, fastrand::f64()) {
+    match decision::decide(
+        result.as_ref().map(|_| ()),
+        ctx.attempt,
+        policy,
+        fastrand::f64(),
+    ) {
         Action::Ack => {
             metrics.success.inc();
             if let Err(err) = message.ack().await {

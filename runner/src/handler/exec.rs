@@ -40,9 +40,9 @@ impl Function for Exec {
             ("JETRUN_SEQUENCE", ctx.sequence.to_string()),
         ];
         let program = &self.config.command[0];
-        let mut child = process::command(&self.config, &vars).spawn().map_err(|err| {
-            Failure::retryable(format!("cannot start {program:?}: {err}"))
-        })?;
+        let mut child = process::command(&self.config, &vars)
+            .spawn()
+            .map_err(|err| Failure::retryable(format!("cannot start {program:?}: {err}")))?;
         let mut guard = GroupGuard::new(&child);
         let input = serde_json::to_vec(&event.to_structured_json()).unwrap_or_default();
         let mut stdin = child.stdin.take();

@@ -18,7 +18,10 @@ pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Functio
     Ok(match &function.handler {
         Handler::Builtin(name) => match jetrun_functions::builtin(name) {
             Some(f) => Arc::from(f),
-            None => bail!("functions.{}.builtin: no built-in called {name:?}", function.name),
+            None => bail!(
+                "functions.{}.builtin: no built-in called {name:?}",
+                function.name
+            ),
         },
         Handler::Exec(exec) => match exec.mode {
             ExecMode::PerEvent => Arc::new(exec::Exec::new(&function.name, exec.clone())),

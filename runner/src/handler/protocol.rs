@@ -72,7 +72,9 @@ pub(super) fn parse_reply(line: &str) -> Result<Vec<Emit>, Failure> {
     if reply.ok {
         return Ok(emits(reply.emit));
     }
-    let message = reply.error.unwrap_or_else(|| "worker said ok: false".into());
+    let message = reply
+        .error
+        .unwrap_or_else(|| "worker said ok: false".into());
     Err(if reply.retryable {
         Failure::retryable(message)
     } else {
@@ -95,8 +97,15 @@ mod tests {
     #[test]
     fn stdout_may_be_empty_or_an_emit_list() {
         assert_eq!(parse_stdout(b"  \n").unwrap(), vec![]);
-        let out = parse_stdout(br#"{"emit":[{"type":"order.shipped","data":{"order_id":1}}]}"#).unwrap();
-        assert_eq!(out, vec![Emit::new("order.shipped", serde_json::json!({"order_id": 1}))]);
+        let out =
+            parse_stdout(br#"{"emit":[{"type":"order.shipped","data":{"order_id":1}}]}"#).unwrap();
+        assert_eq!(
+            out,
+            vec![Emit::new(
+                "order.shipped",
+                serde_json::json!({"order_id": 1})
+            )]
+        );
         assert!(parse_stdout(b"hello").unwrap_err().is_permanent());
     }
 
@@ -104,7 +113,10 @@ mod tests {
     fn worker_replies_map_to_outcomes() {
         assert_eq!(parse_reply(r#"{"ok":true}"#).unwrap(), vec![]);
         let retry = parse_reply(r#"{"ok":false,"error":"db down"}"#).unwrap_err();
-        assert_eq!((retry.kind, retry.message.as_str()), (FailureKind::Retryable, "db down"));
+        assert_eq!(
+            (retry.kind, retry.message.as_str()),
+            (FailureKind::Retryable, "db down")
+        );
         let permanent = parse_reply(r#"{"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
         assert!(permanent.is_permanent());
         assert!(parse_reply("nope").unwrap_err().is_permanent());

@@ -37,12 +37,16 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("registered once");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
         let received = counter(
@@ -140,8 +144,12 @@ impl Metrics {
             dead_letter: self.processed.with_label_values(&[function, "dead_letter"]),
             duration: self.duration.with_label_values(f),
             in_flight: self.in_flight.with_label_values(f),
-            exhausted: self.dead_letters.with_label_values(&[function, "exhausted"]),
-            permanent: self.dead_letters.with_label_values(&[function, "permanent"]),
+            exhausted: self
+                .dead_letters
+                .with_label_values(&[function, "exhausted"]),
+            permanent: self
+                .dead_letters
+                .with_label_values(&[function, "permanent"]),
             emitted: self.emitted.with_label_values(f),
             pending: self.pending.with_label_values(f),
             ack_pending: self.ack_pending.with_label_values(f),

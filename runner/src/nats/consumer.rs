@@ -39,22 +39,28 @@ pub(crate) async fn bind(
     function: &FunctionConfig,
     start: DeliverPolicy,
 ) -> anyhow::Result<PullConsumer> {
-    let stream = js
-        .get_stream(&function.stream)
-        .await
-        .with_context(|| format!("cannot find stream {} for function {}", function.stream, function.name))?;
+    let stream = js.get_stream(&function.stream).await.with_context(|| {
+        format!(
+            "cannot find stream {} for function {}",
+            function.stream, function.name
+        )
+    })?;
     let mut want = consumer_config(function, start);
     if let Ok(existing) = stream.consumer_info(&function.name).await {
         // The deliver policy of an existing consumer cannot change; keep it.
         want.deliver_policy = existing.config.deliver_policy;
     }
-    stream
-        .create_consumer(want)
-        .await
-        .with_context(|| format!("cannot bind consumer {} on stream {}", function.name, function.stream))
+    stream.create_consumer(want).await.with_context(|| {
+        format!(
+            "cannot bind consumer {} on stream {}",
+            function.name, function.stream
+        )
+    })
 }
 
 /// Whether a consumer-info error says the consumer is gone.
-pub(crate) fn is_consumer_not_found(err: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
+pub(crate) fn is_consumer_not_found(
+    err: &async_nats::jetstream::context::ConsumerInfoError,
+) -> bool {
     matches!(err.kind(), ConsumerInfoErrorKind::NotFound)
 }
