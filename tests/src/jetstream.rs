@@ -30,6 +30,18 @@ pub async fn publish_bare(client: &Client, subject: &str, body: impl Into<Bytes>
     client.flush().await.expect("flush");
 }
 
+/// `count` bare publishes of `{"n": i}` (i from 1) on `subject`, flushed
+/// once at the end: a burst, as a busy producer sends it.
+pub async fn publish_bare_burst(client: &Client, subject: &str, count: u64) {
+    for n in 1..=count {
+        client
+            .publish(subject.to_string(), format!(r#"{{"n":{n}}}"#).into())
+            .await
+            .unwrap_or_else(|e| panic!("publish to {subject}: {e}"));
+    }
+    client.flush().await.expect("flush");
+}
+
 /// A core-NATS publish with the publisher's own headers, flushed.
 pub async fn publish_with_headers(
     client: &Client,

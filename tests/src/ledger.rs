@@ -14,6 +14,8 @@ pub struct Entry {
     pub attempt: u32,
     /// When the call started, in seconds since the Unix epoch.
     pub at: f64,
+    /// Whatever else the function wrote on the line (a worker's pid, say).
+    pub extra: Vec<String>,
 }
 
 impl Entry {
@@ -88,6 +90,7 @@ fn parse(text: &str) -> Vec<Entry> {
                 key,
                 attempt: attempt.unwrap_or_else(|| malformed(line)),
                 at: at.unwrap_or_else(|| malformed(line)),
+                extra: fields.map(str::to_string).collect(),
             }
         })
         .collect()
@@ -110,6 +113,8 @@ mod tests {
         assert_eq!(entries[1].sequence(), 4);
         assert_eq!(entries[1].attempt, 2);
         assert_eq!(entries[1].at, 101.25);
+        assert_eq!(entries[1].extra, ["777"]);
+        assert!(entries[0].extra.is_empty());
         assert!(parse("").is_empty());
     }
 

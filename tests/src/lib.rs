@@ -8,6 +8,7 @@
 //! bare sleeps; a process started here is killed on drop, and the runner's
 //! log is printed when the test panics.
 
+mod clock;
 mod config;
 mod jetstream;
 mod ledger;
@@ -18,13 +19,13 @@ mod repo;
 mod runner;
 mod scripts;
 mod testbed;
-mod clock;
 mod wait;
 
+pub use clock::{parse_rfc3339, unix_now};
 pub use config::{toml_str, write_config};
 pub use jetstream::{
-    connect, consumer_info, header, publish_bare, publish_with_headers, stream_len,
-    stream_messages, wait_for_consumer,
+    connect, consumer_info, header, publish_bare, publish_bare_burst, publish_with_headers,
+    stream_len, stream_messages, wait_for_consumer,
 };
 pub use ledger::{Entry, Ledger};
 pub use metrics::{http_status, metric, scrape};
@@ -34,5 +35,4 @@ pub use repo::repo_root;
 pub use runner::{jetrun_bin, run_check, Runner};
 pub use scripts::{record_then, LEDGER_LINE, WORKER_PY};
 pub use testbed::TestBed;
-pub use clock::{parse_rfc3339, unix_now};
 pub use wait::{holds_for, wait_until};

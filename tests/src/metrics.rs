@@ -34,8 +34,7 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
@@ -198,12 +197,18 @@ odd{msg="say \"hi\", ok"} 2.5 1700000000000
     fn finds_by_name_and_labels() {
         let m = |name, labels: &[(&str, &str)]| metric(TEXT, name, labels);
         let processed = "jetrun_events_processed_total";
-        assert_eq!(m(processed, &[("function", "a"), ("outcome", "retry")]), Some(3.0));
+        assert_eq!(
+            m(processed, &[("function", "a"), ("outcome", "retry")]),
+            Some(3.0)
+        );
         assert_eq!(m(processed, &[("function", "a")]), Some(10.0));
         assert_eq!(m(processed, &[("function", "c")]), None);
         assert_eq!(m("jetrun_nats_connected", &[]), Some(1.0));
         assert_eq!(m("jetrun_build_info", &[]), Some(1.0));
-        assert_eq!(m("jetrun_handler_duration_seconds_bucket", &[("le", "+Inf")]), Some(12.0));
+        assert_eq!(
+            m("jetrun_handler_duration_seconds_bucket", &[("le", "+Inf")]),
+            Some(12.0)
+        );
         assert_eq!(m("odd", &[("msg", r#"say "hi", ok"#)]), Some(2.5));
         assert_eq!(m("jetrun_events", &[]), None);
     }

@@ -155,7 +155,11 @@ impl Drop for Runner {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!("---- jetrun log (pid {}) ----\n{}", self.pid, excerpt(&self.log()));
+            eprintln!(
+                "---- jetrun log (pid {}) ----\n{}",
+                self.pid,
+                excerpt(&self.log())
+            );
         }
     }
 }

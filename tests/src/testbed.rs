@@ -1,6 +1,7 @@
 //! One test's world: a nats-server of its own, a temp directory for the
 //! config, scripts and ledger, and the config fragments most tests share.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use async_nats::jetstream::Context;
@@ -11,12 +12,17 @@ use crate::config::{toml_str, write_config};
 use crate::jetstream::connect;
 use crate::ledger::Ledger;
 use crate::nats_server::NatsServer;
+use crate::ports::free_port;
 use crate::scripts::WORKER_PY;
 
-/// A nats-server, a temp directory and a ledger in it.
+/// A nats-server, a temp directory, a ledger in it and a free port for the
+/// runner's metrics server.
 pub struct TestBed {
     pub nats: NatsServer,
     pub ledger: Ledger,
+    /// `[metrics] listen` of [`base_config`](Self::base_config): a port of
+    /// this test's own, since tests run side by side.
+    pub metrics: SocketAddr,
     dir: TempDir,
 }
 
@@ -34,6 +40,7 @@ impl TestBed {
         TestBed {
             nats: NatsServer::start(),
             ledger,
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dir,
         }
     }
@@ -67,14 +74,18 @@ impl TestBed {
         async_nats::jetstream::new(self.client().await)
     }
 
-    /// `[nats]` pointing at this bed's server, `[defaults]` with fast,
-    /// jitter-free retries (200ms, 400ms, 800ms, ...; 5 attempts), and stream
-    /// `EVENTS` capturing `ev.>`. Top-level keys must come before it.
+    /// `[nats]` pointing at this bed's server, `[metrics]` on
+    /// [`metrics`](Self::metrics), `[defaults]` with fast, jitter-free
+    /// retries (200ms, 400ms, 800ms, ...; 5 attempts), and stream `EVENTS`
+    /// capturing `ev.>`. Top-level keys must come before it.
     pub fn base_config(&self) -> String {
         format!(
             r#"
 [nats]
 url = {url}
+
+[metrics]
+listen = {metrics}
 
 [defaults]
 retry = {{ max_attempts = 5, initial_delay = "200ms", multiplier = 2.0, max_delay = "5s", jitter = 0.0 }}
@@ -83,6 +94,7 @@ retry = {{ max_attempts = 5, initial_delay = "200ms", multiplier = 2.0, max_dela
 subjects = ["ev.>"]
 "#,
             url = toml_str(self.nats.url()),
+            metrics = toml_str(self.metrics.to_string()),
             stream = Self::STREAM,
         )
     }
@@ -105,7 +117,13 @@ exec = {{ command = ["sh", {script}], env = {{ LEDGER = {ledger} }} }}
 
     /// A `[functions.NAME]` table for an exec worker-mode function running
     /// [`WORKER_PY`] in `workers` processes, plus `extra` lines.
-    pub fn worker_function(&self, name: &str, subjects: &[&str], workers: u32, extra: &str) -> String {
+    pub fn worker_function(
+        &self,
+        name: &str,
+        subjects: &[&str],
+        workers: u32,
+        extra: &str,
+    ) -> String {
         let script = self.write_script("worker.py", WORKER_PY);
         format!(
             r#"

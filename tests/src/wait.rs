@@ -35,7 +35,11 @@ where
 {
     let start = Instant::now();
     loop {
-        assert!(f().await, "{what} stopped holding after {:?}", start.elapsed());
+        assert!(
+            f().await,
+            "{what} stopped holding after {:?}",
+            start.elapsed()
+        );
         if start.elapsed() >= duration {
             return;
         }

@@ -45,25 +45,31 @@ async fn dead_letter_of(function: &str, script: &str, extra: &str) -> DeadLetter
     headers.insert("X-Trace-Id", "trace-42");
     publish_with_headers(&client, &subject, headers, BODY).await;
 
-    wait_until(Duration::from_secs(20), "a dead letter in DLQ", || async move {
-        !stream_messages(js, "DLQ").await.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "a dead letter in DLQ",
+        || async move { !stream_messages(js, "DLQ").await.is_empty() },
+    )
     .await;
     wait_until(
         Duration::from_secs(10),
         "the original is no longer pending",
         || async move {
-            consumer_info(js, TestBed::STREAM, function).await.is_some_and(|i| {
-                i.num_pending == 0 && i.num_ack_pending == 0 && i.ack_floor.stream_sequence == 1
-            })
+            consumer_info(js, TestBed::STREAM, function)
+                .await
+                .is_some_and(|i| {
+                    i.num_pending == 0 && i.num_ack_pending == 0 && i.ack_floor.stream_sequence == 1
+                })
         },
     )
     .await;
     let ledger = &bed.ledger;
     let calls = ledger.len();
-    holds_for(Duration::from_millis(1000), "no call after the dead letter", || async move {
-        ledger.len() == calls
-    })
+    holds_for(
+        Duration::from_millis(1000),
+        "no call after the dead letter",
+        || async move { ledger.len() == calls },
+    )
     .await;
 
     let letters = stream_messages(js, "DLQ").await;
@@ -87,14 +93,30 @@ async fn dead_letter_of(function: &str, script: &str, extra: &str) -> DeadLetter
 fn assert_dead_letter(letter: &StreamMessage, function: &str, reason: &str, attempts: u32) {
     let h = |name: &str| header(&letter.headers, name);
     let all = format!("{:?}", letter.headers);
-    assert_eq!(letter.subject.as_str(), format!("dlq.{function}"), "subject");
+    assert_eq!(
+        letter.subject.as_str(),
+        format!("dlq.{function}"),
+        "subject"
+    );
     assert_eq!(letter.payload.as_ref(), BODY, "the body, byte for byte");
-    assert_eq!(h("X-Trace-Id").as_deref(), Some("trace-42"), "publisher header kept: {all}");
+    assert_eq!(
+        h("X-Trace-Id").as_deref(),
+        Some("trace-42"),
+        "publisher header kept: {all}"
+    );
     assert_eq!(h("Jetrun-Function").as_deref(), Some(function), "{all}");
     assert_eq!(h("Jetrun-Reason").as_deref(), Some(reason), "{all}");
     assert_eq!(h("Jetrun-Attempts"), Some(attempts.to_string()), "{all}");
-    assert_eq!(h("Jetrun-Original-Subject"), Some(format!("ev.{function}")), "{all}");
-    assert_eq!(h("Jetrun-Original-Stream").as_deref(), Some(TestBed::STREAM), "{all}");
+    assert_eq!(
+        h("Jetrun-Original-Subject"),
+        Some(format!("ev.{function}")),
+        "{all}"
+    );
+    assert_eq!(
+        h("Jetrun-Original-Stream").as_deref(),
+        Some(TestBed::STREAM),
+        "{all}"
+    );
     assert_eq!(h("Jetrun-Original-Sequence").as_deref(), Some("1"), "{all}");
     assert_eq!(
         h("Nats-Msg-Id"),
@@ -117,7 +139,13 @@ async fn permanent_failure_is_dead_lettered_after_one_attempt() {
     )
     .await;
     assert_dead_letter(&dead.letter, "reject", "permanent", 1);
-    let attempts: Vec<u32> = dead.bed.ledger.entries().iter().map(|e| e.attempt).collect();
+    let attempts: Vec<u32> = dead
+        .bed
+        .ledger
+        .entries()
+        .iter()
+        .map(|e| e.attempt)
+        .collect();
     assert_eq!(attempts, [1], "a permanent failure is not retried");
 }
 
@@ -130,6 +158,12 @@ async fn always_failing_is_dead_lettered_after_max_attempts() {
     )
     .await;
     assert_dead_letter(&dead.letter, "flop", "exhausted", 3);
-    let attempts: Vec<u32> = dead.bed.ledger.entries().iter().map(|e| e.attempt).collect();
+    let attempts: Vec<u32> = dead
+        .bed
+        .ledger
+        .entries()
+        .iter()
+        .map(|e| e.attempt)
+        .collect();
     assert_eq!(attempts, [1, 2, 3], "exactly max_attempts calls");
 }

@@ -38,15 +38,21 @@ async fn failing_twice_then_succeeding_is_called_three_times_with_exponential_ga
         ledger.len() >= 3
     })
     .await;
-    wait_until(Duration::from_secs(10), "the event is acked", || async move {
-        consumer_info(js, TestBed::STREAM, "flaky")
-            .await
-            .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the event is acked",
+        || async move {
+            consumer_info(js, TestBed::STREAM, "flaky")
+                .await
+                .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
+        },
+    )
     .await;
-    holds_for(Duration::from_millis(500), "no fourth call", || async move {
-        ledger.len() == 3
-    })
+    holds_for(
+        Duration::from_millis(500),
+        "no fourth call",
+        || async move { ledger.len() == 3 },
+    )
     .await;
 
     let entries = bed.ledger.entries();

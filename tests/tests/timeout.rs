@@ -17,7 +17,7 @@ fn alive(pid: u32) -> bool {
         // "<pid> (<comm>) <state> ...": the state follows the last ')'.
         Ok(stat) => stat
             .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().chars().next() != Some('Z')),
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -77,11 +77,15 @@ retry = { max_attempts = 3, initial_delay = "200ms", multiplier = 2.0, jitter = 
         || async move { !alive(shell) && !alive(sleeper) },
     )
     .await;
-    wait_until(Duration::from_secs(10), "the event is acked", || async move {
-        consumer_info(js, TestBed::STREAM, "hang")
-            .await
-            .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the event is acked",
+        || async move {
+            consumer_info(js, TestBed::STREAM, "hang")
+                .await
+                .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
+        },
+    )
     .await;
 
     let entries = bed.ledger.entries();
@@ -116,21 +120,32 @@ timeout = "20s""#
 
     publish_bare(&client, "ev.slow", "{}").await;
 
-    wait_until(Duration::from_secs(20), "the slow handler is acked", || async move {
-        consumer_info(js, TestBed::STREAM, "slow")
-            .await
-            .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the slow handler is acked",
+        || async move {
+            consumer_info(js, TestBed::STREAM, "slow")
+                .await
+                .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
+        },
+    )
     .await;
     // One more ack wait: a redelivery that slipped through would show now.
     let ledger = &bed.ledger;
-    holds_for(Duration::from_millis(2500), "exactly one call", || async move {
-        ledger.len() == 1
-    })
+    holds_for(
+        Duration::from_millis(2500),
+        "exactly one call",
+        || async move { ledger.len() == 1 },
+    )
     .await;
 
-    let info = consumer_info(js, TestBed::STREAM, "slow").await.expect("consumer");
+    let info = consumer_info(js, TestBed::STREAM, "slow")
+        .await
+        .expect("consumer");
     assert_eq!(info.num_redelivered, 0, "no redelivery: {info:?}");
-    assert_eq!(info.delivered.consumer_sequence, 1, "one delivery in all: {info:?}");
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "one delivery in all: {info:?}"
+    );
     assert_eq!(bed.ledger.entries()[0].attempt, 1);
 }
