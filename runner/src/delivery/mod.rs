@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use jetrun_config::FunctionConfig;
 use jetrun_functions::{Context, Event, Failure, Function};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -44,6 +44,31 @@ struct Shared {
     handler: Arc<dyn Function>,
     js: jetstream::Context,
     metrics: FunctionMetrics,
+}
+
+/// Set by the monitor when the consumer is gone, waking the pull loop.
+#[derive(Default)]
+struct Lost {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Lost {
+    fn set(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    async fn notified(&self) {
+        let notified = self.notify.notified();
+        if !self.is_lost() {
+            notified.await;
+        }
+    }
 }
 
 /// Signals from the process to every function.
@@ -94,7 +119,7 @@ pub(crate) async fn run(
             () = until_set(&mut draining) => break,
         };
         readiness.set_bound(&name, true);
-        let lost = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Lost::default());
         let monitor = tokio::spawn(monitor(
             consumer.clone(),
             shared.clone(),
@@ -104,7 +129,7 @@ pub(crate) async fn run(
         pull(&shared, &consumer, &permits, &mut in_flight, &stop, &lost).await;
         monitor.abort();
         readiness.set_bound(&name, false);
-        if lost.load(Ordering::Relaxed) {
+        if lost.is_lost() {
             tracing::warn!(
                 function = %name,
                 resume_after = ack_floor.load(Ordering::Relaxed),
@@ -148,7 +173,7 @@ async fn pull(
     permits: &Arc<Semaphore>,
     in_flight: &mut JoinSet<()>,
     stop: &Stop,
-    lost: &AtomicBool,
+    lost: &Lost,
 ) {
     let mut draining = stop.draining.clone();
     let max_batch = shared.config.concurrency.min(MAX_BATCH);
@@ -163,7 +188,7 @@ async fn pull(
                 Err(_) => return,
             },
         };
-        if lost.load(Ordering::Relaxed) {
+        if lost.is_lost() {
             return;
         }
         let mut batch_permits: Vec<OwnedSemaphorePermit> = vec![first];
@@ -190,7 +215,13 @@ async fn pull(
         // Once a pull request is out, the server may deliver up to its size
         // until it expires: take every message it sends, even while draining
         // (those are NAKed at once), so none waits out the ack wait unseen.
-        while let Some(next) = batch.next().await {
+        loop {
+            let next = tokio::select! {
+                next = batch.next() => next,
+                // A deleted consumer sends nothing more: stop waiting on it.
+                () = lost.notified() => return,
+            };
+            let Some(next) = next else { break };
             match next {
                 Ok(message) if is_set(&draining) => {
                     let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -221,7 +252,7 @@ async fn monitor(
     mut consumer: PullConsumer,
     shared: Arc<Shared>,
     ack_floor: Arc<AtomicU64>,
-    lost: Arc<AtomicBool>,
+    lost: Arc<Lost>,
 ) {
     loop {
         match consumer.info().await {
@@ -231,7 +262,7 @@ async fn monitor(
                 ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
             }
             Err(err) if nats::is_consumer_not_found(&err) => {
-                lost.store(true, Ordering::Relaxed);
+                lost.set();
                 return;
             }
             Err(err) => {
