@@ -1,19 +1,22 @@
 //! One test's world: a nats-server of its own, a temp directory for the
 //! config, scripts and ledger, and the config fragments most tests share.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_nats::jetstream::Context;
 use async_nats::Client;
 use tempfile::TempDir;
 
 use crate::config::{toml_str, write_config};
-use crate::jetstream::connect;
+use crate::jetstream::{connect, consumer_info, stream_messages};
 use crate::ledger::Ledger;
 use crate::nats_server::NatsServer;
 use crate::ports::free_port;
 use crate::scripts::WORKER_PY;
+use crate::wait::wait_until;
 
 /// A nats-server, a temp directory, a ledger in it and a free port for the
 /// runner's metrics server.
@@ -136,6 +139,38 @@ exec = {{ command = ["python3", {script}], mode = "worker", workers = {workers},
             script = toml_str(script.to_string_lossy()),
             ledger = toml_str(self.ledger.path().to_string_lossy()),
         )
+    }
+
+    /// Waits until the ledger holds every sequence from 1 to `events` and
+    /// `function`'s consumer has acked them all, then checks that nothing
+    /// was dead-lettered: the "no event lost" check of the burst tests.
+    pub async fn expect_every_event_handled(&self, function: &str, events: u64, within: Duration) {
+        let ledger = &self.ledger;
+        wait_until(within, "every event handled", || async move {
+            ledger.sequences().len() as u64 == events
+        })
+        .await;
+        let js = &self.jetstream().await;
+        wait_until(
+            Duration::from_secs(20),
+            "every event acked",
+            || async move {
+                consumer_info(js, Self::STREAM, function)
+                    .await
+                    .is_some_and(|i| {
+                        i.ack_floor.stream_sequence == events
+                            && i.num_ack_pending == 0
+                            && i.num_pending == 0
+                    })
+            },
+        )
+        .await;
+        let expected: BTreeSet<u64> = (1..=events).collect();
+        assert_eq!(self.ledger.sequences(), expected);
+        assert!(
+            stream_messages(js, "DLQ").await.is_empty(),
+            "no dead letters"
+        );
     }
 }
 
