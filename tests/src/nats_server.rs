@@ -49,6 +49,8 @@ pub struct NatsServer {
     bin: PathBuf,
     port: u16,
     dir: TempDir,
+    /// A config file passed with `-c` (authorization blocks and the like).
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -61,14 +63,30 @@ impl NatsServer {
     /// Starts a server on `port` (one a runner was already told about, say)
     /// and waits until it accepts connections.
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// Starts a server on a free port with `config` (nats-server's config
+    /// syntax, e.g. an `authorization { ... }` block) besides the usual flags.
+    pub fn start_with_config(config: &str) -> Self {
+        Self::start_with(free_port(), Some(config))
+    }
+
+    fn start_with(port: u16, config: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("jetrun-nats-")
             .tempdir()
             .expect("create temp dir for nats-server");
+        let config = config.map(|text| {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, text).expect("write nats-server config");
+            path
+        });
         let mut server = NatsServer {
             bin: nats_server_bin(),
             port,
             dir,
+            config,
             child: None,
         };
         server.spawn();
@@ -116,7 +134,11 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let log = open_append(&self.log_path());
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("--store_dir")

@@ -35,13 +35,19 @@ impl TestBed {
 
     /// Starts a nats-server and makes the temp directory.
     pub fn new() -> Self {
+        Self::with_nats(NatsServer::start())
+    }
+
+    /// The same, around a server the test started itself (with an
+    /// authorization block, say).
+    pub fn with_nats(nats: NatsServer) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("jetrun-e2e-")
             .tempdir()
             .expect("create temp dir");
         let ledger = Ledger::new(dir.path().join("ledger"));
         TestBed {
-            nats: NatsServer::start(),
+            nats,
             ledger,
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             dir,
