@@ -16,6 +16,18 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use retry::{InvalidRetry, RetryPolicy};
 
+/// Whether `subject` (no wildcards) is matched by the subject filter
+/// `pattern` (`*` one token, `>` the rest).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    subject::captures(pattern, subject)
+}
+
+/// Whether `subject` is one a message can be published to: valid tokens, no
+/// wildcards.
+pub fn is_publish_subject(subject: &str) -> bool {
+    subject::check(subject, false).is_ok()
+}
+
 /// Parses and validates a config file.
 ///
 /// - `text`: the file's contents.

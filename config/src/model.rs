@@ -112,6 +112,9 @@ pub struct FunctionConfig {
     pub retry: RetryPolicy,
     /// The dead-letter subject (`dlq.<name>` unless set).
     pub dead_letter: String,
+    /// `emits = [...]`: the subjects (wildcards allowed) the function may emit
+    /// to; an emit outside them is a permanent failure. `None`: any subject.
+    pub emits: Option<Vec<String>>,
     /// Events must carry JSON data; a body that does not parse is a permanent failure.
     pub json: bool,
     /// JetStream ack wait of the consumer.

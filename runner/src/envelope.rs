@@ -41,6 +41,13 @@ pub(crate) fn read_event(
     } else {
         bare(origin, header("Nats-Msg-Id"), body)
     };
+    // W3C trace context on the message, kept as the CloudEvents distributed
+    // tracing extension so every handler kind and every emitted event sees it.
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = header(name) {
+            event.extensions.entry(name.to_string()).or_insert(value);
+        }
+    }
     if event.correlationid.is_none() {
         // Derived from the event, so every attempt (and every function
         // handling the same event) starts the same correlation.
@@ -227,6 +234,12 @@ pub(crate) fn emitted_headers(
         headers.insert("ce-correlationid", correlation.as_str());
     }
     headers.insert("ce-causationid", input.id.as_str());
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = input.extensions.get(name) {
+            headers.insert(name, value.as_str());
+            headers.insert(format!("ce-{name}").as_str(), value.as_str());
+        }
+    }
     headers.insert("Nats-Msg-Id", id.as_str());
     headers
 }
@@ -325,6 +338,22 @@ mod tests {
         assert_eq!(event.correlationid.as_deref(), Some("c-1"));
         assert_eq!(event.causationid.as_deref(), Some("e-6"));
         assert_eq!(&event.data[..], br#"{"user_id":123}"#);
+    }
+
+    #[test]
+    fn trace_context_is_read_from_headers_and_carried_to_emitted_events() {
+        let mut headers = HeaderMap::new();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", parent);
+        let input = read_event(&origin(), Some(&headers), &Bytes::from_static(b"{}")).unwrap();
+        assert_eq!(
+            input.extensions.get("traceparent").map(String::as_str),
+            Some(parent)
+        );
+        let emit = Emit::new("inventory.reserved", serde_json::json!({}));
+        let out = emitted_headers("reserve-stock", &input, 0, &emit);
+        assert_eq!(out.get("traceparent").map(|v| v.as_str()), Some(parent));
+        assert_eq!(out.get("ce-traceparent").map(|v| v.as_str()), Some(parent));
     }
 
     #[test]

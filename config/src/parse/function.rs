@@ -36,6 +36,7 @@ const FUNCTION_KEYS: &[&str] = &[
     "ack_wait",
     "max_ack_pending",
     "dead_letter",
+    "emits",
     "json",
 ];
 
@@ -159,6 +160,7 @@ pub(super) struct Draft {
 /// A function's keys that need no binding.
 struct Settings {
     handler: Handler,
+    emits: Option<Vec<String>>,
     concurrency: usize,
     timeout: Duration,
     retry: RetryPolicy,
@@ -186,6 +188,7 @@ impl Draft {
             timeout: settings.timeout,
             retry: settings.retry,
             dead_letter: binding.dead_letter,
+            emits: settings.emits,
             json: settings.json,
             ack_wait: settings.ack_wait,
             max_ack_pending: settings.max_ack_pending,
@@ -256,6 +259,7 @@ fn function(
     let stream = section.read(ctx, "stream", stream);
     let dead_letter = section.read(ctx, "dead_letter", dead_letter);
     let json = section.read(ctx, "json", Field::boolean);
+    let emits = section.read(ctx, "emits", emits);
     let own = Limits::read(ctx, &section);
     let retry = retry::function(ctx, &section, &defaults.retry);
     section.finish(ctx);
@@ -266,6 +270,7 @@ fn function(
     let settings = match (
         window,
         handler,
+        emits,
         concurrency,
         over(own.timeout, defaults.timeout),
         retry,
@@ -276,6 +281,7 @@ fn function(
         (
             Ok(()),
             Ok(handler),
+            Ok(emits),
             Some(concurrency),
             Some(timeout),
             Some(retry),
@@ -284,6 +290,7 @@ fn function(
             Some(max_ack_pending),
         ) => Some(Settings {
             handler,
+            emits: emits.map(|list| list.into_iter().map(Spanned::into_inner).collect()),
             concurrency,
             timeout,
             retry,
@@ -324,6 +331,24 @@ fn subjects(ctx: &mut Ctx<'_>, field: &Field<'_, '_>) -> Read<Vec<Spanned<String
                 }),
         };
         if let Some(message) = error {
+            ctx.error(field.path.clone(), Some(&s.span()), message);
+            failed = true;
+        }
+    }
+    if failed {
+        Err(Reported)
+    } else {
+        Ok(subjects)
+    }
+}
+
+/// `emits = ["inventory.>"]`: valid subjects, wildcards allowed.
+fn emits(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<Vec<Spanned<String>>> {
+    let subjects = field.strings(ctx, "a non-empty list of subjects, like [\"inventory.>\"]")?;
+    let mut failed = false;
+    for s in &subjects {
+        if let Err(why) = subject::check(s.get_ref(), true) {
+            let message = format!("{:?} is not a valid subject: {why}", s.get_ref());
             ctx.error(field.path.clone(), Some(&s.span()), message);
             failed = true;
         }

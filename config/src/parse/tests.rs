@@ -68,7 +68,7 @@ retyr = { max_attempts = 3 }
         [
             "functions.thumbnail.retyr is not a known key; expected one of: builtin, exec, http, \
           subjects, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
-          dead_letter, json (line 10)"
+          dead_letter, emits, json (line 10)"
         ]
     );
 }
@@ -219,7 +219,7 @@ http = "http://127.0.0.1:8080/ship"
         [
             "functions.resize.retyr is not a known key; expected one of: builtin, exec, http, \
              subjects, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
-             dead_letter, json (line 10)",
+             dead_letter, emits, json (line 10)",
             "functions.resize.timeout must be a duration like 250ms, 30s, 5m or 7d, \
              got \"five seconds\" (line 11)",
             "functions.thumbnail.subjects \"image.uploaded\" is not captured by any [streams.*] \
@@ -1084,4 +1084,38 @@ fn no_input_makes_it_panic() {
             }
         }
     }
+}
+
+#[test]
+fn emits_lists_the_subjects_a_function_may_emit_to() {
+    let config = ok(&with_streams(
+        r#"
+[functions.reserve]
+subjects = ["order.placed"]
+builtin = "reserve_stock"
+emits = ["inventory.>", "order.rejected"]
+
+[functions.welcome]
+subjects = ["user.registered"]
+builtin = "welcome_email"
+"#,
+    ));
+    assert_eq!(
+        config.functions["reserve"].emits,
+        Some(vec!["inventory.>".to_string(), "order.rejected".to_string()])
+    );
+    assert_eq!(config.functions["welcome"].emits, None);
+    assert_eq!(
+        errors(&with_streams(
+            r#"
+[functions.reserve]
+subjects = ["order.placed"]
+builtin = "reserve_stock"
+emits = ["inventory.>.x"]
+"#
+        )),
+        vec![
+            "functions.reserve.emits \"inventory.>.x\" is not a valid subject: > may only be the last token (line 10)"
+        ]
+    );
 }

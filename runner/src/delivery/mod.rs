@@ -6,10 +6,11 @@
 
 mod dead_letter;
 mod decision;
+mod quarantine;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
@@ -254,12 +255,24 @@ async fn monitor(
     ack_floor: Arc<AtomicU64>,
     lost: Arc<Lost>,
 ) {
+    // The ack floor, and since when it has not moved while events were pending.
+    let mut stuck = (0u64, Instant::now());
     loop {
         match consumer.info().await {
             Ok(info) => {
                 shared.metrics.pending.set(info.num_pending as i64);
                 shared.metrics.ack_pending.set(info.num_ack_pending as i64);
-                ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
+                let floor = info.ack_floor.stream_sequence;
+                ack_floor.fetch_max(floor, Ordering::Relaxed);
+                if floor != stuck.0 || info.num_ack_pending == 0 {
+                    stuck = (floor, Instant::now());
+                } else if stuck.1.elapsed() > shared.config.ack_wait + MONITOR_EVERY {
+                    // Look once per ack wait, not on every round.
+                    stuck.1 = Instant::now();
+                    if let Some(message) = quarantine::find_unreadable(&shared, floor).await {
+                        quarantine::quarantine(&shared, message).await;
+                    }
+                }
             }
             Err(err) if nats::is_consumer_not_found(&err) => {
                 lost.set();
@@ -388,25 +401,63 @@ async fn call_and_emit(
             }
         }
     };
+    check_emits(&shared.config, &emits)?;
     for (index, emit) in emits.iter().enumerate() {
         let headers = envelope::emitted_headers(&shared.config.name, event, index, emit);
         let body = serde_json::to_vec(&emit.data).unwrap_or_default();
         let subject = emit.subject().to_string();
-        let published = async {
-            shared
-                .js
-                .publish_with_headers(subject.clone(), headers, body.into())
-                .await?
-                .await
-                .map_err(async_nats::Error::from)
+        let ack = match shared
+            .js
+            .publish_with_headers(subject.clone(), headers, body.into())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
         };
-        published.await.map_err(|err| {
-            Failure::retryable(format!(
-                "cannot publish emitted event {} to {subject}: {err}; is the subject captured by a stream?",
-                emit.event_type
-            ))
+        ack.map_err(|err| {
+            use async_nats::jetstream::context::PublishErrorKind;
+            Failure::retryable(if err.kind() == PublishErrorKind::StreamNotFound {
+                format!(
+                    "no stream captures subject {subject} (emitted event {}); \
+                     add it to a stream's subjects",
+                    emit.event_type
+                )
+            } else {
+                format!(
+                    "cannot publish emitted event {} to {subject}: {err}",
+                    emit.event_type
+                )
+            })
         })?;
         shared.metrics.emitted.inc();
+    }
+    Ok(())
+}
+
+/// Every emitted event must go to a valid subject inside the function's
+/// `emits` (when it declares one): checked before anything is published, so
+/// a bad emit publishes none.
+fn check_emits(config: &FunctionConfig, emits: &[jetrun_functions::Emit]) -> Result<(), Failure> {
+    for emit in emits {
+        let subject = emit.subject();
+        let valid = jetrun_config::is_publish_subject(subject);
+        if !valid {
+            return Err(Failure::permanent(format!(
+                "emitted event {} has subject {subject:?}, which is not a subject one can publish to",
+                emit.event_type
+            )));
+        }
+        if let Some(allowed) = &config.emits {
+            if !allowed
+                .iter()
+                .any(|p| jetrun_config::subject_matches(p, subject))
+            {
+                return Err(Failure::permanent(format!(
+                    "emitted event {} goes to subject {subject}, outside the function's emits = {allowed:?}",
+                    emit.event_type
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -466,20 +517,16 @@ async fn dead_letter(
         failed_at: SystemTime::now(),
     };
     let headers = letter.headers(message.headers.as_ref());
-    let published = async {
-        shared
-            .js
-            .publish_with_headers(
-                shared.config.dead_letter.clone(),
-                headers,
-                message.payload.clone(),
-            )
-            .await?
-            .await
-            .map_err(async_nats::Error::from)
-    };
-    match published.await {
-        Ok(_) => {
+    let published = publish_dead_letter(
+        shared,
+        headers,
+        message.payload.clone(),
+        &ctx.stream,
+        ctx.sequence,
+    )
+    .await;
+    match published {
+        Ok(()) => {
             metrics.dead_letter.inc();
             match reason {
                 Reason::Exhausted => metrics.exhausted.inc(),
@@ -508,6 +555,68 @@ async fn until_set(flag: &mut watch::Receiver<bool>) {
 
 fn is_set(flag: &watch::Receiver<bool>) -> bool {
     *flag.borrow()
+}
+
+/// Publishes a dead letter and waits for its stream's ack. A dead letter too
+/// big for the server's max_payload (the original body plus jetrun's headers)
+/// is published with the body cut to fit and `Jetrun-Body-Truncated` set to
+/// the original length: the whole event stays in its own stream at
+/// `Jetrun-Original-Sequence`.
+async fn publish_dead_letter(
+    shared: &Shared,
+    mut headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+    stream: &str,
+    sequence: u64,
+) -> Result<(), async_nats::Error> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let subject = shared.config.dead_letter.clone();
+    let publish = |headers, body| async {
+        shared
+            .js
+            .publish_with_headers(subject.clone(), headers, body)
+            .await?
+            .await
+            .map(|_| ())
+            .map_err(async_nats::Error::from)
+    };
+    match shared
+        .js
+        .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(async_nats::Error::from),
+        Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+            let room = shared
+                .js
+                .client()
+                .max_payload()
+                .saturating_sub(headers_size(&headers) + 256);
+            tracing::warn!(
+                size = body.len(),
+                kept = room,
+                "The dead letter is bigger than the server's max_payload; cutting its body. \
+                 The whole event stays in stream {stream} at sequence {sequence}."
+            );
+            headers.insert("Jetrun-Body-Truncated", body.len().to_string().as_str());
+            publish(headers, body.slice(..room.min(body.len()))).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// About what `headers` take on the wire.
+fn headers_size(headers: &async_nats::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        + 16
 }
 
 fn round_ms(d: Duration) -> Duration {
