@@ -83,6 +83,12 @@ impl Runner {
     /// test's own `JETRUN_CONFIG` and `JETRUN_NATS_URL` are not passed on, so
     /// the config file says where NATS is.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with(config, &[], env)
+    }
+
+    /// Starts `jetrun run -c config ARGS...` (`--log-format json`, say) with
+    /// extra environment variables.
+    pub fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log_dir = tempfile::Builder::new()
             .prefix("jetrun-runner-")
             .tempdir()
@@ -93,6 +99,7 @@ impl Runner {
             .arg("run")
             .arg("-c")
             .arg(config)
+            .args(args)
             .env_remove("JETRUN_CONFIG")
             .env_remove("JETRUN_NATS_URL")
             .stdin(Stdio::null())

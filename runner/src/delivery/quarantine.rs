@@ -47,12 +47,41 @@ pub(super) struct Unreadable {
     pub(super) body: Vec<u8>,
 }
 
-/// The first message after `floor` on the function's subjects, if its header
-/// block is not UTF-8.
+/// How many messages past the ack floor are looked at: the unreadable one
+/// may sit behind others whose deliveries it keeps cutting off.
+const SCAN: usize = 32;
+
+/// The first message after `floor` on the function's subjects whose header
+/// block is not UTF-8, among the next [`SCAN`].
 pub(super) async fn find_unreadable(shared: &Shared, floor: u64) -> Option<Unreadable> {
+    let mut after = floor;
+    for _ in 0..SCAN {
+        let message = next_message(shared, after).await?;
+        after = message.seq;
+        let Some(hdrs) = &message.hdrs else { continue };
+        let raw_headers = BASE64_STANDARD.decode(hdrs.as_bytes()).ok()?;
+        if std::str::from_utf8(&raw_headers).is_ok() {
+            continue;
+        }
+        let body = match &message.data {
+            Some(data) => BASE64_STANDARD.decode(data.as_bytes()).ok()?,
+            None => Vec::new(),
+        };
+        return Some(Unreadable {
+            subject: message.subject,
+            sequence: message.seq,
+            raw_headers,
+            body,
+        });
+    }
+    None
+}
+
+/// The first stored message after sequence `after` on the function's subjects.
+async fn next_message(shared: &Shared, after: u64) -> Option<StoredMessage> {
     let mut first: Option<StoredMessage> = None;
     for filter in &shared.config.subjects {
-        let request = json!({"seq": floor + 1, "next_by_subj": filter});
+        let request = json!({"seq": after + 1, "next_by_subj": filter});
         let subject = format!("STREAM.MSG.GET.{}", shared.config.stream);
         let reply: GetReply = shared.js.request(subject, &request).await.ok()?;
         if let Some(message) = reply.message {
@@ -61,21 +90,7 @@ pub(super) async fn find_unreadable(shared: &Shared, floor: u64) -> Option<Unrea
             }
         }
     }
-    let message = first?;
-    let raw_headers = BASE64_STANDARD.decode(message.hdrs?.as_bytes()).ok()?;
-    if std::str::from_utf8(&raw_headers).is_ok() {
-        return None;
-    }
-    let body = match message.data {
-        Some(data) => BASE64_STANDARD.decode(data.as_bytes()).ok()?,
-        None => Vec::new(),
-    };
-    Some(Unreadable {
-        subject: message.subject,
-        sequence: message.seq,
-        raw_headers,
-        body,
-    })
+    first
 }
 
 /// Dead-letters `message`, then deletes it from its stream. Returns whether

@@ -1,0 +1,178 @@
+//! Bad input is dead-lettered with a reason, and the runner keeps serving
+//! the events around it: a body that is not JSON for a `json = true`
+//! function, a structured CloudEvent missing its `id`, 1 MiB of random bytes
+//! (its dead letter, too big for the server's max_payload with jetrun's
+//! headers, is cut to fit and says so), and a header value that is not UTF-8
+//! (which the NATS client cannot even read: jetrun finds it through the
+//! stream's message-get API, dead-letters it and deletes it from its stream).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use jetrun_e2e::{
+    header, metric, publish_bare, publish_with_headers, scrape, stream_messages, wait_for_consumer,
+    wait_until, Runner, TestBed,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const MIB: usize = 1024 * 1024;
+
+/// Publishes `body` on `subject` with a header block of raw bytes, as a
+/// publisher that does not check them would (async-nats refuses to).
+async fn publish_raw_headers(port: u16, subject: &str, header_line: &[u8], body: &[u8]) {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    lines.next_line().await.expect("INFO").expect("INFO line");
+    let mut headers = b"NATS/1.0\r\n".to_vec();
+    headers.extend_from_slice(header_line);
+    headers.extend_from_slice(b"\r\n\r\n");
+    let mut frame = b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n".to_vec();
+    frame.extend_from_slice(
+        format!(
+            "HPUB {subject} {} {}\r\n",
+            headers.len(),
+            headers.len() + body.len()
+        )
+        .as_bytes(),
+    );
+    frame.extend_from_slice(&headers);
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(b"\r\nPING\r\n");
+    write.write_all(&frame).await.expect("write");
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("PONG before EOF");
+        assert!(
+            !line.starts_with("-ERR"),
+            "server refused the publish: {line}"
+        );
+        if line == "PONG" {
+            break;
+        }
+    }
+}
+
+/// Deterministic noise (xorshift), so a failure can be replayed.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_and_good_input_keeps_flowing() {
+    let bed = TestBed::new();
+    let config = bed.write_config(&format!(
+        "{}\n[functions.strict]\nsubjects = [\"ev.in\"]\nbuiltin = \"noop\"\njson = true\nack_wait = \"2s\"\n",
+        bed.base_config()
+    ));
+    let runner = Runner::start(&config);
+    let client = bed.client().await;
+    let js = &async_nats::jetstream::new(client.clone());
+    wait_for_consumer(js, TestBed::STREAM, "strict").await;
+
+    let mut good = 0;
+    let mut publish_good = || {
+        good += 1;
+        format!(r#"{{"ok":{good}}}"#)
+    };
+    publish_bare(&client, "ev.in", publish_good()).await;
+    publish_bare(&client, "ev.in", "{not json").await;
+    publish_bare(&client, "ev.in", publish_good()).await;
+    let mut structured = HeaderMap::new();
+    structured.insert("content-type", "application/cloudevents+json");
+    let no_id = r#"{"specversion":"1.0","type":"ev.in","source":"s","data":{}}"#;
+    publish_with_headers(&client, "ev.in", structured, no_id).await;
+    publish_bare(&client, "ev.in", publish_good()).await;
+    let noise = random_bytes(MIB);
+    publish_bare(&client, "ev.in", noise.clone()).await;
+    publish_bare(&client, "ev.in", publish_good()).await;
+    publish_raw_headers(
+        bed.nats.port(),
+        "ev.in",
+        b"X-Bad: \xff\xfe",
+        br#"{"bad":1}"#,
+    )
+    .await;
+    publish_bare(&client, "ev.in", publish_good()).await;
+    let good = good as f64;
+
+    let metrics = bed.metrics;
+    wait_until(
+        Duration::from_secs(40),
+        "good events handled, bad ones dead-lettered",
+        || async move {
+            let text = scrape(metrics).await;
+            let count = |outcome| {
+                metric(
+                    &text,
+                    "jetrun_events_processed_total",
+                    &[("function", "strict"), ("outcome", outcome)],
+                )
+            };
+            count("success") == Some(good) && count("dead_letter") == Some(4.0)
+        },
+    )
+    .await;
+
+    // In the order they failed, which the unreadable message shuffles: each
+    // delivery of it drops the client's connection until it is taken out.
+    let letters = stream_messages(js, "DLQ").await;
+    assert_eq!(letters.len(), 4, "{}", runner.log());
+    for letter in &letters {
+        assert_eq!(
+            header(&letter.headers, "Jetrun-Reason").as_deref(),
+            Some("permanent")
+        );
+    }
+    let letter = |needle: &str| {
+        letters
+            .iter()
+            .find(|l| header(&l.headers, "Jetrun-Error").is_some_and(|e| e.contains(needle)))
+            .unwrap_or_else(|| panic!("no dead letter says {needle:?}"))
+    };
+    assert_eq!(&letter("line 1 column 2").payload[..], b"{not json");
+    letter("missing required attribute(s): id");
+    let cut = letter("expected value at line 1 column 1");
+    assert_eq!(
+        header(&cut.headers, "Jetrun-Body-Truncated").as_deref(),
+        Some(MIB.to_string().as_str()),
+        "the 1 MiB dead letter says it was cut"
+    );
+    assert!(cut.payload.len() < MIB && noise.starts_with(&cut.payload));
+    let unreadable = letter("not valid UTF-8");
+    assert_eq!(&unreadable.payload[..], br#"{"bad":1}"#);
+    assert!(header(&unreadable.headers, "Jetrun-Original-Headers-Base64").is_some());
+
+    let left: Vec<_> = stream_messages(js, TestBed::STREAM)
+        .await
+        .into_iter()
+        .filter(|m| &m.payload[..] == br#"{"bad":1}"#)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the unreadable message was taken out of its stream"
+    );
+    let text = scrape(metrics).await;
+    assert_eq!(
+        metric(
+            &text,
+            "jetrun_dead_letters_total",
+            &[("function", "strict"), ("reason", "permanent")]
+        ),
+        Some(4.0)
+    );
+}
