@@ -20,6 +20,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging(cli.log_format);
+    // HTTP functions use rustls without a bundled crypto provider: ring it is
+    // (async-nats already builds it; aws-lc-rs, reqwest's default, is a slow C build).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

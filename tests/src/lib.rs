@@ -10,6 +10,7 @@
 
 mod clock;
 mod config;
+mod http_server;
 mod jetstream;
 mod ledger;
 mod metrics;
@@ -23,6 +24,7 @@ mod wait;
 
 pub use clock::{parse_rfc3339, unix_now};
 pub use config::{toml_str, write_config};
+pub use http_server::{HttpServer, Reply, Request};
 pub use jetstream::{
     connect, consumer_info, header, publish_bare, publish_bare_burst, publish_with_headers,
     stream_len, stream_messages, wait_for_consumer,

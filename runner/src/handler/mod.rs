@@ -1,8 +1,9 @@
 //! The handler kinds behind a function: built-in Rust functions, exec
-//! programs (one process per event, or long-lived workers), each implementing
-//! [`jetrun_functions::Function`].
+//! programs (one process per event, or long-lived workers) and HTTP
+//! endpoints, each implementing [`jetrun_functions::Function`].
 
 mod exec;
+mod http;
 mod process;
 mod protocol;
 mod worker;
@@ -27,10 +28,6 @@ pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Functio
             ExecMode::PerEvent => Arc::new(exec::Exec::new(&function.name, exec.clone())),
             ExecMode::Worker => Arc::new(worker::WorkerPool::new(&function.name, exec.clone())),
         },
-        Handler::Http(http) => bail!(
-            "functions.{}.http ({}): HTTP functions are not supported by this build yet",
-            function.name,
-            http.url
-        ),
+        Handler::Http(config) => Arc::new(http::Http::new(&function.name, config)?),
     })
 }

@@ -1,6 +1,6 @@
 //! The JSON exec functions speak: `{"emit": [{"type", "data", "subject"?}]}`
-//! on stdout (per event) and `{"ok", "emit", "error", "retryable"}` replies
-//! (worker mode).
+//! on stdout (per event; HTTP functions may reply with it too) and
+//! `{"ok", "emit", "error", "retryable"}` replies (worker mode).
 
 use jetrun_functions::{Emit, Failure};
 use serde::Deserialize;
@@ -52,13 +52,17 @@ pub(super) fn parse_stdout(stdout: &[u8]) -> Result<Vec<Emit>, Failure> {
     if stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    serde_json::from_slice::<Output>(stdout)
-        .map(|out| emits(out.emit))
-        .map_err(|err| {
-            Failure::permanent(format!(
-                "stdout is not {{\"emit\": [{{\"type\": ..., \"data\": ...}}]}}: {err}"
-            ))
-        })
+    parse_emit_list(stdout).map_err(|err| {
+        Failure::permanent(format!(
+            "stdout is not {{\"emit\": [{{\"type\": ..., \"data\": ...}}]}}: {err}"
+        ))
+    })
+}
+
+/// `{"emit": [{"type", "data", "subject"?}]}`, as a per-event process's
+/// stdout and an HTTP function's reply carry it.
+pub(super) fn parse_emit_list(json: &[u8]) -> Result<Vec<Emit>, serde_json::Error> {
+    serde_json::from_slice::<Output>(json).map(|out| emits(out.emit))
 }
 
 /// One worker reply line.
