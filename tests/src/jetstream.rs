@@ -103,6 +103,21 @@ pub async fn wait_for_consumer(js: &Context, stream: &str, consumer: &str) {
     .await;
 }
 
+/// Waits (up to 20 s) until `consumer` on `stream` has acked everything up
+/// to stream sequence `last`, with nothing left pending or unacked.
+pub async fn wait_acked(js: &Context, stream: &str, consumer: &str, last: u64) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{consumer} acked everything up to sequence {last}"),
+        || async move {
+            consumer_info(js, stream, consumer).await.is_some_and(|i| {
+                i.ack_floor.stream_sequence == last && i.num_ack_pending == 0 && i.num_pending == 0
+            })
+        },
+    )
+    .await;
+}
+
 /// The first value of header `name` (exact spelling) as text.
 pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|value| value.as_str().to_string())

@@ -27,7 +27,7 @@ pub use config::{toml_str, write_config};
 pub use http_server::{HttpServer, Reply, Request};
 pub use jetstream::{
     connect, consumer_info, header, publish_bare, publish_bare_burst, publish_with_headers,
-    stream_len, stream_messages, wait_for_consumer,
+    stream_len, stream_messages, wait_acked, wait_for_consumer,
 };
 pub use ledger::{Entry, Ledger};
 pub use metrics::{http_status, metric, scrape};

@@ -11,7 +11,7 @@ use async_nats::Client;
 use tempfile::TempDir;
 
 use crate::config::{toml_str, write_config};
-use crate::jetstream::{connect, consumer_info, stream_messages};
+use crate::jetstream::{connect, stream_messages, wait_acked};
 use crate::ledger::Ledger;
 use crate::nats_server::NatsServer;
 use crate::ports::free_port;
@@ -157,20 +157,7 @@ exec = {{ command = ["python3", {script}], mode = "worker", workers = {workers},
         })
         .await;
         let js = &self.jetstream().await;
-        wait_until(
-            Duration::from_secs(20),
-            "every event acked",
-            || async move {
-                consumer_info(js, Self::STREAM, function)
-                    .await
-                    .is_some_and(|i| {
-                        i.ack_floor.stream_sequence == events
-                            && i.num_ack_pending == 0
-                            && i.num_pending == 0
-                    })
-            },
-        )
-        .await;
+        wait_acked(js, Self::STREAM, function, events).await;
         let expected: BTreeSet<u64> = (1..=events).collect();
         assert_eq!(self.ledger.sequences(), expected);
         assert!(

@@ -6,29 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::Context;
 use jetrun_e2e::{
-    consumer_info, header, parse_rfc3339, publish_bare, record_then, repo_root, stream_messages,
-    toml_str, wait_for_consumer, wait_until, Runner, TestBed,
+    header, parse_rfc3339, publish_bare, record_then, repo_root, stream_messages, toml_str,
+    wait_acked, wait_for_consumer, wait_until, Runner, TestBed,
 };
 use serde_json::{json, Value};
-
-async fn wait_acked(js: &Context, consumer: &str, last: u64) {
-    wait_until(
-        Duration::from_secs(20),
-        &format!("{consumer} acked everything up to sequence {last}"),
-        || async move {
-            consumer_info(js, TestBed::STREAM, consumer)
-                .await
-                .is_some_and(|i| {
-                    i.ack_floor.stream_sequence == last
-                        && i.num_ack_pending == 0
-                        && i.num_pending == 0
-                })
-        },
-    )
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_event_exec_gets_the_event_a_clean_env_and_can_emit() {
@@ -59,7 +41,7 @@ printf '{{"emit": [{{"type": "ev.out", "data": {{"seen": %s}}}}]}}\n' "$JETRUN_S
 
     publish_bare(&client, "ev.in", r#"{"order_id":42}"#).await;
 
-    wait_acked(js, "probe", 1).await;
+    wait_acked(js, TestBed::STREAM, "probe", 1).await;
     let emitted = stream_messages(js, TestBed::STREAM).await;
     assert_eq!(
         emitted.len(),
@@ -261,7 +243,7 @@ async fn worker_dying_mid_event_is_restarted_and_only_that_event_retried() {
         publish_bare(&client, "ev.work", body.to_string()).await;
     }
 
-    wait_acked(js, "work", 5).await;
+    wait_acked(js, TestBed::STREAM, "work", 5).await;
     let entries = bed.ledger.entries();
     for n in 1..=5 {
         let attempts = bed.ledger.attempts_of(&format!("EVENTS:{n}"));

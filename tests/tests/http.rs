@@ -11,8 +11,8 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::Context;
 use async_nats::{Client, HeaderMap};
 use jetrun_e2e::{
-    consumer_info, header, holds_for, publish_bare, publish_bare_burst, publish_with_headers,
-    stream_messages, toml_str, wait_for_consumer, wait_until, HttpServer, Reply, Runner, TestBed,
+    header, holds_for, publish_bare, publish_bare_burst, publish_with_headers, stream_messages,
+    toml_str, wait_acked, wait_for_consumer, wait_until, HttpServer, Reply, Runner, TestBed,
 };
 use serde_json::{json, Value};
 
@@ -59,21 +59,7 @@ retry = {{ max_attempts = 3, initial_delay = "100ms", multiplier = 2.0, jitter =
 impl World {
     /// Waits until `notify` has acked every event up to stream sequence `last`.
     async fn wait_acked(&self, last: u64) {
-        let js = &self.js;
-        wait_until(
-            Duration::from_secs(20),
-            &format!("{FUNCTION} acked everything up to sequence {last}"),
-            || async move {
-                consumer_info(js, TestBed::STREAM, FUNCTION)
-                    .await
-                    .is_some_and(|i| {
-                        i.ack_floor.stream_sequence == last
-                            && i.num_ack_pending == 0
-                            && i.num_pending == 0
-                    })
-            },
-        )
-        .await;
+        wait_acked(&self.js, TestBed::STREAM, FUNCTION, last).await;
     }
 
     async fn events(&self) -> Vec<StreamMessage> {
