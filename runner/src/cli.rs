@@ -49,21 +49,7 @@ enum Command {
     /// Validate the config file: exit 0 when it is good, 2 when it is not.
     Check(ConfigArg),
     /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
-    Publish {
-        /// The subject, which is also the event's type.
-        subject: String,
-        /// The data; `-` reads it from stdin; none sends an empty body.
-        data: Option<String>,
-        /// The NATS server.
-        #[arg(long, env = "JETRUN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-        server: String,
-        /// The CloudEvents source.
-        #[arg(long, default_value = "jetrun/cli")]
-        source: String,
-        /// The event type, when it differs from the subject.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-    },
+    Publish(crate::publish::PublishArgs),
 }
 
 pub(crate) fn init_logging(format: LogFormat) {
@@ -106,13 +92,7 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
             Ok(config) => crate::dev::dev(config).await,
             Err(code) => return code,
         },
-        Command::Publish {
-            subject,
-            data,
-            server,
-            source,
-            event_type,
-        } => crate::publish::publish(&server, &subject, data.as_deref(), &source, event_type).await,
+        Command::Publish(args) => crate::publish::publish(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use crate::{
     parse, Config, ConfigErrors, ExecMode, Handler, NatsAuth, Retention, RetryPolicy, Storage,
 };
 
-const BUILTINS: &[&str] = &["noop", "reserve_stock", "welcome_email"];
+const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
 const BASE: &str = "/srv/jetrun/config";
 
 /// Streams most tests bind their functions to, on lines 1 to 5.
@@ -283,7 +283,7 @@ builtin = "nope"
         errors(&text),
         [
             "functions.f.builtin \"nope\" is not a built-in function; known: noop, reserve_stock, \
-          welcome_email (line 9)"
+          take_payment, welcome_email (line 9)"
         ]
     );
 }
@@ -1016,6 +1016,10 @@ const SAMPLES: &[(&str, &str)] = &[
         "examples/cluster.toml",
         include_str!("../../examples/cluster.toml"),
     ),
+    (
+        "examples/ecommerce.toml",
+        include_str!("../../examples/ecommerce.toml"),
+    ),
 ];
 
 #[test]
@@ -1102,7 +1106,10 @@ builtin = "welcome_email"
     ));
     assert_eq!(
         config.functions["reserve"].emits,
-        Some(vec!["inventory.>".to_string(), "order.rejected".to_string()])
+        Some(vec![
+            "inventory.>".to_string(),
+            "order.rejected".to_string()
+        ])
     );
     assert_eq!(config.functions["welcome"].emits, None);
     assert_eq!(

@@ -4,18 +4,20 @@
 
 mod noop;
 mod reserve_stock;
+mod take_payment;
 mod welcome_email;
 
 use crate::Function;
 
 /// Every built-in's name, sorted.
-pub const BUILTINS: &[&str] = &["noop", "reserve_stock", "welcome_email"];
+pub const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
 
 /// A fresh instance of the built-in called `name`.
 pub fn builtin(name: &str) -> Option<Box<dyn Function>> {
     match name {
         "noop" => Some(Box::new(noop::Noop)),
         "reserve_stock" => Some(Box::new(reserve_stock::ReserveStock::default())),
+        "take_payment" => Some(Box::new(take_payment::TakePayment::default())),
         "welcome_email" => Some(Box::new(welcome_email::WelcomeEmail)),
         _ => None,
     }
