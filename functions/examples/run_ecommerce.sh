@@ -27,4 +27,7 @@ trap 'kill "$notify" 2>/dev/null || true' EXIT
 # folder of this example's own.
 mkdir -p .jetrun/ecommerce
 cd .jetrun/ecommerce
+# A line for every handled event (at debug), so one order can be followed
+# through the log by its correlation id.
+export JETRUN_LOG="${JETRUN_LOG:-info,async_nats=warn,jetrun::delivery=debug}"
 "$jetrun" dev -c "$repo/config/examples/ecommerce.toml" "$@"

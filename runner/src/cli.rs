@@ -72,12 +72,12 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check(arg) => {
             return match config_file::load(&arg.config) {
-                Ok(config) => {
+                Ok(loaded) => {
                     println!(
                         "{}: ok ({} functions, {} streams)",
                         arg.config.display(),
-                        config.functions.len(),
-                        config.streams.len()
+                        loaded.config.functions.len(),
+                        loaded.config.streams.len()
                     );
                     ExitCode::SUCCESS
                 }

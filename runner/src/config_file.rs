@@ -1,17 +1,28 @@
 //! Loading the config file: the only place that reads it and the environment
-//! before handing both to the pure `jetrun_config::parse`. A bad file prints
-//! every error and means exit status 2.
+//! before handing both to the pure `jetrun_config::parse`, then building
+//! every function's handler (which checks what only the runner knows, such
+//! as an HTTP function's headers). A bad file prints every error and means
+//! exit status 2, before anything touches NATS.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use jetrun_config::Config;
+use jetrun_config::{Config, FunctionConfig};
+use jetrun_functions::Function;
+
+use crate::handler;
+
+/// A valid config and the handler of each of its functions.
+pub(crate) struct Loaded {
+    pub(crate) config: Config,
+    pub(crate) functions: Vec<(FunctionConfig, std::sync::Arc<dyn Function>)>,
+}
 
 /// Exit status for a config that cannot be used.
 const EXIT_BAD_CONFIG: u8 = 2;
 
-pub(crate) fn load(path: &Path) -> Result<Config, ExitCode> {
+pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         eprintln!("jetrun: cannot read config file {}: {err}", path.display());
         ExitCode::from(EXIT_BAD_CONFIG)
@@ -24,11 +35,25 @@ pub(crate) fn load(path: &Path) -> Result<Config, ExitCode> {
         base_dir
     };
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
-    jetrun_config::parse(&text, &env, &base_dir, jetrun_functions::BUILTINS).map_err(|errors| {
+    let invalid = |errors: &[String]| {
         eprintln!("jetrun: {} is not valid:", path.display());
-        for error in &errors.0 {
+        for error in errors {
             eprintln!("  {error}");
         }
         ExitCode::from(EXIT_BAD_CONFIG)
-    })
+    };
+    let config = jetrun_config::parse(&text, &env, &base_dir, jetrun_functions::BUILTINS)
+        .map_err(|errors| invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()))?;
+    let mut functions = Vec::new();
+    let mut errors = Vec::new();
+    for function in config.functions.values() {
+        match handler::build(function) {
+            Ok(handler) => functions.push((function.clone(), handler)),
+            Err(err) => errors.push(format!("{err:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(invalid(&errors));
+    }
+    Ok(Loaded { config, functions })
 }

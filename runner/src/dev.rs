@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::config_file::Loaded;
 use anyhow::{bail, Context as _};
-use jetrun_config::Config;
 use tokio::process::{Child, Command};
 
 const PREFERRED_PORT: u16 = 4222;
 const DATA_DIR: &str = ".jetrun/dev";
 
-pub(crate) async fn dev(mut config: Config) -> anyhow::Result<()> {
+pub(crate) async fn dev(mut loaded: Loaded) -> anyhow::Result<()> {
+    let config = &mut loaded.config;
     let binary = nats_server_binary()?;
     let port = free_port()?;
     std::fs::create_dir_all(DATA_DIR).with_context(|| format!("cannot create {DATA_DIR}"))?;
@@ -41,11 +42,11 @@ pub(crate) async fn dev(mut config: Config) -> anyhow::Result<()> {
     let url = format!("nats://127.0.0.1:{port}");
     tracing::info!(%url, data = DATA_DIR, "Started nats-server for development.");
     eprintln!(
-        "\n  nats-server: {url}\n  publish:     jetrun publish --server {url} order.placed '{{\"order_id\":1,\"items\":[{{\"sku\":\"book\",\"qty\":1}}]}}'\n  or:          nats -s {url} pub user.registered '{{\"user_id\":1,\"email\":\"ada@example.com\"}}'\n  metrics:     http://{}/metrics\n",
+        "\n  nats-server: {url}\n  publish:     jetrun publish --server {url} order.placed '{{\"order_id\":1,\"total\":25,\"items\":[{{\"sku\":\"book\",\"qty\":1}}]}}'\n  or:          nats -s {url} pub user.registered '{{\"user_id\":1,\"email\":\"ada@example.com\"}}'\n  metrics:     http://{}/metrics\n",
         config.metrics.listen
     );
     config.nats.urls = vec![url];
-    let result = crate::run::run(config).await;
+    let result = crate::run::run(loaded).await;
     stop(&mut server).await;
     result
 }

@@ -5,38 +5,36 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jetrun_config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::config_file::Loaded;
 use crate::delivery::{self, Stop};
 use crate::metrics::{self, Metrics};
+use crate::nats;
 use crate::readiness::Readiness;
-use crate::{handler, nats};
 
 /// Pause between attempts to set up the streams while NATS is unreachable.
 const SETUP_RETRY: Duration = Duration::from_secs(1);
 /// How long the final flush of acks may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    run_until(config, shutdown_signal()).await
+pub(crate) async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    run_until(loaded, shutdown_signal()).await
 }
 
 /// Runs until `shutdown` resolves, then drains.
 pub(crate) async fn run_until(
-    config: Config,
+    loaded: Loaded,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Loaded {
+        config,
+        functions: handlers,
+    } = loaded;
     let metrics = Metrics::new();
     let readiness = Readiness::new(config.functions.keys());
-    // Handlers first: a function that cannot be built is a config problem,
-    // reported before touching NATS.
-    let mut handlers = Vec::new();
-    for function in config.functions.values() {
-        handlers.push((function.clone(), handler::build(function)?));
-    }
     metrics::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
     let client = nats::connect(&config.nats, &metrics, &readiness).await?;
     let js = async_nats::jetstream::new(client.clone());

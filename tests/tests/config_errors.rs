@@ -145,6 +145,29 @@ http = { url = "http://127.0.0.1:9/events", headers = { Authorization = "Bearer 
 }
 
 #[test]
+fn check_reports_what_only_the_runner_can_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(
+        dir.path(),
+        r#"[streams.EVENTS]
+subjects = ["ev.>"]
+
+[functions.hook]
+subjects = ["ev.hook"]
+http = { url = "http://127.0.0.1:9/events", headers = { "X Api" = "x" } }
+"#,
+    );
+
+    let (code, stderr) = run_check(&config);
+
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(r#"functions.hook.http.headers: "X Api" is not a valid HTTP header name"#),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn shipped_configs_pass_check() {
     let config_dir = repo_root().join("config");
     let mut files = vec![config_dir.join("jetrun.toml")];

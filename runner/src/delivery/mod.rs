@@ -482,6 +482,8 @@ async fn settle_delivery(
             if let Err(err) = message.ack().await {
                 tracing::warn!(%err, "Ack failed; the event may be redelivered.");
             }
+            // One line per event is too many by default; JETRUN_LOG=jetrun=debug shows it.
+            tracing::debug!("Event handled.");
         }
         Action::Retry(delay) => {
             metrics.retry.inc();
