@@ -40,12 +40,21 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Reload the config when the file changes (SIGHUP always reloads it).
+    #[arg(long)]
+    watch: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the functions in the config file.
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Run them against a nats-server jetrun starts and stops itself (data under .jetrun/).
-    Dev(ConfigArg),
+    Dev(RunArgs),
     /// Validate the config file: exit 0 when it is good, 2 when it is not.
     Check(ConfigArg),
     /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
@@ -84,12 +93,12 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Run(arg) => match config_file::load(&arg.config) {
-            Ok(config) => crate::run::run(config).await,
+        Command::Run(arg) => match config_file::load(&arg.config.config) {
+            Ok(loaded) => crate::run::run(loaded, reload_source(&arg)).await,
             Err(code) => return code,
         },
-        Command::Dev(arg) => match config_file::load(&arg.config) {
-            Ok(config) => crate::dev::dev(config).await,
+        Command::Dev(arg) => match config_file::load(&arg.config.config) {
+            Ok(loaded) => crate::dev::dev(loaded, reload_source(&arg)).await,
             Err(code) => return code,
         },
         Command::Publish(args) => crate::publish::publish(args).await,
@@ -100,5 +109,12 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
             eprintln!("jetrun: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn reload_source(arg: &RunArgs) -> crate::reload::Source {
+    crate::reload::Source {
+        path: arg.config.config.clone(),
+        watch: arg.watch,
     }
 }

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 const PREFERRED_PORT: u16 = 4222;
 const DATA_DIR: &str = ".jetrun/dev";
 
-pub(crate) async fn dev(mut loaded: Loaded) -> anyhow::Result<()> {
+pub(crate) async fn dev(mut loaded: Loaded, source: crate::reload::Source) -> anyhow::Result<()> {
     let config = &mut loaded.config;
     let binary = nats_server_binary()?;
     let port = free_port()?;
@@ -46,7 +46,7 @@ pub(crate) async fn dev(mut loaded: Loaded) -> anyhow::Result<()> {
         config.metrics.listen
     );
     config.nats.urls = vec![url];
-    let result = crate::run::run(loaded).await;
+    let result = crate::run::run(loaded, source).await;
     stop(&mut server).await;
     result
 }

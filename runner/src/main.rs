@@ -11,6 +11,7 @@ mod middleware;
 mod nats;
 mod publish;
 mod readiness;
+mod reload;
 mod run;
 
 use std::process::ExitCode;

@@ -20,7 +20,7 @@ const SETUP_RETRY: Duration = Duration::from_secs(1);
 /// How long the final flush of acks may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(loaded: Loaded) -> anyhow::Result<()> {
+pub(crate) async fn run(loaded: Loaded, _source: crate::reload::Source) -> anyhow::Result<()> {
     run_until(loaded, shutdown_signal()).await
 }
 
