@@ -1,4 +1,4 @@
-//! The command line: `run`, `dev`, `check`, `publish`, and logging setup.
+//! The command line: `run`, `dev`, `check`, `publish`, `init`, and logging setup.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +29,7 @@ pub(crate) enum LogFormat {
 }
 
 #[derive(clap::Args)]
-struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// The config file.
     #[arg(
         short,
@@ -37,7 +37,7 @@ struct ConfigArg {
         env = "JETRUN_CONFIG",
         default_value = "config/jetrun.toml"
     )]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -52,20 +52,67 @@ struct RunArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the functions in the config file.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
     /// Run them against a nats-server jetrun starts and stops itself (data under .jetrun/).
+    #[command(after_help = DEV_EXAMPLES)]
     Dev(RunArgs),
     /// Validate the config file: exit 0 when it is good, 2 when it is not.
+    #[command(after_help = CHECK_EXAMPLES)]
     Check(ConfigArg),
     /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
+    #[command(after_help = PUBLISH_EXAMPLES)]
     Publish(crate::publish::PublishArgs),
+    /// Write a commented starter config (user.registered -> welcome_email).
+    #[command(after_help = INIT_EXAMPLES)]
+    Init(crate::commands::init::InitArgs),
+    /// Inspect a function's dead letters and send them back to their original subject.
+    #[command(after_help = crate::commands::dlq::EXAMPLES)]
+    Dlq(crate::commands::dlq::DlqArgs),
+    /// Per function: consumer, pending, ack pending, redelivered, dead letters, last activity.
+    #[command(after_help = crate::commands::status::EXAMPLES)]
+    Status(crate::commands::status::StatusArgs),
 }
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  jetrun run -c /etc/jetrun/jetrun.toml
+  JETRUN_NATS_URL=nats://127.0.0.1:4222,nats://127.0.0.1:4223 jetrun run
+  jetrun run --watch                 # also reload when the file changes
+  kill -HUP \"$(pidof jetrun)\"        # reload a running jetrun's config";
+
+const DEV_EXAMPLES: &str = "\
+Examples:
+  jetrun dev                         # the quick start, config/jetrun.toml
+  jetrun dev -c jetrun.toml --watch
+  JETRUN_LOG=info,jetrun::delivery=debug jetrun dev   # log every handled event";
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  jetrun check -c /etc/jetrun/jetrun.toml
+  jetrun check -c jetrun.toml && systemctl reload jetrun";
+
+const PUBLISH_EXAMPLES: &str = "\
+Examples:
+  jetrun publish user.registered '{\"user_id\": 1, \"email\": \"ada@shop.test\"}'
+  jetrun publish --correlation-id checkout-1001 order.placed \\
+    '{\"order_id\": 1001, \"items\": [{\"sku\": \"book\", \"qty\": 2}]}'
+  echo '{\"order_id\": 2, \"items\": []}' | jetrun publish order.placed -
+  jetrun publish --server nats://127.0.0.1:4223 --header tenant=acme \\
+    user.registered '{\"user_id\": 2, \"email\": \"bo@shop.test\"}'";
+
+const INIT_EXAMPLES: &str = "\
+Examples:
+  jetrun init                        # writes ./jetrun.toml
+  jetrun init /etc/jetrun/jetrun.toml --force";
 
 pub(crate) fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("JETRUN_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+    // Colours only for a person at a terminal, not for journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -102,6 +149,9 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
             Err(code) => return code,
         },
         Command::Publish(args) => crate::publish::publish(args).await,
+        Command::Init(args) => crate::commands::init::init(&args),
+        Command::Dlq(args) => return crate::commands::dlq::dlq(args).await,
+        Command::Status(args) => return crate::commands::status::status(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

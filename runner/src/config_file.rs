@@ -22,11 +22,23 @@ pub(crate) struct Loaded {
 /// Exit status for a config that cannot be used.
 const EXIT_BAD_CONFIG: u8 = 2;
 
+/// Reads and validates the config file, printing every error: exit status
+/// 2 when it is not usable.
 pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        eprintln!("jetrun: cannot read config file {}: {err}", path.display());
+    read(path).map_err(|errors| {
+        eprintln!("jetrun: {} is not valid:", path.display());
+        for error in &errors {
+            eprintln!("  {error}");
+        }
         ExitCode::from(EXIT_BAD_CONFIG)
-    })?;
+    })
+}
+
+/// Reads and validates the config file; every error, each a line naming the
+/// key path and line, when it is not usable.
+pub(crate) fn read(path: &Path) -> Result<Loaded, Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| vec![format!("cannot read config file {}: {err}", path.display())])?;
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let base_dir = if base_dir.as_os_str().is_empty() {
@@ -35,15 +47,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
         base_dir
     };
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
-    let invalid = |errors: &[String]| {
-        eprintln!("jetrun: {} is not valid:", path.display());
-        for error in errors {
-            eprintln!("  {error}");
-        }
-        ExitCode::from(EXIT_BAD_CONFIG)
-    };
     let config = jetrun_config::parse(&text, &env, &base_dir, jetrun_functions::BUILTINS)
-        .map_err(|errors| invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>()))?;
+        .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let mut functions = Vec::new();
     let mut errors = Vec::new();
     for function in config.functions.values() {
@@ -52,8 +57,9 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
             Err(err) => errors.push(format!("{err:#}")),
         }
     }
-    if !errors.is_empty() {
-        return Err(invalid(&errors));
+    if errors.is_empty() {
+        Ok(Loaded { config, functions })
+    } else {
+        Err(errors)
     }
-    Ok(Loaded { config, functions })
 }

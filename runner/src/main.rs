@@ -1,6 +1,7 @@
 //! `jetrun`: runs the functions a TOML file declares on NATS JetStream.
 
 mod cli;
+mod commands;
 mod config_file;
 mod delivery;
 mod dev;
@@ -13,6 +14,7 @@ mod publish;
 mod readiness;
 mod reload;
 mod run;
+mod supervisor;
 
 use std::process::ExitCode;
 

@@ -19,17 +19,29 @@ struct Inner {
 
 impl Readiness {
     pub(crate) fn new<'a>(functions: impl IntoIterator<Item = &'a String>) -> Self {
-        let bound = functions.into_iter().map(|f| (f.clone(), false)).collect();
-        Readiness {
-            inner: Arc::new(Inner {
-                connected: AtomicBool::new(false),
-                bound: Mutex::new(bound),
-            }),
+        let readiness = Readiness::default();
+        for function in functions {
+            readiness.add(function);
         }
+        readiness
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
         self.inner.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// A function to wait for (not bound yet).
+    pub(crate) fn add(&self, function: &str) {
+        if let Ok(mut map) = self.inner.bound.lock() {
+            map.entry(function.to_string()).or_insert(false);
+        }
+    }
+
+    /// A function no longer run.
+    pub(crate) fn remove(&self, function: &str) {
+        if let Ok(mut map) = self.inner.bound.lock() {
+            map.remove(function);
+        }
     }
 
     pub(crate) fn set_bound(&self, function: &str, bound: bool) {

@@ -1,11 +1,128 @@
 //! Reloading the config while running: on SIGHUP, and with `--watch` when
-//! the file changes.
+//! the file changes (its modification time or size, polled every second).
+//! A config that does not validate is logged, every error with its key path
+//! and line, and the running one stays; a good one is applied function by
+//! function (see `supervisor`). `jetrun_config_reloads_total{result}` counts
+//! both.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use jetrun_config::Config;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::config_file;
+use crate::metrics::Metrics;
+use crate::nats;
+use crate::supervisor::Supervisor;
+
+/// How often `--watch` looks at the file.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the config comes from, and whether to watch it.
 #[derive(Clone)]
 pub(crate) struct Source {
     pub(crate) path: PathBuf,
     pub(crate) watch: bool,
+}
+
+/// What asks for a reload: SIGHUP, and the file changing under `--watch`.
+pub(crate) struct Triggers {
+    hangup: Option<Signal>,
+    watched: Option<(PathBuf, Option<(SystemTime, u64)>)>,
+}
+
+impl Triggers {
+    pub(crate) fn new(source: &Source) -> Self {
+        let hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!(%err, "Cannot listen for SIGHUP; reload on signal is off.");
+                None
+            }
+        };
+        let watched = source
+            .watch
+            .then(|| (source.path.clone(), stamp(&source.path)));
+        Triggers { hangup, watched }
+    }
+
+    /// Resolves when a reload is due.
+    pub(crate) async fn next(&mut self) {
+        let hangup = async {
+            match self.hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                    tracing::info!("SIGHUP: reloading the config.");
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            let Some((path, last)) = self.watched.as_mut() else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                let now = stamp(path);
+                if now != *last {
+                    *last = now;
+                    tracing::info!(path = %path.display(), "Config file changed: reloading it.");
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = hangup => {}
+            () = changed => {}
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reads `path` again and, when it validates, moves the running functions
+/// to it. Returns the config now in force.
+pub(crate) async fn reload(
+    path: &Path,
+    current: Config,
+    supervisor: &mut Supervisor,
+    js: &async_nats::jetstream::Context,
+    metrics: &Metrics,
+) -> Config {
+    let loaded = match config_file::read(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for error in &errors {
+                tracing::error!(%error, "Config reload refused; the running config stays.");
+            }
+            metrics.reloaded(false);
+            return current;
+        }
+    };
+    let config = loaded.config;
+    if config.nats != current.nats || config.metrics != current.metrics {
+        tracing::warn!(
+            "[nats] and [metrics] changes take effect at the next restart; the rest is reloaded."
+        );
+    }
+    if let Err(err) = nats::ensure_streams(js, &config).await {
+        tracing::error!(error = %format!("{err:#}"), "Config reload refused: cannot set up its streams; the running config stays.");
+        metrics.reloaded(false);
+        return current;
+    }
+    supervisor.set_drain_timeout(config.shutdown_timeout);
+    let changes = supervisor.apply(loaded.functions).await;
+    metrics.reloaded(true);
+    tracing::info!(
+        added = ?changes.added,
+        removed = ?changes.removed,
+        changed = ?changes.changed,
+        unchanged = changes.unchanged,
+        "Config reloaded."
+    );
+    config
 }

@@ -1,38 +1,30 @@
 //! `jetrun run`: connect, make the streams, start every function, serve
-//! metrics, and on SIGTERM or SIGINT drain: stop pulling, let events in
-//! flight finish (up to `shutdown_timeout`), NAK what is left, exit 0.
+//! metrics, reload the config on SIGHUP (or `--watch`), and on SIGTERM or
+//! SIGINT drain: stop pulling, let events in flight finish (up to
+//! `shutdown_timeout`), NAK what is left, exit 0.
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-
 use crate::config_file::Loaded;
-use crate::delivery::{self, Stop};
 use crate::metrics::{self, Metrics};
 use crate::nats;
 use crate::readiness::Readiness;
+use crate::reload::{self, Source, Triggers};
+use crate::supervisor::Supervisor;
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Pause between attempts to set up the streams while NATS is unreachable.
 const SETUP_RETRY: Duration = Duration::from_secs(1);
 /// How long the final flush of acks may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(loaded: Loaded, _source: crate::reload::Source) -> anyhow::Result<()> {
-    run_until(loaded, shutdown_signal()).await
-}
-
-/// Runs until `shutdown` resolves, then drains.
-pub(crate) async fn run_until(
-    loaded: Loaded,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let Loaded {
-        config,
-        functions: handlers,
-    } = loaded;
+/// Runs until SIGTERM or SIGINT, reloading the config when asked, then drains.
+pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    // Listen for SIGHUP from the start: its default action would kill us.
+    let mut triggers = Triggers::new(&source);
+    let Loaded { config, functions } = loaded;
     let metrics = Metrics::new();
     let readiness = Readiness::new(config.functions.keys());
     metrics::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
@@ -58,38 +50,31 @@ pub(crate) async fn run_until(
         }
     }
 
-    let (draining_tx, draining) = watch::channel(false);
-    let (abandon_tx, abandon) = watch::channel(false);
-    let stop = Stop { draining, abandon };
-    let mut functions = JoinSet::new();
-    for (function, handler) in handlers {
-        let function_metrics = metrics.for_function(&function.name);
-        functions.spawn(delivery::run(
-            function,
-            handler,
-            js.clone(),
-            function_metrics,
-            readiness.clone(),
-            stop.clone(),
-        ));
+    let mut supervisor = Supervisor::new(
+        js.clone(),
+        metrics.clone(),
+        readiness.clone(),
+        config.shutdown_timeout,
+    );
+    for (function, handler) in functions {
+        supervisor.start(function, handler);
     }
     tracing::info!(functions = config.functions.len(), "jetrun is running.");
 
-    shutdown.await;
+    let mut config = config;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = triggers.next() => {
+                config = reload::reload(&source.path, config, &mut supervisor, &js, &metrics).await;
+            }
+        }
+    }
     tracing::info!(
         "Shutting down: no new events; waiting up to {} for events in flight.",
         humantime::format_duration(config.shutdown_timeout)
     );
-    let _ = draining_tx.send(true);
-    let drained = tokio::time::timeout(config.shutdown_timeout, async {
-        while functions.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("Shutdown timeout reached; NAKing events still in flight.");
-        let _ = abandon_tx.send(true);
-        while functions.join_next().await.is_some() {}
-    }
+    supervisor.stop_all().await;
     // The last acks are queued in the client: send them, unless NATS is gone
     // (then JetStream redelivers those events after their ack wait).
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
@@ -103,7 +88,7 @@ pub(crate) async fn run_until(
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
+async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(err) => {

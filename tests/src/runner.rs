@@ -66,6 +66,24 @@ pub fn run_check(config: &Path) -> (i32, String) {
     )
 }
 
+/// Runs a one-shot `jetrun ARGS...` (`dlq list f -c FILE`, say) to its end;
+/// returns its exit code (-1 when killed by a signal), stdout and stderr.
+/// The test's own `JETRUN_CONFIG` and `JETRUN_NATS_URL` are not passed on.
+pub fn run_command(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(jetrun_bin())
+        .args(args)
+        .env_remove("JETRUN_CONFIG")
+        .env_remove("JETRUN_NATS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run jetrun {args:?}: {e}"));
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A `jetrun run -c CONFIG` process owned by a test; killed on drop.
 pub struct Runner {
     child: Option<Child>,
@@ -129,6 +147,13 @@ impl Runner {
     pub fn sigterm(&self) {
         if self.child.is_some() {
             kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM).expect("send SIGTERM to jetrun");
+        }
+    }
+
+    /// Sends SIGHUP: the runner reloads its config.
+    pub fn sighup(&self) {
+        if self.child.is_some() {
+            kill(Pid::from_raw(self.pid as i32), Signal::SIGHUP).expect("send SIGHUP to jetrun");
         }
     }
 

@@ -214,8 +214,9 @@ async fn pull(
             }
         };
         // Once a pull request is out, the server may deliver up to its size
-        // until it expires: take every message it sends, even while draining
-        // (those are NAKed at once), so none waits out the ack wait unseen.
+        // until it expires: handle every message it sends, even while
+        // draining (a slot is held for each), so none waits out the ack wait
+        // unseen and a drain (a reload, a shutdown) makes no redelivery.
         loop {
             let next = tokio::select! {
                 next = batch.next() => next,
@@ -224,9 +225,6 @@ async fn pull(
             };
             let Some(next) = next else { break };
             match next {
-                Ok(message) if is_set(&draining) => {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                }
                 Ok(message) => {
                     let permit = batch_permits.pop();
                     let shared = shared.clone();

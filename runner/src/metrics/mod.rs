@@ -24,6 +24,7 @@ pub(crate) struct Metrics {
     pending: IntGaugeVec,
     ack_pending: IntGaugeVec,
     pub(crate) nats_connected: IntGauge,
+    config_reloads: IntCounterVec,
 }
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
@@ -96,6 +97,14 @@ impl Metrics {
             "Messages delivered to the function's consumer and not yet acknowledged.",
             &["function"],
         );
+        let config_reloads = counter(
+            "jetrun_config_reloads_total",
+            "Config reloads (SIGHUP or --watch), by result: success or failure.",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let nats_connected = IntGauge::new(
             "jetrun_nats_connected",
             "1 while the connection to NATS is up.",
@@ -130,7 +139,14 @@ impl Metrics {
             pending,
             ack_pending,
             nats_connected,
+            config_reloads,
         }
+    }
+
+    /// Counts one config reload.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// The handles one function's deliveries use, with their labels bound.

@@ -5,6 +5,6 @@ mod connect;
 mod consumer;
 mod streams;
 
-pub(crate) use connect::connect;
+pub(crate) use connect::{connect, connect_once};
 pub(crate) use consumer::{bind, is_consumer_not_found};
 pub(crate) use streams::ensure_streams;

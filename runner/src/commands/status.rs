@@ -1,0 +1,260 @@
+//! `jetrun status`: one row per configured function, read from the live
+//! durable consumer and the dead-letter stream: pending, ack pending,
+//! redelivered, dead letters, last activity. A function with no consumer
+//! is named on stderr and makes the exit status 1.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, context::ConsumerInfoErrorKind};
+use serde_json::{json, Value};
+
+use super::dlq::{self, Place};
+use crate::cli::ConfigArg;
+use crate::config_file;
+
+/// `jetrun status --help`'s examples.
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  jetrun status -c config/jetrun.toml
+  jetrun status --json | jq '.[] | select(.dead_letters > 0)'
+
+Exit status 1 when a configured function has no consumer (is `jetrun run`
+running with this config?), else 0.";
+
+/// The arguments of `jetrun status`.
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `status` says about one function.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    function: String,
+    stream: String,
+    /// `None` when the durable consumer does not exist.
+    consumer: Option<ConsumerState>,
+    dead_letters: u64,
+    dead_letter_subject: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ConsumerState {
+    pending: u64,
+    ack_pending: usize,
+    redelivered: usize,
+    last_active: Option<SystemTime>,
+}
+
+impl ConsumerState {
+    fn of(info: &consumer::Info) -> ConsumerState {
+        let last_active = [info.delivered.last_active, info.ack_floor.last_active]
+            .into_iter()
+            .flatten()
+            .map(SystemTime::from)
+            .max();
+        ConsumerState {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending,
+            redelivered: info.num_redelivered,
+            last_active,
+        }
+    }
+}
+
+/// Runs `jetrun status`.
+pub(crate) async fn status(args: StatusArgs) -> ExitCode {
+    let loaded = match config_file::load(&args.config.config) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let rows = async {
+        let client = crate::nats::connect_once(&loaded.config.nats).await?;
+        let js = jetstream::new(client);
+        let mut rows = Vec::new();
+        for function in loaded.config.functions.values() {
+            let place = Place::of(&loaded.config, function);
+            rows.push(Row {
+                function: function.name.clone(),
+                stream: function.stream.clone(),
+                consumer: consumer_state(&js, &function.stream, &function.name).await?,
+                dead_letters: dlq::count(&js, &place).await?,
+                dead_letter_subject: place.subject,
+            });
+        }
+        anyhow::Ok(rows)
+    }
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(err) => {
+            eprintln!("jetrun: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        let json: Vec<Value> = rows.iter().map(to_json).collect();
+        match serde_json::to_string_pretty(&json) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("jetrun: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", status_table(&rows));
+    }
+    let mut code = ExitCode::SUCCESS;
+    for row in rows.iter().filter(|r| r.consumer.is_none()) {
+        eprintln!(
+            "jetrun: function {} has no consumer on stream {}; is `jetrun run` running with \
+             this config?",
+            row.function, row.stream
+        );
+        code = ExitCode::FAILURE;
+    }
+    code
+}
+
+/// The durable consumer's state; `None` when it (or its stream) is missing.
+async fn consumer_state(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> anyhow::Result<Option<ConsumerState>> {
+    let handle = js
+        .get_stream_no_info(stream)
+        .await
+        .with_context(|| format!("cannot read stream {stream}"))?;
+    match handle.consumer_info(name).await {
+        Ok(info) => Ok(Some(ConsumerState::of(&info))),
+        Err(err)
+            if matches!(
+                err.kind(),
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot read consumer {name} on {stream}")),
+    }
+}
+
+fn status_table(rows: &[Row]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut cells = vec![r.function.clone(), r.stream.clone()];
+            match &r.consumer {
+                Some(c) => cells.extend([
+                    "yes".to_string(),
+                    c.pending.to_string(),
+                    c.ack_pending.to_string(),
+                    c.redelivered.to_string(),
+                ]),
+                None => cells.extend(["missing", "-", "-", "-"].map(String::from)),
+            }
+            cells.push(r.dead_letters.to_string());
+            cells.push(
+                r.consumer
+                    .as_ref()
+                    .and_then(|c| c.last_active)
+                    .map_or_else(|| "-".to_string(), dlq::rfc3339),
+            );
+            cells
+        })
+        .collect();
+    dlq::table(
+        &[
+            "FUNCTION",
+            "STREAM",
+            "CONSUMER",
+            "PENDING",
+            "ACK PENDING",
+            "REDELIVERED",
+            "DEAD LETTERS",
+            "LAST ACTIVE",
+        ],
+        &cells,
+    )
+}
+
+fn to_json(row: &Row) -> Value {
+    let c = row.consumer.as_ref();
+    json!({
+        "function": row.function,
+        "stream": row.stream,
+        "consumer": c.is_some(),
+        "pending": c.map(|c| c.pending),
+        "ack_pending": c.map(|c| c.ack_pending),
+        "redelivered": c.map(|c| c.redelivered),
+        "dead_letters": row.dead_letters,
+        "dead_letter_subject": row.dead_letter_subject,
+        "last_active": c.and_then(|c| c.last_active).map(dlq::rfc3339),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn rows() -> Vec<Row> {
+        vec![
+            Row {
+                function: "reserve-stock".into(),
+                stream: "ORDERS".into(),
+                consumer: Some(ConsumerState {
+                    pending: 12,
+                    ack_pending: 3,
+                    redelivered: 1,
+                    last_active: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500)),
+                }),
+                dead_letters: 2,
+                dead_letter_subject: "dlq.reserve-stock".into(),
+            },
+            Row {
+                function: "welcome-email".into(),
+                stream: "USERS".into(),
+                consumer: None,
+                dead_letters: 0,
+                dead_letter_subject: "dlq.welcome-email".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn table_has_a_row_per_function() {
+        assert_eq!(
+            status_table(&rows()),
+            "FUNCTION       STREAM  CONSUMER  PENDING  ACK PENDING  REDELIVERED  DEAD LETTERS  \
+             LAST ACTIVE\n\
+             reserve-stock  ORDERS  yes       12       3            1            2             \
+             1970-01-01T00:00:01.500Z\n\
+             welcome-email  USERS   missing   -        -            -            0             -\n"
+        );
+    }
+
+    #[test]
+    fn json_has_nulls_for_a_missing_consumer() {
+        let rows = rows();
+        let present = to_json(&rows[0]);
+        assert_eq!(present["consumer"], true);
+        assert_eq!(present["pending"], 12);
+        assert_eq!(present["ack_pending"], 3);
+        assert_eq!(present["redelivered"], 1);
+        assert_eq!(present["dead_letters"], 2);
+        assert_eq!(present["last_active"], "1970-01-01T00:00:01.500Z");
+        let missing = to_json(&rows[1]);
+        assert_eq!(missing["consumer"], false);
+        assert_eq!(missing["pending"], Value::Null);
+        assert_eq!(missing["last_active"], Value::Null);
+    }
+}
