@@ -37,6 +37,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         tokio::select! {
             result = nats::ensure_streams(&js, &config) => match result {
                 Ok(()) => break,
+                Err(err) if err.downcast_ref::<nats::StreamConflict>().is_some() => return Err(err),
                 Err(err) => {
                     failures += 1;
                     if failures == 1 || failures % 30 == 0 {

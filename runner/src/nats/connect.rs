@@ -3,6 +3,8 @@
 //! `jetrun_nats_connected` and `/readyz`; a one-shot command's gives up
 //! after a bounded wait.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -29,13 +31,16 @@ pub(crate) async fn connect(
     let gauge = metrics.nats_connected.clone();
     let ready = readiness.clone();
     let urls = config.urls.join(", ");
+    let failures = Arc::new(AtomicU32::new(0));
     options = options.event_callback(move |event| {
         let gauge = gauge.clone();
         let ready = ready.clone();
         let urls = urls.clone();
+        let failures = failures.clone();
         async move {
             match event {
                 Event::Connected => {
+                    failures.store(0, Ordering::Relaxed);
                     gauge.set(1);
                     ready.set_connected(true);
                     tracing::info!(%urls, "Connected to NATS.");
@@ -48,6 +53,16 @@ pub(crate) async fn connect(
                         "Disconnected from NATS; reconnecting. Is nats-server running? \
                          For a laptop with no NATS, try `jetrun dev`."
                     );
+                }
+                Event::ClientError(err) => {
+                    // Every failed attempt says so; the first and then one in
+                    // thirty are worth a warning (attempts come every 2s at most).
+                    let n = failures.fetch_add(1, Ordering::Relaxed);
+                    if n % 30 == 0 {
+                        tracing::warn!(%urls, error = %err, attempts = n + 1,
+                            "Cannot reach NATS; retrying. Is nats-server running at that address? \
+                             For a laptop with no NATS, try `jetrun dev`.");
+                    }
                 }
                 other => tracing::info!(event = %other, "NATS connection event."),
             }

@@ -7,4 +7,4 @@ mod streams;
 
 pub(crate) use connect::{connect, connect_once};
 pub(crate) use consumer::{bind, is_consumer_not_found};
-pub(crate) use streams::ensure_streams;
+pub(crate) use streams::{ensure_streams, StreamConflict};

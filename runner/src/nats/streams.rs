@@ -6,6 +6,19 @@ use async_nats::jetstream::stream::{Config as StreamSpec, RetentionPolicy, Stora
 use async_nats::jetstream::Context;
 use jetrun_config::{Config, Retention, Storage, StreamConfig, DLQ_STREAM, DLQ_SUBJECTS};
 
+/// JetStream refused to change an existing stream to the config's settings
+/// (its storage type, say): retrying cannot help, a person has to choose.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stream {stream} exists with settings JetStream will not change to the config's: {reason}. \
+     Make [streams.{stream}] match the stream (`nats stream info {stream}`), \
+     or edit or delete the stream if nothing else needs it as it is"
+)]
+pub(crate) struct StreamConflict {
+    stream: String,
+    reason: String,
+}
+
 /// Makes every declared stream, and `DLQ`, look as the config says.
 pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Result<()> {
     for (name, stream) in &config.streams {
@@ -78,9 +91,20 @@ async fn ensure(js: &Context, want: StreamSpec) -> anyhow::Result<()> {
         updated.duplicate_window = want.duplicate_window;
     }
     if updated != existing {
-        js.update_stream(updated)
-            .await
-            .with_context(|| format!("cannot update stream {name} to match the config"))?;
+        use async_nats::jetstream::context::CreateStreamErrorKind;
+        match js.update_stream(updated).await {
+            Ok(_) => {}
+            Err(err) => {
+                if let CreateStreamErrorKind::JetStream(refusal) = err.kind() {
+                    return Err(StreamConflict {
+                        stream: name,
+                        reason: refusal.to_string(),
+                    }
+                    .into());
+                }
+                return Err(err).with_context(|| format!("cannot update stream {name}"));
+            }
+        }
         tracing::info!(stream = %name, "Updated stream to match the config.");
     }
     Ok(())
