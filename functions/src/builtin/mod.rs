@@ -2,6 +2,7 @@
 //! `builtin = "..."` uses. Each function in the config gets its own instance,
 //! so state (like `reserve_stock`'s stock) is per function.
 
+mod echo;
 mod noop;
 mod reserve_stock;
 mod take_payment;
@@ -10,11 +11,18 @@ mod welcome_email;
 use crate::Function;
 
 /// Every built-in's name, sorted.
-pub const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
+pub const BUILTINS: &[&str] = &[
+    "echo",
+    "noop",
+    "reserve_stock",
+    "take_payment",
+    "welcome_email",
+];
 
 /// A fresh instance of the built-in called `name`.
 pub fn builtin(name: &str) -> Option<Box<dyn Function>> {
     match name {
+        "echo" => Some(Box::new(echo::Echo)),
         "noop" => Some(Box::new(noop::Noop)),
         "reserve_stock" => Some(Box::new(reserve_stock::ReserveStock::default())),
         "take_payment" => Some(Box::new(take_payment::TakePayment::default())),

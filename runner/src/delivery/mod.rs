@@ -45,6 +45,46 @@ struct Shared {
     handler: Arc<dyn Function>,
     js: jetstream::Context,
     metrics: FunctionMetrics,
+    pace: Pace,
+}
+
+/// How long the handler takes, on average (an exponentially weighted mean
+/// of recent calls), which sets how many messages one pull may bring: as
+/// many as the function can start within a quarter of the ack wait, between
+/// `concurrency` and [`MAX_BATCH`]. Fast handlers get big pulls (few round
+/// trips); slow ones never leave a pulled message waiting near its ack wait.
+#[derive(Default)]
+struct Pace {
+    /// Seconds, as f64 bits; 0 until the first call.
+    mean_secs: AtomicU64,
+}
+
+impl Pace {
+    fn record(&self, took: Duration) {
+        let sample = took.as_secs_f64();
+        let _ = self
+            .mean_secs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let mean = f64::from_bits(bits);
+                let next = if bits == 0 {
+                    sample
+                } else {
+                    mean + (sample - mean) / 16.0
+                };
+                Some(next.to_bits())
+            });
+    }
+
+    fn batch_size(&self, config: &FunctionConfig) -> usize {
+        let floor = config.concurrency.min(MAX_BATCH);
+        let mean = f64::from_bits(self.mean_secs.load(Ordering::Relaxed));
+        if mean <= 0.0 {
+            return floor;
+        }
+        let starts_per_slot = (config.ack_wait / 4).as_secs_f64() / mean;
+        let fits = (config.concurrency as f64 * starts_per_slot).min(MAX_BATCH as f64) as usize;
+        fits.max(floor)
+    }
 }
 
 /// Set by the monitor when the consumer is gone, waking the pull loop.
@@ -102,6 +142,7 @@ pub(crate) async fn run(
         handler,
         js,
         metrics,
+        pace: Pace::default(),
     });
     let name = shared.config.name.clone();
     let permits = Arc::new(Semaphore::new(shared.config.concurrency));
@@ -177,10 +218,11 @@ async fn pull(
     lost: &Lost,
 ) {
     let mut draining = stop.draining.clone();
-    let max_batch = shared.config.concurrency.min(MAX_BATCH);
     loop {
         // Reap finished deliveries so the set does not grow.
         while in_flight.try_join_next().is_some() {}
+        // Pull only with a free slot: a saturated function leaves its
+        // messages on the server, for other replicas to take.
         let first = tokio::select! {
             biased;
             () = until_set(&mut draining) => return,
@@ -192,16 +234,10 @@ async fn pull(
         if lost.is_lost() {
             return;
         }
-        let mut batch_permits: Vec<OwnedSemaphorePermit> = vec![first];
-        while batch_permits.len() < max_batch {
-            match permits.clone().try_acquire_owned() {
-                Ok(permit) => batch_permits.push(permit),
-                Err(_) => break,
-            }
-        }
+        let mut held = Some(first);
         let batch = consumer
             .batch()
-            .max_messages(batch_permits.len())
+            .max_messages(shared.pace.batch_size(&shared.config))
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -226,7 +262,10 @@ async fn pull(
             let Some(next) = next else { break };
             match next {
                 Ok(message) => {
-                    let permit = batch_permits.pop();
+                    let permit = match held.take() {
+                        Some(permit) => permit,
+                        None => slot_for(permits, &message, shared.config.ack_wait).await,
+                    };
                     let shared = shared.clone();
                     let abandon = stop.abandon.clone();
                     in_flight.spawn(async move {
@@ -239,6 +278,33 @@ async fn pull(
                     tokio::time::sleep(REBIND_DELAY).await;
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// A handler slot for `message`, waiting for one to free up if need be and
+/// keeping the message alive meanwhile with in-progress acks, so a message
+/// of a full batch never outwaits its ack wait.
+async fn slot_for(
+    permits: &Arc<Semaphore>,
+    message: &jetstream::Message,
+    ack_wait: Duration,
+) -> OwnedSemaphorePermit {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return permit;
+    }
+    let acquire = permits.clone().acquire_owned();
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            permit = &mut acquire => match permit {
+                Ok(permit) => return permit,
+                // The semaphore is never closed; wait as if it were full.
+                Err(_) => std::future::pending::<()>().await,
+            },
+            () = tokio::time::sleep(ack_wait / 2) => {
+                let _ = message.ack_with(AckKind::Progress).await;
             }
         }
     }
@@ -384,15 +450,21 @@ async fn call_and_emit(
             shared.config.name
         )));
     }
+    let started = Instant::now();
     let call = shared.handler.call(event, ctx);
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
-    let mut progress = tokio::time::interval(shared.config.ack_wait / 2);
-    progress.tick().await;
+    // The handler is polled first, so one that finishes at once never
+    // touches the timer.
+    let keep_alive = shared.config.ack_wait / 2;
     let emits = loop {
         tokio::select! {
-            outcome = &mut call => break outcome?,
-            _ = progress.tick() => {
+            biased;
+            outcome = &mut call => {
+                shared.pace.record(started.elapsed());
+                break outcome?;
+            }
+            () = tokio::time::sleep(keep_alive) => {
                 if let Err(err) = message.ack_with(AckKind::Progress).await {
                     tracing::debug!(%err, "In-progress ack failed.");
                 }
@@ -621,4 +693,61 @@ fn headers_size(headers: &async_nats::HeaderMap) -> usize {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(concurrency: usize, ack_wait: Duration) -> FunctionConfig {
+        FunctionConfig {
+            name: "f".into(),
+            subjects: vec!["ev.x".into()],
+            stream: "EVENTS".into(),
+            stream_managed: true,
+            handler: jetrun_config::Handler::Builtin("noop".into()),
+            concurrency,
+            timeout: Duration::from_secs(30),
+            retry: jetrun_config::RetryPolicy::default(),
+            dead_letter: "dlq.f".into(),
+            emits: None,
+            json: false,
+            ack_wait,
+            max_ack_pending: 10_000,
+        }
+    }
+
+    #[test]
+    fn pulls_are_as_big_as_the_handler_can_start_within_a_quarter_of_the_ack_wait() {
+        let pace = Pace::default();
+        let f = function(16, Duration::from_secs(30));
+        assert_eq!(pace.batch_size(&f), 16, "unknown pace: one pull per slot");
+        pace.record(Duration::from_micros(20));
+        assert_eq!(pace.batch_size(&f), MAX_BATCH, "fast handlers: big pulls");
+        let slow = Pace::default();
+        slow.record(Duration::from_secs(10));
+        assert_eq!(
+            slow.batch_size(&f),
+            16,
+            "slow handlers: never more than the slots"
+        );
+        let middling = Pace::default();
+        middling.record(Duration::from_millis(300));
+        // 7.5 s / 0.3 s = 25 starts per slot, times 4 slots.
+        assert_eq!(
+            middling.batch_size(&function(4, Duration::from_secs(30))),
+            100
+        );
+    }
+
+    #[test]
+    fn the_mean_follows_recent_calls() {
+        let pace = Pace::default();
+        pace.record(Duration::from_millis(100));
+        for _ in 0..100 {
+            pace.record(Duration::from_millis(1));
+        }
+        let mean = f64::from_bits(pace.mean_secs.load(Ordering::Relaxed));
+        assert!(mean < 0.002, "{mean}");
+    }
 }
