@@ -383,27 +383,28 @@ async fn deliver(shared: &Shared, message: jetstream::Message, mut abandon: watc
         published,
     };
     let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload);
+    // Every field at creation: the log formatter renders a span's fields
+    // when they are set, so one set costs less than a set and four records.
+    let (event_id, event_type, correlation_id, causation_id) = match &event {
+        Ok(e) => (
+            Some(e.id.as_str()),
+            Some(e.event_type.as_str()),
+            e.correlationid.as_deref(),
+            e.causationid.as_deref(),
+        ),
+        Err(_) => (None, None, None, None),
+    };
     let span = tracing::info_span!(
         "event",
-        function = %shared.config.name,
-        event_id = tracing::field::Empty,
-        event_type = tracing::field::Empty,
-        correlation_id = tracing::field::Empty,
-        causation_id = tracing::field::Empty,
+        function = shared.config.name.as_str(),
+        event_id,
+        event_type,
+        correlation_id,
+        causation_id,
         attempt,
-        stream = %stream,
+        stream = stream.as_str(),
         sequence,
     );
-    if let Ok(event) = &event {
-        span.record("event_id", event.id.as_str());
-        span.record("event_type", event.event_type.as_str());
-        if let Some(c) = &event.correlationid {
-            span.record("correlation_id", c.as_str());
-        }
-        if let Some(c) = &event.causationid {
-            span.record("causation_id", c.as_str());
-        }
-    }
     let ctx = Context {
         function: shared.config.name.clone(),
         attempt,
@@ -414,7 +415,10 @@ async fn deliver(shared: &Shared, message: jetstream::Message, mut abandon: watc
     async {
         let result = match event {
             Ok(event) => {
-                let run = call_and_emit(shared, &event, &ctx, &message);
+                // Boxed, like the dead-letter path below: the task that
+                // carries each delivery stays small, so spawning it copies
+                // little.
+                let run = Box::pin(call_and_emit(shared, &event, &ctx, &message));
                 tokio::select! {
                     result = run => result,
                     () = until_set(&mut abandon) => {
@@ -454,23 +458,24 @@ async fn call_and_emit(
     let call = shared.handler.call(event, ctx);
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
-    // The handler is polled first, so one that finishes at once never
-    // touches the timer.
+    // A handler that finishes at its first poll never touches the timer.
     let keep_alive = shared.config.ack_wait / 2;
-    let emits = loop {
-        tokio::select! {
-            biased;
-            outcome = &mut call => {
-                shared.pace.record(started.elapsed());
-                break outcome?;
-            }
-            () = tokio::time::sleep(keep_alive) => {
-                if let Err(err) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(%err, "In-progress ack failed.");
+    let outcome = match futures::FutureExt::now_or_never(&mut call) {
+        Some(outcome) => outcome,
+        None => loop {
+            tokio::select! {
+                biased;
+                outcome = &mut call => break outcome,
+                () = tokio::time::sleep(keep_alive) => {
+                    if let Err(err) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(%err, "In-progress ack failed.");
+                    }
                 }
             }
-        }
+        },
     };
+    shared.pace.record(started.elapsed());
+    let emits = outcome?;
     check_emits(&shared.config, &emits)?;
     for (index, emit) in emits.iter().enumerate() {
         let headers = envelope::emitted_headers(&shared.config.name, event, index, emit);
@@ -565,7 +570,7 @@ async fn settle_delivery(
         }
         Action::DeadLetter(reason) => {
             let error = result.err().map(|f| f.message).unwrap_or_default();
-            dead_letter(shared, message, ctx, reason, &error).await;
+            Box::pin(dead_letter(shared, message, ctx, reason, &error)).await;
         }
     }
 }
