@@ -31,6 +31,30 @@ pub fn builtin(name: &str) -> Option<Box<dyn Function>> {
     }
 }
 
+/// What the built-ins' tests share: a delivery context and an event with
+/// the given data.
+#[cfg(test)]
+mod testing {
+    use crate::{Context, Event};
+
+    pub(super) fn ctx(function: &str) -> Context {
+        Context {
+            function: function.into(),
+            attempt: 1,
+            subject: "order.placed".into(),
+            stream: "ORDERS".into(),
+            sequence: 1,
+        }
+    }
+
+    pub(super) fn event(data: &str) -> Event {
+        Event {
+            data: bytes::Bytes::from(data.to_owned()),
+            ..Event::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,24 +115,8 @@ impl Function for ReserveStock {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{ctx, event};
     use super::*;
-
-    fn ctx() -> Context {
-        Context {
-            function: "reserve-stock".into(),
-            attempt: 1,
-            subject: "order.placed".into(),
-            stream: "ORDERS".into(),
-            sequence: 1,
-        }
-    }
-
-    fn event(data: &str) -> Event {
-        Event {
-            data: bytes::Bytes::from(data.to_owned()),
-            ..Event::default()
-        }
-    }
 
     #[tokio::test]
     async fn reserves_until_stock_runs_out() {
@@ -142,9 +126,9 @@ mod tests {
                 r#"{{"order_id":{id},"items":[{{"sku":"laptop","qty":2}}]}}"#
             ))
         };
-        let first = f.call(&order(1), &ctx()).await.unwrap();
+        let first = f.call(&order(1), &ctx("reserve-stock")).await.unwrap();
         assert_eq!(first[0].event_type, "inventory.reserved");
-        let second = f.call(&order(2), &ctx()).await.unwrap();
+        let second = f.call(&order(2), &ctx("reserve-stock")).await.unwrap();
         assert_eq!(second[0].event_type, "inventory.insufficient");
         assert_eq!(
             second[0].data["missing"],
@@ -156,8 +140,8 @@ mod tests {
     async fn a_redelivered_order_is_not_reserved_twice() {
         let f = ReserveStock::default();
         let order = event(r#"{"order_id":7,"items":[{"sku":"laptop","qty":3}]}"#);
-        let first = f.call(&order, &ctx()).await.unwrap();
-        let again = f.call(&order, &ctx()).await.unwrap();
+        let first = f.call(&order, &ctx("reserve-stock")).await.unwrap();
+        let again = f.call(&order, &ctx("reserve-stock")).await.unwrap();
         assert_eq!(first, again);
         assert_eq!(first[0].event_type, "inventory.reserved");
     }
@@ -170,7 +154,10 @@ mod tests {
             r#"{"order_id":1,"items":[]}"#,
             "not json",
         ] {
-            let err = f.call(&event(data), &ctx()).await.unwrap_err();
+            let err = f
+                .call(&event(data), &ctx("reserve-stock"))
+                .await
+                .unwrap_err();
             assert!(err.is_permanent(), "{data}: {err}");
         }
     }

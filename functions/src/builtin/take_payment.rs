@@ -98,30 +98,17 @@ impl Function for TakePayment {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{ctx, event};
     use super::*;
-
-    fn ctx() -> Context {
-        Context {
-            function: "payment".into(),
-            attempt: 1,
-            subject: "order.placed".into(),
-            stream: "ORDERS".into(),
-            sequence: 1,
-        }
-    }
-
-    fn event(data: &str) -> Event {
-        Event {
-            data: bytes::Bytes::from(data.to_owned()),
-            ..Event::default()
-        }
-    }
 
     #[tokio::test]
     async fn a_payment_within_the_limit_completes() {
         let f = TakePayment::default();
         let first = f
-            .call(&event(r#"{"order_id":1,"user_id":9,"total":99.5}"#), &ctx())
+            .call(
+                &event(r#"{"order_id":1,"user_id":9,"total":99.5}"#),
+                &ctx("payment"),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -132,7 +119,7 @@ mod tests {
             )]
         );
         let second = f
-            .call(&event(r#"{"order_id":2,"total":1000}"#), &ctx())
+            .call(&event(r#"{"order_id":2,"total":1000}"#), &ctx("payment"))
             .await
             .unwrap();
         assert_eq!(second[0].event_type, "payment.completed");
@@ -144,7 +131,7 @@ mod tests {
     async fn over_the_limit_or_a_declined_card_fails() {
         let f = TakePayment::default();
         let over = f
-            .call(&event(r#"{"order_id":3,"total":1200}"#), &ctx())
+            .call(&event(r#"{"order_id":3,"total":1200}"#), &ctx("payment"))
             .await
             .unwrap();
         assert_eq!(
@@ -157,7 +144,7 @@ mod tests {
         let declined = f
             .call(
                 &event(r#"{"order_id":4,"total":5,"card":"declined"}"#),
-                &ctx(),
+                &ctx("payment"),
             )
             .await
             .unwrap();
@@ -174,11 +161,11 @@ mod tests {
     async fn a_redelivered_order_is_not_charged_twice() {
         let f = TakePayment::default();
         let order = event(r#"{"order_id":7,"total":10}"#);
-        let first = f.call(&order, &ctx()).await.unwrap();
-        let again = f.call(&order, &ctx()).await.unwrap();
+        let first = f.call(&order, &ctx("payment")).await.unwrap();
+        let again = f.call(&order, &ctx("payment")).await.unwrap();
         assert_eq!(first, again);
         let next = f
-            .call(&event(r#"{"order_id":8,"total":10}"#), &ctx())
+            .call(&event(r#"{"order_id":8,"total":10}"#), &ctx("payment"))
             .await
             .unwrap();
         assert_eq!(
@@ -197,12 +184,12 @@ mod tests {
             (r#"{"order_id":1,"total":0}"#, "got 0"),
             (r#"{"order_id":1,"total":null}"#, "got none"),
         ] {
-            let err = f.call(&event(data), &ctx()).await.unwrap_err();
+            let err = f.call(&event(data), &ctx("payment")).await.unwrap_err();
             assert!(err.is_permanent(), "{data}: {err}");
             assert!(err.message.contains(got), "{data}: {err}");
         }
         for data in ["not json", r#"{"total":5}"#] {
-            let err = f.call(&event(data), &ctx()).await.unwrap_err();
+            let err = f.call(&event(data), &ctx("payment")).await.unwrap_err();
             assert!(err.is_permanent(), "{data}: {err}");
         }
     }

@@ -34,31 +34,15 @@ impl Function for WelcomeEmail {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{ctx, event};
     use super::*;
-
-    fn ctx() -> Context {
-        Context {
-            function: "welcome-email".into(),
-            attempt: 1,
-            subject: "user.registered".into(),
-            stream: "USERS".into(),
-            sequence: 1,
-        }
-    }
-
-    fn event(data: &'static str) -> Event {
-        Event {
-            data: bytes::Bytes::from_static(data.as_bytes()),
-            ..Event::default()
-        }
-    }
 
     #[tokio::test]
     async fn emits_email_sent() {
         let out = WelcomeEmail
             .call(
                 &event(r#"{"user_id":123,"email":"user@example.com"}"#),
-                &ctx(),
+                &ctx("welcome-email"),
             )
             .await
             .unwrap();
@@ -74,7 +58,7 @@ mod tests {
     #[tokio::test]
     async fn missing_email_is_permanent() {
         let err = WelcomeEmail
-            .call(&event(r#"{"user_id":123}"#), &ctx())
+            .call(&event(r#"{"user_id":123}"#), &ctx("welcome-email"))
             .await
             .unwrap_err();
         assert!(err.is_permanent());
