@@ -1,0 +1,135 @@
+//! The events a contender works through: a fresh stream per contender and
+//! run, filled with N 256-byte JSON bodies before the clock starts.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use bytes::Bytes;
+
+/// The size of every event body.
+pub(crate) const BODY_LEN: usize = 256;
+/// Publishes in flight before the oldest one's ack is awaited.
+const PUBLISH_WINDOW: usize = 4096;
+/// How long the stream may take to show every event it acknowledged.
+const HELD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A contender's stream and subject for one run: `BENCH_<name>_<run>` on
+/// `bench.<name>.<run>`.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) stream: String,
+    pub(crate) subject: String,
+}
+
+impl Target {
+    pub(crate) fn new(name: &str, run: usize) -> Self {
+        Target {
+            stream: format!("BENCH_{name}_{run}"),
+            subject: format!("bench.{name}.{run}"),
+        }
+    }
+
+    /// Creates the stream (file storage, like a deployment's).
+    pub(crate) async fn create(&self, js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+        js.create_stream(stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![self.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create stream {}", self.stream))
+    }
+
+    /// Creates the stream and fills it with `events` events.
+    pub(crate) async fn fill(
+        &self,
+        js: &jetstream::Context,
+        events: u64,
+    ) -> anyhow::Result<stream::Stream> {
+        let stream = self.create(js).await?;
+        publish(js, &self.subject, events).await?;
+        wait_held(&stream, events).await?;
+        Ok(stream)
+    }
+}
+
+/// Event `n`'s body: a JSON object padded to exactly [`BODY_LEN`] bytes.
+pub(crate) fn body(n: u64) -> Bytes {
+    let head = format!(r#"{{"seq":{n},"kind":"bench","pad":""#);
+    let tail = r#""}"#;
+    let pad = BODY_LEN.saturating_sub(head.len() + tail.len());
+    let mut text = String::with_capacity(BODY_LEN);
+    text.push_str(&head);
+    text.extend(std::iter::repeat_n('x', pad));
+    text.push_str(tail);
+    Bytes::from(text)
+}
+
+/// Publishes `events` bodies to `subject`, keeping up to [`PUBLISH_WINDOW`]
+/// JetStream acks outstanding, and checks every one of them.
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    events: u64,
+) -> anyhow::Result<()> {
+    let mut pending: VecDeque<PublishAckFuture> = VecDeque::with_capacity(PUBLISH_WINDOW);
+    for n in 1..=events {
+        if pending.len() == PUBLISH_WINDOW {
+            if let Some(ack) = pending.pop_front() {
+                ack.await.context("publish ack")?;
+            }
+        }
+        let ack = js
+            .publish(subject.to_string(), body(n))
+            .await
+            .with_context(|| format!("publish to {subject}"))?;
+        pending.push_back(ack);
+    }
+    for ack in pending {
+        ack.await.context("publish ack")?;
+    }
+    Ok(())
+}
+
+/// Waits until the stream holds `events` messages.
+async fn wait_held(stream: &stream::Stream, events: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + HELD_TIMEOUT;
+    loop {
+        let info = stream.get_info().await.context("stream info")?;
+        if info.state.messages >= events {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "stream {} holds {} of the {events} events published after {HELD_TIMEOUT:?}",
+                info.config.name,
+                info.state.messages
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_256_bytes_of_json() {
+        for n in [1, 99_999, u64::MAX] {
+            let body = body(n);
+            assert_eq!(body.len(), BODY_LEN);
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(value["seq"], n);
+        }
+    }
+
+    #[test]
+    fn targets_are_named_per_contender_and_run() {
+        let target = Target::new("jetrun-noop", 2);
+        assert_eq!(target.stream, "BENCH_jetrun-noop_2");
+        assert_eq!(target.subject, "bench.jetrun-noop.2");
+    }
+}

@@ -1,0 +1,203 @@
+//! The jetrun contenders: the real `jetrun run` binary on a backlog, with a
+//! built-in (`noop`, `echo`), a Python worker-mode no-op, or a per-event
+//! shell no-op; timed on the function's durable consumer.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+
+use crate::backlog::Target;
+use crate::harness::Harness;
+use crate::measure::{self, ConsumerCpu, Start, Throughput};
+use crate::programs;
+use crate::runner::{self, Runner};
+
+/// The Python worker: one JSON request per line in, `{"ok": true}` out.
+const PYTHON_WORKER: &str = r#"import sys
+
+reply = sys.stdout
+for _line in sys.stdin:
+    reply.write('{"ok": true}\n')
+    reply.flush()
+"#;
+
+/// The per-event function: reads the event from stdin, succeeds.
+const SHELL_NOOP: &str = "#!/bin/sh\ncat >/dev/null\nexit 0\n";
+
+/// The function a jetrun contender runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Function {
+    Noop,
+    Echo,
+    PythonWorker,
+    ExecPerEvent,
+}
+
+impl Function {
+    /// The function's name in the config, and so its durable consumer's.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Function::Noop => "noop",
+            Function::Echo => "echo",
+            Function::PythonWorker => "python-worker",
+            Function::ExecPerEvent => "exec-per-event",
+        }
+    }
+
+    /// Its `[functions.NAME]` section, on `target`, preceded by the stream
+    /// its emitted events go to when it emits.
+    pub(crate) fn config(self, harness: &Harness, target: &Target) -> anyhow::Result<String> {
+        let options = &harness.options;
+        let (handler, concurrency) = match self {
+            Function::Noop => ("builtin = \"noop\"".to_string(), options.concurrency),
+            Function::Echo => ("builtin = \"echo\"".to_string(), options.concurrency),
+            Function::PythonWorker => {
+                let python = programs::on_path("python3")
+                    .context("python3 is not on PATH; the Python worker needs it")?;
+                let script = write_script(harness, "worker.py", PYTHON_WORKER)?;
+                let handler = format!(
+                    "exec = {{ command = [{}, {}], mode = \"worker\", workers = {} }}",
+                    toml_string(&python.display().to_string()),
+                    toml_string(&script.display().to_string()),
+                    options.workers
+                );
+                (handler, options.concurrency)
+            }
+            Function::ExecPerEvent => {
+                let script = write_script(harness, "noop.sh", SHELL_NOOP)?;
+                let handler = format!("exec = [{}]", toml_string(&script.display().to_string()));
+                (handler, options.exec_concurrency)
+            }
+        };
+        let mut text = String::new();
+        if self == Function::Echo {
+            let _ = writeln!(
+                text,
+                "[streams.{}]\nsubjects = [{}]\n",
+                echoed_stream(target),
+                toml_string(&echoed_subject(target))
+            );
+        }
+        let _ = writeln!(
+            text,
+            "[functions.{}]\nstream = {}\nsubjects = [{}]\n{handler}\nconcurrency = {concurrency}",
+            self.name(),
+            toml_string(&target.stream),
+            toml_string(&target.subject),
+        );
+        Ok(text)
+    }
+}
+
+/// Fills a fresh stream with `events` events, starts jetrun on it, and times
+/// the function's consumer through them; then checks nothing was
+/// dead-lettered (and, for `echo`, that every input emitted its event).
+pub(crate) async fn run(
+    harness: &Harness,
+    name: &str,
+    run: usize,
+    events: u64,
+    function: Function,
+) -> anyhow::Result<Throughput> {
+    let target = Target::new(name, run);
+    let stream = target.fill(&harness.js, events).await?;
+    let config = function.config(harness, &target)?;
+    let mut runner = Runner::start(harness, &format!("{name}-{run}"), &config)?;
+    let cpu = harness.cpu_probe(ConsumerCpu::Tree(runner.pid()));
+    let mut measured = measure::throughput(
+        &stream,
+        function.name(),
+        events,
+        Start::Polled,
+        &cpu,
+        &mut || runner.check_alive(),
+    )
+    .await?;
+    measured.peak_rss_kib = runner.memory_kib("VmHWM");
+    runner.stop().await?;
+    no_dead_letters(harness).await?;
+    if function == Function::Echo {
+        let echoed = harness
+            .js
+            .get_stream(echoed_stream(&target))
+            .await
+            .context("get the echoed stream")?
+            .get_info()
+            .await
+            .context("info of the echoed stream")?
+            .state
+            .messages;
+        if echoed != events {
+            bail!("echo handled {events} events but its stream holds {echoed} emitted ones");
+        }
+    }
+    Ok(measured)
+}
+
+/// Whether `jetrun check` accepts a function with `builtin = "echo"`.
+pub(crate) fn echo_available(harness: &Harness) -> Result<(), String> {
+    let target = Target::new("echo-check", 0);
+    let config = Function::Echo
+        .config(harness, &target)
+        .map_err(|err| err.to_string())?;
+    let path = harness.path("echo-check.toml");
+    std::fs::write(&path, config).map_err(|err| format!("write {}: {err}", path.display()))?;
+    runner::check(&harness.jetrun, &path).map_err(|refused| {
+        format!("this jetrun has no built-in `echo` to emit one event per input ({refused})")
+    })
+}
+
+/// The bench asks for no retries and no failures: a dead letter is an error.
+pub(crate) async fn no_dead_letters(harness: &Harness) -> anyhow::Result<()> {
+    let Ok(dlq) = harness.js.get_stream("DLQ").await else {
+        return Ok(());
+    };
+    let held = dlq
+        .get_info()
+        .await
+        .context("DLQ stream info")?
+        .state
+        .messages;
+    if held > 0 {
+        bail!(
+            "{held} events were dead-lettered (stream DLQ): a handler failed; see the jetrun \
+             logs in the work folder"
+        );
+    }
+    Ok(())
+}
+
+fn echoed_stream(target: &Target) -> String {
+    format!("{}_ECHOED", target.stream)
+}
+
+/// Where `echo` emits: the input's type (its subject, for a bare message)
+/// plus `.echoed`.
+fn echoed_subject(target: &Target) -> String {
+    format!("{}.echoed", target.subject)
+}
+
+fn write_script(harness: &Harness, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = harness.path(name);
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(path)
+}
+
+/// A TOML basic string.
+pub(crate) fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_strings_are_quoted_and_escaped() {
+        assert_eq!(toml_string("a\"b\\c"), r#""a\"b\\c""#);
+    }
+}
