@@ -20,8 +20,8 @@ pub(crate) struct Origin<'a> {
 const STRUCTURED: &str = "application/cloudevents+json";
 
 /// The event a message carries. A structured event missing a required
-/// attribute is a permanent failure; an event with no correlation id gets
-/// one, so every event a function emits can carry it.
+/// attribute is a permanent failure; an event with no correlation id starts
+/// one (its own id), so every event a function emits can carry it.
 pub(crate) fn read_event(
     origin: &Origin<'_>,
     headers: Option<&HeaderMap>,
@@ -49,11 +49,9 @@ pub(crate) fn read_event(
         }
     }
     if event.correlationid.is_none() {
-        // Derived from the event, so every attempt (and every function
-        // handling the same event) starts the same correlation.
-        let name = format!("{}\u{0}{}", event.source, event.id);
-        event.correlationid =
-            Some(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string());
+        // An event with no correlation starts one: its own id, so every
+        // attempt (and every function handling it) starts the same one.
+        event.correlationid = Some(event.id.clone());
     }
     Ok(event)
 }
@@ -113,7 +111,9 @@ fn structured(body: &Bytes) -> Result<Event, Failure> {
 /// `{"event_type", "data", "timestamp", "source", "event_id", "version",
 /// "correlation_id", "causation_id"}`, as many hand-written event buses send.
 fn hand_written_envelope(body: &Bytes) -> Option<Event> {
-    if body.first() != Some(&b'{') {
+    // Most bodies are not the envelope: look for its key before parsing.
+    const KEY: &[u8] = b"\"event_type\"";
+    if body.first() != Some(&b'{') || !body.windows(KEY.len()).any(|w| w == KEY) {
         return None;
     }
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {

@@ -30,7 +30,7 @@ use dead_letter::DeadLetter;
 use decision::{Action, Reason};
 
 /// How long one pull request waits on the server for messages.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// The most messages asked for in one pull request.
 const MAX_BATCH: usize = 256;
 /// How often the consumer's info is read (backlog gauges, ack floor, and
