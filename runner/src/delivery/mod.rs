@@ -268,10 +268,16 @@ async fn pull(
                     };
                     let shared = shared.clone();
                     let abandon = stop.abandon.clone();
-                    in_flight.spawn(async move {
+                    let mut delivery = Box::pin(async move {
                         deliver(&shared, message, abandon).await;
                         drop(permit);
                     });
+                    // A delivery that completes at its first poll (a quick
+                    // built-in, say) needs no task of its own; one that waits
+                    // goes on in one, from where it stopped.
+                    if futures::FutureExt::now_or_never(&mut delivery).is_none() {
+                        in_flight.spawn(delivery);
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(function = %shared.config.name, %err, "Pull request ended with an error.");
