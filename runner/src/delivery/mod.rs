@@ -45,46 +45,6 @@ struct Shared {
     handler: Arc<dyn Function>,
     js: jetstream::Context,
     metrics: FunctionMetrics,
-    pace: Pace,
-}
-
-/// How long the handler takes, on average (an exponentially weighted mean
-/// of recent calls), which sets how many messages one pull may bring: as
-/// many as the function can start within a quarter of the ack wait, between
-/// `concurrency` and [`MAX_BATCH`]. Fast handlers get big pulls (few round
-/// trips); slow ones never leave a pulled message waiting near its ack wait.
-#[derive(Default)]
-struct Pace {
-    /// Seconds, as f64 bits; 0 until the first call.
-    mean_secs: AtomicU64,
-}
-
-impl Pace {
-    fn record(&self, took: Duration) {
-        let sample = took.as_secs_f64();
-        let _ = self
-            .mean_secs
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let mean = f64::from_bits(bits);
-                let next = if bits == 0 {
-                    sample
-                } else {
-                    mean + (sample - mean) / 16.0
-                };
-                Some(next.to_bits())
-            });
-    }
-
-    fn batch_size(&self, config: &FunctionConfig) -> usize {
-        let floor = config.concurrency.min(MAX_BATCH);
-        let mean = f64::from_bits(self.mean_secs.load(Ordering::Relaxed));
-        if mean <= 0.0 {
-            return floor;
-        }
-        let starts_per_slot = (config.ack_wait / 4).as_secs_f64() / mean;
-        let fits = (config.concurrency as f64 * starts_per_slot).min(MAX_BATCH as f64) as usize;
-        fits.max(floor)
-    }
 }
 
 /// Set by the monitor when the consumer is gone, waking the pull loop.
@@ -142,7 +102,6 @@ pub(crate) async fn run(
         handler,
         js,
         metrics,
-        pace: Pace::default(),
     });
     let name = shared.config.name.clone();
     let permits = Arc::new(Semaphore::new(shared.config.concurrency));
@@ -237,7 +196,7 @@ async fn pull(
         let mut held = Some(first);
         let batch = consumer
             .batch()
-            .max_messages(shared.pace.batch_size(&shared.config))
+            .max_messages(free_slots_plus_one(permits, shared.config.concurrency))
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -287,6 +246,14 @@ async fn pull(
             }
         }
     }
+}
+
+/// How many messages one pull asks for: the slot held for the first, plus
+/// every other slot free now; never more than [`MAX_BATCH`].
+fn free_slots_plus_one(permits: &Semaphore, concurrency: usize) -> usize {
+    (permits.available_permits() + 1)
+        .min(concurrency)
+        .min(MAX_BATCH)
 }
 
 /// A handler slot for `message`, waiting for one to free up if need be and
@@ -460,7 +427,6 @@ async fn call_and_emit(
             shared.config.name
         )));
     }
-    let started = Instant::now();
     let call = shared.handler.call(event, ctx);
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
@@ -480,7 +446,6 @@ async fn call_and_emit(
             }
         },
     };
-    shared.pace.record(started.elapsed());
     let emits = outcome?;
     check_emits(&shared.config, &emits)?;
     for (index, emit) in emits.iter().enumerate() {
@@ -710,55 +675,17 @@ fn round_ms(d: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    fn function(concurrency: usize, ack_wait: Duration) -> FunctionConfig {
-        FunctionConfig {
-            name: "f".into(),
-            subjects: vec!["ev.x".into()],
-            stream: "EVENTS".into(),
-            stream_managed: true,
-            handler: jetrun_config::Handler::Builtin("noop".into()),
-            concurrency,
-            timeout: Duration::from_secs(30),
-            retry: jetrun_config::RetryPolicy::default(),
-            dead_letter: "dlq.f".into(),
-            emits: None,
-            json: false,
-            ack_wait,
-            max_ack_pending: 10_000,
-        }
-    }
-
     #[test]
-    fn pulls_are_as_big_as_the_handler_can_start_within_a_quarter_of_the_ack_wait() {
-        let pace = Pace::default();
-        let f = function(16, Duration::from_secs(30));
-        assert_eq!(pace.batch_size(&f), 16, "unknown pace: one pull per slot");
-        pace.record(Duration::from_micros(20));
-        assert_eq!(pace.batch_size(&f), MAX_BATCH, "fast handlers: big pulls");
-        let slow = Pace::default();
-        slow.record(Duration::from_secs(10));
+    fn a_pull_asks_for_the_free_slots_only() {
+        let permits = Semaphore::new(16);
         assert_eq!(
-            slow.batch_size(&f),
+            free_slots_plus_one(&permits, 16),
             16,
-            "slow handlers: never more than the slots"
+            "one slot held, 15 free"
         );
-        let middling = Pace::default();
-        middling.record(Duration::from_millis(300));
-        // 7.5 s / 0.3 s = 25 starts per slot, times 4 slots.
-        assert_eq!(
-            middling.batch_size(&function(4, Duration::from_secs(30))),
-            100
-        );
-    }
-
-    #[test]
-    fn the_mean_follows_recent_calls() {
-        let pace = Pace::default();
-        pace.record(Duration::from_millis(100));
-        for _ in 0..100 {
-            pace.record(Duration::from_millis(1));
-        }
-        let mean = f64::from_bits(pace.mean_secs.load(Ordering::Relaxed));
-        assert!(mean < 0.002, "{mean}");
+        let held = permits.try_acquire_many(10).unwrap();
+        assert_eq!(free_slots_plus_one(&permits, 16), 7);
+        drop(held);
+        assert_eq!(free_slots_plus_one(&Semaphore::new(999), 1000), MAX_BATCH);
     }
 }
