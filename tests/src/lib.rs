@@ -31,7 +31,7 @@ pub use jetstream::{
     stream_len, stream_messages, wait_acked, wait_for_consumer,
 };
 pub use ledger::{Entry, Ledger};
-pub use metrics::{http_status, metric, scrape};
+pub use metrics::{http_status, metric, scrape, wait_ready};
 pub use nats_server::{nats_server_bin, NatsServer};
 pub use ports::free_port;
 pub use prometheus::{scrape_config_for, tool_or_skip, Prometheus, INSTALL_PROMETHEUS};

@@ -178,6 +178,17 @@ fn parse_value(text: &str) -> Option<f64> {
     }
 }
 
+/// Waits (up to 30 s) until the runner serving metrics on `addr` answers
+/// `/readyz` with 200: NATS connected and every consumer bound.
+pub async fn wait_ready(addr: SocketAddr) {
+    crate::wait::wait_until(
+        Duration::from_secs(30),
+        "/readyz answers 200",
+        || async move { http_status(addr, "/readyz").await == Some(200) },
+    )
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

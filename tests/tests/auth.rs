@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_nats::ConnectOptions;
 use jetrun_e2e::{
-    consumer_info, holds_for, http_status, toml_str, wait_until, NatsServer, Runner, TestBed,
+    consumer_info, holds_for, http_status, toml_str, wait_ready, wait_until, NatsServer, Runner,
+    TestBed,
 };
 
 /// `base_config` with `auth` lines added to its `[nats]` table, and a
@@ -25,12 +26,7 @@ fn config_with_auth(bed: &TestBed, auth: &str) -> std::path::PathBuf {
 /// Publishes one event with `client` and waits until `hello` acked it.
 async fn an_event_is_handled(bed: &TestBed, runner: &Runner, client: async_nats::Client) {
     let metrics = bed.metrics;
-    wait_until(
-        Duration::from_secs(20),
-        "the runner is ready",
-        || async move { http_status(metrics, "/readyz").await == Some(200) },
-    )
-    .await;
+    wait_ready(metrics).await;
     let js = &async_nats::jetstream::new(client);
     js.publish("ev.ok", "{}".into())
         .await
@@ -75,12 +71,7 @@ async fn user_password_and_nkey_authenticate() {
     let config = config_with_auth(&bed, "nkey = \"app.nk\"");
     let runner = Runner::start(&config);
     let metrics = bed.metrics;
-    wait_until(
-        Duration::from_secs(20),
-        "the nkey runner is ready",
-        || async move { http_status(metrics, "/readyz").await == Some(200) },
-    )
-    .await;
+    wait_ready(metrics).await;
     assert!(
         runner.log().contains("Connected to NATS"),
         "{}",

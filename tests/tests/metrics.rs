@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jetrun_e2e::{
     consumer_info, free_port, http_status, metric, publish_bare, record_then, scrape, toml_str,
-    wait_for_consumer, wait_until, write_config, NatsServer, Runner, TestBed,
+    wait_for_consumer, wait_ready, wait_until, write_config, NatsServer, Runner, TestBed,
 };
 
 /// Succeeds on `ev.mix.ok` (emitting one event), fails once then succeeds on
@@ -35,12 +35,7 @@ async fn counters_move_by_exactly_the_right_amounts() {
         )
     ));
     let _runner = Runner::start(&config);
-    wait_until(
-        Duration::from_secs(20),
-        "/readyz answers 200",
-        || async move { http_status(addr, "/readyz").await == Some(200) },
-    )
-    .await;
+    wait_ready(addr).await;
     let f = [("function", "mix")];
     let before = scrape(addr).await;
     assert_eq!(
@@ -192,12 +187,7 @@ builtin = "noop"
     );
 
     let nats = NatsServer::start_on(nats_port);
-    wait_until(
-        Duration::from_secs(30),
-        "/readyz answers 200",
-        || async move { http_status(addr, "/readyz").await == Some(200) },
-    )
-    .await;
+    wait_ready(addr).await;
     let text = scrape(addr).await;
     assert_eq!(
         metric(&text, "jetrun_nats_connected", &[]),

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use jetrun_e2e::{
-    http_status, metric, publish_bare, repo_root, scrape, scrape_config_for, tool_or_skip,
-    wait_for_consumer, wait_until, Prometheus, Runner, TestBed, INSTALL_PROMETHEUS,
+    metric, publish_bare, repo_root, scrape, scrape_config_for, tool_or_skip, wait_for_consumer,
+    wait_ready, wait_until, Prometheus, Runner, TestBed, INSTALL_PROMETHEUS,
 };
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
@@ -40,12 +40,7 @@ async fn start_jetrun(bed: &TestBed) -> Runner {
     ));
     let runner = Runner::start(&config);
     let addr = bed.metrics;
-    wait_until(
-        Duration::from_secs(20),
-        "/readyz answers 200",
-        || async move { http_status(addr, "/readyz").await == Some(200) },
-    )
-    .await;
+    wait_ready(addr).await;
     wait_for_consumer(&bed.jetstream().await, TestBed::STREAM, FUNCTION).await;
     runner
 }

@@ -5,9 +5,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use jetrun_e2e::{http_status, toml_str, wait_until, NatsServer, Runner, TestBed};
+use jetrun_e2e::{toml_str, wait_ready, NatsServer, Runner, TestBed};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")
@@ -105,12 +104,7 @@ async fn tls_with_a_client_certificate() {
     ));
     let runner = Runner::start(&config);
     let metrics = bed.metrics;
-    wait_until(
-        Duration::from_secs(20),
-        "the runner is ready over TLS",
-        || async move { http_status(metrics, "/readyz").await == Some(200) },
-    )
-    .await;
+    wait_ready(metrics).await;
     assert!(
         runner.log().contains("Connected to NATS"),
         "{}",

@@ -193,10 +193,10 @@ async fn pull(
         if lost.is_lost() {
             return;
         }
-        let mut held = Some(first);
+        let mut slots = take_free_slots(permits, first, shared.config.concurrency);
         let batch = consumer
             .batch()
-            .max_messages(free_slots_plus_one(permits, shared.config.concurrency))
+            .max_messages(slots.len())
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -221,9 +221,14 @@ async fn pull(
             let Some(next) = next else { break };
             match next {
                 Ok(message) => {
-                    let permit = match held.take() {
+                    // The server sends at most what the pull asked for: one
+                    // slot each. Should it ever send more, wait for a slot.
+                    let permit = match slots.pop() {
                         Some(permit) => permit,
-                        None => slot_for(permits, &message, shared.config.ack_wait).await,
+                        None => match permits.clone().acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
                     };
                     let shared = shared.clone();
                     let abandon = stop.abandon.clone();
@@ -248,39 +253,22 @@ async fn pull(
     }
 }
 
-/// How many messages one pull asks for: the slot held for the first, plus
-/// every other slot free now; never more than [`MAX_BATCH`].
-fn free_slots_plus_one(permits: &Semaphore, concurrency: usize) -> usize {
-    (permits.available_permits() + 1)
-        .min(concurrency)
-        .min(MAX_BATCH)
-}
-
-/// A handler slot for `message`, waiting for one to free up if need be and
-/// keeping the message alive meanwhile with in-progress acks, so a message
-/// of a full batch never outwaits its ack wait.
-async fn slot_for(
+/// The slots one pull takes: `first`, plus every other slot free now, up to
+/// `concurrency` and [`MAX_BATCH`]; the pull asks for one message per slot.
+fn take_free_slots(
     permits: &Arc<Semaphore>,
-    message: &jetstream::Message,
-    ack_wait: Duration,
-) -> OwnedSemaphorePermit {
-    if let Ok(permit) = permits.clone().try_acquire_owned() {
-        return permit;
-    }
-    let acquire = permits.clone().acquire_owned();
-    tokio::pin!(acquire);
-    loop {
-        tokio::select! {
-            permit = &mut acquire => match permit {
-                Ok(permit) => return permit,
-                // The semaphore is never closed; wait as if it were full.
-                Err(_) => std::future::pending::<()>().await,
-            },
-            () = tokio::time::sleep(ack_wait / 2) => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
+    first: OwnedSemaphorePermit,
+    concurrency: usize,
+) -> Vec<OwnedSemaphorePermit> {
+    let most = concurrency.min(MAX_BATCH);
+    let mut slots = vec![first];
+    while slots.len() < most {
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => slots.push(permit),
+            Err(_) => break,
         }
     }
+    slots
 }
 
 /// Reads the consumer's state now and then: backlog gauges, the ack floor (so
@@ -677,15 +665,18 @@ mod tests {
 
     #[test]
     fn a_pull_asks_for_the_free_slots_only() {
-        let permits = Semaphore::new(16);
-        assert_eq!(
-            free_slots_plus_one(&permits, 16),
-            16,
-            "one slot held, 15 free"
-        );
-        let held = permits.try_acquire_many(10).unwrap();
-        assert_eq!(free_slots_plus_one(&permits, 16), 7);
+        let permits = Arc::new(Semaphore::new(16));
+        let first = permits.clone().try_acquire_owned().unwrap();
+        let slots = take_free_slots(&permits, first, 16);
+        assert_eq!(slots.len(), 16, "one slot held, 15 free");
+        drop(slots);
+        let held = permits.clone().try_acquire_many_owned(9).unwrap();
+        let first = permits.clone().try_acquire_owned().unwrap();
+        // 9 slots busy, the first held: 6 more free.
+        assert_eq!(take_free_slots(&permits, first, 16).len(), 7);
         drop(held);
-        assert_eq!(free_slots_plus_one(&Semaphore::new(999), 1000), MAX_BATCH);
+        let many = Arc::new(Semaphore::new(999));
+        let first = many.clone().try_acquire_owned().unwrap();
+        assert_eq!(take_free_slots(&many, first, 1000).len(), MAX_BATCH);
     }
 }
