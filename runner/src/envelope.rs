@@ -207,40 +207,66 @@ pub(crate) fn emitted_id(function: &str, input: &Event, index: usize) -> String 
         "{function}\u{0}{}\u{0}{}\u{0}{index}",
         input.source, input.id
     );
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+    let uuid = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes());
+    uuid.hyphenated()
+        .encode_lower(&mut uuid::Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// The headers of an emitted event in binary mode, `Nats-Msg-Id` included.
+/// Names are static and values moved in: this runs once per emitted event.
 pub(crate) fn emitted_headers(
     function: &str,
     input: &Event,
     index: usize,
     emit: &Emit,
 ) -> HeaderMap {
+    use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    const ID: HeaderName = HeaderName::from_static("ce-id");
+    const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    const TIME: HeaderName = HeaderName::from_static("ce-time");
+    const CONTENT_TYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
+    const CORRELATION: HeaderName = HeaderName::from_static("ce-correlationid");
+    const CAUSATION: HeaderName = HeaderName::from_static("ce-causationid");
+    const TRACE: [(HeaderName, HeaderName, &str); 2] = [
+        (
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("ce-traceparent"),
+            "traceparent",
+        ),
+        (
+            HeaderName::from_static("tracestate"),
+            HeaderName::from_static("ce-tracestate"),
+            "tracestate",
+        ),
+    ];
     let id = emitted_id(function, input, index);
     let mut headers = HeaderMap::new();
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", id.as_str());
-    headers.insert("ce-type", emit.event_type.as_str());
-    headers.insert("ce-source", format!("jetrun/{function}").as_str());
+    headers.insert(SPECVERSION, "1.0");
+    headers.insert(ID, id.as_str());
+    headers.insert(NATS_MESSAGE_ID, id);
+    headers.insert(TYPE, emit.event_type.as_str());
+    let mut source = String::with_capacity(7 + function.len());
+    source.push_str("jetrun/");
+    source.push_str(function);
+    headers.insert(SOURCE, source);
     headers.insert(
-        "ce-time",
-        humantime::format_rfc3339_micros(SystemTime::now())
-            .to_string()
-            .as_str(),
+        TIME,
+        humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
     );
-    headers.insert("ce-datacontenttype", "application/json");
+    headers.insert(CONTENT_TYPE, "application/json");
     if let Some(correlation) = &input.correlationid {
-        headers.insert("ce-correlationid", correlation.as_str());
+        headers.insert(CORRELATION, correlation.as_str());
     }
-    headers.insert("ce-causationid", input.id.as_str());
-    for name in ["traceparent", "tracestate"] {
+    headers.insert(CAUSATION, input.id.as_str());
+    for (plain, prefixed, name) in TRACE {
         if let Some(value) = input.extensions.get(name) {
-            headers.insert(name, value.as_str());
-            headers.insert(format!("ce-{name}").as_str(), value.as_str());
+            headers.insert(plain, value.as_str());
+            headers.insert(prefixed, value.as_str());
         }
     }
-    headers.insert("Nats-Msg-Id", id.as_str());
     headers
 }
 

@@ -20,6 +20,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// Every event allocates a little across both runtime threads; glibc's malloc
+// spent ~20% of the runner's CPU on it, much of it waiting on arena locks
+// (BENCHMARKS.md, "Changes and their effect").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging(cli.log_format);
