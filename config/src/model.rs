@@ -132,13 +132,14 @@ pub enum Handler {
     Http(HttpConfig),
 }
 
-/// `exec = [...]` or `exec = { command, env, mode, workers }`.
+/// `exec = [...]` or `exec = { command, env, mode, workers, user, group }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecConfig {
     /// argv; a relative program path with a `/` is already joined to `dir`.
     pub command: Vec<String>,
     /// Added to the child's environment (which holds nothing else of the runner's
-    /// but PATH, HOME, LANG and TZ, plus the JETRUN_* variables).
+    /// but PATH, HOME, LANG and TZ, plus the JETRUN_* variables; with `user`,
+    /// HOME is that user's home directory).
     pub env: BTreeMap<String, String>,
     pub mode: ExecMode,
     /// Long-lived processes in worker mode (1 in per-event mode).
@@ -146,6 +147,43 @@ pub struct ExecConfig {
     /// The working directory of the child: the config file's folder, so that
     /// relative paths in the arguments mean what they say in the file.
     pub dir: PathBuf,
+    /// `user`: the account children run as (the runner must be root to
+    /// switch); `None`: the runner's own.
+    pub user: Option<Account>,
+    /// `group`: the group children run as (only with `user`); `None`: the
+    /// user's primary group.
+    pub group: Option<Account>,
+}
+
+/// `user` or `group` of an exec table, as the file wrote it. Pure parsing
+/// cannot look names up, so the runner resolves them against the machine's
+/// account database when it builds the function, and reports an unknown one
+/// with `path` and `line` like any other config error.
+///
+/// Two are equal when they name the same account, wherever the file says so:
+/// a reload that only moves lines leaves the function running.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: AccountId,
+    /// The key path, `functions.NAME.exec.user` or `...group`.
+    pub path: String,
+    /// The 1-based line of the value.
+    pub line: usize,
+}
+
+impl PartialEq for Account {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Account {}
+
+/// A user or group by name, or by numeric id (`65534` or `"65534"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountId {
+    Name(String),
+    Id(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,7 +114,11 @@ impl RetryPolicy {
         let base = self.initial_delay.as_secs_f64() * self.multiplier.powi(exponent);
         let capped = base.min(self.max_delay.as_secs_f64());
         let spread = 1.0 + self.jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((capped * spread).max(0.0))
+        // At most what a NAK delay can say (i64 nanoseconds, 292 years),
+        // however huge max_delay and multiplier are.
+        let longest = Duration::from_nanos(i64::MAX as u64);
+        Duration::try_from_secs_f64((capped * spread).max(0.0))
+            .map_or(longest, |delay| delay.min(longest))
     }
 }
 

@@ -99,7 +99,8 @@ Examples:
     '{\"order_id\": 1001, \"items\": [{\"sku\": \"book\", \"qty\": 2}]}'
   echo '{\"order_id\": 2, \"items\": []}' | jetrun publish order.placed -
   jetrun publish --server nats://127.0.0.1:4223 --header tenant=acme \\
-    user.registered '{\"user_id\": 2, \"email\": \"bo@shop.test\"}'";
+    user.registered '{\"user_id\": 2, \"email\": \"bo@shop.test\"}'
+  jetrun publish -c config/jetrun.toml order.placed '{\"order_id\": 3}'   # [nats] URLs, credentials, TLS";
 
 const INIT_EXAMPLES: &str = "\
 Examples:
@@ -108,7 +109,7 @@ Examples:
 
 pub(crate) fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("JETRUN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,async_nats::connector=off"));
     // Colours only for a person at a terminal, not for journald or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -148,7 +149,16 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
             Ok(loaded) => crate::dev::dev(loaded, reload_source(&arg)).await,
             Err(code) => return code,
         },
-        Command::Publish(args) => crate::publish::publish(args).await,
+        Command::Publish(args) => {
+            let nats = match &args.config {
+                Some(path) => match config_file::load(path) {
+                    Ok(loaded) => Some(loaded.config.nats),
+                    Err(code) => return code,
+                },
+                None => None,
+            };
+            crate::publish::publish(args, nats).await
+        }
         Command::Init(args) => crate::commands::init::init(&args),
         Command::Dlq(args) => return crate::commands::dlq::dlq(args).await,
         Command::Status(args) => return crate::commands::status::status(args).await,

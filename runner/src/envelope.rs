@@ -36,10 +36,14 @@ pub(crate) fn read_event(
         binary(headers.unwrap_or(&HeaderMap::new()), body)?
     } else if header("content-type").is_some_and(|ct| ct.starts_with(STRUCTURED)) {
         structured(body)?
-    } else if let Some(event) = hand_written_envelope(body) {
+    } else if let Some(event) = hand_written_envelope(origin, body) {
         event
     } else {
-        bare(origin, header("Nats-Msg-Id"), body)
+        bare(
+            origin,
+            header("Nats-Msg-Id").filter(|id| !id.is_empty()),
+            body,
+        )
     };
     // W3C trace context on the message, kept as the CloudEvents distributed
     // tracing extension so every handler kind and every emitted event sees it.
@@ -110,7 +114,7 @@ fn structured(body: &Bytes) -> Result<Event, Failure> {
 
 /// `{"event_type", "data", "timestamp", "source", "event_id", "version",
 /// "correlation_id", "causation_id"}`, as many hand-written event buses send.
-fn hand_written_envelope(body: &Bytes) -> Option<Event> {
+fn hand_written_envelope(origin: &Origin<'_>, body: &Bytes) -> Option<Event> {
     // Most bodies are not the envelope: look for its key before parsing.
     const KEY: &[u8] = b"\"event_type\"";
     if body.first() != Some(&b'{') || !body.windows(KEY.len()).any(|w| w == KEY) {
@@ -129,12 +133,19 @@ fn hand_written_envelope(body: &Bytes) -> Option<Event> {
     else {
         return None;
     };
+    if event_type.is_empty() {
+        return None;
+    }
     let mut extensions = std::collections::BTreeMap::new();
     if let Some(version) = string(fields.remove("version")) {
         extensions.insert("version".to_string(), version);
     }
     Some(Event {
-        id: string(fields.remove("event_id")).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        // Without an id of its own, the message's place in its stream: the
+        // same on every redelivery, so what the event causes keeps its ids.
+        id: string(fields.remove("event_id"))
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| format!("{}:{}", origin.stream, origin.sequence)),
         source: string(fields.remove("source")).unwrap_or_else(|| "unknown".into()),
         event_type,
         time: string(fields.remove("timestamp")),
@@ -154,11 +165,21 @@ fn bare(origin: &Origin<'_>, msg_id: Option<String>, body: &Bytes) -> Event {
         id: msg_id.unwrap_or_else(|| format!("{}:{}", origin.stream, origin.sequence)),
         source: format!("nats://{}", origin.stream),
         event_type: origin.subject.to_string(),
-        time: Some(humantime::format_rfc3339_micros(origin.published).to_string()),
+        time: rfc3339(origin.published),
         datacontenttype: is_json.then(|| "application/json".to_string()),
         data: body.clone(),
         ..Event::default()
     }
+}
+
+/// `time` in RFC 3339 (UTC, microseconds); `None` before 1970 or after 9999,
+/// which humantime cannot write (it panics, or its `Display` fails).
+fn rfc3339(time: SystemTime) -> Option<String> {
+    use std::fmt::Write;
+    time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let mut text = String::new();
+    write!(text, "{}", humantime::format_rfc3339_micros(time)).ok()?;
+    Some(text)
 }
 
 fn set_attribute(event: &mut Event, attribute: &str, value: String) {
@@ -400,5 +421,541 @@ mod tests {
             emitted_id("reserve-stock", &input, 0),
             emitted_id("reserve-stock", &input, 1)
         );
+    }
+
+    /// No message makes `read_event` panic: an event it accepts has an id
+    /// and a type, and one it refuses is refused for good (a retry would read
+    /// the same bytes). A property test over headers, bodies and origins, then
+    /// named tests for the inputs that break parsers.
+    ///
+    /// The property runs 1,024 cases, a second or so in a debug build. For a
+    /// longer hunt, `PROPTEST_CASES` sets the count:
+    /// `PROPTEST_CASES=100000 cargo test --release -p jetrun envelope`. A
+    /// failing case is printed shrunk (no regression files are written): keep
+    /// it as a named test here.
+    mod never_panics {
+        use std::str::FromStr;
+        use std::time::Duration;
+
+        use async_nats::header::{HeaderName, HeaderValue};
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        use proptest::test_runner::TestCaseError;
+
+        use super::*;
+
+        /// `default` cases unless `PROPTEST_CASES` says otherwise, and no
+        /// regression files.
+        fn cases(default: u32) -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// The property.
+        fn reads_or_refuses(
+            origin: &Origin<'_>,
+            headers: Option<&HeaderMap>,
+            body: &Bytes,
+        ) -> Result<(), TestCaseError> {
+            match read_event(origin, headers, body) {
+                Ok(event) => {
+                    prop_assert!(!event.id.is_empty(), "an event without an id: {event:?}");
+                    prop_assert!(
+                        !event.event_type.is_empty(),
+                        "an event without a type: {event:?}"
+                    );
+                }
+                Err(failure) => {
+                    prop_assert!(failure.is_permanent(), "{failure}");
+                    prop_assert!(!failure.message.is_empty());
+                }
+            }
+            Ok(())
+        }
+
+        /// Headers as the NATS client builds them off the wire: names it
+        /// refuses (whitespace, `:`, non-ASCII) and values it refuses (CR,
+        /// LF) cannot arrive, so they are skipped.
+        fn header_map(pairs: &[(String, String)]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::from_str(name), HeaderValue::from_str(value))
+                {
+                    map.append(name, value);
+                }
+            }
+            map
+        }
+
+        const HEADER_NAMES: &[&str] = &[
+            "ce-specversion",
+            "ce-id",
+            "ce-source",
+            "ce-type",
+            "ce-subject",
+            "ce-time",
+            "ce-datacontenttype",
+            "ce-dataschema",
+            "ce-correlationid",
+            "ce-causationid",
+            "ce-traceparent",
+            "ce-tenant",
+            "ce-",
+            "CE-ID",
+            "Ce-Type",
+            "Nats-Msg-Id",
+            "nats-msg-id",
+            "traceparent",
+            "tracestate",
+            "content-type",
+            "Content-Type",
+            "Nats-Expected-Stream",
+            "",
+        ];
+
+        const HEADER_VALUES: &[&str] = &[
+            "1.0",
+            "0.3",
+            "",
+            " ",
+            "e-1",
+            "user_service",
+            "order.placed",
+            STRUCTURED,
+            "application/cloudevents+json; charset=utf-8",
+            "application/cloudevents-batch+json",
+            "application/json",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-zz",
+            "ünïcode",
+            "\u{0}",
+            "\t",
+        ];
+
+        fn header_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => select(HEADER_NAMES).prop_map(str::to_owned),
+                1 => "ce-[a-z0-9-]{0,10}",
+                1 => "[!-9;-~]{0,16}",
+            ]
+        }
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => select(HEADER_VALUES).prop_map(str::to_owned),
+                4 => ".{0,24}",
+                1 => (0usize..20_000).prop_map(|n| "v".repeat(n)),
+            ]
+        }
+
+        /// No headers, or some, often led by those of a mode: the binary
+        /// mode's required `ce-*` headers, or the structured content type.
+        fn headers() -> impl Strategy<Value = Option<Vec<(String, String)>>> {
+            let binary = vec(header_value(), 4).prop_map(|values| {
+                ["ce-specversion", "ce-id", "ce-source", "ce-type"]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .zip(values)
+                    .collect()
+            });
+            let mode = prop_oneof![
+                Just(Vec::new()),
+                Just(vec![("content-type".to_owned(), STRUCTURED.to_owned())]),
+                binary,
+            ];
+            let extra = vec((header_name(), header_value()), 0..16);
+            proptest::option::weighted(
+                0.9,
+                (mode, extra).prop_map(|(mut headers, extra)| {
+                    headers.extend(extra);
+                    headers
+                }),
+            )
+        }
+
+        /// Any JSON value, nested a little.
+        fn json() -> BoxedStrategy<Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                text().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    vec((".{0,6}", inner), 0..4)
+                        .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+                ]
+            })
+            .boxed()
+        }
+
+        /// Strings that mean something to some attribute, or break it.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => select(&[
+                    "",
+                    "1.0",
+                    "e-1",
+                    "s",
+                    "t",
+                    "order.placed",
+                    "2024-01-01T00:00:00Z",
+                    "application/json",
+                    "aGVsbG8=",
+                    "aGVsbG8",
+                    "!!!",
+                    "====",
+                    "\u{0}",
+                ][..])
+                .prop_map(str::to_owned),
+                2 => ".{0,16}",
+                1 => "[A-Za-z0-9+/=]{0,24}",
+            ]
+        }
+
+        /// A value for an attribute: a string mostly, any JSON sometimes.
+        fn attribute() -> impl Strategy<Value = Value> {
+            prop_oneof![3 => text().prop_map(Value::String), 1 => json()]
+        }
+
+        /// `key: value` pairs, each of `keys` present about four times in
+        /// five, with a few made-up keys.
+        fn object(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+            let fields: Vec<_> = keys
+                .iter()
+                .map(|key| {
+                    proptest::option::weighted(0.8, attribute())
+                        .prop_map(move |value| value.map(|value| ((*key).to_owned(), value)))
+                })
+                .collect();
+            (fields, vec((".{0,8}", json()), 0..3)).prop_map(|(fields, extra)| {
+                Value::Object(fields.into_iter().flatten().chain(extra).collect())
+            })
+        }
+
+        /// A structured CloudEvent, its attributes of any type.
+        fn structured() -> impl Strategy<Value = Value> {
+            object(&[
+                "specversion",
+                "id",
+                "source",
+                "type",
+                "subject",
+                "time",
+                "datacontenttype",
+                "dataschema",
+                "data",
+                "data_base64",
+                "correlationid",
+                "causationid",
+                "traceparent",
+            ])
+        }
+
+        /// The hand-written `{"event_type", "data", ...}` envelope.
+        fn hand_written() -> impl Strategy<Value = Value> {
+            object(&[
+                "event_type",
+                "data",
+                "event_id",
+                "source",
+                "timestamp",
+                "version",
+                "correlation_id",
+                "causation_id",
+            ])
+        }
+
+        /// `depth` arrays or objects, closed or not, alone or as the data of
+        /// an event.
+        fn nested() -> impl Strategy<Value = Vec<u8>> {
+            let open = select(&["[", "{\"a\":", "[{\"a\":"][..]);
+            let wrap = select(
+                &[
+                    ("", ""),
+                    (r#"{"event_type":"t","data":"#, "}"),
+                    (r#"{"id":"i","source":"s","type":"t","data":"#, "}"),
+                ][..],
+            );
+            (0usize..20_000, open, any::<bool>(), wrap).prop_map(
+                |(depth, open, closed, (before, after))| {
+                    let close = match open {
+                        "[" => "]",
+                        "{\"a\":" => "}",
+                        _ => "}]",
+                    };
+                    let mut body = before.to_owned();
+                    body.push_str(&open.repeat(depth));
+                    body.push('1');
+                    if closed {
+                        body.push_str(&close.repeat(depth));
+                    }
+                    body.push_str(after);
+                    body.into_bytes()
+                },
+            )
+        }
+
+        /// Bodies JSON tools get wrong.
+        const ODD_BODIES: &[&[u8]] = &[
+            b"1e999999",
+            b"-",
+            b"123456789012345678901234567890",
+            b"-123456789012345678901234567890.5e-400",
+            b"null",
+            b"\"\"",
+            b"\xef\xbb\xbf{}",
+            b"{\"id\":\"\xff\"}",
+            b"{\"event_type\":",
+            br#"{"event_type":"t","data":1e400}"#,
+            br#"{"event_type":"t","data":{},"event_id":null}"#,
+            br#"{"event_type":"t","data":{},"event_id":"\ud800"}"#,
+            br#"{"id":"i","source":"s","type":"t","data_base64":"!!!"}"#,
+            br#"{"id":"i","source":"s","type":"t","data_base64":5}"#,
+            br#"{"id":5,"source":[],"type":{}}"#,
+            br#"{"id":"i","id":"j","source":"s","type":"t"}"#,
+        ];
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let to_vec = |value: Value| serde_json::to_vec(&value).unwrap();
+            let body = prop_oneof![
+                1 => Just(Vec::new()),
+                2 => vec(any::<u8>(), 0..256),
+                2 => json().prop_map(to_vec),
+                3 => structured().prop_map(to_vec),
+                3 => hand_written().prop_map(to_vec),
+                1 => nested(),
+                1 => select(ODD_BODIES).prop_map(<[u8]>::to_vec),
+            ];
+            // Sometimes a byte of any value (invalid UTF-8 too) slipped in.
+            let slip = proptest::option::weighted(0.2, (any::<prop::sample::Index>(), any::<u8>()));
+            (body, slip).prop_map(|(mut body, slip)| {
+                if let Some((at, byte)) = slip {
+                    body.insert(at.index(body.len() + 1), byte);
+                }
+                body
+            })
+        }
+
+        /// When JetStream says the message was stored: any time, the epoch,
+        /// before it, or past the year 9999.
+        fn published() -> impl Strategy<Value = SystemTime> {
+            let epoch = SystemTime::UNIX_EPOCH;
+            prop_oneof![
+                4 => (0u64..253_402_300_800).prop_map(move |s| epoch + Duration::from_secs(s)),
+                1 => Just(epoch),
+                1 => (1u64..1 << 40).prop_map(move |s| epoch - Duration::from_nanos(s)),
+                1 => (253_402_300_800u64..1 << 40).prop_map(move |s| epoch + Duration::from_secs(s)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(cases(1024))]
+
+            #[test]
+            fn any_message_is_read_or_refused(
+                // NATS subjects and stream names have no whitespace; a
+                // subject is never empty.
+                subject in "\\S{1,32}",
+                stream in "\\S{0,16}",
+                sequence in any::<u64>(),
+                published in published(),
+                headers in headers(),
+                body in body(),
+            ) {
+                let origin = Origin { subject: &subject, stream: &stream, sequence, published };
+                let headers = headers.as_deref().map(header_map);
+                reads_or_refuses(&origin, headers.as_ref(), &Bytes::from(body))?;
+            }
+        }
+
+        fn binary_headers() -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "e-1"),
+                ("ce-source", "s"),
+                ("ce-type", "t"),
+            ] {
+                headers.insert(name, value);
+            }
+            headers
+        }
+
+        fn structured_headers() -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", STRUCTURED);
+            headers
+        }
+
+        #[test]
+        fn a_publish_time_humantime_cannot_write_leaves_time_unset() {
+            let epoch = SystemTime::UNIX_EPOCH;
+            let year_10000 = epoch + Duration::from_secs(253_402_300_800);
+            for published in [epoch - Duration::from_nanos(1), year_10000] {
+                let origin = Origin {
+                    published,
+                    ..origin()
+                };
+                let event = read_event(&origin, None, &Bytes::from_static(b"{}")).unwrap();
+                assert_eq!(event.time, None, "{published:?}");
+            }
+            let last = year_10000 - Duration::from_micros(1);
+            let origin = Origin {
+                published: last,
+                ..origin()
+            };
+            let event = read_event(&origin, None, &Bytes::new()).unwrap();
+            assert_eq!(event.time.as_deref(), Some("9999-12-31T23:59:59.999999Z"));
+        }
+
+        #[test]
+        fn an_empty_body_is_read_in_every_mode() {
+            let empty = Bytes::new();
+            let bare = read_event(&origin(), None, &empty).unwrap();
+            assert_eq!((bare.id.as_str(), bare.data.len()), ("ORDERS:42", 0));
+            assert_eq!(bare.datacontenttype, None);
+            let binary = read_event(&origin(), Some(&binary_headers()), &empty).unwrap();
+            assert_eq!((binary.id.as_str(), binary.data.len()), ("e-1", 0));
+            let structured = read_event(&origin(), Some(&structured_headers()), &empty);
+            assert!(structured.unwrap_err().is_permanent());
+        }
+
+        #[test]
+        fn a_one_mib_body_is_read_in_every_mode() {
+            const MIB: usize = 1 << 20;
+            let bytes = Bytes::from(vec![b'x'; MIB]);
+            let bare = read_event(&origin(), None, &bytes).unwrap();
+            assert_eq!(bare.data.len(), MIB);
+            let binary = read_event(&origin(), Some(&binary_headers()), &bytes).unwrap();
+            assert_eq!(binary.data.len(), MIB);
+
+            let data = "x".repeat(MIB);
+            let body = serde_json::json!({"id": "i", "source": "s", "type": "t", "data": data});
+            let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+            let structured = read_event(&origin(), Some(&structured_headers()), &body).unwrap();
+            assert_eq!(structured.data.len(), MIB + 2);
+            let body = serde_json::json!({"event_type": "t", "data": data});
+            let body = Bytes::from(serde_json::to_vec(&body).unwrap());
+            let hand_written = read_event(&origin(), None, &body).unwrap();
+            assert_eq!(
+                (hand_written.event_type.as_str(), hand_written.data.len()),
+                ("t", MIB + 2)
+            );
+        }
+
+        #[test]
+        fn invalid_utf8_is_data_or_a_permanent_failure() {
+            let raw = Bytes::from_static(b"\xff\xfe\x00order");
+            let bare = read_event(&origin(), None, &raw).unwrap();
+            assert_eq!((&bare.data, bare.datacontenttype), (&raw, None));
+            let binary = read_event(&origin(), Some(&binary_headers()), &raw).unwrap();
+            assert_eq!(binary.data, raw);
+
+            let bad_string =
+                Bytes::from_static(b"{\"id\":\"\xff\",\"source\":\"s\",\"type\":\"t\"}");
+            let structured = read_event(&origin(), Some(&structured_headers()), &bad_string);
+            assert!(structured.unwrap_err().is_permanent());
+            // Not JSON, so not the hand-written envelope: a bare message.
+            let almost = Bytes::from_static(b"{\"event_type\":\"t\",\"data\":\"\xff\"}");
+            let event = read_event(&origin(), None, &almost).unwrap();
+            assert_eq!(
+                (event.event_type.as_str(), &event.data),
+                ("order.placed", &almost)
+            );
+        }
+
+        #[test]
+        fn a_flood_of_headers_is_read() {
+            let mut headers = binary_headers();
+            for i in 0..1_000 {
+                headers.insert(format!("ce-ext{i}").as_str(), format!("value {i}").as_str());
+            }
+            let long = "v".repeat(1 << 20);
+            headers.insert("traceparent", long.as_str());
+            let event = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap();
+            assert_eq!(event.extensions.len(), 1_001);
+            assert_eq!(event.extensions["ext999"], "value 999");
+            assert_eq!(event.extensions["traceparent"].len(), 1 << 20);
+
+            // A thousand values of one header: the first counts.
+            let mut headers = HeaderMap::new();
+            for i in 0..1_000 {
+                headers.append("Nats-Msg-Id", format!("id-{i}").as_str());
+            }
+            let event = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap();
+            assert_eq!(event.id, "id-0");
+        }
+
+        /// serde_json's recursion limit (128), not the stack, stops deep JSON.
+        #[test]
+        fn deep_nesting_is_an_error_not_a_stack_overflow() {
+            const DEPTH: usize = 10_000;
+            let deep = format!("{}{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+            let error = serde_json::from_str::<Value>(&deep).unwrap_err();
+            assert!(
+                error.to_string().starts_with("recursion limit exceeded"),
+                "{error}"
+            );
+            // The stack of a tokio worker, where deliveries are read.
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    // Valid JSON, though deep: a bare message with JSON data.
+                    let bare = read_event(&origin(), None, &Bytes::from(deep.clone())).unwrap();
+                    assert_eq!(bare.datacontenttype.as_deref(), Some("application/json"));
+
+                    let body = format!(r#"{{"id":"i","source":"s","type":"t","data":{deep}}}"#);
+                    let structured =
+                        read_event(&origin(), Some(&structured_headers()), &Bytes::from(body));
+                    assert!(structured.unwrap_err().is_permanent());
+
+                    // Too deep to be read as the hand-written envelope: bare.
+                    let body = format!(r#"{{"event_type":"t","data":{deep}}}"#);
+                    let event = read_event(&origin(), None, &Bytes::from(body)).unwrap();
+                    assert_eq!(event.event_type, "order.placed");
+
+                    let objects = format!("{}1{}", "{\"a\":".repeat(DEPTH), "}".repeat(DEPTH));
+                    let event = read_event(&origin(), None, &Bytes::from(objects)).unwrap();
+                    assert_eq!(event.event_type, "order.placed");
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+
+        #[test]
+        fn an_empty_nats_msg_id_is_no_id() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "");
+            let event = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap();
+            assert_eq!(event.id, "ORDERS:42");
+        }
+
+        #[test]
+        fn a_hand_written_envelope_with_empty_strings_still_has_an_id_and_a_type() {
+            for body in [
+                r#"{"event_type":"","data":{}}"#,
+                r#"{"event_type":"t","data":{},"event_id":""}"#,
+            ] {
+                if let Ok(event) = read_event(&origin(), None, &Bytes::from(body)) {
+                    assert!(!event.id.is_empty(), "{body}: {event:?}");
+                    assert!(!event.event_type.is_empty(), "{body}: {event:?}");
+                }
+            }
+        }
     }
 }

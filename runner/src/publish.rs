@@ -18,9 +18,14 @@ pub(crate) struct PublishArgs {
     subject: String,
     /// The data; `-` reads it from stdin; none sends an empty body.
     data: Option<String>,
-    /// The NATS server.
-    #[arg(long, env = "JETRUN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    server: String,
+    /// The NATS server [default: the config's `[nats] url` with --config,
+    /// else nats://127.0.0.1:4222].
+    #[arg(long, env = "JETRUN_NATS_URL")]
+    server: Option<String>,
+    /// A config file whose `[nats]` table (URLs, credentials, TLS) to connect
+    /// with; --server replaces its URLs.
+    #[arg(short, long, env = "JETRUN_CONFIG")]
+    pub(crate) config: Option<std::path::PathBuf>,
     /// The CloudEvents source.
     #[arg(long, default_value = "jetrun/cli", value_parser = attribute)]
     source: HeaderValue,
@@ -66,8 +71,15 @@ fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     Ok((name, value))
 }
 
-/// Publishes the event and prints `published <id> to stream <S> at sequence <n>`.
-pub(crate) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+/// Where `publish` connects when there is no config and no --server.
+const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
+
+/// Publishes the event and prints `published <id> to stream <S> at sequence
+/// <n>`; `nats` is the config's `[nats]` when --config names one.
+pub(crate) async fn publish(
+    args: PublishArgs,
+    nats: Option<jetrun_config::NatsConfig>,
+) -> anyhow::Result<()> {
     let body = match args.data.as_deref() {
         Some("-") => {
             let mut buf = Vec::new();
@@ -84,10 +96,20 @@ pub(crate) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         None => HeaderValue::from(uuid::Uuid::new_v4().to_string()),
     };
     let headers = event_headers(&args, &id, &body, SystemTime::now());
-    let server = &args.server;
-    let client = async_nats::connect(server).await.with_context(|| {
-        format!("cannot reach NATS at {server}; is nats-server running? try `jetrun dev`")
-    })?;
+    let client = match nats {
+        Some(mut nats) => {
+            if let Some(server) = &args.server {
+                nats.urls = vec![server.clone()];
+            }
+            crate::nats::connect_once(&nats).await?
+        }
+        None => {
+            let server = args.server.as_deref().unwrap_or(DEFAULT_SERVER);
+            async_nats::connect(server).await.with_context(|| {
+                format!("cannot reach NATS at {server}; is nats-server running? try `jetrun dev`")
+            })?
+        }
+    };
     let js = async_nats::jetstream::new(client);
     let subject = &args.subject;
     let ack = match js

@@ -5,16 +5,29 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
+
 #[derive(Clone, Default)]
 pub(crate) struct Readiness {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     connected: AtomicBool,
+    /// Counts the times the connection to NATS was established.
+    connections: watch::Sender<u64>,
     /// Every configured function, and whether its consumer is bound.
     bound: Mutex<BTreeMap<String, bool>>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            connected: AtomicBool::new(false),
+            connections: watch::channel(0).0,
+            bound: Mutex::default(),
+        }
+    }
 }
 
 impl Readiness {
@@ -27,7 +40,15 @@ impl Readiness {
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
-        self.inner.connected.store(connected, Ordering::Relaxed);
+        let was = self.inner.connected.swap(connected, Ordering::Relaxed);
+        if connected && !was {
+            self.inner.connections.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Sees a change each time the connection to NATS is established again.
+    pub(crate) fn connections(&self) -> watch::Receiver<u64> {
+        self.inner.connections.subscribe()
     }
 
     /// A function to wait for (not bound yet).

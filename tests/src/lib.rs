@@ -9,9 +9,12 @@
 //! log is printed when the test panics.
 
 mod clock;
+mod cluster;
 mod config;
+pub mod faults;
 mod http_server;
 mod jetstream;
+mod jwt;
 mod ledger;
 mod metrics;
 mod nats_server;
@@ -24,12 +27,14 @@ mod testbed;
 mod wait;
 
 pub use clock::{parse_rfc3339, unix_now};
+pub use cluster::NatsCluster;
 pub use config::{toml_str, write_config};
 pub use http_server::{HttpServer, Reply, Request};
 pub use jetstream::{
     connect, consumer_info, header, publish_bare, publish_bare_burst, publish_with_headers,
     stream_len, stream_messages, wait_acked, wait_for_consumer,
 };
+pub use jwt::JwtAuth;
 pub use ledger::{Entry, Ledger};
 pub use metrics::{http_status, metric, scrape, wait_ready};
 pub use nats_server::{nats_server_bin, NatsServer};

@@ -16,15 +16,19 @@ pub fn record_then(rest: &str) -> String {
 
 /// An exec worker-mode function: one JSON request per line in, one reply per
 /// line out. For each request it appends `<event id> <attempt> <unix time>
-/// <pid>` to `$LEDGER`, then answers `{"ok": true}`; when the event's data has
-/// `"die_on_attempt": n` and this is attempt n, it dies mid-event instead
-/// (exit 3, no reply).
+/// <pid>` to `$LEDGER`, sleeps `$PACE_MS` milliseconds when that is set, then
+/// answers `{"ok": true}`; when the event's data has `"die_on_attempt": n`
+/// and this is attempt n, it dies mid-event instead (exit 3, no reply). It
+/// answers a retryable failure for an event whose data has `"poison": true`,
+/// and for every event while the file `$DOWN` exists (a downstream outage).
 pub const WORKER_PY: &str = r#"import json
 import os
 import sys
 import time
 
 ledger = os.environ["LEDGER"]
+pace = float(os.environ.get("PACE_MS", "0")) / 1000
+down = os.environ.get("DOWN")
 for line in sys.stdin:
     request = json.loads(line)
     event = request["event"]
@@ -34,6 +38,14 @@ for line in sys.stdin:
     data = event.get("data")
     if isinstance(data, dict) and data.get("die_on_attempt") == attempt:
         os._exit(3)
-    sys.stdout.write(json.dumps({"ok": True, "emit": []}) + "\n")
+    if pace:
+        time.sleep(pace)
+    if isinstance(data, dict) and data.get("poison"):
+        reply = {"ok": False, "error": "poison event"}
+    elif down and os.path.exists(down):
+        reply = {"ok": False, "error": "downstream is down"}
+    else:
+        reply = {"ok": True, "emit": []}
+    sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
 "#;

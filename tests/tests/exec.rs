@@ -1,7 +1,8 @@
 //! Exec functions, per event and in worker mode: what the child gets (the
-//! event on stdin, a clean environment, the config's folder as cwd), what
-//! it can emit, the shipped example `functions/examples/ship_order.py` in
-//! both modes, and a worker that dies mid-event.
+//! event on stdin, a clean environment, no descriptor but its stdio, the
+//! config's folder as cwd), what it can emit, the shipped example
+//! `functions/examples/ship_order.py` in both modes, and a worker that dies
+//! mid-event.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,18 +16,24 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_event_exec_gets_the_event_a_clean_env_and_can_emit() {
     let bed = TestBed::new();
-    let (event_file, env_file, cwd_file) =
-        (bed.path("event.json"), bed.path("env"), bed.path("cwd"));
+    let (event_file, env_file, cwd_file, fds_file) = (
+        bed.path("event.json"),
+        bed.path("env"),
+        bed.path("cwd"),
+        bed.path("fds"),
+    );
     let script = bed.write_script(
         "probe.sh",
         &record_then(&format!(
             r#"cat > "{event}"
 env > "{env}"
+ls -l /proc/self/fd > "{fds}"
 pwd > "{cwd}"
 printf '{{"emit": [{{"type": "ev.out", "data": {{"seen": %s}}}}]}}\n' "$JETRUN_SEQUENCE""#,
             event = event_file.display(),
             env = env_file.display(),
             cwd = cwd_file.display(),
+            fds = fds_file.display(),
         )),
     );
     let config = bed.write_config(&format!(
@@ -107,6 +114,18 @@ printf '{{"emit": [{{"type": "ev.out", "data": {{"seen": %s}}}}]}}\n' "$JETRUN_S
         !env.contains_key("JETRUN_TEST_SECRET"),
         "a secret leaked: {env:?}"
     );
+
+    // Descriptors: `ls` inherits stdin, stdout and stderr through the shell
+    // and nothing else (the one it opens to list them aside), even of those
+    // the runner itself inherited without close-on-exec.
+    let listing = std::fs::read_to_string(&fds_file).expect("fds");
+    let fds: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_once(" -> "))
+        .filter(|(_, target)| !(target.starts_with("/proc/") && target.ends_with("/fd")))
+        .filter_map(|(left, _)| left.split_whitespace().last())
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "open in the child:\n{listing}");
 
     // The working directory: the config file's folder.
     let cwd = std::fs::read_to_string(&cwd_file).expect("cwd");

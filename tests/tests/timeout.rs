@@ -1,5 +1,6 @@
 //! Time limits: a handler past its timeout is cancelled (an exec child and
-//! everything it started are really gone) and retried; a handler that is
+//! everything it started are really gone, per event and in worker mode) and
+//! retried; a handler that is
 //! merely slow, longer than the ack wait but within its timeout, is kept
 //! alive with in-progress acks and succeeds once, with no redelivery.
 
@@ -7,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use jetrun_e2e::{
-    consumer_info, holds_for, publish_bare, record_then, wait_for_consumer, wait_until, Runner,
-    TestBed,
+    consumer_info, holds_for, publish_bare, record_then, stream_messages, toml_str,
+    wait_for_consumer, wait_until, Runner, TestBed,
 };
 
 /// True while process `pid` exists and is not a zombie.
@@ -95,6 +96,76 @@ retry = { max_attempts = 3, initial_delay = "200ms", multiplier = 2.0, jitter = 
     assert!(
         gap >= 1.0,
         "attempt 2 started {gap:.3}s after attempt 1, before the 1s timeout could fire"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_past_its_timeout_is_killed_with_its_process_group_and_replaced() {
+    let bed = TestBed::new();
+    let (worker_pid, sleep_pid) = (bed.path("worker.pid"), bed.path("sleep.pid"));
+    // On attempt 1 the worker hangs waiting for a `sleep 30` it started;
+    // the retry must run in a new worker, and neither may survive.
+    let script = format!(
+        r#"while read -r request; do
+  attempt=$(printf '%s' "$request" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
+  printf 'EVENTS:1 %s %s %s\n' "$attempt" "$(date +%s.%N)" "$$" >> "$LEDGER"
+  if [ "$attempt" = 1 ]; then
+    echo $$ > "{worker}"
+    sleep 30 &
+    echo $! > "{sleep}"
+    wait
+  fi
+  echo '{{"ok": true}}'
+done"#,
+        worker = worker_pid.display(),
+        sleep = sleep_pid.display(),
+    );
+    let config = bed.write_config(&format!(
+        r#"{base}
+[functions.hang]
+subjects = ["ev.hang"]
+exec = {{ command = ["sh", "-c", {script}], mode = "worker", env = {{ LEDGER = {ledger} }} }}
+timeout = "1s"
+"#,
+        base = bed.base_config(),
+        script = toml_str(script),
+        ledger = toml_str(bed.ledger.path().to_string_lossy()),
+    ));
+    let _runner = Runner::start(&config);
+    let client = bed.client().await;
+    let js = &async_nats::jetstream::new(client.clone());
+    wait_for_consumer(js, TestBed::STREAM, "hang").await;
+
+    publish_bare(&client, "ev.hang", "{}").await;
+
+    wait_until(
+        Duration::from_secs(15),
+        "the event is acked after a retry",
+        || async move {
+            consumer_info(js, TestBed::STREAM, "hang")
+                .await
+                .is_some_and(|i| i.ack_floor.stream_sequence == 1 && i.num_ack_pending == 0)
+        },
+    )
+    .await;
+    let worker = read_pid(&worker_pid).expect("attempt 1 wrote the worker's pid");
+    let sleeper = read_pid(&sleep_pid).expect("attempt 1 wrote its child's pid");
+    wait_until(
+        Duration::from_secs(5),
+        "the timed-out worker and its child are gone",
+        || async move { !alive(worker) && !alive(sleeper) },
+    )
+    .await;
+    let entries = bed.ledger.entries();
+    let attempts: Vec<u32> = entries.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2], "one timeout, then a success: {entries:?}");
+    assert_ne!(
+        entries[0].extra, entries[1].extra,
+        "attempt 2 ran in a new worker: {entries:?}"
+    );
+    assert!(
+        stream_messages(js, "DLQ").await.is_empty(),
+        "a timeout is a retryable failure"
     );
 }
 

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::section::{join, listed, Ctx, Field, Read, Reported, Section};
-use crate::model::{ExecConfig, ExecMode, Handler, HttpConfig};
+use crate::model::{Account, AccountId, ExecConfig, ExecMode, Handler, HttpConfig};
 
 /// The keys naming a handler, in the order messages list them.
 pub(super) const HANDLER_KEYS: [&str; 3] = ["builtin", "exec", "http"];
-const EXEC_KEYS: &[&str] = &["command", "env", "mode", "workers"];
+const EXEC_KEYS: &[&str] = &["command", "env", "mode", "workers", "user", "group"];
 const HTTP_KEYS: &[&str] = &["url", "headers", "timeout"];
 const ARGV: &str = "an argv list of strings like [\"python3\", \"handler.py\"]";
 
@@ -66,7 +66,7 @@ fn builtin(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, builtins: &[&str]) -> Read<
     ))
 }
 
-/// `exec = [argv...]` or `exec = { command, env, mode, workers }`.
+/// `exec = [argv...]` or `exec = { command, env, mode, workers, user, group }`.
 fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecConfig> {
     let mut exec = ExecConfig {
         command: Vec::new(),
@@ -74,6 +74,8 @@ fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecC
         mode: ExecMode::PerEvent,
         workers: 1,
         dir: base_dir.to_path_buf(),
+        user: None,
+        group: None,
     };
     if field.elements().is_some() {
         exec.command = argv(field, ctx, base_dir)?;
@@ -102,6 +104,8 @@ fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecC
         )
     });
     let workers = section.read(ctx, "workers", Field::count);
+    let user = section.read(ctx, "user", |f, ctx| account(f, ctx, "user"));
+    let group = section.read(ctx, "group", |f, ctx| account(f, ctx, "group"));
     section.finish(ctx);
 
     exec.command = command?;
@@ -116,7 +120,47 @@ fn exec(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, base_dir: &Path) -> Read<ExecC
         }
         exec.workers = workers;
     }
+    exec.user = user?;
+    exec.group = group?;
+    if let (None, Some(field)) = (&exec.user, section.field("group")) {
+        return Err(field.error(
+            ctx,
+            "only applies with user: a child running as root keeps root's powers whatever \
+             its group; add user = \"...\" or remove group",
+        ));
+    }
     Ok(exec)
+}
+
+/// `user` or `group`: a name, or a numeric id as an integer or a string of
+/// digits. Whether the machine has it is for the runner to check.
+fn account(field: &Field<'_, '_>, ctx: &mut Ctx<'_>, what: &str) -> Read<Account> {
+    let expected = format!("a {what} name or a numeric id");
+    let id = if field.value.get_ref().is_integer() {
+        let n = field.integer(ctx, &expected)?;
+        AccountId::Id(numeric_id(n).ok_or_else(|| field.wrong(ctx, &expected))?)
+    } else {
+        let text = field.string_or(ctx, &expected)?;
+        if text.is_empty() || text.contains(['\0', ':']) || text.contains(char::is_whitespace) {
+            return Err(field.error(ctx, format!("must be {expected}, got {text:?}")));
+        }
+        if text.bytes().all(|b| b.is_ascii_digit()) {
+            let n = text.parse().ok().and_then(numeric_id);
+            AccountId::Id(n.ok_or_else(|| field.wrong(ctx, &expected))?)
+        } else {
+            AccountId::Name(text)
+        }
+    };
+    Ok(Account {
+        id,
+        path: field.path.clone(),
+        line: ctx.line(&field.span()),
+    })
+}
+
+/// A uid or gid: `0..u32::MAX` (`u32::MAX` is `-1`, "no change", to the kernel).
+fn numeric_id(n: i64) -> Option<u32> {
+    u32::try_from(n).ok().filter(|n| *n != u32::MAX)
 }
 
 /// A non-empty argv list; a relative program path with a `/` is joined to

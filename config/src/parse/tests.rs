@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{
-    parse, Config, ConfigErrors, ExecMode, Handler, NatsAuth, Retention, RetryPolicy, Storage,
+    parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, Retention,
+    RetryPolicy, Storage,
 };
 
 const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
@@ -92,7 +93,7 @@ retry = { max_attempt = 3 }
             "nats.urls is not a known key; expected one of: url, creds, nkey, user, password, \
              token, tls (line 8)",
             "functions.f.exec.workerz is not a known key; expected one of: command, env, mode, \
-             workers (line 12)",
+             workers, user, group (line 12)",
             "functions.f.retry.max_attempt is not a known key; expected one of: max_attempts, \
              initial_delay, multiplier, max_delay, jitter (line 13)",
         ]
@@ -675,6 +676,120 @@ exec = { mode = "worker" }
              mode = \"worker\" or remove workers (line 17)",
             "functions.nocommand.exec.command is required: an argv list of strings like \
              [\"python3\", \"handler.py\"] (line 21)",
+        ]
+    );
+}
+
+#[test]
+fn exec_user_and_group_by_name_or_id() {
+    let config = ok(&with_streams(
+        r#"
+[functions.named]
+subjects = ["order.placed"]
+exec = { command = ["./f"], user = "nobody", group = "nogroup" }
+
+[functions.numeric]
+subjects = ["order.shipped"]
+exec = { command = ["./f"], user = 65534, group = "65534" }
+
+[functions.user-only]
+subjects = ["inventory.reserved"]
+exec = { command = ["./w"], mode = "worker", user = "app" }
+"#,
+    ));
+    let exec = |name: &str| match &config.functions[name].handler {
+        Handler::Exec(exec) => exec.clone(),
+        other => panic!("expected exec, got {other:?}"),
+    };
+    // Where each is set, for the runner's errors (equality ignores it).
+    let at = |account: Option<Account>| account.map(|a| (a.id, a.path, a.line));
+    let named = exec("named");
+    assert_eq!(
+        (at(named.user), at(named.group)),
+        (
+            Some((
+                AccountId::Name("nobody".into()),
+                "functions.named.exec.user".into(),
+                9
+            )),
+            Some((
+                AccountId::Name("nogroup".into()),
+                "functions.named.exec.group".into(),
+                9
+            )),
+        )
+    );
+    let numeric = exec("numeric");
+    assert_eq!(
+        (at(numeric.user), at(numeric.group)),
+        (
+            Some((
+                AccountId::Id(65534),
+                "functions.numeric.exec.user".into(),
+                13
+            )),
+            Some((
+                AccountId::Id(65534),
+                "functions.numeric.exec.group".into(),
+                13
+            )),
+        )
+    );
+    let user_only = exec("user-only");
+    assert_eq!(
+        user_only.user.map(|a| a.id),
+        Some(AccountId::Name("app".into()))
+    );
+    assert_eq!(user_only.group, None, "the user's primary group");
+
+    // A reload that only moves the line changes nothing.
+    let moved = ok(&with_streams(
+        r#"
+
+[functions.named]
+subjects = ["order.placed"]
+exec = { command = ["./f"], user = "nobody", group = "nogroup" }
+"#,
+    ));
+    assert_eq!(moved.functions["named"], config.functions["named"]);
+}
+
+#[test]
+fn exec_user_and_group_mistakes() {
+    let text = with_streams(
+        r#"
+[functions.negative]
+subjects = ["order.placed"]
+exec = { command = ["./f"], user = -1 }
+
+[functions.empty]
+subjects = ["order.shipped"]
+exec = { command = ["./f"], user = "" }
+
+[functions.too-big]
+subjects = ["inventory.reserved"]
+exec = { command = ["./f"], user = "nobody", group = "4294967295" }
+
+[functions.group-only]
+subjects = ["inventory.released"]
+exec = { command = ["./f"], group = "nogroup" }
+
+[functions.wrong-type]
+subjects = ["user.registered"]
+exec = { command = ["./f"], user = true }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.negative.exec.user must be a user name or a numeric id, got -1 (line 9)",
+            "functions.empty.exec.user must be a user name or a numeric id, got \"\" (line 13)",
+            "functions.too-big.exec.group must be a group name or a numeric id, got \
+             \"4294967295\" (line 17)",
+            "functions.group-only.exec.group only applies with user: a child running as root \
+             keeps root's powers whatever its group; add user = \"...\" or remove group (line 21)",
+            "functions.wrong-type.exec.user must be a user name or a numeric id, got true \
+             (line 25)",
         ]
     );
 }

@@ -127,7 +127,17 @@ pub(crate) async fn run(
             ack_floor.clone(),
             lost.clone(),
         ));
-        pull(&shared, &consumer, &permits, &mut in_flight, &stop, &lost).await;
+        let connections = readiness.connections();
+        pull(
+            &shared,
+            &consumer,
+            &permits,
+            &mut in_flight,
+            &stop,
+            &lost,
+            connections,
+        )
+        .await;
         monitor.abort();
         readiness.set_bound(&name, false);
         if lost.is_lost() {
@@ -175,6 +185,7 @@ async fn pull(
     in_flight: &mut JoinSet<()>,
     stop: &Stop,
     lost: &Lost,
+    mut connections: watch::Receiver<u64>,
 ) {
     let mut draining = stop.draining.clone();
     loop {
@@ -217,6 +228,15 @@ async fn pull(
                 next = batch.next() => next,
                 // A deleted consumer sends nothing more: stop waiting on it.
                 () = lost.notified() => return,
+                // After a reconnect the server may have forgotten the pull
+                // (a restarted nats-server has): pull again rather than wait
+                // for the client to give up on it (its expiry plus 5 s).
+                // Should it still be live (a cluster), what it would still
+                // deliver is redelivered after the ack wait.
+                Ok(()) = connections.changed() => {
+                    tracing::debug!(function = %shared.config.name, "Reconnected to NATS; pulling again.");
+                    break;
+                }
             };
             let Some(next) = next else { break };
             match next {
@@ -456,6 +476,13 @@ async fn call_and_emit(
                 format!(
                     "no stream captures subject {subject} (emitted event {}); \
                      add it to a stream's subjects",
+                    emit.event_type
+                )
+            } else if err.kind() == PublishErrorKind::TimedOut {
+                // A publish NATS denies is dropped: no ack ever comes.
+                format!(
+                    "cannot publish emitted event {} to {subject}: no ack in time; is jetrun's \
+                     NATS user allowed to publish to {subject}?",
                     emit.event_type
                 )
             } else {

@@ -1,30 +1,33 @@
 //! Exec functions, one process per event: the event as CloudEvents structured
 //! JSON on stdin; exit 0 is success (stdout may name events to emit), 65
 //! (`EX_DATAERR`) a permanent failure, anything else (or a signal) retryable.
+//! A process writing more than [`STDOUT_LIMIT`] on stdout is killed at once:
+//! a retryable failure.
 
 use async_trait::async_trait;
 use jetrun_config::ExecConfig;
 use jetrun_functions::{Context, Event, Failure, Function, Outcome};
 use tokio::io::AsyncWriteExt;
 
-use super::process::{self, GroupGuard, STDERR_LIMIT};
+use super::account::RunAs;
+use super::process::{self, GroupGuard, STDERR_LIMIT, STDOUT_LIMIT, STDOUT_LIMIT_TEXT};
 use super::protocol;
 
 /// `EX_DATAERR` from sysexits.h: the input was bad; do not retry.
 const EXIT_PERMANENT: i32 = 65;
-/// The most stdout a function may write (its emitted events).
-const STDOUT_LIMIT: usize = 16 * 1024 * 1024;
 
 pub(super) struct Exec {
     function: String,
     config: ExecConfig,
+    run_as: Option<RunAs>,
 }
 
 impl Exec {
-    pub(super) fn new(function: &str, config: ExecConfig) -> Self {
+    pub(super) fn new(function: &str, config: ExecConfig, run_as: Option<RunAs>) -> Self {
         Exec {
             function: function.to_string(),
             config,
+            run_as,
         }
     }
 }
@@ -40,7 +43,7 @@ impl Function for Exec {
             ("JETRUN_SEQUENCE", ctx.sequence.to_string()),
         ];
         let program = &self.config.command[0];
-        let mut child = process::command(&self.config, &vars)
+        let mut child = process::command(&self.config, self.run_as.as_ref(), &vars)
             .spawn()
             .map_err(|err| Failure::retryable(format!("cannot start {program:?}: {err}")))?;
         let mut guard = GroupGuard::new(&child);
@@ -56,15 +59,21 @@ impl Function for Exec {
             }
             drop(stdin);
         };
+        let guard_ref = &guard;
         let read_out = async move {
-            match stdout {
-                Some(out) => process::read_bounded(out, STDOUT_LIMIT).await,
-                None => Vec::new(),
+            let out = match stdout {
+                Some(out) => process::read_all(out, STDOUT_LIMIT).await,
+                None => Ok(Vec::new()),
+            };
+            if out.is_err() {
+                // Killed, not drained: its output could go on for ever.
+                guard_ref.kill();
             }
+            out
         };
         let read_err = async move {
             match stderr {
-                Some(err) => process::read_bounded(err, STDERR_LIMIT).await,
+                Some(err) => process::read_capped(err, STDERR_LIMIT).await,
                 None => Vec::new(),
             }
         };
@@ -84,6 +93,12 @@ impl Function for Exec {
         let detail = process::last_line(&err)
             .map(|line| format!(": {line}"))
             .unwrap_or_default();
+        let Ok(out) = out else {
+            return Err(Failure::retryable(format!(
+                "{program} wrote more than {STDOUT_LIMIT_TEXT} to stdout, the limit, and was \
+                 killed{detail}"
+            )));
+        };
         match status.code() {
             Some(0) => protocol::parse_stdout(&out),
             Some(EXIT_PERMANENT) => Err(Failure::permanent(format!(

@@ -2,6 +2,7 @@
 //! programs (one process per event, or long-lived workers) and HTTP
 //! endpoints, each implementing [`jetrun_functions::Function`].
 
+mod account;
 mod exec;
 mod http;
 mod process;
@@ -24,10 +25,20 @@ pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Functio
                 function.name
             ),
         },
-        Handler::Exec(exec) => match exec.mode {
-            ExecMode::PerEvent => Arc::new(exec::Exec::new(&function.name, exec.clone())),
-            ExecMode::Worker => Arc::new(worker::WorkerPool::new(&function.name, exec.clone())),
-        },
+        Handler::Exec(exec) => {
+            let run_as = account::resolve(exec)?;
+            process::close_inherited_descriptors();
+            match exec.mode {
+                ExecMode::PerEvent => {
+                    Arc::new(exec::Exec::new(&function.name, exec.clone(), run_as))
+                }
+                ExecMode::Worker => Arc::new(worker::WorkerPool::new(
+                    &function.name,
+                    exec.clone(),
+                    run_as,
+                )),
+            }
+        }
         Handler::Http(config) => Arc::new(http::Http::new(&function.name, config)?),
     })
 }

@@ -65,12 +65,12 @@ pub(super) fn parse_emit_list(json: &[u8]) -> Result<Vec<Emit>, serde_json::Erro
     serde_json::from_slice::<Output>(json).map(|out| emits(out.emit))
 }
 
-/// One worker reply line.
-pub(super) fn parse_reply(line: &str) -> Result<Vec<Emit>, Failure> {
-    let reply: WorkerReply = serde_json::from_str(line).map_err(|err| {
+/// One worker reply line (UTF-8 JSON, without its `\n`).
+pub(super) fn parse_reply(line: &[u8]) -> Result<Vec<Emit>, Failure> {
+    let reply: WorkerReply = serde_json::from_slice(line).map_err(|err| {
         Failure::permanent(format!(
             "worker reply is not {{\"ok\": true|false, ...}}: {err}: {}",
-            truncate(line, 200)
+            truncate(&String::from_utf8_lossy(line), 200)
         ))
     })?;
     if reply.ok {
@@ -115,14 +115,21 @@ mod tests {
 
     #[test]
     fn worker_replies_map_to_outcomes() {
-        assert_eq!(parse_reply(r#"{"ok":true}"#).unwrap(), vec![]);
-        let retry = parse_reply(r#"{"ok":false,"error":"db down"}"#).unwrap_err();
+        assert_eq!(parse_reply(br#"{"ok":true}"#).unwrap(), vec![]);
+        let retry = parse_reply(br#"{"ok":false,"error":"db down"}"#).unwrap_err();
         assert_eq!(
             (retry.kind, retry.message.as_str()),
             (FailureKind::Retryable, "db down")
         );
-        let permanent = parse_reply(r#"{"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
+        let permanent =
+            parse_reply(br#"{"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
         assert!(permanent.is_permanent());
-        assert!(parse_reply("nope").unwrap_err().is_permanent());
+        assert!(parse_reply(b"nope").unwrap_err().is_permanent());
+        assert!(
+            parse_reply(b"{\"ok\":true,\"emit\":[{\"type\":\"a\xff\"}]}")
+                .unwrap_err()
+                .is_permanent(),
+            "a reply that is not UTF-8 is refused, not mangled"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Exec functions in worker mode: `workers` long-lived processes, each taking
 //! one JSON request per line on stdin (`{"event": {...}, "attempt": n}`) and
 //! answering one JSON reply per line on stdout. A worker that dies, or that
-//! is cut off by a timeout, is killed with its process group and replaced on
-//! the next call; its event counts as a retryable failure.
+//! is cut off by a timeout, or whose reply line is longer than
+//! [`STDOUT_LIMIT`], is killed with its process group and replaced on the
+//! next call; its event counts as a retryable failure.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,16 +11,18 @@ use async_trait::async_trait;
 use jetrun_config::ExecConfig;
 use jetrun_functions::{Context, Event, Failure, Function, Outcome};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Semaphore;
 
-use super::process::{self, GroupGuard, STDERR_LIMIT};
+use super::account::RunAs;
+use super::process::{self, GroupGuard, Line, STDERR_LIMIT, STDOUT_LIMIT, STDOUT_LIMIT_TEXT};
 use super::protocol;
 
 pub(super) struct WorkerPool {
     function: String,
     config: ExecConfig,
+    run_as: Option<RunAs>,
     /// One permit per worker slot.
     slots: Semaphore,
     /// Idle workers; a missing one is started on demand.
@@ -30,7 +33,7 @@ struct Worker {
     child: Child,
     guard: GroupGuard,
     stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
+    stdout: BufReader<ChildStdout>,
 }
 
 /// A worker taken from the pool for one call. Returned to the pool only when
@@ -59,11 +62,12 @@ impl Drop for Lease {
 }
 
 impl WorkerPool {
-    pub(super) fn new(function: &str, config: ExecConfig) -> Self {
+    pub(super) fn new(function: &str, config: ExecConfig, run_as: Option<RunAs>) -> Self {
         WorkerPool {
             function: function.to_string(),
             slots: Semaphore::new(config.workers.max(1)),
             config,
+            run_as,
             idle: Arc::default(),
         }
     }
@@ -71,7 +75,7 @@ impl WorkerPool {
     fn start(&self) -> Result<Worker, Failure> {
         let vars = [("JETRUN_FUNCTION", self.function.clone())];
         let program = &self.config.command[0];
-        let mut child = process::command(&self.config, &vars)
+        let mut child = process::command(&self.config, self.run_as.as_ref(), &vars)
             .spawn()
             .map_err(|err| Failure::retryable(format!("cannot start worker {program:?}: {err}")))?;
         let guard = GroupGuard::new(&child);
@@ -82,10 +86,26 @@ impl WorkerPool {
         };
         let function = self.function.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let line: String = line.chars().take(STDERR_LIMIT).collect();
-                tracing::info!(%function, stderr = %line, "Worker wrote to stderr.");
+            let mut stderr = BufReader::new(stderr);
+            loop {
+                match process::read_line(&mut stderr, STDERR_LIMIT).await {
+                    Ok(Line::Complete(line)) => {
+                        let line = String::from_utf8_lossy(&line);
+                        tracing::info!(%function, stderr = %line, "Worker wrote to stderr.");
+                    }
+                    Ok(Line::TooLong(line)) => {
+                        let line = String::from_utf8_lossy(&line);
+                        tracing::info!(
+                            %function,
+                            stderr = %line,
+                            "Worker wrote to stderr (a longer line, cut at 4 KiB)."
+                        );
+                        if process::skip_line(&mut stderr).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Line::End) | Err(_) => break,
+                }
             }
         });
         tracing::info!(function = %self.function, pid = child.id(), "Started exec worker.");
@@ -93,7 +113,7 @@ impl WorkerPool {
             child,
             guard,
             stdin,
-            stdout: BufReader::new(stdout).lines(),
+            stdout: BufReader::new(stdout),
         })
     }
 }
@@ -133,14 +153,22 @@ impl Function for WorkerPool {
         if worker.stdin.write_all(&request).await.is_err() || worker.stdin.flush().await.is_err() {
             return Err(died("stopped reading its stdin"));
         }
-        let line = match worker.stdout.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => {
+        let line = match process::read_line(&mut worker.stdout, STDOUT_LIMIT).await {
+            Ok(Line::Complete(line)) => line,
+            Ok(Line::End) => {
                 let status = worker.child.wait().await.ok();
                 let how = status.map(|s| s.to_string()).unwrap_or_default();
                 worker.guard.disarm();
                 return Err(died(&format!("exited mid-event ({how})")));
             }
+            // Dropping the lease kills the worker: the rest of the line is
+            // never read.
+            Ok(Line::TooLong(_)) => {
+                return Err(died(&format!(
+                    "wrote a reply line longer than {STDOUT_LIMIT_TEXT}, the limit, and was killed"
+                )))
+            }
+            Err(err) => return Err(died(&format!("could not be read ({err}) and was killed"))),
         };
         let outcome = protocol::parse_reply(&line);
         lease.give_back();
