@@ -25,6 +25,69 @@ pub struct Config {
     pub streams: BTreeMap<String, StreamConfig>,
     /// Functions by name (the name is also the durable consumer's name).
     pub functions: BTreeMap<String, FunctionConfig>,
+    /// Event-sourced aggregates by name (`[aggregates.NAME]`).
+    pub aggregates: BTreeMap<String, AggregateConfig>,
+}
+
+/// `[aggregates.NAME]`: entities whose events are their record, each
+/// instance's on its own subjects of one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateConfig {
+    pub name: String,
+    /// The stream holding the events (declared in `[streams]`).
+    pub stream: String,
+    /// `subject = "order.{id}"`: the part before `{id}` and the part after
+    /// it; an event of type `T` of instance `42` is stored on
+    /// `<before>42<after>.T`.
+    pub subject: SubjectTemplate,
+    /// Where a command's data names the instance (a JSON pointer).
+    pub id: String,
+    /// Store a snapshot every this many events (in KV bucket
+    /// `jetrun_snapshots_<name>`); `None`: never.
+    pub snapshot_every: Option<u64>,
+    /// How often a command is run again after another appended first.
+    pub max_conflict_retries: u32,
+}
+
+/// A subject with one `{id}` in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTemplate {
+    pub before: String,
+    pub after: String,
+}
+
+impl SubjectTemplate {
+    /// The subject of instance `id` (`order.42`).
+    pub fn instance(&self, id: &str) -> String {
+        format!("{}{id}{}", self.before, self.after)
+    }
+
+    /// The filter matching every event of instance `id` (`order.42.>`).
+    pub fn events_of(&self, id: &str) -> String {
+        format!("{}.>", self.instance(id))
+    }
+}
+
+/// What a function does with its input besides calling its handler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Role {
+    /// Called with the event; what it emits is published.
+    Plain,
+    /// `aggregate = "NAME"`: a command handler, called with the command and
+    /// the instance's history; appends what it returns.
+    Aggregate(AggregateConfig),
+    /// `projection = { bucket, key }`: called with the event (or request)
+    /// and the state stored at its key; on a stream, stores what it returns.
+    Projection(ProjectionConfig),
+}
+
+/// `projection = { bucket = "orders_by_user", key = "/user_id" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionConfig {
+    /// The KV bucket holding the read model.
+    pub bucket: String,
+    /// A JSON pointer into the event's (or request's) data giving the key.
+    pub key: String,
 }
 
 /// `[nats]`: how to reach the cluster.
@@ -97,6 +160,12 @@ pub enum Retention {
 pub struct FunctionConfig {
     /// The function's name, also its durable consumer's name.
     pub name: String,
+    /// `request = "cmd.order.place"`: the function answers NATS requests on
+    /// this subject (an endpoint of the `jetrun` micro service) instead of
+    /// consuming a stream; `subjects`, `stream` and `dead_letter` are then
+    /// empty.
+    pub request: Option<String>,
+    pub role: Role,
     /// The subjects its consumer filters on.
     pub subjects: Vec<String>,
     /// The stream its consumer lives on: the declared stream capturing every

@@ -11,4 +11,4 @@ mod outcome;
 pub use builtin::{builtin, BUILTINS};
 pub use event::Event;
 pub use function::{Context, Function};
-pub use outcome::{Emit, Failure, FailureKind, Outcome};
+pub use outcome::{Emit, Failure, FailureKind, Outcome, Output};

@@ -1,10 +1,44 @@
-//! What a function returns: events to emit on success, or a failure whose
-//! kind (retryable or permanent) is decided where the failure is made.
+//! What a function returns: events to emit and, for the functions that
+//! answer (request, aggregate and projection functions), a result; or a
+//! failure whose kind (retryable or permanent) is decided where the failure
+//! is made.
 
 use std::fmt;
 
+use bytes::Bytes;
+
 /// The result of one call.
-pub type Outcome = Result<Vec<Emit>, Failure>;
+pub type Outcome = Result<Output, Failure>;
+
+/// What a successful call gives back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    /// Events to publish (a stream function's choreography).
+    pub emits: Vec<Emit>,
+    /// The function's result, as it wrote it: a request function's reply,
+    /// an aggregate's `{"append", ...}`, a projection's `{"state"}`. `None`
+    /// for a function that only emits.
+    pub result: Option<Bytes>,
+}
+
+impl Output {
+    /// A result and no events.
+    pub fn result(result: impl Into<Bytes>) -> Self {
+        Output {
+            emits: Vec::new(),
+            result: Some(result.into()),
+        }
+    }
+}
+
+impl From<Vec<Emit>> for Output {
+    fn from(emits: Vec<Emit>) -> Self {
+        Output {
+            emits,
+            result: None,
+        }
+    }
+}
 
 /// An event a function asks the runner to publish once it succeeds.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +80,10 @@ pub enum FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
+    /// The NATS micro error code a request function answers with, when the
+    /// kind does not say it: 409 for a conflict that outlived its retries,
+    /// 504 for a timeout. `None`: 400 when permanent, else 500.
+    pub status: Option<u16>,
 }
 
 impl Failure {
@@ -53,6 +91,7 @@ impl Failure {
         Failure {
             kind: FailureKind::Retryable,
             message: message.into(),
+            status: None,
         }
     }
 
@@ -60,6 +99,22 @@ impl Failure {
         Failure {
             kind: FailureKind::Permanent,
             message: message.into(),
+            status: None,
+        }
+    }
+
+    /// The same failure, answered with `status` by a request function.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The code a request function answers this failure with.
+    pub fn service_code(&self) -> u16 {
+        match (self.status, self.kind) {
+            (Some(status), _) => status,
+            (None, FailureKind::Permanent) => 400,
+            (None, FailureKind::Retryable) => 500,
         }
     }
 

@@ -93,7 +93,7 @@ mod tests {
     impl Function for Sleepy {
         async fn call(&self, _: &Event, _: &Context) -> Outcome {
             tokio::time::sleep(self.0).await;
-            Ok(Vec::new())
+            Ok(jetrun_functions::Output::default())
         }
     }
 

@@ -23,6 +23,14 @@ pub(super) fn bind(ctx: &mut Ctx<'_>, drafts: &[Draft], streams: &Streams) -> Ve
     let bindings: Vec<Read<Binding>> = drafts
         .iter()
         .map(|draft| {
+            if draft.request.is_some() {
+                // A request function consumes no stream and dead-letters nothing.
+                return Ok(Binding {
+                    stream: String::new(),
+                    managed: false,
+                    dead_letter: String::new(),
+                });
+            }
             let stream = stream_of(ctx, draft, streams);
             let dead_letter = dead_letter(ctx, draft, streams);
             let (stream, managed) = stream?;

@@ -2,6 +2,7 @@
 //! what it inherits, into a [`Draft`] that [`super::bind`] then binds to a
 //! stream.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use super::bind::Binding;
 use super::handler::{self, HANDLER_KEYS};
 use super::retry;
 use super::section::{Ctx, Field, Read, Reported, Section};
-use crate::model::{FunctionConfig, Handler};
+use crate::model::{AggregateConfig, FunctionConfig, Handler, ProjectionConfig, Role};
 use crate::name;
 use crate::retry::RetryPolicy;
 use crate::subject;
@@ -29,6 +30,9 @@ const FUNCTION_KEYS: &[&str] = &[
     HANDLER_KEYS[1],
     HANDLER_KEYS[2],
     "subjects",
+    "request",
+    "aggregate",
+    "projection",
     "stream",
     "concurrency",
     "timeout",
@@ -141,6 +145,13 @@ fn ack_window(
     }
 }
 
+/// A function's role as read: an aggregate by name, until `[aggregates]` is read.
+enum RoleDraft {
+    Plain,
+    Aggregate(String),
+    Projection(ProjectionConfig),
+}
+
 /// One function as read, before it is bound to a stream.
 pub(super) struct Draft {
     pub(super) name: String,
@@ -148,8 +159,13 @@ pub(super) struct Draft {
     pub(super) path: String,
     /// Where the function's table starts (its `[functions.NAME]` header).
     pub(super) span: Option<Range<usize>>,
-    /// Valid subject filters, none overlapping another.
+    /// Valid subject filters, none overlapping another (none for a request
+    /// function).
     pub(super) subjects: Read<Vec<Spanned<String>>>,
+    /// `request = "subject"`: a request function, bound to no stream.
+    pub(super) request: Option<String>,
+    /// `aggregate = "NAME"`, checked against `[aggregates]` once read.
+    pub(super) aggregate: Option<Spanned<String>>,
     /// `stream = "NAME"`, a valid stream name.
     pub(super) stream: Read<Option<Spanned<String>>>,
     /// `dead_letter = "subject"`, a valid subject without wildcards.
@@ -160,6 +176,7 @@ pub(super) struct Draft {
 /// A function's keys that need no binding.
 struct Settings {
     handler: Handler,
+    role: RoleDraft,
     emits: Option<Vec<String>>,
     concurrency: usize,
     timeout: Duration,
@@ -170,11 +187,23 @@ struct Settings {
 }
 
 impl Draft {
-    /// The function's config, once bound.
-    pub(super) fn finish(self, binding: Binding) -> Option<FunctionConfig> {
+    /// The function's config, once bound; `None` if anything it needs could
+    /// not be read (an aggregate it names, say).
+    pub(super) fn finish(
+        self,
+        binding: Binding,
+        aggregates: &BTreeMap<String, AggregateConfig>,
+    ) -> Option<FunctionConfig> {
         let settings = self.settings?;
+        let role = match settings.role {
+            RoleDraft::Plain => Role::Plain,
+            RoleDraft::Aggregate(name) => Role::Aggregate(aggregates.get(&name)?.clone()),
+            RoleDraft::Projection(projection) => Role::Projection(projection),
+        };
         Some(FunctionConfig {
             name: self.name,
+            request: self.request,
+            role,
             subjects: self
                 .subjects
                 .ok()?
@@ -248,14 +277,47 @@ fn function(
 ) -> Read<Draft> {
     let section = Section::of(field, FUNCTION_KEYS, ctx)?;
     let handler = handler::read(ctx, &section, base_dir, builtins);
-    let subjects = match section.field("subjects") {
-        Some(field) => subjects(ctx, &field),
-        None => Err(ctx.error(
+    let request = section.read(ctx, "request", request);
+    let subjects = match (section.field("subjects"), &request) {
+        (Some(field), Ok(None)) => subjects(ctx, &field),
+        (Some(field), Ok(Some(_))) => Err(field.error(
+            ctx,
+            "a function has either subjects (it consumes a stream) or request \
+             (it answers requests), not both",
+        )),
+        (Some(_), Err(Reported)) => Err(Reported),
+        (None, Ok(Some(_))) => Ok(Vec::new()),
+        (None, _) => Err(ctx.error(
             section.key_path("subjects"),
             section.span(),
-            "is required: the subjects the function runs for, like [\"order.placed\"]",
+            "is required: the subjects the function runs for, like [\"order.placed\"] \
+             (or request = \"subject\" for a function answering requests)",
         )),
     };
+    let aggregate = section.read(ctx, "aggregate", |f, ctx| {
+        Ok(Spanned::new(f.span(), f.non_empty_string(ctx)?))
+    });
+    let projection = section.read(ctx, "projection", projection);
+    let role = match (aggregate.clone(), projection) {
+        (Ok(Some(_)), Ok(Some(_))) => Err(ctx.error(
+            section.key_path("projection"),
+            section.span(),
+            "a function is either an aggregate's command handler or a projection, not both",
+        )),
+        (Ok(Some(name)), Ok(None)) => Ok(RoleDraft::Aggregate(name.into_inner())),
+        (Ok(None), Ok(Some(projection))) => Ok(RoleDraft::Projection(projection)),
+        (Ok(None), Ok(None)) => Ok(RoleDraft::Plain),
+        _ => Err(Reported),
+    };
+    let is_request = matches!(request, Ok(Some(_)));
+    for key in ["stream", "dead_letter", "emits"] {
+        if let (true, Some(field)) = (is_request, section.field(key)) {
+            field.error(
+                ctx,
+                format!("has no meaning for a request function (request = ...): {key} is for stream functions"),
+            );
+        }
+    }
     let stream = section.read(ctx, "stream", stream);
     let dead_letter = section.read(ctx, "dead_letter", dead_letter);
     let json = section.read(ctx, "json", Field::boolean);
@@ -269,6 +331,7 @@ fn function(
     let window = ack_window(ctx, &section, concurrency, max_ack_pending);
     let settings = match (
         window,
+        role,
         handler,
         emits,
         concurrency,
@@ -280,6 +343,7 @@ fn function(
     ) {
         (
             Ok(()),
+            Ok(role),
             Ok(handler),
             Ok(emits),
             Some(concurrency),
@@ -290,6 +354,7 @@ fn function(
             Some(max_ack_pending),
         ) => Some(Settings {
             handler,
+            role,
             emits: emits.map(|list| list.into_iter().map(Spanned::into_inner).collect()),
             concurrency,
             timeout,
@@ -305,9 +370,56 @@ fn function(
         path: section.path().to_owned(),
         span: section.span().cloned(),
         subjects,
+        request: request.ok().flatten(),
+        aggregate: aggregate.ok().flatten(),
         stream,
         dead_letter,
         settings,
+    })
+}
+
+/// `request = "cmd.order.place"`: a subject (wildcards allowed).
+fn request(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<String> {
+    let subject = field.non_empty_string(ctx)?;
+    if let Err(why) = subject::check(&subject, true) {
+        return Err(field.error(ctx, format!("{subject:?} is not a valid subject: {why}")));
+    }
+    Ok(subject)
+}
+
+/// `projection = { bucket = "orders_by_user", key = "/user_id" }`.
+fn projection(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<ProjectionConfig> {
+    let section = Section::of(field, &["bucket", "key"], ctx)?;
+    let bucket = match section.field("bucket") {
+        Some(field) => {
+            let name = field.non_empty_string(ctx)?;
+            if name::is_function_name(&name) {
+                Ok(name)
+            } else {
+                Err(field.error(
+                    ctx,
+                    format!("{name:?} is not a valid KV bucket name: use only letters, digits, - and _"),
+                ))
+            }
+        }
+        None => Err(ctx.error(
+            section.key_path("bucket"),
+            section.span(),
+            "is required: the KV bucket of the read model, like bucket = \"orders_by_user\"",
+        )),
+    };
+    let key = match section.field("key") {
+        Some(field) => super::aggregates::pointer(&field, ctx),
+        None => Err(ctx.error(
+            section.key_path("key"),
+            section.span(),
+            "is required: where the event's data names the key, like key = \"/user_id\"",
+        )),
+    };
+    section.finish(ctx);
+    Ok(ProjectionConfig {
+        bucket: bucket?,
+        key: key?,
     })
 }
 

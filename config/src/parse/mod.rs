@@ -2,6 +2,7 @@
 //! document, then walked table by table, key by key, recording every error
 //! with its key path and line instead of stopping at the first.
 
+mod aggregates;
 mod bind;
 mod function;
 mod handler;
@@ -29,6 +30,7 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "streams",
     "functions",
+    "aggregates",
     "shutdown_timeout",
 ];
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,11 +60,30 @@ pub(crate) fn parse(
         builtins,
     );
     let bindings = bind::bind(&mut ctx, &drafts, &streams);
+    let aggregates = aggregates::read(&mut ctx, field("aggregates").as_ref(), &streams);
+    for draft in &drafts {
+        if let Some(name) = &draft.aggregate {
+            if !aggregates.names.contains(name.get_ref()) {
+                ctx.error(
+                    format!("{}.aggregate", draft.path),
+                    Some(&name.span()),
+                    format!(
+                        "{:?} names no aggregate: declare [aggregates.{}]",
+                        name.get_ref(),
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+    }
     top.finish(&mut ctx);
 
     let mut functions = BTreeMap::new();
     for (draft, binding) in drafts.into_iter().zip(bindings) {
-        if let Some(function) = binding.ok().and_then(|binding| draft.finish(binding)) {
+        if let Some(function) = binding
+            .ok()
+            .and_then(|binding| draft.finish(binding, &aggregates.configs))
+        {
             functions.insert(function.name.clone(), function);
         }
     }
@@ -73,6 +94,7 @@ pub(crate) fn parse(
             shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
             streams: streams.configs,
             functions,
+            aggregates: aggregates.configs,
         }),
         _ => Err(ConfigErrors(ctx.into_errors())),
     }

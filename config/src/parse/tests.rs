@@ -68,7 +68,7 @@ retyr = { max_attempts = 3 }
         errors(&text),
         [
             "functions.thumbnail.retyr is not a known key; expected one of: builtin, exec, http, \
-          subjects, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
+          subjects, request, aggregate, projection, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
           dead_letter, emits, json (line 10)"
         ]
     );
@@ -219,7 +219,7 @@ http = "http://127.0.0.1:8080/ship"
         errors(&text),
         [
             "functions.resize.retyr is not a known key; expected one of: builtin, exec, http, \
-             subjects, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
+             subjects, request, aggregate, projection, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
              dead_letter, emits, json (line 10)",
             "functions.resize.timeout must be a duration like 250ms, 30s, 5m or 7d, \
              got \"five seconds\" (line 11)",

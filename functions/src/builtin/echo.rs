@@ -17,7 +17,7 @@ impl Function for Echo {
         Ok(vec![Emit::new(
             format!("{}.echoed", event.event_type),
             data,
-        )])
+        )].into())
     }
 }
 
@@ -39,7 +39,7 @@ mod tests {
             stream: "ORDERS".into(),
             sequence: 1,
         };
-        let out = Echo.call(&event, &ctx).await.unwrap();
+        let out = Echo.call(&event, &ctx).await.unwrap().emits;
         assert_eq!(
             out,
             vec![Emit::new(

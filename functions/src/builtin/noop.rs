@@ -3,13 +3,13 @@
 
 use async_trait::async_trait;
 
-use crate::{Context, Event, Function, Outcome};
+use crate::{Context, Event, Function, Outcome, Output};
 
 pub(super) struct Noop;
 
 #[async_trait]
 impl Function for Noop {
     async fn call(&self, _event: &Event, _ctx: &Context) -> Outcome {
-        Ok(Vec::new())
+        Ok(Output::default())
     }
 }

@@ -77,7 +77,7 @@ impl Function for ReserveStock {
             .lock()
             .map_err(|_| Failure::retryable("stock state is poisoned"))?;
         if let Some(answer) = state.answered.get(&key) {
-            return Ok(vec![answer.clone()]);
+            return Ok(vec![answer.clone()].into());
         }
         let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
         for item in &order.items {
@@ -109,7 +109,7 @@ impl Function for ReserveStock {
             )
         };
         state.answered.insert(key, answer.clone());
-        Ok(vec![answer])
+        Ok(vec![answer].into())
     }
 }
 
@@ -126,9 +126,9 @@ mod tests {
                 r#"{{"order_id":{id},"items":[{{"sku":"laptop","qty":2}}]}}"#
             ))
         };
-        let first = f.call(&order(1), &ctx("reserve-stock")).await.unwrap();
+        let first = f.call(&order(1), &ctx("reserve-stock")).await.unwrap().emits;
         assert_eq!(first[0].event_type, "inventory.reserved");
-        let second = f.call(&order(2), &ctx("reserve-stock")).await.unwrap();
+        let second = f.call(&order(2), &ctx("reserve-stock")).await.unwrap().emits;
         assert_eq!(second[0].event_type, "inventory.insufficient");
         assert_eq!(
             second[0].data["missing"],
@@ -140,8 +140,8 @@ mod tests {
     async fn a_redelivered_order_is_not_reserved_twice() {
         let f = ReserveStock::default();
         let order = event(r#"{"order_id":7,"items":[{"sku":"laptop","qty":3}]}"#);
-        let first = f.call(&order, &ctx("reserve-stock")).await.unwrap();
-        let again = f.call(&order, &ctx("reserve-stock")).await.unwrap();
+        let first = f.call(&order, &ctx("reserve-stock")).await.unwrap().emits;
+        let again = f.call(&order, &ctx("reserve-stock")).await.unwrap().emits;
         assert_eq!(first, again);
         assert_eq!(first[0].event_type, "inventory.reserved");
     }

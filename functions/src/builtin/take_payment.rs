@@ -62,7 +62,7 @@ impl Function for TakePayment {
             .lock()
             .map_err(|_| Failure::retryable("payment state is poisoned"))?;
         if let Some(answer) = state.answered.get(&key) {
-            return Ok(vec![answer.clone()]);
+            return Ok(vec![answer.clone()].into());
         }
         let declined = if order.card.as_deref() == Some("declined") {
             Some("card declined".to_string())
@@ -92,7 +92,7 @@ impl Function for TakePayment {
             }
         };
         state.answered.insert(key, answer.clone());
-        Ok(vec![answer])
+        Ok(vec![answer].into())
     }
 }
 
@@ -110,7 +110,8 @@ mod tests {
                 &ctx("payment"),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .emits;
         assert_eq!(
             first,
             vec![Emit::new(
@@ -121,7 +122,8 @@ mod tests {
         let second = f
             .call(&event(r#"{"order_id":2,"total":1000}"#), &ctx("payment"))
             .await
-            .unwrap();
+            .unwrap()
+            .emits;
         assert_eq!(second[0].event_type, "payment.completed");
         assert_eq!(second[0].data["payment_id"], "pay-000002");
         assert_eq!(second[0].data["amount"], 1000);
@@ -133,7 +135,8 @@ mod tests {
         let over = f
             .call(&event(r#"{"order_id":3,"total":1200}"#), &ctx("payment"))
             .await
-            .unwrap();
+            .unwrap()
+            .emits;
         assert_eq!(
             over,
             vec![Emit::new(
@@ -147,7 +150,8 @@ mod tests {
                 &ctx("payment"),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .emits;
         assert_eq!(
             declined,
             vec![Emit::new(
@@ -161,13 +165,14 @@ mod tests {
     async fn a_redelivered_order_is_not_charged_twice() {
         let f = TakePayment::default();
         let order = event(r#"{"order_id":7,"total":10}"#);
-        let first = f.call(&order, &ctx("payment")).await.unwrap();
-        let again = f.call(&order, &ctx("payment")).await.unwrap();
+        let first = f.call(&order, &ctx("payment")).await.unwrap().emits;
+        let again = f.call(&order, &ctx("payment")).await.unwrap().emits;
         assert_eq!(first, again);
         let next = f
             .call(&event(r#"{"order_id":8,"total":10}"#), &ctx("payment"))
             .await
-            .unwrap();
+            .unwrap()
+            .emits;
         assert_eq!(
             next[0].data["payment_id"], "pay-000002",
             "the retry took no payment"

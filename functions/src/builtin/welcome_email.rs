@@ -28,7 +28,7 @@ impl Function for WelcomeEmail {
         Ok(vec![Emit::new(
             "email.sent",
             json!({"email_type": "welcome", "recipient": email, "user_id": user.user_id}),
-        )])
+        )].into())
     }
 }
 
@@ -45,7 +45,8 @@ mod tests {
                 &ctx("welcome-email"),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .emits;
         assert_eq!(
             out,
             vec![Emit::new(

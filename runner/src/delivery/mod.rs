@@ -456,7 +456,7 @@ async fn call_and_emit(
             }
         },
     };
-    let emits = outcome?;
+    let emits = outcome?.emits;
     check_emits(&shared.config, &emits)?;
     for (index, emit) in emits.iter().enumerate() {
         let headers = envelope::emitted_headers(&shared.config.name, event, index, emit);

@@ -2,11 +2,12 @@
 //! JSON on stdin; exit 0 is success (stdout may name events to emit), 65
 //! (`EX_DATAERR`) a permanent failure, anything else (or a signal) retryable.
 //! A process writing more than [`STDOUT_LIMIT`] on stdout is killed at once:
-//! a retryable failure.
+//! a retryable failure. A function that answers gets its input document
+//! (the event's data) on stdin instead, and its stdout is its result.
 
 use async_trait::async_trait;
 use jetrun_config::ExecConfig;
-use jetrun_functions::{Context, Event, Failure, Function, Outcome};
+use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
 use tokio::io::AsyncWriteExt;
 
 use super::account::RunAs;
@@ -20,14 +21,22 @@ pub(super) struct Exec {
     function: String,
     config: ExecConfig,
     run_as: Option<RunAs>,
+    answers: bool,
 }
 
 impl Exec {
-    pub(super) fn new(function: &str, config: ExecConfig, run_as: Option<RunAs>) -> Self {
+    /// `answers`: the function answers (document in, result out).
+    pub(super) fn new(
+        function: &str,
+        config: ExecConfig,
+        run_as: Option<RunAs>,
+        answers: bool,
+    ) -> Self {
         Exec {
             function: function.to_string(),
             config,
             run_as,
+            answers,
         }
     }
 }
@@ -47,7 +56,11 @@ impl Function for Exec {
             .spawn()
             .map_err(|err| Failure::retryable(format!("cannot start {program:?}: {err}")))?;
         let mut guard = GroupGuard::new(&child);
-        let input = serde_json::to_vec(&event.to_structured_json()).unwrap_or_default();
+        let input = if self.answers {
+            event.data.to_vec()
+        } else {
+            serde_json::to_vec(&event.to_structured_json()).unwrap_or_default()
+        };
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -100,7 +113,8 @@ impl Function for Exec {
             )));
         };
         match status.code() {
-            Some(0) => protocol::parse_stdout(&out),
+            Some(0) if self.answers => Ok(Output::result(out)),
+            Some(0) => protocol::parse_stdout(&out).map(Output::from),
             Some(EXIT_PERMANENT) => Err(Failure::permanent(format!(
                 "{program} exited with status 65 (bad input){detail}"
             ))),

@@ -11,7 +11,7 @@ use anyhow::bail;
 use async_trait::async_trait;
 use base64::prelude::{Engine, BASE64_STANDARD};
 use jetrun_config::HttpConfig;
-use jetrun_functions::{Context, Emit, Event, Failure, Function, Outcome};
+use jetrun_functions::{Context, Emit, Event, Failure, Function, Outcome, Output};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
@@ -33,12 +33,14 @@ pub(super) struct Http {
     timeout: Option<Duration>,
     /// Built once: its pool keeps connections alive between events.
     client: reqwest::Client,
+    /// The function answers: a 2xx body is its result, not events to emit.
+    answers: bool,
 }
 
 impl Http {
     /// Checks the URL and headers and builds the client. Needs a rustls
     /// crypto provider installed as the process default (`main` does it).
-    pub(super) fn new(function: &str, config: &HttpConfig) -> anyhow::Result<Self> {
+    pub(super) fn new(function: &str, config: &HttpConfig, answers: bool) -> anyhow::Result<Self> {
         let target = match Url::parse(&config.url) {
             Ok(url) => url,
             Err(err) => bail!(
@@ -62,6 +64,7 @@ impl Http {
             headers,
             timeout: config.timeout,
             client,
+            answers,
         })
     }
 
@@ -117,6 +120,9 @@ impl Function for Http {
                 self.url,
                 BODY_LIMIT >> 20
             )));
+        }
+        if self.answers && status.is_success() {
+            return Ok(Output::result(body));
         }
         response_outcome(&self.url, status, &headers, &body)
     }
@@ -258,7 +264,7 @@ async fn read_body(
 /// a 2xx body may name events to emit.
 fn response_outcome(url: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome {
     if status.is_success() {
-        return emitted(url, headers, body);
+        return emitted(url, headers, body).map(Output::from);
     }
     if status.is_redirection() {
         let to = headers
@@ -442,13 +448,14 @@ mod tests {
         headers.get(name).map(|v| v.to_str().unwrap())
     }
 
-    fn ok(status: u16, headers: &[(&'static str, &str)], body: &str) -> Outcome {
+    fn ok(status: u16, headers: &[(&'static str, &str)], body: &str) -> Result<Vec<Emit>, Failure> {
         response_outcome(
             URL,
             StatusCode::from_u16(status).unwrap(),
             &header_map(headers),
             body.as_bytes(),
         )
+        .map(|output| output.emits)
     }
 
     fn failure(status: u16, body: &str) -> (FailureKind, String) {
@@ -676,7 +683,7 @@ mod tests {
             headers: BTreeMap::new(),
             timeout,
         };
-        Http::new("notify", &config).unwrap()
+        Http::new("notify", &config, false).unwrap()
     }
 
     #[tokio::test]

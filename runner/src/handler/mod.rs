@@ -29,16 +29,31 @@ pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Functio
             let run_as = account::resolve(exec)?;
             process::close_inherited_descriptors();
             match exec.mode {
-                ExecMode::PerEvent => {
-                    Arc::new(exec::Exec::new(&function.name, exec.clone(), run_as))
-                }
+                ExecMode::PerEvent => Arc::new(exec::Exec::new(
+                    &function.name,
+                    exec.clone(),
+                    run_as,
+                    answers(function),
+                )),
                 ExecMode::Worker => Arc::new(worker::WorkerPool::new(
                     &function.name,
                     exec.clone(),
                     run_as,
+                    answers(function),
                 )),
             }
         }
-        Handler::Http(config) => Arc::new(http::Http::new(&function.name, config)?),
+        Handler::Http(config) => Arc::new(http::Http::new(
+            &function.name,
+            config,
+            answers(function),
+        )?),
     })
+}
+
+/// Whether the function answers: a request function, an aggregate's command
+/// handler or a projection gets an input document (as the event's data)
+/// and gives back a result, rather than an event in and events out.
+pub(crate) fn answers(function: &FunctionConfig) -> bool {
+    function.request.is_some() || function.role != jetrun_config::Role::Plain
 }

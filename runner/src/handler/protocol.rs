@@ -1,8 +1,10 @@
 //! The JSON exec functions speak: `{"emit": [{"type", "data", "subject"?}]}`
 //! on stdout (per event; HTTP functions may reply with it too) and
-//! `{"ok", "emit", "error", "retryable"}` replies (worker mode).
+//! `{"ok", "emit", "result", "error", "retryable"}` replies (worker mode).
+//! A function that answers (request, aggregate, projection) writes its
+//! result as its whole stdout, or as `result` in a worker reply.
 
-use jetrun_functions::{Emit, Failure};
+use jetrun_functions::{Emit, Failure, Output as Done};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -27,6 +29,8 @@ struct WorkerReply {
     ok: bool,
     #[serde(default)]
     emit: Vec<EmitJson>,
+    /// What a function that answers returns.
+    result: Option<Value>,
     error: Option<String>,
     #[serde(default = "yes")]
     retryable: bool,
@@ -66,7 +70,7 @@ pub(super) fn parse_emit_list(json: &[u8]) -> Result<Vec<Emit>, serde_json::Erro
 }
 
 /// One worker reply line (UTF-8 JSON, without its `\n`).
-pub(super) fn parse_reply(line: &[u8]) -> Result<Vec<Emit>, Failure> {
+pub(super) fn parse_reply(line: &[u8]) -> Result<Done, Failure> {
     let reply: WorkerReply = serde_json::from_slice(line).map_err(|err| {
         Failure::permanent(format!(
             "worker reply is not {{\"ok\": true|false, ...}}: {err}: {}",
@@ -74,7 +78,12 @@ pub(super) fn parse_reply(line: &[u8]) -> Result<Vec<Emit>, Failure> {
         ))
     })?;
     if reply.ok {
-        return Ok(emits(reply.emit));
+        return Ok(Done {
+            emits: emits(reply.emit),
+            result: reply
+                .result
+                .map(|value| serde_json::to_vec(&value).unwrap_or_default().into()),
+        });
     }
     let message = reply
         .error
@@ -115,7 +124,9 @@ mod tests {
 
     #[test]
     fn worker_replies_map_to_outcomes() {
-        assert_eq!(parse_reply(br#"{"ok":true}"#).unwrap(), vec![]);
+        assert_eq!(parse_reply(br#"{"ok":true}"#).unwrap(), Done::default());
+        let answered = parse_reply(br#"{"ok":true,"result":{"version":3}}"#).unwrap();
+        assert_eq!(answered.result.as_deref(), Some(&br#"{"version":3}"#[..]));
         let retry = parse_reply(br#"{"ok":false,"error":"db down"}"#).unwrap_err();
         assert_eq!(
             (retry.kind, retry.message.as_str()),

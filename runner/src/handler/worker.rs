@@ -23,6 +23,9 @@ pub(super) struct WorkerPool {
     function: String,
     config: ExecConfig,
     run_as: Option<RunAs>,
+    /// The function answers: requests carry `input` (the event's data), not
+    /// the event, and replies carry `result`.
+    answers: bool,
     /// One permit per worker slot.
     slots: Semaphore,
     /// Idle workers; a missing one is started on demand.
@@ -62,12 +65,18 @@ impl Drop for Lease {
 }
 
 impl WorkerPool {
-    pub(super) fn new(function: &str, config: ExecConfig, run_as: Option<RunAs>) -> Self {
+    pub(super) fn new(
+        function: &str,
+        config: ExecConfig,
+        run_as: Option<RunAs>,
+        answers: bool,
+    ) -> Self {
         WorkerPool {
             function: function.to_string(),
             slots: Semaphore::new(config.workers.max(1)),
             config,
             run_as,
+            answers,
             idle: Arc::default(),
         }
     }
@@ -138,11 +147,14 @@ impl Function for WorkerPool {
         let Some(worker) = lease.worker.as_mut() else {
             return Err(Failure::retryable("worker lease is empty"));
         };
-        let mut request = serde_json::to_vec(&json!({
-            "event": event.to_structured_json(),
-            "attempt": ctx.attempt,
-        }))
-        .unwrap_or_default();
+        let request = if self.answers {
+            let input: serde_json::Value =
+                serde_json::from_slice(&event.data).unwrap_or(serde_json::Value::Null);
+            json!({"input": input, "attempt": ctx.attempt})
+        } else {
+            json!({"event": event.to_structured_json(), "attempt": ctx.attempt})
+        };
+        let mut request = serde_json::to_vec(&request).unwrap_or_default();
         request.push(b'\n');
         let died = |what: &str| {
             Failure::retryable(format!(
