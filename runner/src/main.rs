@@ -6,6 +6,7 @@ mod config_file;
 mod delivery;
 mod dev;
 mod envelope;
+mod eventsourcing;
 mod handler;
 mod metrics;
 mod middleware;
@@ -13,6 +14,7 @@ mod nats;
 mod publish;
 mod readiness;
 mod reload;
+mod request;
 mod run;
 mod supervisor;
 

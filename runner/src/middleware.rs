@@ -78,7 +78,8 @@ impl Function for TimeLimited {
             Err(_) => Err(Failure::retryable(format!(
                 "handler timed out after {}",
                 humantime::format_duration(self.timeout)
-            ))),
+            ))
+            .with_status(504)),
         }
     }
 }

@@ -10,9 +10,15 @@ use jetrun_functions::Function;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use async_nats::service::Service;
+use tokio::sync::OnceCell;
+
 use crate::delivery::{self, Stop};
+use crate::eventsourcing;
 use crate::metrics::Metrics;
+use crate::middleware;
 use crate::readiness::Readiness;
+use crate::request;
 
 /// One running function and the levers to stop it.
 struct Running {
@@ -24,6 +30,8 @@ struct Running {
 
 pub(crate) struct Supervisor {
     js: async_nats::jetstream::Context,
+    /// The `jetrun` micro service, registered with the first request function.
+    service: Arc<OnceCell<Arc<Service>>>,
     metrics: Metrics,
     readiness: Readiness,
     /// How long a stopping function may take to finish its events in flight.
@@ -49,6 +57,7 @@ impl Supervisor {
     ) -> Self {
         Supervisor {
             js,
+            service: Arc::default(),
             metrics,
             readiness,
             drain_timeout,
@@ -60,22 +69,66 @@ impl Supervisor {
         self.drain_timeout = timeout;
     }
 
-    /// Starts `config`'s function with `handler`.
+    /// Starts `config`'s function with `handler`: consuming its stream, or
+    /// answering requests.
     pub(crate) fn start(&mut self, config: FunctionConfig, handler: Arc<dyn Function>) {
         let (draining, draining_rx) = watch::channel(false);
         let (abandon, abandon_rx) = watch::channel(false);
         self.readiness.add(&config.name);
-        let task = tokio::spawn(delivery::run(
-            config.clone(),
-            handler,
-            self.js.clone(),
-            self.metrics.for_function(&config.name),
-            self.readiness.clone(),
-            Stop {
-                draining: draining_rx,
-                abandon: abandon_rx,
-            },
-        ));
+        let handler = eventsourcing::wrap(&config, handler, &self.js, &self.metrics);
+        let task = if config.request.is_some() {
+            let handler = middleware::layered(
+                handler,
+                config.timeout,
+                self.metrics.for_function(&config.name).in_flight,
+                self.metrics.for_function(&config.name).duration,
+            );
+            let (service, client) = (self.service.clone(), self.js.client());
+            let (metrics, readiness) = (self.metrics.clone(), self.readiness.clone());
+            let config = config.clone();
+            tokio::spawn(async move {
+                let mut stopping = draining_rx.clone();
+                let service = loop {
+                    match service
+                        .get_or_try_init(|| async {
+                            request::start_service(&client).await.map(Arc::new)
+                        })
+                        .await
+                    {
+                        Ok(service) => break service.clone(),
+                        Err(err) => {
+                            tracing::warn!(error = %format!("{err:#}"), "Retrying in 1s.");
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                () = request::until_set(&mut stopping) => return,
+                            }
+                        }
+                    }
+                };
+                request::serve(
+                    config,
+                    handler,
+                    service,
+                    metrics,
+                    readiness,
+                    draining_rx,
+                    abandon_rx,
+                )
+                .await;
+            })
+        } else {
+            tokio::spawn(delivery::run(
+                config.clone(),
+                handler,
+                self.js.clone(),
+                self.metrics.for_function(&config.name),
+                self.readiness.clone(),
+                Stop {
+                    draining: draining_rx,
+                    abandon: abandon_rx,
+                },
+            ))
+        };
         self.running.insert(
             config.name.clone(),
             Running {

@@ -93,11 +93,12 @@ fn aggregate(
     let (stream, template) = (stream?, template?);
     // Every instance's events must land in the stream.
     let filter = format!("{}*{}.>", template.before, template.after);
-    let held = streams.subjects.get(&stream).map(Vec::as_slice).unwrap_or(&[]);
-    if !held
-        .iter()
-        .any(|s| subject::captures(s.get_ref(), &filter))
-    {
+    let held = streams
+        .subjects
+        .get(&stream)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if !held.iter().any(|s| subject::captures(s.get_ref(), &filter)) {
         let field = section.field("subject").expect("read above");
         return Err(field.error(
             ctx,
@@ -140,8 +141,8 @@ fn template(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<SubjectTemplate> {
     let Some((before, after)) = text.split_once("{id}") else {
         return Err(field.error(ctx, format!("{text:?} {RULE}")));
     };
-    let whole_token =
-        (before.is_empty() || before.ends_with('.')) && (after.is_empty() || after.starts_with('.'));
+    let whole_token = (before.is_empty() || before.ends_with('.'))
+        && (after.is_empty() || after.starts_with('.'));
     let sample = format!("{before}x{after}");
     if after.contains("{id}") || !whole_token || subject::check(&sample, false).is_err() {
         return Err(field.error(ctx, format!("{text:?} {RULE}")));

@@ -398,7 +398,9 @@ fn projection(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<ProjectionConfig
             } else {
                 Err(field.error(
                     ctx,
-                    format!("{name:?} is not a valid KV bucket name: use only letters, digits, - and _"),
+                    format!(
+                        "{name:?} is not a valid KV bucket name: use only letters, digits, - and _"
+                    ),
                 ))
             }
         }

@@ -14,10 +14,7 @@ impl Function for Echo {
     async fn call(&self, event: &Event, _ctx: &Context) -> Outcome {
         let data = serde_json::from_slice(&event.data)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&event.data).into_owned()));
-        Ok(vec![Emit::new(
-            format!("{}.echoed", event.event_type),
-            data,
-        )].into())
+        Ok(vec![Emit::new(format!("{}.echoed", event.event_type), data)].into())
     }
 }
 

@@ -126,9 +126,17 @@ mod tests {
                 r#"{{"order_id":{id},"items":[{{"sku":"laptop","qty":2}}]}}"#
             ))
         };
-        let first = f.call(&order(1), &ctx("reserve-stock")).await.unwrap().emits;
+        let first = f
+            .call(&order(1), &ctx("reserve-stock"))
+            .await
+            .unwrap()
+            .emits;
         assert_eq!(first[0].event_type, "inventory.reserved");
-        let second = f.call(&order(2), &ctx("reserve-stock")).await.unwrap().emits;
+        let second = f
+            .call(&order(2), &ctx("reserve-stock"))
+            .await
+            .unwrap()
+            .emits;
         assert_eq!(second[0].event_type, "inventory.insufficient");
         assert_eq!(
             second[0].data["missing"],

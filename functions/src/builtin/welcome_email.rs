@@ -28,7 +28,8 @@ impl Function for WelcomeEmail {
         Ok(vec![Emit::new(
             "email.sent",
             json!({"email_type": "welcome", "recipient": email, "user_id": user.user_id}),
-        )].into())
+        )]
+        .into())
     }
 }
 

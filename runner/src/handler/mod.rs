@@ -43,11 +43,9 @@ pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Functio
                 )),
             }
         }
-        Handler::Http(config) => Arc::new(http::Http::new(
-            &function.name,
-            config,
-            answers(function),
-        )?),
+        Handler::Http(config) => {
+            Arc::new(http::Http::new(&function.name, config, answers(function))?)
+        }
     })
 }
 

@@ -25,6 +25,10 @@ pub(crate) struct Metrics {
     ack_pending: IntGaugeVec,
     pub(crate) nats_connected: IntGauge,
     config_reloads: IntCounterVec,
+    requests: IntCounterVec,
+    aggregate_conflicts: IntCounterVec,
+    aggregate_appended: IntCounterVec,
+    projection_updates: IntCounterVec,
 }
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
@@ -97,6 +101,29 @@ impl Metrics {
             "Messages delivered to the function's consumer and not yet acknowledged.",
             &["function"],
         );
+        let requests = counter(
+            "jetrun_requests_total",
+            "Requests a request function answered, by code: 200, or the NATS micro error code \
+             (400 permanent failure, 409 conflict, 504 timeout, 500 other).",
+            &["function", "code"],
+        );
+        let aggregate_conflicts = counter(
+            "jetrun_aggregate_conflicts_total",
+            "Appends refused because another command appended to the instance first; each \
+             reloads the instance and runs the command again.",
+            &["aggregate"],
+        );
+        let aggregate_appended = counter(
+            "jetrun_aggregate_events_appended_total",
+            "Events appended to aggregate instances.",
+            &["aggregate"],
+        );
+        let projection_updates = counter(
+            "jetrun_projection_updates_total",
+            "Events a projection handled, by outcome: stored, deleted, skipped (already \
+             applied) or conflict (another writer stored first; run again).",
+            &["function", "outcome"],
+        );
         let config_reloads = counter(
             "jetrun_config_reloads_total",
             "Config reloads (SIGHUP or --watch), by result: success or failure.",
@@ -140,7 +167,33 @@ impl Metrics {
             ack_pending,
             nats_connected,
             config_reloads,
+            requests,
+            aggregate_conflicts,
+            aggregate_appended,
+            projection_updates,
         }
+    }
+
+    /// Counts a request `function` answered with `code` (200 for success).
+    pub(crate) fn requested(&self, function: &str, code: u16) {
+        self.requests
+            .with_label_values(&[function, &code.to_string()])
+            .inc();
+    }
+
+    /// The handles of aggregate `name`: conflicts, events appended.
+    pub(crate) fn for_aggregate(&self, name: &str) -> (IntCounter, IntCounter) {
+        (
+            self.aggregate_conflicts.with_label_values(&[name]),
+            self.aggregate_appended.with_label_values(&[name]),
+        )
+    }
+
+    /// Counts a projection update of `function` with `outcome`.
+    pub(crate) fn projection_update(&self, function: &str, outcome: &str) {
+        self.projection_updates
+            .with_label_values(&[function, outcome])
+            .inc();
     }
 
     /// Counts one config reload.

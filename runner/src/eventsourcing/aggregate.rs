@@ -1,0 +1,429 @@
+//! An aggregate's command handler: for each command, load the instance (its
+//! snapshot, if any, and the events after it), call the function with both,
+//! and append what it returns against the version it read. Another command
+//! appending first makes the append fail (`Nats-Expected-Last-Subject-Sequence`
+//! over all of the instance's subjects); the instance is then loaded again
+//! and the function run again, up to `max_conflict_retries`, then the
+//! command fails with 409.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use jetrun_config::AggregateConfig;
+use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+use crate::envelope::{self, Origin};
+
+/// What a command handler returns.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    #[serde(default)]
+    append: Vec<NewEvent>,
+    reply: Option<Value>,
+    snapshot: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEvent {
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// A stored snapshot: the state after `version` events, the last of them at
+/// stream sequence `sequence`.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u64,
+    sequence: u64,
+    state: Value,
+}
+
+/// An instance as loaded.
+struct Instance {
+    /// Events in the instance (0 for a new one).
+    version: u64,
+    /// The stream sequence of its last event (0: none).
+    last_sequence: u64,
+    snapshot: Option<Value>,
+    /// The events after the snapshot, oldest first, as CloudEvents JSON.
+    history: Vec<Value>,
+}
+
+/// Why an append did not happen.
+enum AppendError {
+    /// Another command appended first.
+    Conflict,
+    Failed(Failure),
+}
+
+pub(crate) struct CommandHandler {
+    function: String,
+    aggregate: AggregateConfig,
+    inner: Arc<dyn Function>,
+    js: jetstream::Context,
+    snapshots: OnceCell<kv::Store>,
+    conflicts: IntCounter,
+    appended: IntCounter,
+}
+
+impl CommandHandler {
+    pub(crate) fn new(
+        function: &str,
+        aggregate: AggregateConfig,
+        inner: Arc<dyn Function>,
+        js: jetstream::Context,
+        (conflicts, appended): (IntCounter, IntCounter),
+    ) -> Self {
+        CommandHandler {
+            function: function.to_string(),
+            aggregate,
+            inner,
+            js,
+            snapshots: OnceCell::new(),
+            conflicts,
+            appended,
+        }
+    }
+
+    /// The instance a command names: the string or number at the
+    /// aggregate's `id` pointer in its data, fit to be a subject token.
+    fn instance_id(&self, command: &Event) -> Result<String, Failure> {
+        let data: Value = serde_json::from_slice(&command.data)
+            .map_err(|err| Failure::permanent(format!("the command's data is not JSON: {err}")))?;
+        let pointer = &self.aggregate.id;
+        let id = match data.pointer(pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Err(Failure::permanent(format!(
+                    "the command's {pointer} must be a string or a number, got {other}"
+                )))
+            }
+            None => {
+                return Err(Failure::permanent(format!(
+                    "the command's data has no {pointer} naming the {} instance",
+                    self.aggregate.name
+                )))
+            }
+        };
+        let valid = !id.is_empty()
+            && !id
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control());
+        if !valid {
+            return Err(Failure::permanent(format!(
+                "{id:?} cannot name an instance: no dots, wildcards or spaces"
+            )));
+        }
+        Ok(id)
+    }
+
+    async fn snapshots(&self) -> Result<&kv::Store, Failure> {
+        self.snapshots
+            .get_or_try_init(|| async {
+                let bucket = format!("jetrun_snapshots_{}", self.aggregate.name);
+                match self.js.get_key_value(&bucket).await {
+                    Ok(store) => Ok(store),
+                    Err(_) => self
+                        .js
+                        .create_key_value(kv::Config {
+                            bucket: bucket.clone(),
+                            description: format!(
+                                "jetrun: snapshots of aggregate {}",
+                                self.aggregate.name
+                            ),
+                            history: 1,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|err| {
+                            Failure::retryable(format!("cannot create KV bucket {bucket}: {err}"))
+                        }),
+                }
+            })
+            .await
+    }
+
+    /// The instance's snapshot (when the aggregate keeps them) and the
+    /// events after it.
+    async fn load(&self, id: &str) -> Result<Instance, Failure> {
+        let mut instance = Instance {
+            version: 0,
+            last_sequence: 0,
+            snapshot: None,
+            history: Vec::new(),
+        };
+        if self.aggregate.snapshot_every.is_some() {
+            let store = self.snapshots().await?;
+            let stored = store
+                .get(id)
+                .await
+                .map_err(|err| Failure::retryable(format!("cannot read the snapshot: {err}")))?;
+            if let Some(bytes) = stored {
+                if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&bytes) {
+                    instance.version = snapshot.version;
+                    instance.last_sequence = snapshot.sequence;
+                    instance.snapshot = Some(snapshot.state);
+                }
+            }
+        }
+        let failed = |what: &str, err: &dyn std::fmt::Display| {
+            Failure::retryable(format!(
+                "cannot read the history of {} {id}: {what}: {err}",
+                self.aggregate.name
+            ))
+        };
+        let stream = self
+            .js
+            .get_stream(&self.aggregate.stream)
+            .await
+            .map_err(|e| failed("stream", &e))?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.aggregate.subject.events_of(id),
+                deliver_policy: match instance.last_sequence {
+                    0 => DeliverPolicy::All,
+                    seq => DeliverPolicy::ByStartSequence {
+                        start_sequence: seq + 1,
+                    },
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("consumer", &e))?;
+        let pending = consumer.cached_info().num_pending;
+        if pending == 0 {
+            return Ok(instance);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed("messages", &e))?;
+        while (instance.history.len() as u64) < pending {
+            let message = match messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => return Err(failed("message", &err)),
+                None => return Err(failed("messages", &"ended early")),
+            };
+            let info = message.info().map_err(|e| failed("message info", &e))?;
+            let origin = Origin {
+                subject: message.subject.as_str(),
+                stream: &self.aggregate.stream,
+                sequence: info.stream_sequence,
+                published: info.published.into(),
+            };
+            instance.last_sequence = info.stream_sequence;
+            let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
+                .map(|e| e.to_structured_json())
+                .unwrap_or_else(
+                    |_| json!({"id": format!("{}:{}", origin.stream, origin.sequence)}),
+                );
+            instance.history.push(event);
+        }
+        instance.version += instance.history.len() as u64;
+        Ok(instance)
+    }
+
+    /// Appends `events` to instance `id` as loaded; each is guarded by the
+    /// sequence of the one before, the first by the instance's last.
+    async fn append(
+        &self,
+        id: &str,
+        instance: &Instance,
+        events: &[NewEvent],
+        command: &Event,
+    ) -> Result<(u64, u64), AppendError> {
+        let mut expected = instance.last_sequence;
+        for (index, new) in events.iter().enumerate() {
+            let subject = format!("{}.{}", self.aggregate.subject.instance(id), new.event_type);
+            if !jetrun_config::is_publish_subject(&subject) || new.event_type.is_empty() {
+                return Err(AppendError::Failed(Failure::permanent(format!(
+                    "appended event type {:?} cannot end a subject ({subject})",
+                    new.event_type
+                ))));
+            }
+            let headers = self.headers(id, index, new, command, expected);
+            let body = serde_json::to_vec(&new.data).unwrap_or_default();
+            let ack = match self
+                .js
+                .publish_with_headers(subject.clone(), headers, body.into())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(err) => Err(err),
+            };
+            match ack {
+                Ok(ack) => expected = ack.sequence,
+                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence && index == 0 => {
+                    return Err(AppendError::Conflict)
+                }
+                Err(err) => {
+                    return Err(AppendError::Failed(Failure::retryable(format!(
+                        "cannot append {} to {subject}: {err}",
+                        new.event_type
+                    ))))
+                }
+            }
+            self.appended.inc();
+        }
+        Ok((instance.version + events.len() as u64, expected))
+    }
+
+    /// An appended event's headers: CloudEvents binary mode, the command's
+    /// correlation id, the command as its cause, an id (also `Nats-Msg-Id`)
+    /// from the command and the event's place in what it appends, and the
+    /// sequence guard.
+    fn headers(
+        &self,
+        id: &str,
+        index: usize,
+        new: &NewEvent,
+        command: &Event,
+        expected: u64,
+    ) -> HeaderMap {
+        let event_id = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("{}\u{0}{}\u{0}{index}", self.aggregate.name, command.id).as_bytes(),
+        )
+        .to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", event_id.as_str());
+        headers.insert("ce-type", new.event_type.as_str());
+        headers.insert("ce-source", format!("jetrun/{}", self.function).as_str());
+        headers.insert(
+            "ce-time",
+            humantime::format_rfc3339_micros(SystemTime::now())
+                .to_string()
+                .as_str(),
+        );
+        headers.insert("ce-datacontenttype", "application/json");
+        headers.insert(
+            "ce-correlationid",
+            command.correlationid.as_deref().unwrap_or(&command.id),
+        );
+        headers.insert("ce-causationid", command.id.as_str());
+        if let Some(traceparent) = command.extensions.get("traceparent") {
+            headers.insert("traceparent", traceparent.as_str());
+            headers.insert("ce-traceparent", traceparent.as_str());
+        }
+        headers.insert("Nats-Msg-Id", event_id.as_str());
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            self.aggregate.subject.events_of(id).as_str(),
+        );
+        headers
+    }
+
+    /// Stores `state` as the snapshot of `id` at `version` (its last event
+    /// at stream sequence `sequence`) when the append crossed a multiple of
+    /// `snapshot_every`. A failure only costs a longer load later: it is
+    /// logged, not returned.
+    async fn maybe_snapshot(
+        &self,
+        id: &str,
+        before: u64,
+        (version, sequence): (u64, u64),
+        state: Option<Value>,
+    ) {
+        let (Some(every), Some(state)) = (self.aggregate.snapshot_every, state) else {
+            return;
+        };
+        if version / every == before / every {
+            return;
+        }
+        let snapshot = Snapshot {
+            version,
+            sequence,
+            state,
+        };
+        let stored = match self.snapshots().await {
+            Ok(store) => store
+                .put(id, serde_json::to_vec(&snapshot).unwrap_or_default().into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(failure) => Err(failure.message),
+        };
+        if let Err(err) = stored {
+            tracing::warn!(aggregate = %self.aggregate.name, %id, %err, "Cannot store a snapshot.");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Function for CommandHandler {
+    async fn call(&self, command: &Event, ctx: &Context) -> Outcome {
+        let id = self.instance_id(command)?;
+        let retries = self.aggregate.max_conflict_retries;
+        for _ in 0..=retries {
+            let instance = self.load(&id).await?;
+            let input = json!({
+                "command": command.to_structured_json(),
+                "aggregate": {
+                    "id": id,
+                    "version": instance.version,
+                    "history": instance.history,
+                    "snapshot": instance.snapshot,
+                },
+            });
+            let document = Event {
+                data: serde_json::to_vec(&input).unwrap_or_default().into(),
+                datacontenttype: Some("application/json".into()),
+                ..command.clone()
+            };
+            let output = self.inner.call(&document, ctx).await?;
+            let result = output.result.unwrap_or_default();
+            let decision: Decision = serde_json::from_slice(&result).map_err(|err| {
+                Failure::permanent(format!(
+                    "a command handler returns {{\"append\": [{{\"type\", \"data\"}}], \"reply\"?, \
+                     \"snapshot\"?}}: {err}"
+                ))
+            })?;
+            let appended = if decision.append.is_empty() {
+                (instance.version, instance.last_sequence)
+            } else {
+                match self.append(&id, &instance, &decision.append, command).await {
+                    Ok(appended) => appended,
+                    Err(AppendError::Conflict) => {
+                        self.conflicts.inc();
+                        tracing::debug!(aggregate = %self.aggregate.name, %id, "Another command appended first; running again.");
+                        continue;
+                    }
+                    Err(AppendError::Failed(failure)) => return Err(failure),
+                }
+            };
+            self.maybe_snapshot(&id, instance.version, appended, decision.snapshot)
+                .await;
+            let version = appended.0;
+            let reply = decision
+                .reply
+                .unwrap_or_else(|| json!({"version": version, "appended": decision.append.len()}));
+            return Ok(Output::result(
+                serde_json::to_vec(&reply).unwrap_or_default(),
+            ));
+        }
+        Err(Failure::retryable(format!(
+            "{} {id} was changed by other commands {} times in a row; gave up",
+            self.aggregate.name,
+            retries + 1
+        ))
+        .with_status(409))
+    }
+}
