@@ -85,8 +85,8 @@ fn aggregate(
     };
     let snapshot_every = section.read(ctx, "snapshot_every", Field::positive);
     let max_conflict_retries = section.read(ctx, "max_conflict_retries", |f, ctx| {
-        let n = f.count(ctx)?;
-        u32::try_from(n).map_err(|_| f.error(ctx, "is too large"))
+        let n = f.integer(ctx, "a non-negative integer")?;
+        u32::try_from(n).map_err(|_| f.wrong(ctx, "a non-negative integer below 2^32"))
     });
     section.finish(ctx);
 

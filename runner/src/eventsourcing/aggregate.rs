@@ -6,7 +6,8 @@
 //! and the function run again, up to `max_conflict_retries`, then the
 //! command fails with 409.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -62,6 +63,19 @@ struct Instance {
     history: Vec<Value>,
 }
 
+/// Deletes an ephemeral consumer when dropped, in the background.
+struct DeleteOnDrop(Option<(jetstream::stream::Stream, String)>);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Some((stream, name)) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
+
 /// Why an append did not happen.
 enum AppendError {
     /// Another command appended first.
@@ -74,6 +88,10 @@ pub(crate) struct CommandHandler {
     aggregate: AggregateConfig,
     inner: Arc<dyn Function>,
     js: jetstream::Context,
+    /// One lock per instance with a command in progress: this process runs
+    /// one command per instance at a time, so its own commands never
+    /// conflict; only another replica's can.
+    instances: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     snapshots: OnceCell<kv::Store>,
     conflicts: IntCounter,
     appended: IntCounter,
@@ -92,6 +110,7 @@ impl CommandHandler {
             aggregate,
             inner,
             js,
+            instances: std::sync::Mutex::default(),
             snapshots: OnceCell::new(),
             conflicts,
             appended,
@@ -129,6 +148,23 @@ impl CommandHandler {
             )));
         }
         Ok(id)
+    }
+
+    /// The lock of instance `id`, shared by the commands on it in flight.
+    fn instance_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut instances = self
+            .instances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lock) = instances.get(id).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if instances.len() >= 1024 {
+            instances.retain(|_, lock| lock.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        instances.insert(id.to_string(), Arc::downgrade(&lock));
+        lock
     }
 
     async fn snapshots(&self) -> Result<&kv::Store, Failure> {
@@ -204,6 +240,11 @@ impl CommandHandler {
             })
             .await
             .map_err(|e| failed("consumer", &e))?;
+        // Delete the consumer once read rather than let it wait out its
+        // inactivity: nats-server 2.15 allows 1,000 consumers per stream by
+        // default, and busy instances load often.
+        let name = consumer.cached_info().name.clone();
+        let _cleanup = DeleteOnDrop(Some((stream.clone(), name)));
         let pending = consumer.cached_info().num_pending;
         if pending == 0 {
             return Ok(instance);
@@ -371,6 +412,8 @@ impl CommandHandler {
 impl Function for CommandHandler {
     async fn call(&self, command: &Event, ctx: &Context) -> Outcome {
         let id = self.instance_id(command)?;
+        let lock = self.instance_lock(&id);
+        let _turn = lock.lock().await;
         let retries = self.aggregate.max_conflict_retries;
         for _ in 0..=retries {
             let instance = self.load(&id).await?;
