@@ -27,6 +27,57 @@ pub struct Config {
     pub functions: BTreeMap<String, FunctionConfig>,
     /// Event-sourced aggregates by name (`[aggregates.NAME]`).
     pub aggregates: BTreeMap<String, AggregateConfig>,
+    /// Declarative sagas by name (`[sagas.NAME]`).
+    pub sagas: BTreeMap<String, SagaConfig>,
+}
+
+/// `[sagas.NAME]`: a process over events. Its start event begins one
+/// instance per key; each step publishes a command and awaits a reply; a
+/// failure or a timeout undoes, in reverse order, what was done, then
+/// `failed` is published. Every type is a subject a declared stream captures,
+/// and each plays one role in the saga.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaConfig {
+    pub name: String,
+    /// The event type starting one instance.
+    pub start: String,
+    /// A JSON pointer into the start event's data naming the instance
+    /// (`key = "order_id"` is `/order_id`).
+    pub key: String,
+    /// The whole saga's deadline, from its start: past it, what was done and
+    /// the step in flight are undone. `None`: only the steps' own timeouts.
+    pub timeout: Option<Duration>,
+    /// Published when every step succeeded.
+    pub completed: String,
+    /// Published once a failed saga's undos are done.
+    pub failed: String,
+    /// How an undo awaiting its confirmation (`compensated`) is published
+    /// again: attempt `n` is awaited for the step's timeout plus the policy's
+    /// delay after attempt `n`; past `max_attempts` the instance is left stuck.
+    /// `[defaults] retry` (or the built-in policy) unless the saga sets one.
+    pub retry: RetryPolicy,
+    /// The steps, in order; at least one.
+    pub steps: Vec<SagaStep>,
+}
+
+/// `[[sagas.NAME.steps]]`: one step of a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaStep {
+    /// Unique in its saga; the step's reply data is kept under it.
+    pub name: String,
+    /// The event type published to ask for the step.
+    pub command: String,
+    /// The reply types completing the step (at least one).
+    pub success: Vec<String>,
+    /// The reply types saying the step failed, so there is nothing to undo.
+    pub failure: Vec<String>,
+    /// The event type published to undo the step; `None`: nothing to undo.
+    pub compensate: Option<String>,
+    /// The reply confirming an undo; `None`: the undo is published once and
+    /// not awaited.
+    pub compensated: Option<String>,
+    /// How long the reply (or an undo's confirmation) is awaited (30s unless set).
+    pub timeout: Duration,
 }
 
 /// `[aggregates.NAME]`: entities whose events are their record, each

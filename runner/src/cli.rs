@@ -72,6 +72,15 @@ enum Command {
     /// Per function: consumer, pending, ack pending, redelivered, dead letters, last activity.
     #[command(after_help = crate::commands::status::EXAMPLES)]
     Status(crate::commands::status::StatusArgs),
+    /// Rebuild a projection's read model from its stream into a new bucket.
+    #[command(after_help = crate::commands::projection::EXAMPLES)]
+    Projection(crate::commands::projection::ProjectionArgs),
+    /// Run a function over a range of its stream's history again, in this process.
+    #[command(after_help = crate::commands::replay::EXAMPLES)]
+    Replay(crate::commands::replay::ReplayArgs),
+    /// Print the events stored on a subject (wildcards allowed), oldest first.
+    #[command(after_help = crate::commands::events::EXAMPLES)]
+    Events(crate::commands::events::EventsArgs),
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -162,6 +171,9 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
         Command::Init(args) => crate::commands::init::init(&args),
         Command::Dlq(args) => return crate::commands::dlq::dlq(args).await,
         Command::Status(args) => return crate::commands::status::status(args).await,
+        Command::Projection(args) => return crate::commands::projection::projection(args).await,
+        Command::Replay(args) => return crate::commands::replay::replay(args).await,
+        Command::Events(args) => return crate::commands::events::events(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

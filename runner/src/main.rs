@@ -16,6 +16,7 @@ mod readiness;
 mod reload;
 mod request;
 mod run;
+mod saga;
 mod supervisor;
 
 use std::process::ExitCode;

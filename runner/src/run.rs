@@ -60,7 +60,24 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     for (function, handler) in functions {
         supervisor.start(function, handler);
     }
-    tracing::info!(functions = config.functions.len(), "jetrun is running.");
+    // Sagas run from start to shutdown; a reload leaves them as they are.
+    let (stop_sagas, sagas_stopping) = tokio::sync::watch::channel(false);
+    let mut sagas = tokio::task::JoinSet::new();
+    for saga in config.sagas.values() {
+        sagas.spawn(crate::saga::run(
+            saga.clone(),
+            config.streams.clone(),
+            js.clone(),
+            metrics.for_saga(&saga.name),
+            readiness.clone(),
+            sagas_stopping.clone(),
+        ));
+    }
+    tracing::info!(
+        functions = config.functions.len(),
+        sagas = config.sagas.len(),
+        "jetrun is running."
+    );
 
     let mut config = config;
     loop {
@@ -76,6 +93,8 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         humantime::format_duration(config.shutdown_timeout)
     );
     supervisor.stop_all().await;
+    let _ = stop_sagas.send(true);
+    while sagas.join_next().await.is_some() {}
     // The last acks are queued in the client: send them, unless NATS is gone
     // (then JetStream redelivers those events after their ack wait).
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {

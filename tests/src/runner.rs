@@ -70,10 +70,16 @@ pub fn run_check(config: &Path) -> (i32, String) {
 /// returns its exit code (-1 when killed by a signal), stdout and stderr.
 /// The test's own `JETRUN_CONFIG` and `JETRUN_NATS_URL` are not passed on.
 pub fn run_command(args: &[&str]) -> (i32, String, String) {
+    run_command_with_env(args, &[])
+}
+
+/// [`run_command`] with extra environment variables (`JETRUN_NATS_URL`, say).
+pub fn run_command_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let output = Command::new(jetrun_bin())
         .args(args)
         .env_remove("JETRUN_CONFIG")
         .env_remove("JETRUN_NATS_URL")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run jetrun {args:?}: {e}"));

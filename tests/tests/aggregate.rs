@@ -95,7 +95,10 @@ async fn patient_client(bed: &TestBed) -> async_nats::Client {
 }
 
 /// Sends a command and returns the reply's headers (if any) and JSON body.
-async fn command(client: &async_nats::Client, data: Value) -> (Option<async_nats::HeaderMap>, Value) {
+async fn command(
+    client: &async_nats::Client,
+    data: Value,
+) -> (Option<async_nats::HeaderMap>, Value) {
     let reply = tokio::time::timeout(
         Duration::from_secs(60),
         client.request("cmd.order.add", data.to_string().into()),
@@ -153,7 +156,11 @@ async fn concurrent_commands_are_each_appended_once_in_version_order() {
     for message in &stored {
         assert_eq!(message.subject.as_str(), "order.o1.item_added");
         let data: Value = serde_json::from_slice(&message.payload).unwrap();
-        assert!(seen.insert(data["n"].as_u64().unwrap()), "n = {} twice", data["n"]);
+        assert!(
+            seen.insert(data["n"].as_u64().unwrap()),
+            "n = {} twice",
+            data["n"]
+        );
         let header = |name: &str| message.headers.get(name).map(|v| v.to_string());
         assert_eq!(header("ce-type").as_deref(), Some("item_added"));
         assert!(header("ce-causationid").is_some() && header("ce-correlationid").is_some());
@@ -164,16 +171,30 @@ async fn concurrent_commands_are_each_appended_once_in_version_order() {
     let (mut conflicts, mut answered) = (0.0, Vec::new());
     for metrics in [bed.metrics, second_metrics] {
         let text = scrape(metrics).await;
-        conflicts +=
-            metric(&text, "jetrun_aggregate_conflicts_total", &[("aggregate", "order")]).unwrap_or(0.0);
+        conflicts += metric(
+            &text,
+            "jetrun_aggregate_conflicts_total",
+            &[("aggregate", "order")],
+        )
+        .unwrap_or(0.0);
         answered.push(
-            metric(&text, "jetrun_requests_total", &[("function", "add_item"), ("code", "200")])
-                .unwrap_or(0.0),
+            metric(
+                &text,
+                "jetrun_requests_total",
+                &[("function", "add_item"), ("code", "200")],
+            )
+            .unwrap_or(0.0),
         );
     }
     eprintln!("conflict retries: {conflicts}; answered per replica: {answered:?}");
-    assert!(conflicts > 0.0, "two replicas' commands on one instance conflict");
-    assert!(answered.iter().all(|&n| n > 0.0), "both replicas answer: {answered:?}");
+    assert!(
+        conflicts > 0.0,
+        "two replicas' commands on one instance conflict"
+    );
+    assert!(
+        answered.iter().all(|&n| n > 0.0),
+        "both replicas answer: {answered:?}"
+    );
     assert_eq!(answered.iter().sum::<f64>(), commands as f64);
 }
 
@@ -194,7 +215,11 @@ async fn a_rejected_command_is_400_and_a_lost_race_409() {
     assert!(message.contains("n must be positive"), "{message}");
     let (headers, _) = command(&client, json!({"n": 1})).await;
     let (code, message) = service_error(&headers).expect("an error reply");
-    assert_eq!((code.as_str(), message.contains("/order_id")), ("400", true), "{message}");
+    assert_eq!(
+        (code.as_str(), message.contains("/order_id")),
+        ("400", true),
+        "{message}"
+    );
 
     // Slow commands on one instance, shared by the two replicas: when both
     // have read the same version, the second to append loses and, with no
@@ -213,13 +238,22 @@ async fn a_rejected_command_is_400_and_a_lost_race_409() {
         .collect();
     let ok = codes.iter().filter(|c| c.is_none()).count();
     assert!(
-        codes.iter().all(|c| c.is_none() || c.as_deref() == Some("409")),
+        codes
+            .iter()
+            .all(|c| c.is_none() || c.as_deref() == Some("409")),
         "{codes:?}"
     );
-    assert!(codes.contains(&Some("409".into())), "a lost race answers 409: {codes:?}");
+    assert!(
+        codes.contains(&Some("409".into())),
+        "a lost race answers 409: {codes:?}"
+    );
     let js = bed.jetstream().await;
     let stored = stream_messages(&js, "ORDERS").await;
-    assert_eq!(stored.len(), ok, "one event per command answered 200, none for a 409");
+    assert_eq!(
+        stored.len(),
+        ok,
+        "one event per command answered 200, none for a 409"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,13 +92,15 @@ async fn the_jetrun_micro_service_answers_ping_and_info() {
     wait_ready(bed.metrics).await;
     let client = bed.client().await;
 
-    let ping: Value = serde_json::from_slice(&request(&client, "$SRV.PING.jetrun", "").await.payload)
-        .expect("PING answers JSON");
+    let ping: Value =
+        serde_json::from_slice(&request(&client, "$SRV.PING.jetrun", "").await.payload)
+            .expect("PING answers JSON");
     assert_eq!(ping["name"], "jetrun");
     assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"));
 
-    let info: Value = serde_json::from_slice(&request(&client, "$SRV.INFO.jetrun", "").await.payload)
-        .expect("INFO answers JSON");
+    let info: Value =
+        serde_json::from_slice(&request(&client, "$SRV.INFO.jetrun", "").await.payload)
+            .expect("INFO answers JSON");
     let mut endpoints: Vec<(String, String, String)> = info["endpoints"]
         .as_array()
         .expect("endpoints")

@@ -8,6 +8,7 @@ mod function;
 mod handler;
 mod nats;
 mod retry;
+mod sagas;
 mod section;
 mod streams;
 
@@ -31,6 +32,7 @@ const TOP_KEYS: &[&str] = &[
     "streams",
     "functions",
     "aggregates",
+    "sagas",
     "shutdown_timeout",
 ];
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +63,8 @@ pub(crate) fn parse(
     );
     let bindings = bind::bind(&mut ctx, &drafts, &streams);
     let aggregates = aggregates::read(&mut ctx, field("aggregates").as_ref(), &streams);
+    let saga_retry = sagas::inherited_retry(text, env, field("defaults").as_ref());
+    let sagas = sagas::read(&mut ctx, field("sagas").as_ref(), &streams, &saga_retry);
     for draft in &drafts {
         if let Some(name) = &draft.aggregate {
             if !aggregates.names.contains(name.get_ref()) {
@@ -95,6 +99,7 @@ pub(crate) fn parse(
             streams: streams.configs,
             functions,
             aggregates: aggregates.configs,
+            sagas,
         }),
         _ => Err(ConfigErrors(ctx.into_errors())),
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{
     parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, Retention,
-    RetryPolicy, Storage,
+    RetryPolicy, SagaConfig, SagaStep, Storage,
 };
 
 const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
@@ -1135,6 +1135,10 @@ const SAMPLES: &[(&str, &str)] = &[
         "examples/ecommerce.toml",
         include_str!("../../examples/ecommerce.toml"),
     ),
+    (
+        "examples/orders-cqrs.toml",
+        include_str!("../../examples/orders-cqrs.toml"),
+    ),
 ];
 
 #[test]
@@ -1238,6 +1242,288 @@ emits = ["inventory.>.x"]
         )),
         vec![
             "functions.reserve.emits \"inventory.>.x\" is not a valid subject: > may only be the last token (line 10)"
+        ]
+    );
+}
+
+/// STREAMS and a function on lines 1 to 9, then `sagas` from line 11.
+fn with_sagas(sagas: &str) -> String {
+    with_streams(&format!(
+        "\n[functions.f]\nsubjects = [\"user.>\"]\nbuiltin = \"noop\"\n{sagas}"
+    ))
+}
+
+/// Lines 11 to 30.
+const FULFIL_ORDER: &str = r#"
+[sagas.fulfil-order]
+start = "order.placed"
+key = "order_id"
+timeout = "10m"
+completed = "order.fulfilled"
+failed = "order.cancelled"
+
+[[sagas.fulfil-order.steps]]
+name = "reserve"
+command = "inventory.reserve"
+success = "inventory.reserved"
+failure = ["inventory.insufficient", "inventory.unknown"]
+compensate = "inventory.release"
+compensated = "inventory.released"
+timeout = "45s"
+
+[[sagas.fulfil-order.steps]]
+name = "ship"
+command = "order.ship"
+success = ["order.shipped", "order.shipped-late"]
+"#;
+
+#[test]
+fn a_saga_and_its_steps() {
+    let config = ok(&with_sagas(FULFIL_ORDER));
+    let strings = |s: &[&str]| s.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        config.sagas["fulfil-order"],
+        SagaConfig {
+            name: "fulfil-order".into(),
+            start: "order.placed".into(),
+            key: "/order_id".into(),
+            timeout: Some(Duration::from_secs(600)),
+            completed: "order.fulfilled".into(),
+            failed: "order.cancelled".into(),
+            retry: RetryPolicy::default(),
+            steps: vec![
+                SagaStep {
+                    name: "reserve".into(),
+                    command: "inventory.reserve".into(),
+                    success: strings(&["inventory.reserved"]),
+                    failure: strings(&["inventory.insufficient", "inventory.unknown"]),
+                    compensate: Some("inventory.release".into()),
+                    compensated: Some("inventory.released".into()),
+                    timeout: Duration::from_secs(45),
+                },
+                SagaStep {
+                    name: "ship".into(),
+                    command: "order.ship".into(),
+                    success: strings(&["order.shipped", "order.shipped-late"]),
+                    failure: vec![],
+                    compensate: None,
+                    compensated: None,
+                    timeout: Duration::from_secs(30),
+                },
+            ],
+        }
+    );
+    assert!(ok(&with_streams(
+        r#"
+[functions.f]
+subjects = ["user.>"]
+builtin = "noop"
+"#
+    ))
+    .sagas
+    .is_empty());
+}
+
+#[test]
+fn a_saga_retries_undos_with_its_policy_over_the_defaults() {
+    let text = with_sagas(&format!(
+        "{FULFIL_ORDER}\n[defaults]\nretry = {{ max_attempts = 7, jitter = 0.0 }}\n"
+    ));
+    let retry = ok(&text).sagas["fulfil-order"].retry;
+    assert_eq!((retry.max_attempts(), retry.jitter()), (7, 0.0));
+
+    let own = FULFIL_ORDER.replace(
+        "timeout = \"10m\"",
+        "timeout = \"10m\"\nretry = { initial_delay = \"2s\" }",
+    );
+    let text = with_sagas(&format!(
+        "{own}\n[defaults]\nretry = {{ max_attempts = 7 }}\n"
+    ));
+    let retry = ok(&text).sagas["fulfil-order"].retry;
+    assert_eq!(retry.max_attempts(), 7);
+    assert_eq!(retry.initial_delay(), Duration::from_secs(2));
+
+    let bad = FULFIL_ORDER.replace(
+        "timeout = \"10m\"",
+        "timeout = \"10m\"\nretry = { max_attempts = 0 }",
+    );
+    assert_eq!(
+        errors(&with_sagas(&bad)),
+        ["sagas.fulfil-order.retry.max_attempts must be at least 1, got 0 (line 15)"]
+    );
+}
+
+#[test]
+fn saga_required_keys() {
+    assert_eq!(
+        errors(&with_sagas(
+            r#"
+[sagas.s]
+start = "order.placed"
+"#
+        )),
+        [
+            "sagas.s.key is required, like key = \"order_id\" (line 11)",
+            "sagas.s.completed is required, like completed = \"order.fulfilled\" (line 11)",
+            "sagas.s.failed is required, like failed = \"order.cancelled\" (line 11)",
+            "sagas.s.steps is required: at least one step, like [[sagas.s.steps]] with name, \
+             command and success (line 11)",
+        ]
+    );
+    assert_eq!(
+        errors(&with_sagas(
+            r#"
+[sagas.s]
+start = "order.placed"
+key = "/order/id"
+completed = "order.done"
+failed = "order.failed"
+steps = []
+
+[sagas."a.b"]
+"#
+        )),
+        [
+            "sagas.s.steps must be a non-empty list of steps, like [[sagas.s.steps]] tables, \
+             got an empty list (line 16)",
+            "sagas.\"a.b\" is not a valid saga name: use only letters, digits, - and _ (line 18)",
+        ]
+    );
+}
+
+#[test]
+fn saga_step_mistakes() {
+    let text = with_sagas(
+        r#"
+[sagas.s]
+start = "order.placed"
+key = "order_id"
+completed = "order.done"
+failed = "order.failed"
+
+[[sagas.s.steps]]
+name = "re serve"
+command = "inventory.*"
+success = []
+compensated = "inventory.released"
+timeout = "0s"
+retry = 3
+
+[[sagas.s.steps]]
+name = "ship"
+command = "order.ship"
+
+[[sagas.s.steps]]
+name = "ship"
+command = "order.ship-again"
+success = "order.shipped-again"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "sagas.s.steps[0].name \"re serve\" is not a valid step name: use only letters, \
+             digits, - and _ (line 18)",
+            "sagas.s.steps[0].command \"inventory.*\" is not a valid event type: it must not \
+             contain wildcards (* or >) (event types are subjects) (line 19)",
+            "sagas.s.steps[0].success must be an event type or a non-empty list of them, like \
+             [\"inventory.reserved\"], got an empty list (line 20)",
+            "sagas.s.steps[0].compensated has no meaning without compensate: set the event \
+             type that undoes the step (line 21)",
+            "sagas.s.steps[0].timeout must be a non-zero duration like 250ms, 30s, 5m or 7d, \
+             got \"0s\" (line 22)",
+            "sagas.s.steps[0].retry is not a known key; expected one of: name, command, \
+             success, failure, compensate, compensated, timeout (line 23)",
+            "sagas.s.steps[1].success is required, like success = \"inventory.reserved\" \
+             (line 25)",
+            "sagas.s.steps[2].name \"ship\" names another step already; step names must be \
+             unique in a saga (line 30)",
+        ]
+    );
+}
+
+#[test]
+fn every_saga_type_must_be_captured_by_a_stream() {
+    let text = with_sagas(
+        r#"
+[sagas.s]
+start = "order.placed"
+key = "order_id"
+completed = "saga.done"
+failed = "order.failed"
+
+[[sagas.s.steps]]
+name = "charge"
+command = "payment.charge"
+success = ["payment.charged"]
+failure = "order.charge-failed"
+compensate = "payment.refund"
+compensated = "payment.refunded"
+"#,
+    );
+    let uncaptured = |path: &str, subject: &str, line: usize| {
+        format!(
+            "sagas.s.{path} {subject:?} is not captured by any [streams.*] entry; add it to a \
+             stream's subjects (a saga's events travel through streams) (line {line})"
+        )
+    };
+    assert_eq!(
+        errors(&text),
+        [
+            uncaptured("completed", "saga.done", 14),
+            uncaptured("steps[0].command", "payment.charge", 19),
+            uncaptured("steps[0].success", "payment.charged", 20),
+            uncaptured("steps[0].compensate", "payment.refund", 22),
+            uncaptured("steps[0].compensated", "payment.refunded", 23),
+        ]
+    );
+}
+
+#[test]
+fn an_event_type_plays_one_role_in_a_saga() {
+    let text = with_sagas(
+        r#"
+[sagas.s]
+start = "order.placed"
+key = "order_id"
+completed = "order.over"
+failed = "order.over"
+
+[[sagas.s.steps]]
+name = "reserve"
+command = "inventory.reserve"
+success = "inventory.reserved"
+failure = ["inventory.failed", "inventory.reserved"]
+
+[[sagas.s.steps]]
+name = "ship"
+command = "inventory.reserved"
+success = "order.placed"
+"#,
+    );
+    let again = |path: &str, subject: &str, role: &str, line: usize| {
+        format!(
+            "sagas.s.{path} {subject:?} is already {role}; an event type plays one role in a \
+             saga, since participants and the saga tell events apart by type alone (line {line})"
+        )
+    };
+    assert_eq!(
+        errors(&text),
+        [
+            again("failed", "order.over", "the completed type", 15),
+            again(
+                "steps[0].failure",
+                "inventory.reserved",
+                "a success type of step reserve",
+                21
+            ),
+            again(
+                "steps[1].command",
+                "inventory.reserved",
+                "a success type of step reserve",
+                25
+            ),
+            again("steps[1].success", "order.placed", "the start type", 26),
         ]
     );
 }

@@ -207,6 +207,14 @@ pub(crate) async fn dlq(args: DlqArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
+    if let Some(subject) = &function.request {
+        eprintln!(
+            "jetrun: {} answers requests on {subject}: a failed request is answered with an \
+             error, never dead-lettered",
+            function.name
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let place = Place::of(&loaded.config, function);
     let result = async {
         let client = crate::nats::connect_once(&loaded.config.nats).await?;

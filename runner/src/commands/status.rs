@@ -78,7 +78,12 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         let client = crate::nats::connect_once(&loaded.config.nats).await?;
         let js = jetstream::new(client);
         let mut rows = Vec::new();
+        // Request functions have no consumer and no dead letters: listed
+        // after the table.
         for function in loaded.config.functions.values() {
+            if function.request.is_some() {
+                continue;
+            }
             let place = Place::of(&loaded.config, function);
             rows.push(Row {
                 function: function.name.clone(),
@@ -109,6 +114,14 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         }
     } else {
         print!("{}", status_table(&rows));
+        for function in loaded.config.functions.values() {
+            if let Some(subject) = &function.request {
+                println!(
+                    "{} answers requests on {subject} (jetrun micro service; see `$SRV.STATS.jetrun`)",
+                    function.name
+                );
+            }
+        }
     }
     let mut code = ExitCode::SUCCESS;
     for row in rows.iter().filter(|r| r.consumer.is_none()) {

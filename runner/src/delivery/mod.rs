@@ -427,16 +427,7 @@ async fn call_and_emit(
     ctx: &Context,
     message: &jetstream::Message,
 ) -> Result<(), Failure> {
-    if shared.config.json && !event.is_json() {
-        let err = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| format!("content type {:?}", event.datacontenttype));
-        return Err(Failure::permanent(format!(
-            "function {} takes JSON (json = true), but the event data is not JSON: {err}",
-            shared.config.name
-        )));
-    }
+    check_input(&shared.config, event)?;
     let call = shared.handler.call(event, ctx);
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
@@ -457,20 +448,58 @@ async fn call_and_emit(
         },
     };
     let emits = outcome?.emits;
-    check_emits(&shared.config, &emits)?;
+    publish_emits(
+        &shared.js,
+        &shared.config,
+        event,
+        &emits,
+        &shared.metrics.emitted,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Refuses an event whose data is not JSON when the function takes JSON
+/// (`json = true`): a permanent failure.
+pub(crate) fn check_input(config: &FunctionConfig, event: &Event) -> Result<(), Failure> {
+    if config.json && !event.is_json() {
+        let err = serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| format!("content type {:?}", event.datacontenttype));
+        return Err(Failure::permanent(format!(
+            "function {} takes JSON (json = true), but the event data is not JSON: {err}",
+            config.name
+        )));
+    }
+    Ok(())
+}
+
+/// Publishes what handling `event` emitted, once [`check_emits`] passes,
+/// each with its deterministic id ([`envelope::emitted_headers`]), counting
+/// each in `emitted`; how many the target streams already held (dropped as
+/// duplicates). Used by live deliveries and `jetrun replay` alike.
+pub(crate) async fn publish_emits(
+    js: &jetstream::Context,
+    config: &FunctionConfig,
+    event: &Event,
+    emits: &[jetrun_functions::Emit],
+    emitted: &prometheus::IntCounter,
+) -> Result<usize, Failure> {
+    check_emits(config, emits)?;
+    let mut duplicates = 0;
     for (index, emit) in emits.iter().enumerate() {
-        let headers = envelope::emitted_headers(&shared.config.name, event, index, emit);
+        let headers = envelope::emitted_headers(&config.name, event, index, emit);
         let body = serde_json::to_vec(&emit.data).unwrap_or_default();
         let subject = emit.subject().to_string();
-        let ack = match shared
-            .js
+        let ack = match js
             .publish_with_headers(subject.clone(), headers, body.into())
             .await
         {
             Ok(ack) => ack.await,
             Err(err) => Err(err),
         };
-        ack.map_err(|err| {
+        let ack = ack.map_err(|err| {
             use async_nats::jetstream::context::PublishErrorKind;
             Failure::retryable(if err.kind() == PublishErrorKind::StreamNotFound {
                 format!(
@@ -492,9 +521,12 @@ async fn call_and_emit(
                 )
             })
         })?;
-        shared.metrics.emitted.inc();
+        if ack.duplicate {
+            duplicates += 1;
+        }
+        emitted.inc();
     }
-    Ok(())
+    Ok(duplicates)
 }
 
 /// Every emitted event must go to a valid subject inside the function's

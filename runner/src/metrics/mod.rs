@@ -29,6 +29,9 @@ pub(crate) struct Metrics {
     aggregate_conflicts: IntCounterVec,
     aggregate_appended: IntCounterVec,
     projection_updates: IntCounterVec,
+    saga_instances: IntGaugeVec,
+    saga_transitions: IntCounterVec,
+    saga_ignored: IntCounterVec,
 }
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
@@ -124,6 +127,22 @@ impl Metrics {
              applied) or conflict (another writer stored first; run again).",
             &["function", "outcome"],
         );
+        let saga_instances = gauge(
+            "jetrun_saga_instances",
+            "Saga instances stored, by state: running, compensating, completed, failed, stuck.",
+            &["saga", "state"],
+        );
+        let saga_transitions = counter(
+            "jetrun_saga_transitions_total",
+            "Saga transitions, by step (empty for the saga's own) and outcome: command, reply, \
+             timeout, compensate, compensated, completed, failed.",
+            &["saga", "step", "outcome"],
+        );
+        let saga_ignored = counter(
+            "jetrun_saga_replies_ignored_total",
+            "Saga inputs that changed nothing, by reason: duplicate, late, unexpected, unknown.",
+            &["saga", "reason"],
+        );
         let config_reloads = counter(
             "jetrun_config_reloads_total",
             "Config reloads (SIGHUP or --watch), by result: success or failure.",
@@ -171,6 +190,22 @@ impl Metrics {
             aggregate_conflicts,
             aggregate_appended,
             projection_updates,
+            saga_instances,
+            saga_transitions,
+            saga_ignored,
+        }
+    }
+
+    /// The handles of saga `name`; its instance gauges exist from the start.
+    pub(crate) fn for_saga(&self, name: &str) -> SagaMetrics {
+        for state in SAGA_STATES {
+            self.saga_instances.with_label_values(&[name, state]);
+        }
+        SagaMetrics {
+            saga: name.to_string(),
+            instances: self.saga_instances.clone(),
+            transitions: self.saga_transitions.clone(),
+            ignored: self.saga_ignored.clone(),
         }
     }
 
@@ -232,6 +267,57 @@ impl Metrics {
             tracing::warn!(%err, "Could not encode metrics.");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The states `jetrun_saga_instances` reports, as the machine names them.
+const SAGA_STATES: [&str; 5] = ["running", "compensating", "completed", "failed", "stuck"];
+
+/// One saga's metric handles.
+#[derive(Clone)]
+pub(crate) struct SagaMetrics {
+    saga: String,
+    instances: IntGaugeVec,
+    transitions: IntCounterVec,
+    ignored: IntCounterVec,
+}
+
+impl SagaMetrics {
+    /// Counts an input that changed nothing, by `reason`.
+    pub(crate) fn ignored(&self, reason: &str) {
+        self.ignored
+            .with_label_values(&[self.saga.as_str(), reason])
+            .inc();
+    }
+
+    /// Counts one transition of `step` (empty for the saga's own events).
+    pub(crate) fn transition(&self, step: &str, kind: impl serde::Serialize) {
+        let outcome = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.transitions
+            .with_label_values(&[self.saga.as_str(), step, &outcome])
+            .inc();
+    }
+
+    /// Sets the instance gauges from every instance's state.
+    pub(crate) fn count_states(&self, states: impl Iterator<Item = impl serde::Serialize>) {
+        let mut counts = [0i64; SAGA_STATES.len()];
+        for state in states {
+            let name = serde_json::to_value(state).ok();
+            if let Some(i) = SAGA_STATES
+                .iter()
+                .position(|s| name.as_ref().and_then(|v| v.as_str()) == Some(s))
+            {
+                counts[i] += 1;
+            }
+        }
+        for (state, count) in SAGA_STATES.iter().zip(counts) {
+            self.instances
+                .with_label_values(&[self.saga.as_str(), state])
+                .set(count);
+        }
     }
 }
 
