@@ -81,6 +81,9 @@ enum Command {
     /// Print the events stored on a subject (wildcards allowed), oldest first.
     #[command(after_help = crate::commands::events::EXAMPLES)]
     Events(crate::commands::events::EventsArgs),
+    /// A saga's instances: list them, or show one's timeline, state and data.
+    #[command(after_help = crate::commands::saga::EXAMPLES)]
+    Saga(crate::commands::saga::SagaArgs),
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -174,6 +177,7 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
         Command::Projection(args) => return crate::commands::projection::projection(args).await,
         Command::Replay(args) => return crate::commands::replay::replay(args).await,
         Command::Events(args) => return crate::commands::events::events(args).await,
+        Command::Saga(args) => return crate::commands::saga::saga(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,11 +31,26 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Starts jetrun with one `noop` function on `ev.ping` and waits until it is
-/// ready and its consumer is bound.
+/// A saga no event starts: its metric series (at 0) are what the
+/// dashboard's and the alerts' saga queries read.
+const SAGA: &str = r#"
+[sagas.idle]
+start = "ev.idle.started"
+key = "id"
+completed = "ev.idle.completed"
+failed = "ev.idle.failed"
+
+[[sagas.idle.steps]]
+name = "wait"
+command = "ev.idle.wait"
+success = "ev.idle.waited"
+"#;
+
+/// Starts jetrun with one `noop` function on `ev.ping` and an idle saga, and
+/// waits until it is ready and the function's consumer is bound.
 async fn start_jetrun(bed: &TestBed) -> Runner {
     let config = bed.write_config(&format!(
-        "{}\n[functions.{FUNCTION}]\nsubjects = [\"ev.ping\"]\nbuiltin = \"noop\"\n",
+        "{}\n[functions.{FUNCTION}]\nsubjects = [\"ev.ping\"]\nbuiltin = \"noop\"\n{SAGA}",
         bed.base_config()
     ));
     let runner = Runner::start(&config);
@@ -127,6 +142,7 @@ fn with_variables(query: &str) -> String {
         .replace("$__rate_interval", "1m")
         .replace("$__range", "5m")
         .replace("$function", ".*")
+        .replace("$saga", ".*")
 }
 
 /// The metric names an expression reads: its identifiers starting with
@@ -261,7 +277,8 @@ async fn a_real_prometheus_scrapes_jetrun_with_the_repo_config() {
         BTreeSet::from([
             "JetrunBacklogGrowing",
             "JetrunDeadLetters",
-            "JetrunNotReady"
+            "JetrunNotReady",
+            "JetrunSagaStuck"
         ]),
         "{data}"
     );

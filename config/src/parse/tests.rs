@@ -1139,6 +1139,10 @@ const SAMPLES: &[(&str, &str)] = &[
         "examples/orders-cqrs.toml",
         include_str!("../../examples/orders-cqrs.toml"),
     ),
+    (
+        "examples/ecommerce-saga.toml",
+        include_str!("../../examples/ecommerce-saga.toml"),
+    ),
 ];
 
 #[test]

@@ -5,4 +5,5 @@ pub(crate) mod events;
 pub(crate) mod init;
 pub(crate) mod projection;
 pub(crate) mod replay;
+pub(crate) mod saga;
 pub(crate) mod status;

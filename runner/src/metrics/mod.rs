@@ -196,10 +196,19 @@ impl Metrics {
         }
     }
 
-    /// The handles of saga `name`; its instance gauges exist from the start.
+    /// The handles of saga `name`. Its instance gauges, ignored replies and
+    /// saga-level endings (`completed`, `failed`) exist at 0 from the start;
+    /// a step's transitions from its first.
     pub(crate) fn for_saga(&self, name: &str) -> SagaMetrics {
         for state in SAGA_STATES {
             self.saga_instances.with_label_values(&[name, state]);
+        }
+        for reason in SAGA_IGNORED_REASONS {
+            self.saga_ignored.with_label_values(&[name, reason]);
+        }
+        for outcome in ["completed", "failed"] {
+            self.saga_transitions
+                .with_label_values(&[name, "", outcome]);
         }
         SagaMetrics {
             saga: name.to_string(),
@@ -273,6 +282,9 @@ impl Metrics {
 /// The states `jetrun_saga_instances` reports, as the machine names them.
 const SAGA_STATES: [&str; 5] = ["running", "compensating", "completed", "failed", "stuck"];
 
+/// Why `jetrun_saga_replies_ignored_total` says an input changed nothing.
+const SAGA_IGNORED_REASONS: [&str; 4] = ["duplicate", "late", "unexpected", "unknown"];
+
 /// One saga's metric handles.
 #[derive(Clone)]
 pub(crate) struct SagaMetrics {
@@ -335,4 +347,37 @@ pub(crate) struct FunctionMetrics {
     pub(crate) emitted: IntCounter,
     pub(crate) pending: IntGauge,
     pub(crate) ack_pending: IntGauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sagas_series_exist_at_zero_and_count_what_the_runtime_reports() {
+        let metrics = Metrics::new();
+        let saga = metrics.for_saga("fulfil");
+        let text = metrics.render();
+        for series in [
+            r#"jetrun_saga_instances{saga="fulfil",state="stuck"} 0"#,
+            r#"jetrun_saga_replies_ignored_total{reason="late",saga="fulfil"} 0"#,
+            r#"jetrun_saga_transitions_total{outcome="failed",saga="fulfil",step=""} 0"#,
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
+
+        saga.count_states(["running", "stuck", "running"].into_iter());
+        saga.transition("reserve", "compensate");
+        saga.ignored("duplicate");
+        let text = metrics.render();
+        for series in [
+            r#"jetrun_saga_instances{saga="fulfil",state="running"} 2"#,
+            r#"jetrun_saga_instances{saga="fulfil",state="stuck"} 1"#,
+            r#"jetrun_saga_instances{saga="fulfil",state="failed"} 0"#,
+            r#"jetrun_saga_transitions_total{outcome="compensate",saga="fulfil",step="reserve"} 1"#,
+            r#"jetrun_saga_replies_ignored_total{reason="duplicate",saga="fulfil"} 1"#,
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! state machine is pure (`machine`); the runtime around it stores each
 //! instance in a KV bucket and publishes what the machine decides.
 
-mod machine;
+pub(crate) mod machine;
 mod runtime;
 
-pub(crate) use runtime::run;
+pub(crate) use runtime::{bucket, run};
