@@ -109,6 +109,11 @@ pub(crate) async fn reload(
             "[nats] and [metrics] changes take effect at the next restart; the rest is reloaded."
         );
     }
+    if config.sagas != current.sagas {
+        tracing::warn!(
+            "[sagas] changes take effect at the next restart; the running sagas keep their steps."
+        );
+    }
     if let Err(err) = nats::ensure_streams(js, &config).await {
         tracing::error!(error = %format!("{err:#}"), "Config reload refused: cannot set up its streams; the running config stays.");
         metrics.reloaded(false);

@@ -43,6 +43,15 @@ struct Stored {
     /// What the last change decided to publish; emptied once published.
     #[serde(default)]
     outbox: Vec<Publish>,
+    /// The saga's step names when the instance started: an instance keeps
+    /// step indices, so one started under other steps (the config changed
+    /// since) is left alone rather than misread.
+    #[serde(default)]
+    steps: Vec<String>,
+}
+
+fn step_names(saga: &SagaConfig) -> Vec<String> {
+    saga.steps.iter().map(|s| s.name.clone()).collect()
 }
 
 /// One saga's running parts.
@@ -361,6 +370,16 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String>
             Some(entry) => (None, entry.revision),
             None => (None, 0),
         };
+        if let Some(stored) = &current {
+            if stored.steps != step_names(&saga.config) {
+                tracing::error!(
+                    saga = %saga.config.name, %key, started_with = ?stored.steps,
+                    "This instance started under other steps; it is left as it is (see `jetrun saga show`)."
+                );
+                saga.metrics.ignored("unexpected");
+                return Ok(false);
+            }
+        }
         let now = now_ms();
         let change = match machine::advance(
             &saga.config,
@@ -385,6 +404,7 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String>
         let stored = Stored {
             instance: change.instance,
             outbox: change.publish,
+            steps: step_names(&saga.config),
         };
         let bytes = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
         let written = if revision == 0 {
@@ -491,11 +511,16 @@ async fn watch_instances(saga: Arc<Saga>) {
             if entry.key.starts_with("corr_") {
                 continue;
             }
+            let steps = step_names(&saga.config);
             let known = (entry.operation == Operation::Put)
                 .then(|| serde_json::from_slice::<Stored>(&entry.value).ok())
                 .flatten()
                 .map(|stored| Known {
-                    deadline: stored.instance.next_deadline_ms(),
+                    deadline: if stored.steps == steps {
+                        stored.instance.next_deadline_ms()
+                    } else {
+                        None
+                    },
                     state: stored.instance.state,
                     outbox_since: (!stored.outbox.is_empty()).then_some(stored.instance.updated_ms),
                 });
