@@ -4,7 +4,8 @@
 //! (its dead letter, too big for the server's max_payload with jetrun's
 //! headers, is cut to fit and says so), and a header value that is not UTF-8
 //! (which the NATS client cannot even read: jetrun finds it through the
-//! stream's message-get API, dead-letters it and deletes it from its stream).
+//! stream's message-get API, dead-letters it and deletes it from its stream),
+//! an empty body, and a flood of 200 headers.
 
 use std::time::Duration;
 
@@ -108,6 +109,13 @@ async fn bad_input_is_dead_lettered_and_good_input_keeps_flowing() {
     )
     .await;
     publish_bare(&client, "ev.in", publish_good()).await;
+    publish_bare(&client, "ev.in", "").await;
+    let mut flood = HeaderMap::new();
+    for i in 0..200 {
+        flood.insert(format!("X-Flood-{i}").as_str(), "x");
+    }
+    publish_with_headers(&client, "ev.in", flood, r#"{"flood":1}"#).await;
+    publish_bare(&client, "ev.in", publish_good()).await;
     let good = good as f64;
 
     let metrics = bed.metrics;
@@ -123,7 +131,7 @@ async fn bad_input_is_dead_lettered_and_good_input_keeps_flowing() {
                     &[("function", "strict"), ("outcome", outcome)],
                 )
             };
-            count("success") == Some(good) && count("dead_letter") == Some(4.0)
+            count("success") == Some(good) && count("dead_letter") == Some(6.0)
         },
     )
     .await;
@@ -131,7 +139,7 @@ async fn bad_input_is_dead_lettered_and_good_input_keeps_flowing() {
     // In the order they failed, which the unreadable message shuffles: each
     // delivery of it drops the client's connection until it is taken out.
     let letters = stream_messages(js, "DLQ").await;
-    assert_eq!(letters.len(), 4, "{}", runner.log());
+    assert_eq!(letters.len(), 6, "{}", runner.log());
     for letter in &letters {
         assert_eq!(
             header(&letter.headers, "Jetrun-Reason").as_deref(),
@@ -153,6 +161,14 @@ async fn bad_input_is_dead_lettered_and_good_input_keeps_flowing() {
         "the 1 MiB dead letter says it was cut"
     );
     assert!(cut.payload.len() < MIB && noise.starts_with(&cut.payload));
+    assert!(
+        letter("EOF while parsing").payload.is_empty(),
+        "the empty body"
+    );
+    assert_eq!(
+        &letter("200 headers, more than the 128").payload[..],
+        br#"{"flood":1}"#
+    );
     let unreadable = letter("not valid UTF-8");
     assert_eq!(&unreadable.payload[..], br#"{"bad":1}"#);
     assert!(header(&unreadable.headers, "Jetrun-Original-Headers-Base64").is_some());
@@ -173,6 +189,6 @@ async fn bad_input_is_dead_lettered_and_good_input_keeps_flowing() {
             "jetrun_dead_letters_total",
             &[("function", "strict"), ("reason", "permanent")]
         ),
-        Some(4.0)
+        Some(6.0)
     );
 }
