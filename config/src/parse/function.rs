@@ -326,8 +326,20 @@ fn function(
     let retry = retry::function(ctx, &section, &defaults.retry);
     section.finish(ctx);
 
-    let concurrency = over(own.concurrency, defaults.concurrency);
-    let max_ack_pending = over(own.max_ack_pending, defaults.max_ack_pending);
+    // A projection on a stream applies each key's events in stream order
+    // (one older than the last applied is skipped), so unless its own table
+    // says otherwise it takes one event at a time, whatever [defaults] say.
+    let one_at_a_time = matches!(&role, Ok(RoleDraft::Projection(_))) && !is_request;
+    let (concurrency, max_ack_pending) = if one_at_a_time {
+        let concurrency = over(own.concurrency, Some(1));
+        let window = concurrency.and_then(|c| i64::try_from(c).ok());
+        (concurrency, over(own.max_ack_pending, window))
+    } else {
+        (
+            over(own.concurrency, defaults.concurrency),
+            over(own.max_ack_pending, defaults.max_ack_pending),
+        )
+    };
     let window = ack_window(ctx, &section, concurrency, max_ack_pending);
     let settings = match (
         window,

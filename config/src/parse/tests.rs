@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{
-    parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, Retention,
-    RetryPolicy, SagaConfig, SagaStep, Storage,
+    parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, ProjectionConfig,
+    Retention, RetryPolicy, Role, SagaConfig, SagaStep, Storage,
 };
 
 const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
@@ -1530,4 +1530,45 @@ success = "order.placed"
             again("steps[1].success", "order.placed", "the start type", 26),
         ]
     );
+}
+
+#[test]
+fn a_projection_takes_one_event_at_a_time_unless_it_says_otherwise() {
+    let config = ok(r#"
+[defaults]
+concurrency = 32
+
+[streams.S]
+subjects = ["order.>"]
+
+[functions.summary]
+subjects = ["order.>"]
+projection = { bucket = "summaries", key = "order_id" }
+builtin = "noop"
+
+[functions.fast]
+subjects = ["order.>"]
+projection = { bucket = "fast", key = "/order/id" }
+builtin = "noop"
+concurrency = 4
+
+[functions.query]
+request = "q.summary"
+projection = { bucket = "summaries", key = "order_id" }
+builtin = "noop"
+"#);
+    let summary = &config.functions["summary"];
+    assert_eq!((summary.concurrency, summary.max_ack_pending), (1, 1));
+    assert_eq!(
+        summary.role,
+        Role::Projection(ProjectionConfig {
+            bucket: "summaries".into(),
+            key: "/order_id".into()
+        })
+    );
+    assert_eq!(config.functions["fast"].concurrency, 4);
+    let query = &config.functions["query"];
+    assert_eq!(query.concurrency, 32, "a query is no projection");
+    assert_eq!(query.request.as_deref(), Some("q.summary"));
+    assert!(query.subjects.is_empty());
 }
