@@ -431,7 +431,12 @@ impl ReadModel {
 
     /// The bucket holding the model now.
     async fn bucket(&self) -> Result<Bucket, Failure> {
-        if let Some((at, bucket)) = self.cached.lock().expect("not poisoned").as_ref() {
+        if let Some((at, bucket)) = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
             if at.elapsed() < POINTER_TTL {
                 return Ok(bucket.clone());
             }
@@ -439,7 +444,10 @@ impl ReadModel {
         let started = Instant::now();
         let (physical, _) = pointer(&self.js, &self.logical).await?;
         let bucket = Bucket::new(&self.js, &physical).await?;
-        *self.cached.lock().expect("not poisoned") = Some((started, bucket.clone()));
+        *self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((started, bucket.clone()));
         Ok(bucket)
     }
 
@@ -451,7 +459,10 @@ impl ReadModel {
         if let Some(stored) = bucket.read(key).await? {
             return Ok((bucket, Some(stored)));
         }
-        *self.cached.lock().expect("not poisoned") = None;
+        *self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let fresh = self.bucket().await?;
         if fresh.name == bucket.name {
             return Ok((bucket, None));
