@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 /// A command handler for `order` in exec worker mode. State: the count and
 /// the sum of `n` over the instance's `item_added` events (from the snapshot
 /// and the history after it). A command `{"order_id", "n"}` appends
-/// `item_added {"n"}` and replies with the version after it, how many
-/// history events it was given and the state before it; `"reject": true`
-/// fails permanently (validation); `"sleep": s` waits first.
+/// `item_added {"n"}` (`"parts": k` of them) and replies with the version
+/// after it, how many history events it was given and the state before it;
+/// `"reject": true` fails permanently (validation); `"sleep": s` waits first.
 const ORDER_PY: &str = r#"import json
 import sys
 import time
@@ -38,10 +38,11 @@ for line in sys.stdin:
         if command.get("sleep"):
             time.sleep(command["sleep"])
         n = command.get("n", 0)
+        parts = command.get("parts", 1)
         reply = {"ok": True, "result": {
-            "append": [{"type": "item_added", "data": {"n": n}}],
-            "reply": {"version": aggregate["version"] + 1, "read": len(aggregate["history"]), "state": state},
-            "snapshot": {"count": state["count"] + 1, "sum": state["sum"] + n},
+            "append": [{"type": "item_added", "data": {"n": n, "part": p}} for p in range(parts)],
+            "reply": {"version": aggregate["version"] + parts, "read": len(aggregate["history"]), "state": state},
+            "snapshot": {"count": state["count"] + parts, "sum": state["sum"] + n * parts},
         }}
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
@@ -308,4 +309,76 @@ async fn a_long_history_loads_from_its_snapshot_with_the_same_state() {
         .expect("a snapshot stored");
     let stored: Value = serde_json::from_slice(&message.payload).unwrap();
     assert_eq!(stored["version"], 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_appending_several_events_appends_them_together() {
+    let bed = TestBed::new();
+    let first = config(&bed, "max_conflict_retries = 100");
+    let (second, second_metrics) = second_replica(&bed, &first);
+    let runner = Runner::start(&first);
+    let _other = Runner::start(&second);
+    wait_ready(bed.metrics).await;
+    wait_ready(second_metrics).await;
+    let client = patient_client(&bed).await;
+
+    // 30 commands of 3 events each, racing over two replicas: each
+    // command's events land together (an atomic batch), never interleaved.
+    let commands = 30u64;
+    let replies = futures::stream::iter(1..=commands)
+        .map(|n| {
+            let client = client.clone();
+            async move { command(&client, json!({"order_id": "batch", "n": n, "parts": 3})).await }
+        })
+        .buffer_unordered(commands as usize)
+        .collect::<Vec<_>>()
+        .await;
+    let mut versions = BTreeSet::new();
+    for (headers, body) in &replies {
+        assert_eq!(service_error(headers), None, "{body}\n{}", runner.log());
+        versions.insert(body["version"].as_u64().expect("a version"));
+    }
+    assert_eq!(
+        versions,
+        (1..=commands).map(|c| c * 3).collect::<BTreeSet<_>>()
+    );
+
+    let js = bed.jetstream().await;
+    let stored = stream_messages(&js, "ORDERS").await;
+    assert_eq!(stored.len() as u64, commands * 3, "{}", runner.log());
+    let ns: Vec<(u64, u64)> = stored
+        .iter()
+        .map(|m| {
+            let data: Value = serde_json::from_slice(&m.payload).unwrap();
+            (data["n"].as_u64().unwrap(), data["part"].as_u64().unwrap())
+        })
+        .collect();
+    for batch in ns.chunks(3) {
+        let n = batch[0].0;
+        assert_eq!(
+            batch,
+            [(n, 0), (n, 1), (n, 2)],
+            "one command's events together: {ns:?}"
+        );
+    }
+    let mut conflicts = 0.0;
+    for metrics in [bed.metrics, second_metrics] {
+        let text = scrape(metrics).await;
+        conflicts += metric(
+            &text,
+            "jetrun_aggregate_conflicts_total",
+            &[("aggregate", "order")],
+        )
+        .unwrap_or(0.0);
+    }
+    eprintln!("batch conflicts: {conflicts}");
+    assert!(
+        conflicts > 0.0,
+        "the replicas' batches conflicted and were run again"
+    );
+    let info = js.get_stream("ORDERS").await.unwrap().cached_info().clone();
+    assert!(
+        info.config.allow_atomic_publish,
+        "an aggregate's stream takes atomic batches"
+    );
 }

@@ -278,8 +278,9 @@ impl CommandHandler {
         Ok(instance)
     }
 
-    /// Appends `events` to instance `id` as loaded; each is guarded by the
-    /// sequence of the one before, the first by the instance's last.
+    /// Appends `events` to instance `id` as loaded, guarded by the
+    /// instance's last sequence: one event with a plain publish, several as
+    /// one atomic batch (all stored or none). `(version, last sequence)`.
     async fn append(
         &self,
         id: &str,
@@ -287,8 +288,8 @@ impl CommandHandler {
         events: &[NewEvent],
         command: &Event,
     ) -> Result<(u64, u64), AppendError> {
-        let mut expected = instance.last_sequence;
-        for (index, new) in events.iter().enumerate() {
+        let mut subjects = Vec::with_capacity(events.len());
+        for new in events {
             let subject = format!("{}.{}", self.aggregate.subject.instance(id), new.event_type);
             if !jetrun_config::is_publish_subject(&subject) || new.event_type.is_empty() {
                 return Err(AppendError::Failed(Failure::permanent(format!(
@@ -296,31 +297,74 @@ impl CommandHandler {
                     new.event_type
                 ))));
             }
-            let headers = self.headers(id, index, new, command, expected);
-            let body = serde_json::to_vec(&new.data).unwrap_or_default();
+            subjects.push(subject);
+        }
+        let batch = (events.len() > 1).then(|| uuid::Uuid::new_v4().to_string());
+        let last = events.len() - 1;
+        let mut stored = instance.last_sequence;
+        for (index, (new, subject)) in events.iter().zip(&subjects).enumerate() {
+            // The guard goes on the first event: in a batch it holds for all.
+            let guard = (index == 0).then_some(instance.last_sequence);
+            let mut headers = self.headers(id, index, new, command, guard);
+            if let Some(batch) = &batch {
+                headers.insert("Nats-Batch-Id", batch.as_str());
+                headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+                if index == last {
+                    headers.insert("Nats-Batch-Commit", "1");
+                }
+            }
+            let body: bytes::Bytes = serde_json::to_vec(&new.data).unwrap_or_default().into();
+            let failed = |err: &dyn std::fmt::Display| {
+                let text = err.to_string();
+                if text.contains("wrong last sequence") {
+                    AppendError::Conflict
+                } else {
+                    AppendError::Failed(Failure::retryable(format!(
+                        "cannot append {} to {subject}: {text}",
+                        new.event_type
+                    )))
+                }
+            };
+            if batch.is_some() && index < last {
+                // The batch's first message is a request the server answers
+                // (empty, or an error); the ones after it are plain publishes.
+                let client = self.js.client();
+                if index == 0 {
+                    let reply = client
+                        .request_with_headers(subject.clone(), headers, body)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    if let Ok(answer) = serde_json::from_slice::<Value>(&reply.payload) {
+                        if let Some(error) = answer.get("error") {
+                            return Err(failed(&error));
+                        }
+                    }
+                } else {
+                    client
+                        .publish_with_headers(subject.clone(), headers, body)
+                        .await
+                        .map_err(|e| failed(&e))?;
+                }
+                continue;
+            }
             let ack = match self
                 .js
-                .publish_with_headers(subject.clone(), headers, body.into())
+                .publish_with_headers(subject.clone(), headers, body)
                 .await
             {
                 Ok(ack) => ack.await,
                 Err(err) => Err(err),
             };
             match ack {
-                Ok(ack) => expected = ack.sequence,
-                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence && index == 0 => {
+                Ok(ack) => stored = ack.sequence,
+                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
                     return Err(AppendError::Conflict)
                 }
-                Err(err) => {
-                    return Err(AppendError::Failed(Failure::retryable(format!(
-                        "cannot append {} to {subject}: {err}",
-                        new.event_type
-                    ))))
-                }
+                Err(err) => return Err(failed(&err)),
             }
-            self.appended.inc();
         }
-        Ok((instance.version + events.len() as u64, expected))
+        self.appended.inc_by(events.len() as u64);
+        Ok((instance.version + events.len() as u64, stored))
     }
 
     /// An appended event's headers: CloudEvents binary mode, the command's
@@ -333,7 +377,7 @@ impl CommandHandler {
         index: usize,
         new: &NewEvent,
         command: &Event,
-        expected: u64,
+        guard: Option<u64>,
     ) -> HeaderMap {
         let event_id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
@@ -362,14 +406,16 @@ impl CommandHandler {
             headers.insert("ce-traceparent", traceparent.as_str());
         }
         headers.insert("Nats-Msg-Id", event_id.as_str());
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected.to_string().as_str(),
-        );
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence-Subject",
-            self.aggregate.subject.events_of(id).as_str(),
-        );
+        if let Some(expected) = guard {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expected.to_string().as_str(),
+            );
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                self.aggregate.subject.events_of(id).as_str(),
+            );
+        }
         headers
     }
 

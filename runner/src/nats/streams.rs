@@ -22,7 +22,10 @@ pub(crate) struct StreamConflict {
 /// Makes every declared stream, and `DLQ`, look as the config says.
 pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Result<()> {
     for (name, stream) in &config.streams {
-        ensure(js, desired(name, stream)).await?;
+        let mut spec = desired(name, stream);
+        // An aggregate appends a command's events as one atomic batch.
+        spec.allow_atomic_publish = config.aggregates.values().any(|a| &a.stream == name);
+        ensure(js, spec).await?;
     }
     let replicas = config
         .streams
@@ -89,6 +92,9 @@ async fn ensure(js: &Context, want: StreamSpec) -> anyhow::Result<()> {
     }
     if want.duplicate_window != std::time::Duration::ZERO {
         updated.duplicate_window = want.duplicate_window;
+    }
+    if want.allow_atomic_publish {
+        updated.allow_atomic_publish = true;
     }
     if updated != existing {
         use async_nats::jetstream::context::CreateStreamErrorKind;
