@@ -13,6 +13,8 @@ use crate::ports::free_port;
 use crate::repo::repo_root;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// What nats-server logs once it listens for clients.
+const READY_LINE: &str = "Server is ready";
 
 /// The nats-server binary: env `NATS_SERVER_BIN`, else the repo-local
 /// `.jetrun/tools/bin/nats-server` that `deploy/install-nats-server.sh`
@@ -133,6 +135,7 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        let ready_before = self.log().matches(READY_LINE).count();
         let log = open_append(&self.log_path());
         let mut command = Command::new(&self.bin);
         if let Some(config) = &self.config {
@@ -149,10 +152,14 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(ready_before);
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until this server says it is ready (its log has one more
+    /// [`READY_LINE`] than before it started: the log is kept across
+    /// restarts) and accepts connections. The log, not the port alone: a
+    /// port can be answered by another process.
+    fn wait_ready(&mut self, ready_before: usize) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -167,7 +174,9 @@ impl NatsServer {
                     self.log()
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if self.log().matches(READY_LINE).count() > ready_before
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return;
             }
             assert!(
