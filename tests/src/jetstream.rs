@@ -10,6 +10,9 @@ use async_nats::jetstream::Context;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
 use crate::wait::wait_until;
 
 /// Connects to `url`.
@@ -121,4 +124,46 @@ pub async fn wait_acked(js: &Context, stream: &str, consumer: &str, last: u64) {
 /// The first value of header `name` (exact spelling) as text.
 pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|value| value.as_str().to_string())
+}
+
+/// Publishes `body` on `subject` with a header block of raw bytes, as a
+/// publisher that does not check them would (async-nats refuses to): a
+/// header value that is not UTF-8, say.
+pub async fn publish_raw_headers(port: u16, subject: &str, header_line: &[u8], body: &[u8]) {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    lines.next_line().await.expect("INFO").expect("INFO line");
+    let mut headers = b"NATS/1.0\r\n".to_vec();
+    headers.extend_from_slice(header_line);
+    headers.extend_from_slice(b"\r\n\r\n");
+    let mut frame = b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n".to_vec();
+    frame.extend_from_slice(
+        format!(
+            "HPUB {subject} {} {}\r\n",
+            headers.len(),
+            headers.len() + body.len()
+        )
+        .as_bytes(),
+    );
+    frame.extend_from_slice(&headers);
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(b"\r\nPING\r\n");
+    write.write_all(&frame).await.expect("write");
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("PONG before EOF");
+        assert!(
+            !line.starts_with("-ERR"),
+            "server refused the publish: {line}"
+        );
+        if line == "PONG" {
+            break;
+        }
+    }
 }

@@ -11,10 +11,8 @@ use std::time::Instant;
 use async_nats::jetstream::stream::Config as StreamConfig;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
-use jetrun_e2e::{parse_rfc3339, run_command, unix_now, TestBed};
+use jetrun_e2e::{parse_rfc3339, publish_raw_headers, run_command, unix_now, TestBed};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 /// `jetrun events ARGS... -c CONFIG`: exit code, stdout, stderr.
 fn events(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -197,40 +195,6 @@ async fn the_stream_is_found_or_named() {
         stderr.contains("\"ev..x\" is not a subject: a token is empty"),
         "{stderr}"
     );
-}
-
-/// Publishes `body` on `subject` with a raw header block, as a publisher
-/// that does not check its bytes would (async-nats refuses to).
-async fn publish_raw_headers(port: u16, subject: &str, header_line: &[u8], body: &[u8]) {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    lines.next_line().await.expect("INFO").expect("INFO line");
-    let mut headers = b"NATS/1.0\r\n".to_vec();
-    headers.extend_from_slice(header_line);
-    headers.extend_from_slice(b"\r\n\r\n");
-    let mut frame = b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n".to_vec();
-    frame.extend_from_slice(
-        format!(
-            "HPUB {subject} {} {}\r\n",
-            headers.len(),
-            headers.len() + body.len()
-        )
-        .as_bytes(),
-    );
-    frame.extend_from_slice(&headers);
-    frame.extend_from_slice(body);
-    frame.extend_from_slice(b"\r\nPING\r\n");
-    write.write_all(&frame).await.expect("write");
-    loop {
-        let line = lines.next_line().await.expect("read").expect("PONG");
-        assert!(!line.starts_with("-ERR"), "server refused: {line}");
-        if line == "PONG" {
-            break;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,54 +11,11 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use jetrun_e2e::{
-    header, metric, publish_bare, publish_with_headers, scrape, stream_messages, wait_for_consumer,
-    wait_until, Runner, TestBed,
+    header, metric, publish_bare, publish_raw_headers, publish_with_headers, scrape,
+    stream_messages, wait_for_consumer, wait_until, Runner, TestBed,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const MIB: usize = 1024 * 1024;
-
-/// Publishes `body` on `subject` with a header block of raw bytes, as a
-/// publisher that does not check them would (async-nats refuses to).
-async fn publish_raw_headers(port: u16, subject: &str, header_line: &[u8], body: &[u8]) {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    lines.next_line().await.expect("INFO").expect("INFO line");
-    let mut headers = b"NATS/1.0\r\n".to_vec();
-    headers.extend_from_slice(header_line);
-    headers.extend_from_slice(b"\r\n\r\n");
-    let mut frame = b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n".to_vec();
-    frame.extend_from_slice(
-        format!(
-            "HPUB {subject} {} {}\r\n",
-            headers.len(),
-            headers.len() + body.len()
-        )
-        .as_bytes(),
-    );
-    frame.extend_from_slice(&headers);
-    frame.extend_from_slice(body);
-    frame.extend_from_slice(b"\r\nPING\r\n");
-    write.write_all(&frame).await.expect("write");
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("read")
-            .expect("PONG before EOF");
-        assert!(
-            !line.starts_with("-ERR"),
-            "server refused the publish: {line}"
-        );
-        if line == "PONG" {
-            break;
-        }
-    }
-}
 
 /// Deterministic noise (xorshift), so a failure can be replayed.
 fn random_bytes(len: usize) -> Vec<u8> {
