@@ -49,8 +49,21 @@ fn check_header_flood(headers: &HeaderMap) -> Result<(), Failure> {
 pub(crate) struct Origin<'a> {
     pub(crate) subject: &'a str,
     pub(crate) stream: &'a str,
+    /// 0 for a message no stream stored (a request).
     pub(crate) sequence: u64,
     pub(crate) published: SystemTime,
+}
+
+impl Origin<'_> {
+    /// The id of a message that names none: its place in its stream, the
+    /// same on every redelivery; a new UUID for one no stream stored.
+    fn unnamed_id(&self) -> String {
+        if self.sequence == 0 {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            format!("{}:{}", self.stream, self.sequence)
+        }
+    }
 }
 
 const STRUCTURED: &str = "application/cloudevents+json";
@@ -184,7 +197,7 @@ fn hand_written_envelope(origin: &Origin<'_>, body: &Bytes) -> Option<Event> {
         // same on every redelivery, so what the event causes keeps its ids.
         id: string(fields.remove("event_id"))
             .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| format!("{}:{}", origin.stream, origin.sequence)),
+            .unwrap_or_else(|| origin.unnamed_id()),
         source: string(fields.remove("source")).unwrap_or_else(|| "unknown".into()),
         event_type,
         time: string(fields.remove("timestamp")),
@@ -201,7 +214,7 @@ fn hand_written_envelope(origin: &Origin<'_>, body: &Bytes) -> Option<Event> {
 fn bare(origin: &Origin<'_>, msg_id: Option<String>, body: &Bytes) -> Event {
     let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
     Event {
-        id: msg_id.unwrap_or_else(|| format!("{}:{}", origin.stream, origin.sequence)),
+        id: msg_id.unwrap_or_else(|| origin.unnamed_id()),
         source: format!("nats://{}", origin.stream),
         event_type: origin.subject.to_string(),
         time: rfc3339(origin.published),
@@ -273,14 +286,23 @@ pub(crate) fn emitted_id(function: &str, input: &Event, index: usize) -> String 
         .to_owned()
 }
 
-/// The headers of an emitted event in binary mode, `Nats-Msg-Id` included.
-/// Names are static and values moved in: this runs once per emitted event.
-pub(crate) fn emitted_headers(
-    function: &str,
-    input: &Event,
-    index: usize,
-    emit: &Emit,
-) -> HeaderMap {
+/// An event jetrun publishes itself: a function's emit, an aggregate's
+/// appended event, a saga's command.
+pub(crate) struct Outgoing<'a> {
+    /// Also its `Nats-Msg-Id`, so a publish tried again is stored once.
+    pub(crate) id: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) correlation_id: Option<&'a str>,
+    pub(crate) causation_id: Option<&'a str>,
+    /// The event it answers, whose trace context it carries on.
+    pub(crate) traced_from: Option<&'a Event>,
+}
+
+/// The headers of an event jetrun publishes, in CloudEvents binary mode,
+/// `Nats-Msg-Id` included. Names are static and values moved in: this runs
+/// once per emitted event.
+pub(crate) fn binary_headers(event: &Outgoing<'_>) -> HeaderMap {
     use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
     const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
     const ID: HeaderName = HeaderName::from_static("ce-id");
@@ -302,32 +324,53 @@ pub(crate) fn emitted_headers(
             "tracestate",
         ),
     ];
-    let id = emitted_id(function, input, index);
     let mut headers = HeaderMap::new();
     headers.insert(SPECVERSION, "1.0");
-    headers.insert(ID, id.as_str());
-    headers.insert(NATS_MESSAGE_ID, id);
-    headers.insert(TYPE, emit.event_type.as_str());
-    let mut source = String::with_capacity(7 + function.len());
-    source.push_str("jetrun/");
-    source.push_str(function);
-    headers.insert(SOURCE, source);
+    headers.insert(ID, event.id);
+    headers.insert(NATS_MESSAGE_ID, event.id);
+    headers.insert(TYPE, event.event_type);
+    headers.insert(SOURCE, event.source);
     headers.insert(
         TIME,
         humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
     );
     headers.insert(CONTENT_TYPE, "application/json");
-    if let Some(correlation) = &input.correlationid {
-        headers.insert(CORRELATION, correlation.as_str());
+    if let Some(correlation) = event.correlation_id {
+        headers.insert(CORRELATION, correlation);
     }
-    headers.insert(CAUSATION, input.id.as_str());
-    for (plain, prefixed, name) in TRACE {
-        if let Some(value) = input.extensions.get(name) {
-            headers.insert(plain, value.as_str());
-            headers.insert(prefixed, value.as_str());
+    if let Some(causation) = event.causation_id {
+        headers.insert(CAUSATION, causation);
+    }
+    if let Some(cause) = event.traced_from {
+        for (plain, prefixed, name) in TRACE {
+            if let Some(value) = cause.extensions.get(name) {
+                headers.insert(plain, value.as_str());
+                headers.insert(prefixed, value.as_str());
+            }
         }
     }
     headers
+}
+
+/// The headers of an event a function emitted while handling `input`.
+pub(crate) fn emitted_headers(
+    function: &str,
+    input: &Event,
+    index: usize,
+    emit: &Emit,
+) -> HeaderMap {
+    let id = emitted_id(function, input, index);
+    let mut source = String::with_capacity(7 + function.len());
+    source.push_str("jetrun/");
+    source.push_str(function);
+    binary_headers(&Outgoing {
+        id: &id,
+        event_type: &emit.event_type,
+        source: &source,
+        correlation_id: input.correlationid.as_deref(),
+        causation_id: Some(&input.id),
+        traced_from: Some(input),
+    })
 }
 
 #[cfg(test)]
@@ -352,6 +395,21 @@ mod tests {
         assert_eq!(event.time.as_deref(), Some("1970-01-01T00:00:00.000000Z"));
         assert_eq!(event.datacontenttype.as_deref(), Some("application/json"));
         assert!(event.correlationid.is_some());
+    }
+
+    #[test]
+    fn a_message_no_stream_stored_gets_a_new_id() {
+        let request = Origin {
+            stream: "request",
+            sequence: 0,
+            ..origin()
+        };
+        let body = Bytes::from_static(b"{}");
+        let first = read_event(&request, None, &body).unwrap();
+        let second = read_event(&request, None, &body).unwrap();
+        assert_eq!(first.id.len(), 36, "a UUID: {}", first.id);
+        assert_ne!(first.id, second.id);
+        assert_eq!(first.correlationid.as_deref(), Some(first.id.as_str()));
     }
 
     #[test]

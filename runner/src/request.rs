@@ -10,22 +10,53 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_nats::service::{self, Service, ServiceExt};
+use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
 use jetrun_config::{FunctionConfig, Role};
 use jetrun_functions::{Context, Event, Function};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::delivery::until_set;
 use crate::envelope::{self, Origin};
 use crate::metrics::Metrics;
+use crate::middleware;
 use crate::readiness::Readiness;
 
 /// The micro service's name, and the queue group of its endpoints.
 const SERVICE: &str = "jetrun";
 
+/// Where request functions register their endpoints: the `jetrun` micro
+/// service, registered on `client` by the first request function.
+pub(crate) struct Service {
+    pub(crate) client: async_nats::Client,
+    pub(crate) registered: Arc<OnceCell<Arc<service::Service>>>,
+}
+
+impl Service {
+    /// The service, registered now if it is not yet; `None` once draining.
+    async fn get(&self, draining: &mut watch::Receiver<bool>) -> Option<Arc<service::Service>> {
+        loop {
+            let registered = self
+                .registered
+                .get_or_try_init(|| async { register(&self.client).await.map(Arc::new) })
+                .await;
+            match registered {
+                Ok(service) => return Some(service.clone()),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "Retrying in 1s.");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = until_set(draining) => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Registers the `jetrun` micro service on `client`.
-pub(crate) async fn start_service(client: &async_nats::Client) -> anyhow::Result<Service> {
+async fn register(client: &async_nats::Client) -> anyhow::Result<service::Service> {
     client
         .service_builder()
         .description("jetrun request functions: one endpoint per function")
@@ -41,12 +72,22 @@ pub(crate) async fn start_service(client: &async_nats::Client) -> anyhow::Result
 pub(crate) async fn serve(
     config: FunctionConfig,
     handler: Arc<dyn Function>,
-    service: Arc<Service>,
+    service: Service,
     metrics: Metrics,
     readiness: Readiness,
     mut draining: watch::Receiver<bool>,
     abandon: watch::Receiver<bool>,
 ) {
+    let function_metrics = metrics.for_function(&config.name);
+    let handler = middleware::layered(
+        handler,
+        config.timeout,
+        function_metrics.in_flight,
+        function_metrics.duration,
+    );
+    let Some(service) = service.get(&mut draining).await else {
+        return;
+    };
     let name = config.name.clone();
     let subject = config.request.clone().unwrap_or_default();
     let mut endpoint = loop {
@@ -119,15 +160,9 @@ async fn answer(
         published: SystemTime::now(),
     };
     let outcome = match envelope::read_event(&origin, message.headers.as_ref(), &message.payload) {
-        Ok(mut event) => {
-            // A request without an id of its own (a bare `nats req`) gets a
-            // new one: there is no stream sequence to name it by.
-            if event.id == "request:0" {
-                event.id = uuid::Uuid::new_v4().to_string();
-                if event.correlationid.as_deref() == Some("request:0") {
-                    event.correlationid = Some(event.id.clone());
-                }
-            }
+        // A request without an id of its own (a bare `nats req`) gets a new
+        // one: sequence 0, no stream stored it.
+        Ok(event) => {
             let ctx = Context {
                 function: config.name.clone(),
                 attempt: 1,
@@ -171,9 +206,4 @@ async fn answer(
     if let Err(err) = request.respond(response).await {
         tracing::warn!(function = %config.name, %subject, %err, "Cannot send the reply.");
     }
-}
-
-/// Resolves once the flag is set (or its sender is gone).
-pub(crate) async fn until_set(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|set| *set).await;
 }

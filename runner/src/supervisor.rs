@@ -10,13 +10,11 @@ use jetrun_functions::Function;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use async_nats::service::Service;
 use tokio::sync::OnceCell;
 
 use crate::delivery::{self, Stop};
 use crate::eventsourcing;
 use crate::metrics::Metrics;
-use crate::middleware;
 use crate::readiness::Readiness;
 use crate::request;
 
@@ -31,7 +29,7 @@ struct Running {
 pub(crate) struct Supervisor {
     js: async_nats::jetstream::Context,
     /// The `jetrun` micro service, registered with the first request function.
-    service: Arc<OnceCell<Arc<Service>>>,
+    service: Arc<OnceCell<Arc<async_nats::service::Service>>>,
     metrics: Metrics,
     readiness: Readiness,
     /// How long a stopping function may take to finish its events in flight.
@@ -77,45 +75,18 @@ impl Supervisor {
         self.readiness.add(&config.name);
         let handler = eventsourcing::wrap(&config, handler, &self.js, &self.metrics);
         let task = if config.request.is_some() {
-            let handler = middleware::layered(
+            tokio::spawn(request::serve(
+                config.clone(),
                 handler,
-                config.timeout,
-                self.metrics.for_function(&config.name).in_flight,
-                self.metrics.for_function(&config.name).duration,
-            );
-            let (service, client) = (self.service.clone(), self.js.client());
-            let (metrics, readiness) = (self.metrics.clone(), self.readiness.clone());
-            let config = config.clone();
-            tokio::spawn(async move {
-                let mut stopping = draining_rx.clone();
-                let service = loop {
-                    match service
-                        .get_or_try_init(|| async {
-                            request::start_service(&client).await.map(Arc::new)
-                        })
-                        .await
-                    {
-                        Ok(service) => break service.clone(),
-                        Err(err) => {
-                            tracing::warn!(error = %format!("{err:#}"), "Retrying in 1s.");
-                            tokio::select! {
-                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                                () = request::until_set(&mut stopping) => return,
-                            }
-                        }
-                    }
-                };
-                request::serve(
-                    config,
-                    handler,
-                    service,
-                    metrics,
-                    readiness,
-                    draining_rx,
-                    abandon_rx,
-                )
-                .await;
-            })
+                request::Service {
+                    client: self.js.client(),
+                    registered: self.service.clone(),
+                },
+                self.metrics.clone(),
+                self.readiness.clone(),
+                draining_rx,
+                abandon_rx,
+            ))
         } else {
             tokio::spawn(delivery::run(
                 config.clone(),

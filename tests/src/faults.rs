@@ -20,6 +20,7 @@ use tempfile::TempDir;
 use crate::config::{toml_str, write_config};
 use crate::jetstream::stream_messages;
 use crate::ledger::Ledger;
+use crate::metrics::wait_ready;
 use crate::ports::free_port;
 use crate::repo::repo_root;
 use crate::runner::Runner;
@@ -167,6 +168,14 @@ exec = {{ command = ["python3", {worker}], mode = "worker", workers = 2, env = {
     pub fn start_all(&mut self) {
         for index in 0..self.configs.len() {
             self.start(index);
+        }
+    }
+
+    /// Starts every replica and waits until each answers `/readyz` 200.
+    pub async fn start_all_ready(&mut self) {
+        self.start_all();
+        for &metrics in &self.metrics {
+            wait_ready(metrics).await;
         }
     }
 

@@ -75,15 +75,32 @@ timeout = "60s"
     ))
 }
 
-/// The same config with its metrics on another port: a second replica.
-fn second_replica(bed: &TestBed, config: &std::path::Path) -> (std::path::PathBuf, SocketAddr) {
+/// Two replicas of `config(bed, aggregate_extra)`, the second with its
+/// metrics on another port, both ready: the runners and their metrics.
+async fn two_replicas(bed: &TestBed, aggregate_extra: &str) -> ([Runner; 2], [SocketAddr; 2]) {
+    let first = config(bed, aggregate_extra);
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let text = std::fs::read_to_string(config)
+    let text = std::fs::read_to_string(&first)
         .unwrap()
         .replace(&bed.metrics.to_string(), &metrics.to_string());
-    let path = bed.path("replica-2.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, metrics)
+    let second = bed.path("replica-2.toml");
+    std::fs::write(&second, text).unwrap();
+    let runners = [Runner::start(&first), Runner::start(&second)];
+    for addr in [bed.metrics, metrics] {
+        wait_ready(addr).await;
+    }
+    (runners, [bed.metrics, metrics])
+}
+
+const CONFLICTS: &str = "jetrun_aggregate_conflicts_total";
+
+/// `name`'s value with `labels` on each replica at `addrs`.
+async fn per_replica(addrs: &[SocketAddr], name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    let mut values = Vec::new();
+    for &addr in addrs {
+        values.push(metric(&scrape(addr).await, name, labels).unwrap_or(0.0));
+    }
+    values
 }
 
 /// A client whose requests wait up to a minute.
@@ -122,12 +139,7 @@ fn service_error(headers: &Option<async_nats::HeaderMap>) -> Option<(String, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commands_are_each_appended_once_in_version_order() {
     let bed = TestBed::new();
-    let first = config(&bed, "max_conflict_retries = 100");
-    let (second, second_metrics) = second_replica(&bed, &first);
-    let runner = Runner::start(&first);
-    let _other = Runner::start(&second);
-    wait_ready(bed.metrics).await;
-    wait_ready(second_metrics).await;
+    let ([runner, _other], replicas) = two_replicas(&bed, "max_conflict_retries = 100").await;
     let client = patient_client(&bed).await;
 
     let commands = 200u64;
@@ -169,24 +181,16 @@ async fn concurrent_commands_are_each_appended_once_in_version_order() {
     assert_eq!(seen, (1..=commands).collect::<BTreeSet<_>>());
     // Each replica runs one command per instance at a time; the two
     // replicas' commands conflict, and each conflict is counted.
-    let (mut conflicts, mut answered) = (0.0, Vec::new());
-    for metrics in [bed.metrics, second_metrics] {
-        let text = scrape(metrics).await;
-        conflicts += metric(
-            &text,
-            "jetrun_aggregate_conflicts_total",
-            &[("aggregate", "order")],
-        )
-        .unwrap_or(0.0);
-        answered.push(
-            metric(
-                &text,
-                "jetrun_requests_total",
-                &[("function", "add_item"), ("code", "200")],
-            )
-            .unwrap_or(0.0),
-        );
-    }
+    let conflicts: f64 = per_replica(&replicas, CONFLICTS, &[("aggregate", "order")])
+        .await
+        .iter()
+        .sum();
+    let answered = per_replica(
+        &replicas,
+        "jetrun_requests_total",
+        &[("function", "add_item"), ("code", "200")],
+    )
+    .await;
     eprintln!("conflict retries: {conflicts}; answered per replica: {answered:?}");
     assert!(
         conflicts > 0.0,
@@ -202,12 +206,7 @@ async fn concurrent_commands_are_each_appended_once_in_version_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_command_is_400_and_a_lost_race_409() {
     let bed = TestBed::new();
-    let first = config(&bed, "max_conflict_retries = 0");
-    let (second, second_metrics) = second_replica(&bed, &first);
-    let _runner = Runner::start(&first);
-    let _other = Runner::start(&second);
-    wait_ready(bed.metrics).await;
-    wait_ready(second_metrics).await;
+    let _replicas = two_replicas(&bed, "max_conflict_retries = 0").await;
     let client = patient_client(&bed).await;
 
     let (headers, _) = command(&client, json!({"order_id": "o2", "reject": true})).await;
@@ -314,12 +313,7 @@ async fn a_long_history_loads_from_its_snapshot_with_the_same_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_appending_several_events_appends_them_together() {
     let bed = TestBed::new();
-    let first = config(&bed, "max_conflict_retries = 100");
-    let (second, second_metrics) = second_replica(&bed, &first);
-    let runner = Runner::start(&first);
-    let _other = Runner::start(&second);
-    wait_ready(bed.metrics).await;
-    wait_ready(second_metrics).await;
+    let ([runner, _other], replicas) = two_replicas(&bed, "max_conflict_retries = 100").await;
     let client = patient_client(&bed).await;
 
     // 30 commands of 3 events each, racing over two replicas: each
@@ -361,16 +355,10 @@ async fn a_command_appending_several_events_appends_them_together() {
             "one command's events together: {ns:?}"
         );
     }
-    let mut conflicts = 0.0;
-    for metrics in [bed.metrics, second_metrics] {
-        let text = scrape(metrics).await;
-        conflicts += metric(
-            &text,
-            "jetrun_aggregate_conflicts_total",
-            &[("aggregate", "order")],
-        )
-        .unwrap_or(0.0);
-    }
+    let conflicts: f64 = per_replica(&replicas, CONFLICTS, &[("aggregate", "order")])
+        .await
+        .iter()
+        .sum();
     eprintln!("batch conflicts: {conflicts}");
     assert!(
         conflicts > 0.0,

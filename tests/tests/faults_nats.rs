@@ -19,9 +19,8 @@ use jetrun_e2e::{
 async fn nats_server_restart_under_load_loses_nothing() {
     let mut nats = NatsServer::start();
     let mut replicas = Replicas::new(&[nats.url()], 1, "", "concurrency = 16\nack_wait = \"5s\"");
-    replicas.start_all();
+    replicas.start_all_ready().await;
     let metrics = replicas.metrics[0];
-    wait_ready(metrics).await;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(nats.url())
@@ -92,10 +91,7 @@ async fn killing_the_cluster_leader_under_load_loses_nothing() {
         "replicas = 3",
         "concurrency = 16\nack_wait = \"5s\"",
     );
-    replicas.start_all();
-    for &metrics in &replicas.metrics {
-        wait_ready(metrics).await;
-    }
+    replicas.start_all_ready().await;
     let js = cluster.jetstream().await;
     wait_for_consumer(&js, STREAM, FUNCTION).await;
 

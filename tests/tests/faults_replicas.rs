@@ -8,7 +8,7 @@ use std::time::Duration;
 use jetrun_e2e::faults::{
     first_call_after, publish_numbered, sized, Replicas, Report, Tally, FUNCTION, STREAM,
 };
-use jetrun_e2e::{unix_now, wait_acked, wait_for_consumer, wait_ready, NatsServer};
+use jetrun_e2e::{unix_now, wait_acked, wait_for_consumer, NatsServer};
 
 const CONCURRENCY: u64 = 16;
 
@@ -25,10 +25,7 @@ fn replicas(nats: &NatsServer, count: usize) -> Replicas {
 async fn two_replicas_split_the_work_and_handle_each_event_once() {
     let nats = NatsServer::start();
     let mut replicas = replicas(&nats, 2);
-    replicas.start_all();
-    for &metrics in &replicas.metrics {
-        wait_ready(metrics).await;
-    }
+    replicas.start_all_ready().await;
     let js = async_nats::jetstream::new(jetrun_e2e::connect(&nats.url()).await);
     let events = sized(2_000, 20_000);
     let published = publish_numbered(&js, "ev.fault", 1..events + 1, 2_000, |n| {
@@ -63,10 +60,7 @@ async fn two_replicas_split_the_work_and_handle_each_event_once() {
 async fn kill_9_of_a_replica_ten_times_under_load_loses_nothing() {
     let nats = NatsServer::start();
     let mut replicas = replicas(&nats, 2);
-    replicas.start_all();
-    for &metrics in &replicas.metrics {
-        wait_ready(metrics).await;
-    }
+    replicas.start_all_ready().await;
     let js = async_nats::jetstream::new(jetrun_e2e::connect(&nats.url()).await);
     wait_for_consumer(&js, STREAM, FUNCTION).await;
 
@@ -131,10 +125,7 @@ async fn kill_9_of_a_replica_ten_times_under_load_loses_nothing() {
 async fn deleting_the_consumer_under_load_loses_nothing() {
     let nats = NatsServer::start();
     let mut replicas = replicas(&nats, 2);
-    replicas.start_all();
-    for &metrics in &replicas.metrics {
-        wait_ready(metrics).await;
-    }
+    replicas.start_all_ready().await;
     let js = async_nats::jetstream::new(jetrun_e2e::connect(&nats.url()).await);
     wait_for_consumer(&js, STREAM, FUNCTION).await;
 

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use jetrun_e2e::faults::{publish_numbered, sized, Replicas, Report, Tally, FUNCTION, STREAM};
-use jetrun_e2e::{consumer_info, wait_acked, wait_ready, NatsServer};
+use jetrun_e2e::{consumer_info, wait_acked, NatsServer};
 
 /// The consumer's `max_ack_pending` in the poison test.
 const MAX_ACK_PENDING: u64 = 64;
@@ -28,8 +28,7 @@ async fn poison_events_do_not_slow_healthy_ones_or_pin_ack_pending() {
     // The runner creates the stream; start it, then stop it to publish the
     // whole backlog first: healthy events, then as many with one poison
     // event per 1,000.
-    replicas.start_all();
-    wait_ready(replicas.metrics[0]).await;
+    replicas.start_all_ready().await;
     replicas.kill9(0);
     let half: u64 = sized(3_000, 30_000);
     let is_poison = move |n: u64| n > half && n % 1000 == 500;
@@ -122,8 +121,7 @@ async fn a_downstream_outage_is_ridden_out_by_the_backoff() {
              multiplier = 2.0, max_delay = \"{max_delay}\", jitter = 0.0 }}"
         ),
     );
-    replicas.start_all();
-    wait_ready(replicas.metrics[0]).await;
+    replicas.start_all_ready().await;
     let js = async_nats::jetstream::new(jetrun_e2e::connect(&nats.url()).await);
 
     replicas.set_down(true);

@@ -646,7 +646,7 @@ async fn dead_letter(
 }
 
 /// Resolves once the flag is set (or its sender is gone).
-async fn until_set(flag: &mut watch::Receiver<bool>) {
+pub(crate) async fn until_set(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::SystemTime;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -384,28 +383,15 @@ impl CommandHandler {
             format!("{}\u{0}{}\u{0}{index}", self.aggregate.name, command.id).as_bytes(),
         )
         .to_string();
-        let mut headers = HeaderMap::new();
-        headers.insert("ce-specversion", "1.0");
-        headers.insert("ce-id", event_id.as_str());
-        headers.insert("ce-type", new.event_type.as_str());
-        headers.insert("ce-source", format!("jetrun/{}", self.function).as_str());
-        headers.insert(
-            "ce-time",
-            humantime::format_rfc3339_micros(SystemTime::now())
-                .to_string()
-                .as_str(),
-        );
-        headers.insert("ce-datacontenttype", "application/json");
-        headers.insert(
-            "ce-correlationid",
-            command.correlationid.as_deref().unwrap_or(&command.id),
-        );
-        headers.insert("ce-causationid", command.id.as_str());
-        if let Some(traceparent) = command.extensions.get("traceparent") {
-            headers.insert("traceparent", traceparent.as_str());
-            headers.insert("ce-traceparent", traceparent.as_str());
-        }
-        headers.insert("Nats-Msg-Id", event_id.as_str());
+        let source = format!("jetrun/{}", self.function);
+        let mut headers = envelope::binary_headers(&envelope::Outgoing {
+            id: &event_id,
+            event_type: &new.event_type,
+            source: &source,
+            correlation_id: Some(command.correlationid.as_deref().unwrap_or(&command.id)),
+            causation_id: Some(&command.id),
+            traced_from: Some(command),
+        });
         if let Some(expected) = guard {
             headers.insert(
                 "Nats-Expected-Last-Subject-Sequence",

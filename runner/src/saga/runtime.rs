@@ -16,17 +16,16 @@ use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self, AckKind};
-use async_nats::HeaderMap;
 use futures::StreamExt;
 use jetrun_config::{SagaConfig, StreamConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State, Why};
+use crate::delivery::until_set;
 use crate::envelope::{self, Origin};
 use crate::metrics::SagaMetrics;
 use crate::readiness::Readiness;
-use crate::request::until_set;
 
 /// How often deadlines are looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -461,29 +460,18 @@ async fn publish_outbox(
 /// One event the machine decided on, in CloudEvents binary mode, with its
 /// id as `Nats-Msg-Id` so a republish is dropped by the stream.
 async fn publish(saga: &Saga, event: &Publish) -> Result<(), String> {
-    let mut headers = HeaderMap::new();
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", event.event_id.as_str());
-    headers.insert("ce-type", event.event_type.as_str());
-    headers.insert(
-        "ce-source",
-        format!("jetrun/saga/{}", saga.config.name).as_str(),
-    );
-    headers.insert(
-        "ce-time",
-        humantime::format_rfc3339_micros(SystemTime::now())
-            .to_string()
-            .as_str(),
-    );
-    headers.insert("ce-datacontenttype", "application/json");
-    headers.insert("ce-correlationid", event.correlation_id.as_str());
-    if let Some(cause) = &event.causation_id {
-        headers.insert("ce-causationid", cause.as_str());
-    }
+    let source = format!("jetrun/saga/{}", saga.config.name);
+    let mut headers = envelope::binary_headers(&envelope::Outgoing {
+        id: &event.event_id,
+        event_type: &event.event_type,
+        source: &source,
+        correlation_id: Some(&event.correlation_id),
+        causation_id: event.causation_id.as_deref(),
+        traced_from: None,
+    });
     for (name, value) in &event.extensions {
         headers.insert(format!("ce-{name}").as_str(), value.as_str());
     }
-    headers.insert("Nats-Msg-Id", event.event_id.as_str());
     let body = serde_json::to_vec(&event.data).unwrap_or_default();
     let ack = saga
         .js
