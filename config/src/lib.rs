@@ -3,7 +3,7 @@
 
 mod error;
 mod model;
-mod name;
+pub mod name;
 mod parse;
 mod retry;
 mod subject;
@@ -13,7 +13,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use model::*;
+pub use model::{
+    Account, AccountId, AggregateConfig, Config, ExecConfig, ExecMode, FunctionConfig, Handler,
+    HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
+    SagaConfig, SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TlsConfig,
+    Trigger, DLQ_STREAM, DLQ_SUBJECTS,
+};
 pub use retry::{InvalidRetry, RetryPolicy};
 
 /// Whether `subject` (no wildcards) is matched by the subject filter

@@ -58,6 +58,11 @@ pub struct SagaConfig {
     pub retry: RetryPolicy,
     /// The steps, in order; at least one.
     pub steps: Vec<SagaStep>,
+    /// The saga's inputs (start, replies, undo confirmations) by the stream
+    /// holding them: one durable consumer `saga-<name>` on each.
+    pub consumers: Vec<StreamBinding>,
+    /// Inputs applied at once in this process, per consumer (`[defaults] concurrency`).
+    pub concurrency: usize,
 }
 
 /// `[[sagas.NAME.steps]]`: one step of a saga.
@@ -211,32 +216,66 @@ pub enum Retention {
 pub struct FunctionConfig {
     /// The function's name, also its durable consumer's name.
     pub name: String,
-    /// `request = "cmd.order.place"`: the function answers NATS requests on
-    /// this subject (an endpoint of the `jetrun` micro service) instead of
-    /// consuming a stream; `subjects`, `stream` and `dead_letter` are then
-    /// empty.
-    pub request: Option<String>,
+    /// What runs it: the events of a stream, or requests.
+    pub trigger: Trigger,
     pub role: Role,
-    /// The subjects its consumer filters on.
-    pub subjects: Vec<String>,
-    /// The stream its consumer lives on: the declared stream capturing every
-    /// subject, or the one named by `stream`.
-    pub stream: String,
-    /// `false` when `stream` names a stream jetrun does not manage.
-    pub stream_managed: bool,
     pub handler: Handler,
-    /// Events in flight for this function in this process.
+    /// Events (or requests) in flight for this function in this process.
     pub concurrency: usize,
     /// A handler running longer is cancelled: a retryable failure.
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    /// The dead-letter subject (`dlq.<name>` unless set).
-    pub dead_letter: String,
     /// `emits = [...]`: the subjects (wildcards allowed) the function may emit
     /// to; an emit outside them is a permanent failure. `None`: any subject.
     pub emits: Option<Vec<String>>,
     /// Events must carry JSON data; a body that does not parse is a permanent failure.
     pub json: bool,
+}
+
+impl FunctionConfig {
+    /// Where a stream function's events come from; `None` for a request function.
+    pub fn binding(&self) -> Option<&StreamBinding> {
+        match &self.trigger {
+            Trigger::Stream(binding) => Some(binding),
+            Trigger::Request { .. } => None,
+        }
+    }
+
+    /// The subject a request function answers on; `None` for a stream function.
+    pub fn request_subject(&self) -> Option<&str> {
+        match &self.trigger {
+            Trigger::Request { subject } => Some(subject),
+            Trigger::Stream(_) => None,
+        }
+    }
+}
+
+/// What makes a function run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// The events of a stream, through a durable consumer.
+    Stream(StreamBinding),
+    /// `request = "cmd.order.place"`: core NATS requests on this subject (an
+    /// endpoint of the `jetrun` micro service); the reply is the function's
+    /// result.
+    Request { subject: String },
+}
+
+/// A durable consumer jetrun runs on a stream, and where what fails for good
+/// goes: a stream function's, or one of a saga's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamBinding {
+    /// The durable consumer's name: the function's name, or `saga-<name>`.
+    pub consumer: String,
+    /// The subjects the consumer filters on (none overlapping another).
+    pub subjects: Vec<String>,
+    /// The stream the consumer lives on: the declared stream capturing every
+    /// subject, or the one a function names with `stream`.
+    pub stream: String,
+    /// `false` when `stream` names a stream jetrun does not manage.
+    pub managed: bool,
+    /// The dead-letter subject (`dlq.<consumer>` unless set).
+    pub dead_letter: String,
     /// JetStream ack wait of the consumer.
     pub ack_wait: Duration,
     /// JetStream max_ack_pending of the consumer.

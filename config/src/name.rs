@@ -1,6 +1,36 @@
-//! JetStream names: which stream and durable consumer (function) names are
-//! valid. Function names are kept to a portable subset because they also end
-//! up in subjects (`dlq.<name>`), metric labels and file names.
+//! Names: which stream and durable consumer (function) names are valid, and
+//! every name jetrun derives from the config (consumers, subjects, KV
+//! buckets, the micro service), in one place so that the runner, the CLI and
+//! the checks of `jetrun check` agree. Function names are kept to a portable
+//! subset because they also end up in subjects (`dlq.<name>`), metric labels
+//! and file names.
+
+/// The NATS micro service request functions are endpoints of, and its queue group.
+pub const SERVICE: &str = "jetrun";
+
+/// The KV bucket naming, for each projection bucket a config names, the
+/// bucket that holds its read model now (after `jetrun projection rebuild`).
+pub const PROJECTION_POINTERS: &str = "jetrun_projections";
+
+/// The dead-letter subject of a consumer whose config names none: `dlq.<consumer>`.
+pub fn dead_letter_subject(consumer: &str) -> String {
+    format!("dlq.{consumer}")
+}
+
+/// The durable consumer of saga `saga` on each stream holding its inputs.
+pub fn saga_consumer(saga: &str) -> String {
+    format!("saga-{saga}")
+}
+
+/// The KV bucket holding saga `saga`'s instances.
+pub fn saga_bucket(saga: &str) -> String {
+    format!("jetrun_saga_{saga}")
+}
+
+/// The KV bucket holding aggregate `aggregate`'s snapshots.
+pub fn snapshot_bucket(aggregate: &str) -> String {
+    format!("jetrun_snapshots_{aggregate}")
+}
 
 /// Whether `name` can name a JetStream stream: not empty, and no whitespace,
 /// `.`, `*`, `>`, `/` or `\`.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use crate::{Event, Outcome};
 
 /// Where and how often an event has been delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {
     /// The function's name (also its durable consumer's name).
     pub function: String,

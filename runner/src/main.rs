@@ -1,23 +1,19 @@
 //! `jetrun`: runs the functions a TOML file declares on NATS JetStream.
 
 mod cli;
-mod commands;
-mod config_file;
-mod delivery;
-mod dev;
+mod dispatch;
+mod emit;
 mod envelope;
 mod eventsourcing;
 mod handler;
+mod layers;
 mod metrics;
-mod middleware;
 mod nats;
-mod publish;
 mod readiness;
-mod reload;
 mod request;
-mod run;
+mod runtime;
 mod saga;
-mod supervisor;
+mod shutdown;
 
 use std::process::ExitCode;
 

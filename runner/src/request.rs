@@ -12,22 +12,19 @@ use std::time::SystemTime;
 
 use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
-use jetrun_config::{FunctionConfig, Role};
-use jetrun_functions::{Context, Event, Function};
-use tokio::sync::{watch, OnceCell, Semaphore};
+use jetrun_config::name::SERVICE;
+use jetrun_functions::{Context, Function};
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::delivery::until_set;
 use crate::envelope::{self, Origin};
-use crate::metrics::Metrics;
-use crate::middleware;
+use crate::metrics::RequestMetrics;
 use crate::readiness::Readiness;
-
-/// The micro service's name, and the queue group of its endpoints.
-const SERVICE: &str = "jetrun";
+use crate::shutdown::{retry_until, Shutdown};
 
 /// Where request functions register their endpoints: the `jetrun` micro
 /// service, registered on `client` by the first request function.
+#[derive(Clone)]
 pub(crate) struct Service {
     pub(crate) client: async_nats::Client,
     pub(crate) registered: Arc<OnceCell<Arc<service::Service>>>,
@@ -35,23 +32,14 @@ pub(crate) struct Service {
 
 impl Service {
     /// The service, registered now if it is not yet; `None` once draining.
-    async fn get(&self, draining: &mut watch::Receiver<bool>) -> Option<Arc<service::Service>> {
-        loop {
-            let registered = self
-                .registered
+    async fn get(&self, shutdown: &Shutdown) -> Option<Arc<service::Service>> {
+        retry_until("register the micro service", shutdown, || async {
+            self.registered
                 .get_or_try_init(|| async { register(&self.client).await.map(Arc::new) })
-                .await;
-            match registered {
-                Ok(service) => return Some(service.clone()),
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "Retrying in 1s.");
-                    tokio::select! {
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                        () = until_set(draining) => return None,
-                    }
-                }
-            }
-        }
+                .await
+                .cloned()
+        })
+        .await
     }
 }
 
@@ -66,68 +54,62 @@ async fn register(client: &async_nats::Client) -> anyhow::Result<service::Servic
         .map_err(|err| anyhow::anyhow!("cannot register the {SERVICE} micro service: {err}"))
 }
 
-/// Answers `config`'s requests until `draining` is set, then finishes the
-/// requests in flight (answering those still running when `abandon` is set
-/// with a 503 error).
+/// One request function: its name, subject and concurrency.
+pub(crate) struct Endpoint {
+    pub(crate) function: String,
+    pub(crate) subject: String,
+    pub(crate) concurrency: usize,
+}
+
+/// Answers `endpoint`'s requests with `handler` (its layers around it) until
+/// `shutdown` drains, then finishes the requests in flight (answering those
+/// still running when the drain is abandoned with a 503 error).
 pub(crate) async fn serve(
-    config: FunctionConfig,
+    endpoint: Endpoint,
     handler: Arc<dyn Function>,
     service: Service,
-    metrics: Metrics,
+    metrics: RequestMetrics,
     readiness: Readiness,
-    mut draining: watch::Receiver<bool>,
-    abandon: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
-    let function_metrics = metrics.for_function(&config.name);
-    let handler = middleware::layered(
-        handler,
-        config.timeout,
-        function_metrics.in_flight,
-        function_metrics.duration,
-    );
-    let Some(service) = service.get(&mut draining).await else {
+    let Endpoint {
+        function: name,
+        subject,
+        concurrency,
+    } = endpoint;
+    let Some(service) = service.get(&shutdown).await else {
         return;
     };
-    let name = config.name.clone();
-    let subject = config.request.clone().unwrap_or_default();
-    let mut endpoint = loop {
-        match service
-            .endpoint_builder()
-            .name(&name)
-            .add(subject.clone())
-            .await
-        {
-            Ok(endpoint) => break endpoint,
-            Err(err) => {
-                tracing::warn!(function = %name, %subject, %err, "Cannot add the request endpoint; retrying.");
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    () = until_set(&mut draining) => return,
-                }
-            }
-        }
-    };
+    let added = retry_until("add the request endpoint", &shutdown, || {
+        service.endpoint_builder().name(&name).add(subject.clone())
+    })
+    .await;
+    let Some(mut endpoint) = added else { return };
     tracing::info!(function = %name, %subject, "Answering requests.");
     readiness.set_bound(&name, true);
-    let permits = Arc::new(Semaphore::new(config.concurrency));
-    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let name: Arc<str> = name.into();
     let mut in_flight = JoinSet::new();
     loop {
         while in_flight.try_join_next().is_some() {}
         let request = tokio::select! {
             request = endpoint.next() => request,
-            () = until_set(&mut draining) => None,
+            () = shutdown.draining() => None,
         };
         let Some(request) = request else { break };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (config, handler, metrics) = (config.clone(), handler.clone(), metrics.clone());
-        let mut abandon = abandon.clone();
+        let (name, handler, metrics, shutdown) = (
+            name.clone(),
+            handler.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         in_flight.spawn(async move {
             tokio::select! {
-                () = answer(&config, handler.as_ref(), &metrics, &request) => {}
-                () = until_set(&mut abandon) => {
+                () = answer(&name, handler.as_ref(), &metrics, &request) => {}
+                () = shutdown.abandoned() => {
                     let _ = request
                         .respond(Err(service::error::Error {
                             status: "jetrun is shutting down; send the request again".into(),
@@ -146,9 +128,9 @@ pub(crate) async fn serve(
 
 /// Runs the function for one request and answers it.
 async fn answer(
-    config: &FunctionConfig,
+    function: &str,
     handler: &dyn Function,
-    metrics: &Metrics,
+    metrics: &RequestMetrics,
     request: &service::Request,
 ) {
     let message = &request.message;
@@ -159,31 +141,18 @@ async fn answer(
         sequence: 0,
         published: SystemTime::now(),
     };
+    // A request without an id of its own (a bare `nats req`) gets a new one:
+    // sequence 0, no stream stored it.
     let outcome = match envelope::read_event(&origin, message.headers.as_ref(), &message.payload) {
-        // A request without an id of its own (a bare `nats req`) gets a new
-        // one: sequence 0, no stream stored it.
         Ok(event) => {
             let ctx = Context {
-                function: config.name.clone(),
+                function: function.to_string(),
                 attempt: 1,
                 subject: subject.to_string(),
                 stream: String::new(),
                 sequence: 0,
             };
-            if config.role == Role::Plain {
-                // A plain request function's input document is the request
-                // as a CloudEvent.
-                let document = Event {
-                    data: serde_json::to_vec(&event.to_structured_json())
-                        .unwrap_or_default()
-                        .into(),
-                    datacontenttype: Some("application/json".into()),
-                    ..event.clone()
-                };
-                handler.call(&document, &ctx).await
-            } else {
-                handler.call(&event, &ctx).await
-            }
+            handler.call(&event, &ctx).await
         }
         Err(failure) => Err(failure),
     };
@@ -191,7 +160,7 @@ async fn answer(
         Ok(output) => (Ok(output.result.unwrap_or_default()), 200),
         Err(failure) => {
             let code = failure.service_code();
-            tracing::warn!(function = %config.name, %subject, code, error = %failure, "Request failed.");
+            tracing::warn!(%function, %subject, code, error = %failure, "Request failed.");
             (
                 Err(service::error::Error {
                     // A header value: one line.
@@ -202,8 +171,8 @@ async fn answer(
             )
         }
     };
-    metrics.requested(&config.name, code);
+    metrics.answered(code);
     if let Err(err) = request.respond(response).await {
-        tracing::warn!(function = %config.name, %subject, %err, "Cannot send the reply.");
+        tracing::warn!(%function, %subject, %err, "Cannot send the reply.");
     }
 }

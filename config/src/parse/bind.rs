@@ -18,27 +18,27 @@ pub(super) struct Binding {
     pub(super) dead_letter: String,
 }
 
-/// The binding of each draft, in order.
-pub(super) fn bind(ctx: &mut Ctx<'_>, drafts: &[Draft], streams: &Streams) -> Vec<Read<Binding>> {
-    let bindings: Vec<Read<Binding>> = drafts
+/// The binding of each draft, in order; `None` for a request function,
+/// which consumes no stream and dead-letters nothing.
+pub(super) fn bind(
+    ctx: &mut Ctx<'_>,
+    drafts: &[Draft],
+    streams: &Streams,
+) -> Vec<Read<Option<Binding>>> {
+    let bindings: Vec<Read<Option<Binding>>> = drafts
         .iter()
         .map(|draft| {
             if draft.request.is_some() {
-                // A request function consumes no stream and dead-letters nothing.
-                return Ok(Binding {
-                    stream: String::new(),
-                    managed: false,
-                    dead_letter: String::new(),
-                });
+                return Ok(None);
             }
             let stream = stream_of(ctx, draft, streams);
             let dead_letter = dead_letter(ctx, draft, streams);
             let (stream, managed) = stream?;
-            Ok(Binding {
+            Ok(Some(Binding {
                 stream,
                 managed,
                 dead_letter: dead_letter?,
-            })
+            }))
         })
         .collect();
     work_queues_apart(ctx, drafts, &bindings, streams);
@@ -132,7 +132,7 @@ fn dead_letter(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<Stri
     let explicit = draft.dead_letter.as_ref().map_err(|r| *r)?;
     let (subject, span) = match explicit {
         Some(s) => (s.get_ref().clone(), Some(s.span())),
-        None => (format!("dlq.{}", draft.name), draft.span.clone()),
+        None => (crate::name::dead_letter_subject(&draft.name), draft.span.clone()),
     };
     let path = join(&draft.path, "dead_letter");
     if !subject::captures(DLQ_SUBJECTS, &subject) && streams.capturing(&subject).is_none() {
@@ -173,13 +173,13 @@ fn dead_letter(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<Stri
 fn work_queues_apart(
     ctx: &mut Ctx<'_>,
     drafts: &[Draft],
-    bindings: &[Read<Binding>],
+    bindings: &[Read<Option<Binding>>],
     streams: &Streams,
 ) {
     let bound: Vec<(&Draft, &Binding)> = drafts
         .iter()
         .zip(bindings)
-        .filter_map(|(draft, binding)| Some((draft, binding.as_ref().ok()?)))
+        .filter_map(|(draft, binding)| Some((draft, binding.as_ref().ok()?.as_ref()?)))
         .filter(|(_, binding)| {
             binding.managed
                 && streams

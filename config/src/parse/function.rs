@@ -13,7 +13,9 @@ use super::bind::Binding;
 use super::handler::{self, HANDLER_KEYS};
 use super::retry;
 use super::section::{Ctx, Field, Read, Reported, Section};
-use crate::model::{AggregateConfig, FunctionConfig, Handler, ProjectionConfig, Role};
+use crate::model::{
+    AggregateConfig, FunctionConfig, Handler, ProjectionConfig, Role, StreamBinding, Trigger,
+};
 use crate::name;
 use crate::retry::RetryPolicy;
 use crate::subject;
@@ -52,11 +54,11 @@ const MAX_ACK_PENDING: i64 = 10_000;
 /// What every function inherits: `[defaults]` over the built-in defaults;
 /// `None` where `[defaults]` holds a value that could not be read.
 pub(super) struct Defaults {
-    concurrency: Option<usize>,
+    pub(super) concurrency: Option<usize>,
     timeout: Option<Duration>,
-    ack_wait: Option<Duration>,
-    max_ack_pending: Option<i64>,
-    retry: retry::Inherited,
+    pub(super) ack_wait: Option<Duration>,
+    pub(super) max_ack_pending: Option<i64>,
+    pub(super) retry: retry::Inherited,
 }
 
 /// The keys `[defaults]` and a function share, as one table sets them.
@@ -189,9 +191,10 @@ struct Settings {
 impl Draft {
     /// The function's config, once bound; `None` if anything it needs could
     /// not be read (an aggregate it names, say).
+    /// `binding` is `None` for a request function.
     pub(super) fn finish(
         self,
-        binding: Binding,
+        binding: Option<Binding>,
         aggregates: &BTreeMap<String, AggregateConfig>,
     ) -> Option<FunctionConfig> {
         let settings = self.settings?;
@@ -200,27 +203,34 @@ impl Draft {
             RoleDraft::Aggregate(name) => Role::Aggregate(aggregates.get(&name)?.clone()),
             RoleDraft::Projection(projection) => Role::Projection(projection),
         };
+        let trigger = match (self.request, binding) {
+            (Some(subject), _) => Trigger::Request { subject },
+            (None, Some(binding)) => Trigger::Stream(StreamBinding {
+                consumer: self.name.clone(),
+                subjects: self
+                    .subjects
+                    .ok()?
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect(),
+                stream: binding.stream,
+                managed: binding.managed,
+                dead_letter: binding.dead_letter,
+                ack_wait: settings.ack_wait,
+                max_ack_pending: settings.max_ack_pending,
+            }),
+            (None, None) => return None,
+        };
         Some(FunctionConfig {
             name: self.name,
-            request: self.request,
+            trigger,
             role,
-            subjects: self
-                .subjects
-                .ok()?
-                .into_iter()
-                .map(Spanned::into_inner)
-                .collect(),
-            stream: binding.stream,
-            stream_managed: binding.managed,
             handler: settings.handler,
             concurrency: settings.concurrency,
             timeout: settings.timeout,
             retry: settings.retry,
-            dead_letter: binding.dead_letter,
             emits: settings.emits,
             json: settings.json,
-            ack_wait: settings.ack_wait,
-            max_ack_pending: settings.max_ack_pending,
         })
     }
 }
@@ -377,6 +387,9 @@ fn function(
         }),
         _ => None,
     };
+    let settings = settings.filter(|settings| {
+        handler::http_timeout_within(ctx, &section, &settings.handler, settings.timeout).is_ok()
+    });
     Ok(Draft {
         name: name.to_owned(),
         path: section.path().to_owned(),

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use super::section::{join, listed, Ctx, Field, Read, Reported, Section};
 use crate::model::{Account, AccountId, ExecConfig, ExecMode, Handler, HttpConfig};
@@ -239,6 +240,41 @@ fn http(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<HttpConfig> {
         headers: headers?.unwrap_or_default(),
         timeout: timeout?,
     })
+}
+
+/// `http = { timeout }` longer than the function's `timeout` would be cut
+/// short by it without a word: refused, on the HTTP timeout's line.
+pub(super) fn http_timeout_within(
+    ctx: &mut Ctx<'_>,
+    function: &Section<'_, '_>,
+    handler: &Handler,
+    timeout: Duration,
+) -> Read<()> {
+    let Handler::Http(HttpConfig {
+        timeout: Some(http_timeout),
+        ..
+    }) = handler
+    else {
+        return Ok(());
+    };
+    if *http_timeout <= timeout {
+        return Ok(());
+    }
+    let Some(field) = function
+        .field("http")
+        .and_then(|http| Section::of(&http, HTTP_KEYS, ctx).ok()?.field("timeout"))
+    else {
+        return Ok(());
+    };
+    Err(field.error(
+        ctx,
+        format!(
+            "({}) is longer than the function's timeout ({}), which would cut the call short; \
+             raise the function's timeout or lower this one",
+            humantime::format_duration(*http_timeout),
+            humantime::format_duration(timeout)
+        ),
+    ))
 }
 
 /// An `http://` or `https://` URL.

@@ -63,8 +63,7 @@ pub(crate) fn parse(
     );
     let bindings = bind::bind(&mut ctx, &drafts, &streams);
     let aggregates = aggregates::read(&mut ctx, field("aggregates").as_ref(), &streams);
-    let saga_retry = sagas::inherited_retry(text, env, field("defaults").as_ref());
-    let sagas = sagas::read(&mut ctx, field("sagas").as_ref(), &streams, &saga_retry);
+    let sagas = sagas::read(&mut ctx, field("sagas").as_ref(), &streams, &defaults);
     for draft in &drafts {
         if let Some(name) = &draft.aggregate {
             if !aggregates.names.contains(name.get_ref()) {

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::function::Defaults;
 use super::retry;
 use super::section::{Ctx, Field, Read, Reported, Section};
 use super::streams::Streams;
-use crate::model::{SagaConfig, SagaStep};
+use crate::model::{SagaConfig, SagaStep, StreamBinding};
 use crate::name;
 use crate::subject;
 
@@ -42,7 +43,7 @@ pub(super) fn read(
     ctx: &mut Ctx<'_>,
     field: Option<&Field<'_, '_>>,
     streams: &Streams,
-    inherited: &retry::Inherited,
+    defaults: &Defaults,
 ) -> BTreeMap<String, SagaConfig> {
     let mut sagas = BTreeMap::new();
     let Ok(section) = Section::optional("sagas", field, &[], ctx) else {
@@ -57,25 +58,11 @@ pub(super) fn read(
             );
             continue;
         }
-        if let Ok(saga) = saga(ctx, name, &field, streams, inherited) {
+        if let Ok(saga) = saga(ctx, name, &field, streams, defaults) {
             sagas.insert(name.to_owned(), saga);
         }
     }
     sagas
-}
-
-/// What sagas inherit from `[defaults] retry`. It is read again here, into a
-/// scratch context, so that its errors are reported once: by `[defaults]`.
-pub(super) fn inherited_retry(
-    text: &str,
-    env: &BTreeMap<String, String>,
-    defaults: Option<&Field<'_, '_>>,
-) -> retry::Inherited {
-    let mut scratch = Ctx::new(text, env);
-    match Section::optional("defaults", defaults, &["retry"], &mut scratch) {
-        Ok(section) => retry::defaults(&mut scratch, &section),
-        Err(Reported) => retry::Inherited::unknown(),
-    }
 }
 
 /// An event type as written: a subject without wildcards, and where it is.
@@ -100,7 +87,7 @@ fn saga(
     name: &str,
     field: &Field<'_, '_>,
     streams: &Streams,
-    inherited: &retry::Inherited,
+    defaults: &Defaults,
 ) -> Read<SagaConfig> {
     let section = Section::of(field, SAGA_KEYS, ctx)?;
     let required = |ctx: &mut Ctx<'_>, key: &str, example: &str| {
@@ -127,7 +114,7 @@ fn saga(
         Some(field) => event_type(&field, ctx),
         None => Err(required(ctx, "failed", "\"order.cancelled\"")),
     };
-    let retry = retry::function(ctx, &section, inherited);
+    let retry = retry::function(ctx, &section, &defaults.retry);
     let steps = match section.field("steps") {
         Some(field) => steps(ctx, &field),
         None => Err(ctx.error(
@@ -172,9 +159,41 @@ fn saga(
     captured?;
     one_role_each?;
     let into = |t: Type| t.subject.into_inner();
+    let (Some(concurrency), Some(ack_wait), Some(max_ack_pending)) = (
+        defaults.concurrency,
+        defaults.ack_wait,
+        defaults.max_ack_pending,
+    ) else {
+        return Err(Reported);
+    };
+    let start = into(start?);
+    let mut inputs = vec![start.clone()];
+    for step in &steps {
+        let types = step.success.iter().chain(&step.failure).chain(&step.compensated);
+        inputs.extend(types.map(|t| t.subject.get_ref().clone()));
+    }
+    let mut by_stream: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for input in inputs {
+        if let Some(stream) = streams.capturing(&input) {
+            by_stream.entry(stream).or_default().push(input);
+        }
+    }
+    let consumer = name::saga_consumer(name);
+    let consumers = by_stream
+        .into_iter()
+        .map(|(stream, subjects)| StreamBinding {
+            consumer: consumer.clone(),
+            subjects,
+            stream: stream.to_owned(),
+            managed: true,
+            dead_letter: name::dead_letter_subject(&consumer),
+            ack_wait,
+            max_ack_pending,
+        })
+        .collect();
     Ok(SagaConfig {
         name: name.to_owned(),
-        start: into(start?),
+        start,
         key: key?,
         timeout: timeout?,
         completed: into(completed?),
@@ -192,6 +211,8 @@ fn saga(
                 timeout: step.timeout,
             })
             .collect(),
+        consumers,
+        concurrency,
     })
 }
 

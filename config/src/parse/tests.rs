@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{
     parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, ProjectionConfig,
-    Retention, RetryPolicy, Role, SagaConfig, SagaStep, Storage,
+    Retention, RetryPolicy, Role, SagaConfig, SagaStep, StreamBinding, Storage,
 };
 
 const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
@@ -325,8 +325,8 @@ retry = { max_attempts = 3, jitter = 0.0 }
     let plain = &config.functions["plain"];
     assert_eq!(plain.concurrency, 8);
     assert_eq!(plain.timeout, Duration::from_secs(10));
-    assert_eq!(plain.ack_wait, Duration::from_secs(60));
-    assert_eq!(plain.max_ack_pending, 500);
+    assert_eq!(plain.binding().unwrap().ack_wait, Duration::from_secs(60));
+    assert_eq!(plain.binding().unwrap().max_ack_pending, 500);
     let s = Duration::from_secs;
     assert_eq!(
         plain.retry,
@@ -362,13 +362,13 @@ builtin = "noop"
     assert_eq!((orders.max_age, orders.duplicate_window), (None, None));
     let f = &config.functions["f"];
     assert_eq!(f.name, "f");
-    assert_eq!((f.stream.as_str(), f.stream_managed), ("ORDERS", true));
+    assert_eq!((f.binding().unwrap().stream.as_str(), f.binding().unwrap().managed), ("ORDERS", true));
     assert_eq!(f.concurrency, 16);
     assert_eq!(f.timeout, Duration::from_secs(30));
-    assert_eq!(f.ack_wait, Duration::from_secs(30));
-    assert_eq!(f.max_ack_pending, 10_000);
+    assert_eq!(f.binding().unwrap().ack_wait, Duration::from_secs(30));
+    assert_eq!(f.binding().unwrap().max_ack_pending, 10_000);
     assert_eq!(f.retry, RetryPolicy::default());
-    assert_eq!(f.dead_letter, "dlq.f");
+    assert_eq!(f.binding().unwrap().dead_letter, "dlq.f");
     assert!(!f.json);
     assert_eq!(f.handler, Handler::Builtin("noop".into()));
 }
@@ -872,12 +872,12 @@ builtin = "noop"
     ));
     let legacy = &config.functions["legacy"];
     assert_eq!(
-        (legacy.stream.as_str(), legacy.stream_managed),
+        (legacy.binding().unwrap().stream.as_str(), legacy.binding().unwrap().managed),
         ("BILLING", false)
     );
     let declared = &config.functions["declared"];
     assert_eq!(
-        (declared.stream.as_str(), declared.stream_managed),
+        (declared.binding().unwrap().stream.as_str(), declared.binding().unwrap().managed),
         ("ORDERS", true)
     );
 
@@ -930,7 +930,7 @@ builtin = "noop"
 dead_letter = "order.failed"
 "#,
     ));
-    assert_eq!(config.functions["f"].dead_letter, "order.failed");
+    assert_eq!(config.functions["f"].binding().unwrap().dead_letter, "order.failed");
 
     let text = with_streams(
         r#"
@@ -1182,7 +1182,7 @@ fn sample_configs_are_listed() {
 fn quick_start_is_the_e_commerce_flow() {
     let (_, text) = SAMPLES[0];
     let config = parse(text, &BTreeMap::new(), Path::new(BASE), BUILTINS).unwrap();
-    let stream_of = |f: &str| config.functions[f].stream.as_str();
+    let stream_of = |f: &str| config.functions[f].binding().unwrap().stream.as_str();
     assert_eq!(stream_of("welcome-email"), "USERS");
     assert_eq!(stream_of("reserve-stock"), "ORDERS");
     assert_eq!(stream_of("ship-order"), "ORDERS");
@@ -1315,6 +1315,24 @@ fn a_saga_and_its_steps() {
                     timeout: Duration::from_secs(30),
                 },
             ],
+            consumers: vec![StreamBinding {
+                consumer: "saga-fulfil-order".into(),
+                subjects: strings(&[
+                    "order.placed",
+                    "inventory.reserved",
+                    "inventory.insufficient",
+                    "inventory.unknown",
+                    "inventory.released",
+                    "order.shipped",
+                    "order.shipped-late",
+                ]),
+                stream: "ORDERS".into(),
+                managed: true,
+                dead_letter: "dlq.saga-fulfil-order".into(),
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+            }],
+            concurrency: 16,
         }
     );
     assert!(ok(&with_streams(
@@ -1558,7 +1576,7 @@ projection = { bucket = "summaries", key = "order_id" }
 builtin = "noop"
 "#);
     let summary = &config.functions["summary"];
-    assert_eq!((summary.concurrency, summary.max_ack_pending), (1, 1));
+    assert_eq!((summary.concurrency, summary.binding().unwrap().max_ack_pending), (1, 1));
     assert_eq!(
         summary.role,
         Role::Projection(ProjectionConfig {
@@ -1569,6 +1587,30 @@ builtin = "noop"
     assert_eq!(config.functions["fast"].concurrency, 4);
     let query = &config.functions["query"];
     assert_eq!(query.concurrency, 32, "a query is no projection");
-    assert_eq!(query.request.as_deref(), Some("q.summary"));
-    assert!(query.subjects.is_empty());
+    assert_eq!(query.request_subject(), Some("q.summary"));
+    assert!(query.binding().is_none());
+}
+
+#[test]
+fn an_http_timeout_longer_than_the_functions_is_refused() {
+    let text = with_streams(
+        r#"
+[functions.hook]
+subjects = ["order.placed"]
+timeout = "30s"
+http = { url = "http://127.0.0.1:8080/", timeout = "45s" }
+
+[functions.within]
+subjects = ["order.shipped"]
+http = { url = "http://127.0.0.1:8080/", timeout = "30s" }
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.hook.http.timeout (45s) is longer than the function's timeout (30s), \
+             which would cut the call short; raise the function's timeout or lower this one \
+             (line 10)"
+        ]
+    );
 }

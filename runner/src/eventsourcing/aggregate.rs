@@ -9,19 +9,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv};
 use async_nats::HeaderMap;
-use futures::StreamExt;
-use jetrun_config::AggregateConfig;
+use jetrun_config::{name, AggregateConfig};
 use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
-use crate::envelope::{self, Origin};
+use crate::emit::{self, PublishError};
+use crate::envelope;
+use crate::nats::{self, BucketSpec, History, Item, Start};
 
 /// What a command handler returns.
 #[derive(Deserialize)]
@@ -60,19 +59,6 @@ struct Instance {
     snapshot: Option<Value>,
     /// The events after the snapshot, oldest first, as CloudEvents JSON.
     history: Vec<Value>,
-}
-
-/// Deletes an ephemeral consumer when dropped, in the background.
-struct DeleteOnDrop(Option<(jetstream::stream::Stream, String)>);
-
-impl Drop for DeleteOnDrop {
-    fn drop(&mut self) {
-        if let Some((stream, name)) = self.0.take() {
-            tokio::spawn(async move {
-                let _ = stream.delete_consumer(&name).await;
-            });
-        }
-    }
 }
 
 /// Why an append did not happen.
@@ -169,25 +155,17 @@ impl CommandHandler {
     async fn snapshots(&self) -> Result<&kv::Store, Failure> {
         self.snapshots
             .get_or_try_init(|| async {
-                let bucket = format!("jetrun_snapshots_{}", self.aggregate.name);
-                match self.js.get_key_value(&bucket).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => self
-                        .js
-                        .create_key_value(kv::Config {
-                            bucket: bucket.clone(),
-                            description: format!(
-                                "jetrun: snapshots of aggregate {}",
-                                self.aggregate.name
-                            ),
-                            history: 1,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|err| {
-                            Failure::retryable(format!("cannot create KV bucket {bucket}: {err}"))
-                        }),
+                let bucket = name::snapshot_bucket(&self.aggregate.name);
+                let holds = format!("snapshots of aggregate {}", self.aggregate.name);
+                BucketSpec {
+                    name: &bucket,
+                    holds: &holds,
+                    history: 1,
+                    like: None,
                 }
+                .open(&self.js)
+                .await
+                .map_err(|err| Failure::retryable(err.to_string()))
             })
             .await
     }
@@ -215,62 +193,40 @@ impl CommandHandler {
                 }
             }
         }
-        let failed = |what: &str, err: &dyn std::fmt::Display| {
+        let failed = |err: &dyn std::fmt::Display| {
             Failure::retryable(format!(
-                "cannot read the history of {} {id}: {what}: {err}",
+                "cannot read the history of {} {id}: {err}",
                 self.aggregate.name
             ))
         };
-        let stream = self
-            .js
-            .get_stream(&self.aggregate.stream)
-            .await
-            .map_err(|e| failed("stream", &e))?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.aggregate.subject.events_of(id),
-                deliver_policy: match instance.last_sequence {
-                    0 => DeliverPolicy::All,
-                    seq => DeliverPolicy::ByStartSequence {
-                        start_sequence: seq + 1,
-                    },
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed("consumer", &e))?;
-        // Delete the consumer once read rather than let it wait out its
-        // inactivity: nats-server 2.15 allows 1,000 consumers per stream by
-        // default, and busy instances load often.
-        let name = consumer.cached_info().name.clone();
-        let _cleanup = DeleteOnDrop(Some((stream.clone(), name)));
-        let pending = consumer.cached_info().num_pending;
-        if pending == 0 {
-            return Ok(instance);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed("messages", &e))?;
-        while (instance.history.len() as u64) < pending {
-            let message = match messages.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => return Err(failed("message", &err)),
-                None => return Err(failed("messages", &"ended early")),
+        let stream = &self.aggregate.stream;
+        let last = match nats::stream_info(&self.js, stream).await {
+            Ok(Some(info)) => info.state.last_sequence,
+            Ok(None) => return Err(failed(&format!("stream {stream} does not exist"))),
+            Err(err) => return Err(failed(&format!("{err:#}"))),
+        };
+        let mut history = History::open(
+            &self.js,
+            stream,
+            &[self.aggregate.subject.events_of(id)],
+            Start::Sequence(instance.last_sequence + 1),
+            last,
+            &format!("jetrun: a load of {} {id}", self.aggregate.name),
+        )
+        .await
+        .map_err(|err| failed(&format!("{err:#}")))?;
+        loop {
+            let stored = match history.next().await {
+                Ok(Some(Item::Message(stored))) => stored,
+                Ok(Some(Item::Unreadable(unreadable))) => return Err(failed(&unreadable)),
+                Ok(None) => break,
+                Err(err) => return Err(failed(&format!("{err:#}"))),
             };
-            let info = message.info().map_err(|e| failed("message info", &e))?;
-            let origin = Origin {
-                subject: message.subject.as_str(),
-                stream: &self.aggregate.stream,
-                sequence: info.stream_sequence,
-                published: info.published.into(),
-            };
-            instance.last_sequence = info.stream_sequence;
-            let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
+            instance.last_sequence = stored.sequence;
+            let event = stored
+                .event()
                 .map(|e| e.to_structured_json())
-                .unwrap_or_else(
-                    |_| json!({"id": format!("{}:{}", origin.stream, origin.sequence)}),
-                );
+                .unwrap_or_else(|_| json!({"id": format!("{stream}:{}", stored.sequence)}));
             instance.history.push(event);
         }
         instance.version += instance.history.len() as u64;
@@ -298,72 +254,25 @@ impl CommandHandler {
             }
             subjects.push(subject);
         }
-        let batch = (events.len() > 1).then(|| uuid::Uuid::new_v4().to_string());
-        let last = events.len() - 1;
-        let mut stored = instance.last_sequence;
-        for (index, (new, subject)) in events.iter().zip(&subjects).enumerate() {
+        let mut messages = Vec::with_capacity(events.len());
+        for (index, (new, subject)) in events.iter().zip(subjects).enumerate() {
             // The guard goes on the first event: in a batch it holds for all.
             let guard = (index == 0).then_some(instance.last_sequence);
-            let mut headers = self.headers(id, index, new, command, guard);
-            if let Some(batch) = &batch {
-                headers.insert("Nats-Batch-Id", batch.as_str());
-                headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
-                if index == last {
-                    headers.insert("Nats-Batch-Commit", "1");
-                }
-            }
+            let headers = self.headers(id, index, new, command, guard);
             let body: bytes::Bytes = serde_json::to_vec(&new.data).unwrap_or_default().into();
-            let failed = |err: &dyn std::fmt::Display| {
-                let text = err.to_string();
-                if text.contains("wrong last sequence") {
-                    AppendError::Conflict
-                } else {
-                    AppendError::Failed(Failure::retryable(format!(
-                        "cannot append {} to {subject}: {text}",
-                        new.event_type
-                    )))
-                }
-            };
-            if batch.is_some() && index < last {
-                // The batch's first message is a request the server answers
-                // (empty, or an error); the ones after it are plain publishes.
-                let client = self.js.client();
-                if index == 0 {
-                    let reply = client
-                        .request_with_headers(subject.clone(), headers, body)
-                        .await
-                        .map_err(|e| failed(&e))?;
-                    if let Ok(answer) = serde_json::from_slice::<Value>(&reply.payload) {
-                        if let Some(error) = answer.get("error") {
-                            return Err(failed(&error));
-                        }
-                    }
-                } else {
-                    client
-                        .publish_with_headers(subject.clone(), headers, body)
-                        .await
-                        .map_err(|e| failed(&e))?;
-                }
-                continue;
-            }
-            let ack = match self
-                .js
-                .publish_with_headers(subject.clone(), headers, body)
-                .await
-            {
-                Ok(ack) => ack.await,
-                Err(err) => Err(err),
-            };
-            match ack {
-                Ok(ack) => stored = ack.sequence,
-                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(AppendError::Conflict)
-                }
-                Err(err) => return Err(failed(&err)),
-            }
+            messages.push((subject, headers, body));
         }
-        self.appended.inc_by(events.len() as u64);
-        Ok((instance.version + events.len() as u64, stored))
+        match emit::publish_batch(&self.js, messages).await {
+            Ok(ack) => {
+                self.appended.inc_by(events.len() as u64);
+                Ok((instance.version + events.len() as u64, ack.sequence))
+            }
+            Err(PublishError::WrongLastSequence { .. }) => Err(AppendError::Conflict),
+            Err(err) => Err(AppendError::Failed(Failure::retryable(format!(
+                "cannot append to {} {id}: {err}",
+                self.aggregate.name
+            )))),
+        }
     }
 
     /// An appended event's headers: CloudEvents binary mode, the command's

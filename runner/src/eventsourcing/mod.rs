@@ -32,7 +32,7 @@ pub(crate) fn wrap(
             js.clone(),
             metrics.for_aggregate(&aggregate.name),
         )),
-        Role::Projection(projection) if config.request.is_some() => Arc::new(
+        Role::Projection(projection) if config.request_subject().is_some() => Arc::new(
             projection::Query::new(&config.name, projection.clone(), handler, js.clone()),
         ),
         Role::Projection(projection) => Arc::new(projection::Projector::new(

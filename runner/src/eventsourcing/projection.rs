@@ -19,7 +19,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, kv, ErrorCode};
 use async_nats::HeaderMap;
@@ -27,11 +26,33 @@ use jetrun_config::ProjectionConfig;
 use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
 use serde_json::{json, Value};
 
+use crate::emit::{self, PublishError};
 use crate::metrics::Metrics;
+use crate::nats::BucketSpec;
 
 /// The KV bucket of pointers: key = a projection's configured bucket, value
 /// = the bucket holding its read model now.
-pub(crate) const POINTERS: &str = "jetrun_projections";
+pub(crate) const POINTERS: &str = jetrun_config::name::PROJECTION_POINTERS;
+
+/// Why the value stored at a key cannot be read as a state.
+#[derive(Debug, thiserror::Error)]
+#[error("the value at revision {revision} is not JSON ({reason}); a projection's state is JSON")]
+pub(crate) struct NotJson {
+    revision: u64,
+    reason: String,
+}
+
+/// Why a pointer could not be moved.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot point {POINTERS}.{logical} at {physical}: {reason} (did another rebuild of \
+     {logical} move it meanwhile?)"
+)]
+pub(crate) struct SwitchFailed {
+    logical: String,
+    physical: String,
+    reason: String,
+}
 
 /// How long a reader trusts the pointer it read. A rebuild waits twice this
 /// after moving the pointer before it counts on every reader having moved.
@@ -85,7 +106,7 @@ impl Stored {
 
     /// The last message on a key's subject: a value, or a delete or purge
     /// marker (state `null`, its applied sequence kept).
-    fn of(headers: &HeaderMap, payload: &[u8], revision: u64) -> Result<Stored, String> {
+    fn of(headers: &HeaderMap, payload: &[u8], revision: u64) -> Result<Stored, NotJson> {
         let header = |name: &str| headers.get(name).map(|v| v.as_str());
         let applied = header(APPLIED_SEQUENCE)
             .and_then(|v| v.trim().parse().ok())
@@ -95,8 +116,9 @@ impl Stored {
         let state = if removed {
             Value::Null
         } else {
-            serde_json::from_slice(payload).map_err(|err| {
-                format!("the value at revision {revision} is not JSON ({err}); a projection's state is JSON")
+            serde_json::from_slice(payload).map_err(|err| NotJson {
+                revision,
+                reason: err.to_string(),
             })?
         };
         Ok(Stored {
@@ -237,20 +259,16 @@ pub(crate) async fn pointer(
 }
 
 /// The [`POINTERS`] bucket, created when missing.
-pub(crate) async fn pointers(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(POINTERS).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: POINTERS.to_string(),
-        description: "jetrun: the bucket holding each projection's read model, by the bucket \
-                      its functions name"
-            .to_string(),
+pub(crate) async fn pointers(js: &jetstream::Context) -> Result<kv::Store, Failure> {
+    BucketSpec {
+        name: POINTERS,
+        holds: "the bucket holding each projection's read model, by the bucket its functions name",
         history: 10,
-        ..Default::default()
-    })
+        like: None,
+    }
+    .open(js)
     .await
-    .map_err(|err| anyhow::anyhow!("cannot create KV bucket {POINTERS}: {err}"))
+    .map_err(|err| Failure::retryable(err.to_string()))
 }
 
 /// Points readers of projection bucket `logical` at `physical`, provided
@@ -262,7 +280,7 @@ pub(crate) async fn switch(
     logical: &str,
     revision: Option<u64>,
     physical: &str,
-) -> anyhow::Result<u64> {
+) -> Result<u64, SwitchFailed> {
     let written = match revision {
         None => pointers
             .create(logical, physical.to_string().into())
@@ -273,11 +291,10 @@ pub(crate) async fn switch(
             .await
             .map_err(|err| err.to_string()),
     };
-    written.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot point {POINTERS}.{logical} at {physical}: {err} (did another rebuild of \
-             {logical} move it meanwhile?)"
-        )
+    written.map_err(|reason| SwitchFailed {
+        logical: logical.to_string(),
+        physical: physical.to_string(),
+        reason,
     })
 }
 
@@ -290,27 +307,17 @@ pub(crate) async fn create_bucket(
     name: &str,
     like: Option<&stream::Config>,
 ) -> Result<(), Failure> {
-    let mut config = kv::Config {
-        bucket: name.to_string(),
-        description: format!("jetrun: a projection's read model ({name})"),
+    let holds = format!("a projection's read model ({name})");
+    BucketSpec {
+        name,
+        holds: &holds,
         history: 1,
-        ..Default::default()
-    };
-    if let Some(like) = like {
-        config.history = like.max_messages_per_subject.max(1);
-        config.max_age = like.max_age;
-        config.max_bytes = like.max_bytes;
-        config.max_value_size = like.max_message_size;
-        config.storage = like.storage;
-        config.num_replicas = like.num_replicas;
+        like,
     }
-    match js.create_key_value(config).await {
-        Ok(_) => Ok(()),
-        Err(_) if js.get_key_value(name).await.is_ok() => Ok(()),
-        Err(err) => Err(Failure::retryable(format!(
-            "cannot create KV bucket {name}: {err}"
-        ))),
-    }
+    .open(js)
+    .await
+    .map(|_| ())
+    .map_err(|err| Failure::retryable(err.to_string()))
 }
 
 /// One physical bucket holding a read model.
@@ -391,19 +398,9 @@ impl Bucket {
             }
         };
         let subject = self.subject(key);
-        let ack = match self
-            .js
-            .publish_with_headers(subject, headers, body.into())
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(err) => Err(err),
-        };
-        match ack {
+        match emit::publish(&self.js, &subject, headers, body.into()).await {
             Ok(ack) => Ok(ack.sequence),
-            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(WriteError::Conflict)
-            }
+            Err(PublishError::WrongLastSequence { .. }) => Err(WriteError::Conflict),
             Err(err) => Err(WriteError::Failed(Failure::retryable(format!(
                 "cannot store key {key} in KV bucket {}: {err}",
                 self.name
@@ -603,7 +600,7 @@ mod tests {
     use super::*;
 
     /// The value at revision 12 with `headers`.
-    fn stored(headers: &[(&str, &str)], payload: &[u8]) -> Result<Stored, String> {
+    fn stored(headers: &[(&str, &str)], payload: &[u8]) -> Result<Stored, NotJson> {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.insert(*name, *value);
@@ -702,6 +699,7 @@ mod tests {
         assert_eq!((put_by_hand.state, put_by_hand.applied), (json!(7), 0));
         assert!(stored(&[], b"not json")
             .unwrap_err()
+            .to_string()
             .contains("revision 12 is not JSON"));
     }
 

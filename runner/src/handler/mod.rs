@@ -53,5 +53,5 @@ pub(crate) fn build(function: &FunctionConfig) -> anyhow::Result<Arc<dyn Functio
 /// handler or a projection gets an input document (as the event's data)
 /// and gives back a result, rather than an event in and events out.
 pub(crate) fn answers(function: &FunctionConfig) -> bool {
-    function.request.is_some() || function.role != jetrun_config::Role::Plain
+    function.request_subject().is_some() || function.role != jetrun_config::Role::Plain
 }

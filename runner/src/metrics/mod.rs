@@ -6,6 +6,8 @@ mod server;
 
 pub(crate) use server::serve;
 
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -218,11 +220,21 @@ impl Metrics {
         }
     }
 
-    /// Counts a request `function` answered with `code` (200 for success).
-    pub(crate) fn requested(&self, function: &str, code: u16) {
-        self.requests
-            .with_label_values(&[function, &code.to_string()])
-            .inc();
+    /// The handles of request function `function`: one counter per code it
+    /// answers with, each visible at 0 from the start.
+    pub(crate) fn for_requests(&self, function: &str) -> RequestMetrics {
+        let codes = REQUEST_CODES.map(|code| {
+            (
+                code,
+                self.requests
+                    .with_label_values(&[function, &code.to_string()]),
+            )
+        });
+        RequestMetrics {
+            function: function.into(),
+            codes: Arc::new(codes),
+            requests: self.requests.clone(),
+        }
     }
 
     /// The handles of aggregate `name`: conflicts, events appended.
@@ -295,33 +307,26 @@ pub(crate) struct SagaMetrics {
 }
 
 impl SagaMetrics {
-    /// Counts an input that changed nothing, by `reason`.
-    pub(crate) fn ignored(&self, reason: &str) {
+    /// Counts an input that changed nothing, by `reason` (one of
+    /// `SAGA_IGNORED_REASONS`).
+    pub(crate) fn ignored(&self, reason: &'static str) {
         self.ignored
             .with_label_values(&[self.saga.as_str(), reason])
             .inc();
     }
 
     /// Counts one transition of `step` (empty for the saga's own events).
-    pub(crate) fn transition(&self, step: &str, kind: impl serde::Serialize) {
-        let outcome = serde_json::to_value(kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+    pub(crate) fn transition(&self, step: &str, outcome: &'static str) {
         self.transitions
-            .with_label_values(&[self.saga.as_str(), step, &outcome])
+            .with_label_values(&[self.saga.as_str(), step, outcome])
             .inc();
     }
 
     /// Sets the instance gauges from every instance's state.
-    pub(crate) fn count_states(&self, states: impl Iterator<Item = impl serde::Serialize>) {
+    pub(crate) fn count_states(&self, states: impl Iterator<Item = &'static str>) {
         let mut counts = [0i64; SAGA_STATES.len()];
         for state in states {
-            let name = serde_json::to_value(state).ok();
-            if let Some(i) = SAGA_STATES
-                .iter()
-                .position(|s| name.as_ref().and_then(|v| v.as_str()) == Some(s))
-            {
+            if let Some(i) = SAGA_STATES.iter().position(|s| *s == state) {
                 counts[i] += 1;
             }
         }
@@ -329,6 +334,31 @@ impl SagaMetrics {
             self.instances
                 .with_label_values(&[self.saga.as_str(), state])
                 .set(count);
+        }
+    }
+}
+
+/// The codes a request function answers with: 200, 400 (a permanent
+/// failure), 409 (a conflict), 500 (any other failure), 504 (a timeout).
+const REQUEST_CODES: [u16; 5] = [200, 400, 409, 500, 504];
+
+/// One request function's answer counters, bound at start.
+#[derive(Clone)]
+pub(crate) struct RequestMetrics {
+    function: Arc<str>,
+    codes: Arc<[(u16, IntCounter); REQUEST_CODES.len()]>,
+    requests: IntCounterVec,
+}
+
+impl RequestMetrics {
+    /// Counts a request answered with `code` (200 for success).
+    pub(crate) fn answered(&self, code: u16) {
+        match self.codes.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(),
+            None => self
+                .requests
+                .with_label_values(&[&*self.function, &code.to_string()])
+                .inc(),
         }
     }
 }

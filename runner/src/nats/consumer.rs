@@ -1,102 +1,138 @@
-//! The durable pull consumer of each function: named after the function,
-//! filtered to its subjects, created or updated to match the config.
+//! Every consumer jetrun makes, in one place: the durable pull consumers it
+//! owns (one per stream function, one per saga and stream), created or
+//! updated to match the config, and the ordered ephemeral readers that read
+//! a stream's history (`jetrun events`, `jetrun replay`, projection rebuilds,
+//! aggregate loads) without touching any durable consumer.
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::pull::{self, OrderedConfig};
+use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::Context;
-use jetrun_config::FunctionConfig;
+use jetrun_config::StreamBinding;
 
-/// How jetrun's consumers describe themselves, so it can tell one it did
-/// not make.
-const DESCRIPTION: &str = "jetrun function";
+/// How jetrun's durable consumers begin their description, so it can tell
+/// one it did not make.
+const OWNED: &str = "jetrun ";
 
-/// The consumer a function wants. `start` is where a consumer that has to be
-/// made anew begins: the whole stream for a new function, or just past the
-/// last ack floor the runner saw when it recreates one deleted behind its back.
-fn consumer_config(function: &FunctionConfig, start: DeliverPolicy) -> pull::Config {
-    let (filter_subject, filter_subjects) = match function.subjects.as_slice() {
+/// A durable consumer jetrun owns: its binding (stream, subjects, ack wait,
+/// max ack pending) and who it serves (`function NAME`, `saga NAME`), which
+/// goes into its description.
+pub(crate) struct Durable<'a> {
+    pub(crate) binding: &'a StreamBinding,
+    pub(crate) serves: String,
+}
+
+/// A consumer's subjects as JetStream takes them: one filter, or several.
+fn filters(subjects: &[String]) -> (String, Vec<String>) {
+    match subjects {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
-    };
-    pull::Config {
-        durable_name: Some(function.name.clone()),
-        description: Some(format!("{DESCRIPTION} {}", function.name)),
-        filter_subject,
-        filter_subjects,
-        deliver_policy: start,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: function.ack_wait,
-        // Unlimited: the runner counts attempts itself and dead-letters the
-        // last one. A server-side limit would silently stop redelivering an
-        // event whose last attempt died with its runner.
-        max_deliver: -1,
-        max_ack_pending: function.max_ack_pending,
-        ..Default::default()
     }
 }
 
-/// Binds the function's durable consumer: creates it when missing, updates it
-/// when its settings differ. The deliver policy only matters for a new one.
-pub(crate) async fn bind(
-    js: &Context,
-    function: &FunctionConfig,
-    start: DeliverPolicy,
-) -> anyhow::Result<PullConsumer> {
-    let stream = js.get_stream(&function.stream).await.with_context(|| {
-        format!(
-            "cannot find stream {} for function {}",
-            function.stream, function.name
-        )
-    })?;
-    let mut want = consumer_config(function, start);
-    if let Ok(existing) = stream.consumer_info(&function.name).await {
-        let theirs = &existing.config;
-        if !theirs
-            .description
-            .as_deref()
-            .unwrap_or("")
-            .starts_with(DESCRIPTION)
-        {
-            bail!(
-                "consumer {} on stream {} exists and was not made by jetrun ({}); \
-                 jetrun will not take it over: rename the function, or delete the consumer \
-                 (`nats consumer rm {} {}`) if nothing else uses it",
-                function.name,
-                function.stream,
-                theirs.description.as_deref().unwrap_or("no description"),
-                function.stream,
-                function.name,
-            );
+impl Durable<'_> {
+    /// The consumer's config. `start` is where a consumer that has to be made
+    /// anew begins: the whole stream for a new one, or just past the last ack
+    /// floor seen when one deleted behind jetrun's back is made again.
+    fn config(&self, start: DeliverPolicy) -> pull::Config {
+        let binding = self.binding;
+        let (filter_subject, filter_subjects) = filters(&binding.subjects);
+        pull::Config {
+            durable_name: Some(binding.consumer.clone()),
+            description: Some(format!("{OWNED}{}", self.serves)),
+            filter_subject,
+            filter_subjects,
+            deliver_policy: start,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: binding.ack_wait,
+            // Unlimited: the runner counts attempts itself and dead-letters the
+            // last one. A server-side limit would silently stop redelivering an
+            // event whose last attempt died with its runner.
+            max_deliver: -1,
+            max_ack_pending: binding.max_ack_pending,
+            ..Default::default()
         }
-        let filters = |one: &str, many: &[String]| {
-            let mut all = many.to_vec();
-            if !one.is_empty() {
-                all.push(one.to_string());
-            }
-            all.sort();
-            all
-        };
-        let was = filters(&theirs.filter_subject, &theirs.filter_subjects);
-        let now = filters(&want.filter_subject, &want.filter_subjects);
-        if was != now {
-            tracing::warn!(
-                function = %function.name,
-                ?was,
-                ?now,
-                "The consumer's subjects change. If another jetrun config uses a function of \
-                 this name on this stream, the two now fight over one consumer: rename one."
-            );
-        }
-        // The deliver policy of an existing consumer cannot change; keep it.
-        want.deliver_policy = theirs.deliver_policy;
     }
-    stream.create_consumer(want).await.with_context(|| {
-        format!(
-            "cannot bind consumer {} on stream {}",
-            function.name, function.stream
-        )
-    })
+
+    /// Binds the consumer: creates it when missing, updates it when its
+    /// settings (subjects included) differ. `start` only matters for a new one.
+    pub(crate) async fn bind(&self, js: &Context, start: DeliverPolicy) -> anyhow::Result<PullConsumer> {
+        let binding = self.binding;
+        let (stream_name, name) = (&binding.stream, &binding.consumer);
+        let stream = js
+            .get_stream(stream_name)
+            .await
+            .with_context(|| format!("cannot find stream {stream_name} for {}", self.serves))?;
+        let mut want = self.config(start);
+        if let Ok(existing) = stream.consumer_info(name).await {
+            let theirs = &existing.config;
+            let description = theirs.description.as_deref().unwrap_or("");
+            if !description.starts_with(OWNED) {
+                bail!(
+                    "consumer {name} on stream {stream_name} exists and was not made by jetrun \
+                     ({}); jetrun will not take it over: rename the function, or delete the \
+                     consumer (`nats consumer rm {stream_name} {name}`) if nothing else uses it",
+                    if description.is_empty() { "no description" } else { description },
+                );
+            }
+            let all = |one: &str, many: &[String]| {
+                let mut all = many.to_vec();
+                if !one.is_empty() {
+                    all.push(one.to_string());
+                }
+                all.sort();
+                all
+            };
+            let was = all(&theirs.filter_subject, &theirs.filter_subjects);
+            let now = all(&want.filter_subject, &want.filter_subjects);
+            if was != now {
+                tracing::warn!(
+                    consumer = %name,
+                    ?was,
+                    ?now,
+                    "The consumer's subjects change. If another jetrun config runs a consumer of \
+                     this name on this stream, the two now fight over one consumer: rename one."
+                );
+            }
+            // The deliver policy of an existing consumer cannot change; keep it.
+            want.deliver_policy = theirs.deliver_policy;
+        }
+        stream
+            .create_consumer(want)
+            .await
+            .with_context(|| format!("cannot bind consumer {name} on stream {stream_name}"))
+    }
+}
+
+/// An ordered ephemeral reader of a stream's messages on some subjects, from
+/// a start on: it leaves every durable consumer alone. `describes` names it
+/// for whoever lists the stream's consumers meanwhile.
+pub(crate) struct Reader<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) subjects: &'a [String],
+    pub(crate) start: DeliverPolicy,
+    pub(crate) describes: &'a str,
+}
+
+impl Reader<'_> {
+    pub(crate) async fn open(&self, js: &Context) -> anyhow::Result<Consumer<OrderedConfig>> {
+        let (filter_subject, filter_subjects) = filters(self.subjects);
+        let stream = js
+            .get_stream_no_info(self.stream)
+            .await
+            .with_context(|| format!("cannot read stream {}", self.stream))?;
+        stream
+            .create_consumer(OrderedConfig {
+                description: Some(self.describes.to_string()),
+                filter_subject,
+                filter_subjects,
+                deliver_policy: self.start,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot read stream {}", self.stream))
+    }
 }
 
 /// Whether a consumer-info error says the consumer is gone.

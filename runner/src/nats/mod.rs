@@ -1,10 +1,15 @@
-//! Everything that talks to NATS to set up: the connection, the streams and
-//! the durable consumers.
+//! Everything that talks to NATS to set up and to read: the connection, the
+//! streams, every consumer jetrun makes, the KV buckets it keeps, and the
+//! readers of a stream's history.
 
 mod connect;
 mod consumer;
+mod history;
+mod kv;
 mod streams;
 
 pub(crate) use connect::{connect, connect_once};
-pub(crate) use consumer::{bind, is_consumer_not_found};
+pub(crate) use consumer::{is_consumer_not_found, Durable};
+pub(crate) use history::{next_stored, stream_info, History, Item, RawStored, Start, Stored};
+pub(crate) use kv::BucketSpec;
 pub(crate) use streams::{ensure_streams, StreamConflict};

@@ -19,9 +19,6 @@
 //!   it ever comes, resumes the undos.
 //! - A reply that is not the awaited one changes nothing, and says why.
 
-// The runtime wiring (consumers, the KV bucket, the clock) comes next; until
-// then only the tests use the machine.
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -76,6 +73,19 @@ pub(crate) enum State {
     /// An undo was never confirmed: kept, waiting for an operator (or the
     /// confirmation).
     Stuck,
+}
+
+impl State {
+    /// Its name: the `state` label of `jetrun_saga_instances`, as stored.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Compensating => "compensating",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Stuck => "stuck",
+        }
+    }
 }
 
 /// The undos of a saga that failed or timed out.
@@ -133,6 +143,22 @@ pub(crate) enum Kind {
     Completed,
     /// `failed` was published.
     Failed,
+}
+
+impl Kind {
+    /// Its name: the `outcome` label of `jetrun_saga_transitions_total`, as
+    /// stored.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Command => "command",
+            Kind::Reply => "reply",
+            Kind::Timeout => "timeout",
+            Kind::Compensate => "compensate",
+            Kind::Compensated => "compensated",
+            Kind::Completed => "completed",
+            Kind::Failed => "failed",
+        }
+    }
 }
 
 /// An event the machine is fed, as it needs it.
@@ -209,6 +235,20 @@ pub(crate) enum Why {
     Unknown,
     /// A tick before any deadline, or for an instance that has none.
     NotDue,
+}
+
+impl Why {
+    /// The `reason` label of `jetrun_saga_replies_ignored_total`; `None` for
+    /// a tick that was not due (not an input, not counted).
+    pub(crate) fn label(self) -> Option<&'static str> {
+        match self {
+            Why::Duplicate => Some("duplicate"),
+            Why::Late => Some("late"),
+            Why::Unexpected => Some("unexpected"),
+            Why::Unknown => Some("unknown"),
+            Why::NotDue => None,
+        }
+    }
 }
 
 /// Why a start event names no instance.
@@ -624,6 +664,25 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn metric_labels_are_the_stored_names() {
+        use State::*;
+        for state in [Running, Compensating, Completed, Failed, Stuck] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.label());
+        }
+        for kind in [
+            Kind::Command,
+            Kind::Reply,
+            Kind::Timeout,
+            Kind::Compensate,
+            Kind::Compensated,
+            Kind::Completed,
+            Kind::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.label());
+        }
+    }
+
     const SECOND: Millis = 1_000;
 
     /// A step whose types are `<name>.do`, `.done`, `.failed`, `.undo` and,
@@ -653,6 +712,8 @@ mod tests {
             retry: RetryPolicy::new(3, Duration::from_secs(1), 2.0, Duration::from_secs(10), 0.0)
                 .unwrap(),
             steps,
+            consumers: Vec::new(),
+            concurrency: 16,
         }
     }
 

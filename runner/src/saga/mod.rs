@@ -6,4 +6,4 @@
 pub(crate) mod machine;
 mod runtime;
 
-pub(crate) use runtime::{bucket, run};
+pub(crate) use runtime::{run, units};

@@ -1,6 +1,9 @@
-//! Running one saga: durable consumers (`saga-NAME`, one per stream holding
-//! its start and reply types) feed the machine; each instance is stored in
-//! KV bucket `jetrun_saga_NAME` with compare-and-set on its revision, so two
+//! Running one saga: its inputs (start, replies, undo confirmations) come
+//! through durable consumers (`saga-NAME`, one per stream holding them) run
+//! by `dispatch` like any function's, so they are recreated when deleted,
+//! retried with the saga's backoff, dead-lettered when they can never apply
+//! (`dlq.saga-NAME`) and drained at shutdown. Each instance is stored in KV
+//! bucket `jetrun_saga_NAME` with compare-and-set on its revision, so two
 //! replicas never advance one instance twice; what the machine decides is
 //! stored first (as the instance's outbox) and published after, with the
 //! machine's deterministic event ids. A watch on the bucket keeps every
@@ -8,32 +11,50 @@
 //! deadline passed (re-armed from the stored state at start), publishes an
 //! outbox a crashed writer left behind, and sets the instance gauges.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::consumer::pull::Config as PullConfig;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self};
+use async_trait::async_trait;
 use futures::StreamExt;
-use jetrun_config::{SagaConfig, StreamConfig};
+use jetrun_config::{name, SagaConfig, StreamBinding};
+use jetrun_functions::{Context, Event, Failure, Function, Outcome as Handled, Output};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
-use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State, Why};
-use crate::delivery::until_set;
-use crate::envelope::{self, Origin};
-use crate::metrics::SagaMetrics;
+use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State};
+use crate::dispatch::{self, Unit};
+use crate::emit::{self, PublishError};
+use crate::envelope;
+use crate::layers::Metered;
+use crate::metrics::{Metrics, SagaMetrics};
+use crate::nats::BucketSpec;
 use crate::readiness::Readiness;
+use crate::shutdown::{retry_until, Shutdown};
 
 /// How often deadlines are looked at.
 const TICK: Duration = Duration::from_millis(250);
 /// An outbox older than this was left by a writer that died before
 /// publishing it: it is published again.
 const ORPHANED_OUTBOX: Millis = 3_000;
-/// Compare-and-set attempts before a message is left to redelivery.
+/// Compare-and-set attempts before an input is left to redelivery.
 const CAS_ATTEMPTS: usize = 50;
+
+/// Why a saga input was not applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SagaError {
+    #[error("cannot read instance {key}: {reason}")]
+    Read { key: String, reason: String },
+    #[error("instance {key} kept changing under {CAS_ATTEMPTS} attempts to update it")]
+    Contended { key: String },
+    #[error("cannot encode instance {key}: {reason}")]
+    Encode { key: String, reason: String },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
 
 /// What is stored at an instance's key.
 #[derive(Serialize, Deserialize)]
@@ -78,11 +99,6 @@ fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-/// The KV bucket of a saga's instances.
-pub(crate) fn bucket(saga: &str) -> String {
-    format!("jetrun_saga_{saga}")
-}
-
 /// The index key naming the instance a correlation id belongs to.
 fn correlation_key(correlation_id: &str) -> String {
     let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, correlation_id.as_bytes());
@@ -100,189 +116,91 @@ fn valid_key(key: &str) -> bool {
         && !key.ends_with('.')
 }
 
-/// Runs `config` until `draining` is set.
+/// The consumer work of a saga: one unit per stream holding its inputs.
+pub(crate) fn units(saga: &SagaConfig) -> Vec<Unit> {
+    saga.consumers
+        .iter()
+        .map(|binding: &StreamBinding| Unit {
+            name: format!("{}@{}", binding.consumer, binding.stream),
+            serves: format!("saga {}", saga.name),
+            binding: binding.clone(),
+            retry: saga.retry,
+            concurrency: saga.concurrency,
+        })
+        .collect()
+}
+
+/// Runs `config` until `shutdown` drains it: its consumers settle what they
+/// hold, then the watch and the clock stop.
 pub(crate) async fn run(
     config: SagaConfig,
-    streams: BTreeMap<String, StreamConfig>,
     js: jetstream::Context,
-    metrics: SagaMetrics,
+    metrics: Metrics,
     readiness: Readiness,
-    mut draining: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
-    let name = format!("saga:{}", config.name);
-    readiness.add(&name);
-    let kv = loop {
-        match open_bucket(&js, &config.name).await {
-            Ok(kv) => break kv,
-            Err(err) => {
-                tracing::warn!(saga = %config.name, %err, "Cannot open the saga's KV bucket; retrying.");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = until_set(&mut draining) => return,
-                }
-            }
-        }
-    };
-    let saga = Arc::new(Saga {
-        config,
-        js,
-        kv,
-        metrics,
-        known: Mutex::default(),
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_instances(saga.clone()));
-    tasks.spawn(clock(saga.clone()));
-    let groups = subjects_by_stream(&saga.config, &streams);
-    let mut bound = 0;
-    for (stream, subjects) in groups {
-        let consumer = loop {
-            match bind(&saga, &stream, subjects.clone()).await {
-                Ok(consumer) => break consumer,
-                Err(err) => {
-                    tracing::warn!(saga = %saga.config.name, %stream, %err, "Cannot bind the saga's consumer; retrying.");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = until_set(&mut draining) => return,
-                    }
-                }
-            }
-        };
-        bound += 1;
-        tasks.spawn(consume(saga.clone(), consumer, draining.clone()));
-    }
-    tracing::info!(saga = %saga.config.name, consumers = bound, "Saga running.");
-    readiness.set_bound(&name, true);
-    until_set(&mut draining).await;
-    readiness.set_bound(&name, false);
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
-}
-
-async fn open_bucket(js: &jetstream::Context, saga: &str) -> Result<kv::Store, async_nats::Error> {
-    let bucket = bucket(saga);
-    if let Ok(kv) = js.get_key_value(&bucket).await {
-        return Ok(kv);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
-            bucket,
-            description: format!("jetrun: instances of saga {saga}"),
+    let span = tracing::info_span!("saga", saga = %config.name);
+    async {
+        let bucket = name::saga_bucket(&config.name);
+        let holds = format!("instances of saga {}", config.name);
+        let spec = BucketSpec {
+            name: &bucket,
+            holds: &holds,
             history: 1,
-            ..Default::default()
-        })
-        .await?)
-}
-
-/// The saga's input types (start, replies, undo confirmations), grouped by
-/// the declared stream capturing each.
-fn subjects_by_stream(
-    saga: &SagaConfig,
-    streams: &BTreeMap<String, StreamConfig>,
-) -> BTreeMap<String, Vec<String>> {
-    let mut inputs = vec![saga.start.clone()];
-    for step in &saga.steps {
-        inputs.extend(step.success.iter().cloned());
-        inputs.extend(step.failure.iter().cloned());
-        inputs.extend(step.compensated.iter().cloned());
-    }
-    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for subject in inputs {
-        let stream = streams.iter().find(|(_, s)| {
-            s.subjects
-                .iter()
-                .any(|pattern| jetrun_config::subject_matches(pattern, &subject))
-        });
-        if let Some((stream, _)) = stream {
-            let group = groups.entry(stream.clone()).or_default();
-            if !group.contains(&subject) {
-                group.push(subject);
-            }
-        }
-    }
-    groups
-}
-
-async fn bind(
-    saga: &Saga,
-    stream: &str,
-    subjects: Vec<String>,
-) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
-    let name = format!("saga-{}", saga.config.name);
-    let handle = saga.js.get_stream(stream).await?;
-    let config = PullConfig {
-        durable_name: Some(name.clone()),
-        description: Some(format!("jetrun saga {}", saga.config.name)),
-        filter_subjects: subjects,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        deliver_policy: DeliverPolicy::All,
-        max_ack_pending: 1_000,
-        ..Default::default()
-    };
-    match handle.get_consumer::<PullConfig>(&name).await {
-        Ok(consumer) => Ok(consumer),
-        Err(_) => Ok(handle.create_consumer(config).await?),
-    }
-}
-
-/// Feeds every message of one consumer to the machine.
-async fn consume(
-    saga: Arc<Saga>,
-    consumer: jetstream::consumer::PullConsumer,
-    mut draining: watch::Receiver<bool>,
-) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(err) => {
-                tracing::warn!(saga = %saga.config.name, %err, "Cannot pull; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+            like: None,
         };
-        loop {
-            let next = tokio::select! {
-                next = messages.next() => next,
-                () = until_set(&mut draining) => return,
+        let Some(kv) = retry_until("open the saga's KV bucket", &shutdown, || spec.open(&js)).await
+        else {
+            return;
+        };
+        let saga = Arc::new(Saga {
+            metrics: metrics.for_saga(&config.name),
+            config,
+            js: js.clone(),
+            kv,
+            known: Mutex::default(),
+        });
+        let mut timers = JoinSet::new();
+        timers.spawn(watch_instances(saga.clone(), shutdown.clone()).in_current_span());
+        timers.spawn(clock(saga.clone(), shutdown.clone()).in_current_span());
+        let mut consumers = JoinSet::new();
+        for unit in units(&saga.config) {
+            let handles = metrics.for_function(&unit.name);
+            let handler: Arc<dyn Function> = Arc::new(Inputs { saga: saga.clone() });
+            let shared = dispatch::Shared {
+                unit,
+                handler: Metered::wrap(handler, &handles),
+                emitter: None,
+                js: js.clone(),
+                metrics: handles,
             };
-            match next {
-                Some(Ok(message)) => {
-                    let ack = match handle(&saga, &message).await {
-                        Ok(()) => AckKind::Ack,
-                        Err(err) => {
-                            tracing::warn!(saga = %saga.config.name, %err, "Saga input not applied; it will be redelivered.");
-                            AckKind::Nak(Some(Duration::from_secs(1)))
-                        }
-                    };
-                    let _ = message.ack_with(ack).await;
-                }
-                Some(Err(err)) => {
-                    tracing::debug!(saga = %saga.config.name, %err, "Pull error.");
-                }
-                None => break,
-            }
+            consumers.spawn(dispatch::run(shared, readiness.clone(), shutdown.clone()));
+        }
+        tracing::info!(consumers = consumers.len(), "Saga running.");
+        while consumers.join_next().await.is_some() {}
+        while timers.join_next().await.is_some() {}
+    }
+    .instrument(span)
+    .await
+}
+
+/// The saga as its consumers' handler: each input applied to its instance.
+struct Inputs {
+    saga: Arc<Saga>,
+}
+
+#[async_trait]
+impl Function for Inputs {
+    async fn call(&self, event: &Event, _: &Context) -> Handled {
+        match handle(&self.saga, event).await {
+            Ok(()) => Ok(Output::default()),
+            Err(err) => Err(Failure::retryable(err.to_string())),
         }
     }
 }
 
-/// Applies one message: a start event or a reply.
-async fn handle(saga: &Saga, message: &jetstream::Message) -> Result<(), String> {
-    let info = message.info().map_err(|e| e.to_string())?;
-    let origin = Origin {
-        subject: message.subject.as_str(),
-        stream: info.stream,
-        sequence: info.stream_sequence,
-        published: info.published.into(),
-    };
-    let event = match envelope::read_event(&origin, message.headers.as_ref(), &message.payload) {
-        Ok(event) => event,
-        Err(failure) => {
-            tracing::warn!(saga = %saga.config.name, subject = %origin.subject, error = %failure, "Not an event; ignored.");
-            saga.metrics.ignored("unknown");
-            return Ok(());
-        }
-    };
+/// Applies one input: a start event or a reply.
+async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
     let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap_or_default();
     let received = Received {
         id: &event.id,
@@ -294,12 +212,12 @@ async fn handle(saga: &Saga, message: &jetstream::Message) -> Result<(), String>
         let key = match machine::key_of(&saga.config, &data) {
             Ok(key) if valid_key(&key) => key,
             Ok(key) => {
-                tracing::warn!(saga = %saga.config.name, %key, "A start event's key cannot be a KV key (letters, digits, - _ = / . only); ignored.");
+                tracing::warn!(%key, "A start event's key cannot be a KV key (letters, digits, - _ = / . only); ignored.");
                 saga.metrics.ignored("unknown");
                 return Ok(());
             }
             Err(err) => {
-                tracing::warn!(saga = %saga.config.name, event_id = %event.id, %err, "A start event names no instance; ignored.");
+                tracing::warn!(event_id = %event.id, %err, "A start event names no instance; ignored.");
                 saga.metrics.ignored("unknown");
                 return Ok(());
             }
@@ -324,7 +242,7 @@ async fn handle(saga: &Saga, message: &jetstream::Message) -> Result<(), String>
         }
         return Ok(());
     }
-    let key = match instance_of(saga, &data, &event).await {
+    let key = match instance_of(saga, &data, event).await {
         Some(key) => key,
         None => {
             saga.metrics.ignored("unknown");
@@ -336,11 +254,7 @@ async fn handle(saga: &Saga, message: &jetstream::Message) -> Result<(), String>
 
 /// The instance a reply belongs to: the key field in its data, else its
 /// `sagakey` extension, else its correlation id.
-async fn instance_of(
-    saga: &Saga,
-    data: &serde_json::Value,
-    event: &jetrun_functions::Event,
-) -> Option<String> {
+async fn instance_of(saga: &Saga, data: &serde_json::Value, event: &Event) -> Option<String> {
     if let Ok(key) = machine::key_of(&saga.config, data) {
         return Some(key);
     }
@@ -354,13 +268,16 @@ async fn instance_of(
 
 /// Feeds `input` to instance `key` with compare-and-set, then publishes what
 /// the machine decided. `Ok(true)` when the instance changed.
-async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String> {
+async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, SagaError> {
     if !valid_key(key) {
         saga.metrics.ignored("unknown");
         return Ok(false);
     }
     for _ in 0..CAS_ATTEMPTS {
-        let entry = saga.kv.entry(key).await.map_err(|e| e.to_string())?;
+        let entry = saga.kv.entry(key).await.map_err(|e| SagaError::Read {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
         let (current, revision) = match &entry {
             Some(entry) if entry.operation == Operation::Put => (
                 serde_json::from_slice::<Stored>(&entry.value).ok(),
@@ -372,7 +289,7 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String>
         if let Some(stored) = &current {
             if stored.steps != step_names(&saga.config) {
                 tracing::error!(
-                    saga = %saga.config.name, %key, started_with = ?stored.steps,
+                    %key, started_with = ?stored.steps,
                     "This instance started under other steps; it is left as it is (see `jetrun saga show`)."
                 );
                 saga.metrics.ignored("unexpected");
@@ -387,13 +304,8 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String>
             now,
         ) {
             Outcome::Unchanged(why) => {
-                if !matches!(why, Why::NotDue) {
-                    saga.metrics.ignored(match why {
-                        Why::Duplicate => "duplicate",
-                        Why::Late => "late",
-                        Why::Unexpected => "unexpected",
-                        Why::Unknown | Why::NotDue => "unknown",
-                    });
+                if let Some(reason) = why.label() {
+                    saga.metrics.ignored(reason);
                 }
                 return Ok(false);
             }
@@ -405,17 +317,17 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String>
             outbox: change.publish,
             steps: step_names(&saga.config),
         };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&stored).map_err(|e| SagaError::Encode {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
         let written = if revision == 0 {
-            saga.kv
-                .create(key, bytes.into())
-                .await
-                .map_err(|e| e.to_string())
+            saga.kv.create(key, bytes.into()).await.map_err(|_| ())
         } else {
             saga.kv
                 .update(key, bytes.into(), revision)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|_| ())
         };
         let Ok(revision) = written else {
             // Another replica (or input) changed the instance first: read it
@@ -426,14 +338,14 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, String>
             &stored.instance.transitions[before.min(stored.instance.transitions.len())..]
         {
             let step = transition.step.as_deref().unwrap_or("");
-            saga.metrics.transition(step, transition.kind);
+            saga.metrics.transition(step, transition.kind.label());
         }
         publish_outbox(saga, key, stored, revision).await?;
         return Ok(true);
     }
-    Err(format!(
-        "instance {key} kept changing under {CAS_ATTEMPTS} attempts to update it"
-    ))
+    Err(SagaError::Contended {
+        key: key.to_string(),
+    })
 }
 
 /// Publishes a stored outbox, then stores the instance without it.
@@ -442,7 +354,7 @@ async fn publish_outbox(
     key: &str,
     mut stored: Stored,
     revision: u64,
-) -> Result<(), String> {
+) -> Result<(), SagaError> {
     if stored.outbox.is_empty() {
         return Ok(());
     }
@@ -459,7 +371,7 @@ async fn publish_outbox(
 
 /// One event the machine decided on, in CloudEvents binary mode, with its
 /// id as `Nats-Msg-Id` so a republish is dropped by the stream.
-async fn publish(saga: &Saga, event: &Publish) -> Result<(), String> {
+async fn publish(saga: &Saga, event: &Publish) -> Result<(), PublishError> {
     let source = format!("jetrun/saga/{}", saga.config.name);
     let mut headers = envelope::binary_headers(&envelope::Outgoing {
         id: &event.event_id,
@@ -473,29 +385,28 @@ async fn publish(saga: &Saga, event: &Publish) -> Result<(), String> {
         headers.insert(format!("ce-{name}").as_str(), value.as_str());
     }
     let body = serde_json::to_vec(&event.data).unwrap_or_default();
-    let ack = saga
-        .js
-        .publish_with_headers(event.event_type.clone(), headers, body.into())
+    emit::publish(&saga.js, &event.event_type, headers, body.into())
         .await
-        .map_err(|e| format!("cannot publish {}: {e}", event.event_type))?;
-    ack.await
         .map(|_| ())
-        .map_err(|e| format!("{} not stored: {e}", event.event_type))
 }
 
-/// Keeps `known` in step with the bucket, from its whole history on.
-async fn watch_instances(saga: Arc<Saga>) {
+/// Keeps `known` in step with the bucket, from its whole history on, until
+/// the drain.
+async fn watch_instances(saga: Arc<Saga>, shutdown: Shutdown) {
     loop {
-        let mut entries = match saga.kv.watch_all_from_revision(1).await {
-            Ok(entries) => entries,
-            Err(err) => {
-                tracing::warn!(saga = %saga.config.name, %err, "Cannot watch the saga's instances; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(mut entries) = retry_until("watch the saga's instances", &shutdown, || {
+            saga.kv.watch_all_from_revision(1)
+        })
+        .await
+        else {
+            return;
         };
-        while let Some(entry) = entries.next().await {
-            let Ok(entry) = entry else { break };
+        loop {
+            let entry = tokio::select! {
+                () = shutdown.draining() => return,
+                entry = entries.next() => entry,
+            };
+            let Some(Ok(entry)) = entry else { break };
             if entry.key.starts_with("corr_") {
                 continue;
             }
@@ -517,18 +428,22 @@ async fn watch_instances(saga: Arc<Saga>) {
                 Some(known) => map.insert(entry.key.clone(), known),
                 None => map.remove(&entry.key),
             };
-            saga.metrics.count_states(map.values().map(|k| k.state));
+            saga.metrics
+                .count_states(map.values().map(|k| k.state.label()));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Ticks instances whose deadline passed, and publishes orphaned outboxes.
-async fn clock(saga: Arc<Saga>) {
+/// Ticks instances whose deadline passed, and publishes orphaned outboxes,
+/// until the drain.
+async fn clock(saga: Arc<Saga>, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            () = shutdown.draining() => return,
+            _ = interval.tick() => {}
+        }
         let now = now_ms();
         let (due, orphaned): (Vec<String>, Vec<String>) = {
             let map = saga.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -545,15 +460,15 @@ async fn clock(saga: Arc<Saga>) {
         };
         for key in due {
             if let Err(err) = apply(&saga, &key, Input::Tick).await {
-                tracing::warn!(saga = %saga.config.name, %key, %err, "Cannot apply a timeout; trying again.");
+                tracing::warn!(%key, %err, "Cannot apply a timeout; trying again.");
             }
         }
         for key in orphaned {
             if let Ok(Some(entry)) = saga.kv.entry(&key).await {
                 if let Ok(stored) = serde_json::from_slice::<Stored>(&entry.value) {
-                    tracing::info!(saga = %saga.config.name, %key, "Publishing what a stopped writer left unpublished.");
+                    tracing::info!(%key, "Publishing what a stopped writer left unpublished.");
                     if let Err(err) = publish_outbox(&saga, &key, stored, entry.revision).await {
-                        tracing::warn!(saga = %saga.config.name, %key, %err, "Cannot publish the outbox yet.");
+                        tracing::warn!(%key, %err, "Cannot publish the outbox yet.");
                     }
                 }
             }

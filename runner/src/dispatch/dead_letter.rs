@@ -1,12 +1,16 @@
 //! The dead letter of an event: its original body, byte for byte, and its
 //! original headers plus the `Jetrun-*` ones saying where it came from and
-//! why it failed. Pure; the publish is in `delivery`.
+//! why it failed; and its publish, which cuts a body too big for the
+//! server's `max_payload` (the whole event stays in its own stream).
 
 use std::time::SystemTime;
 
+use async_nats::jetstream;
 use async_nats::HeaderMap;
+use bytes::Bytes;
 
-use super::decision::Reason;
+use super::retry::Reason;
+use crate::emit::{self, PublishError};
 
 /// The most of an error message a dead letter carries.
 const ERROR_LIMIT: usize = 1024;
@@ -68,6 +72,55 @@ impl DeadLetter<'_> {
         headers.insert("Nats-Msg-Id", self.msg_id().as_str());
         headers
     }
+}
+
+/// Publishes a dead letter to `subject` and waits for its stream's ack. A
+/// dead letter too big for the server's max_payload (the original body plus
+/// jetrun's headers) is published with the body cut to fit and
+/// `Jetrun-Body-Truncated` set to the original length: the whole event stays
+/// in its own stream at `Jetrun-Original-Sequence`.
+pub(crate) async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    mut headers: HeaderMap,
+    body: Bytes,
+    letter: &DeadLetter<'_>,
+) -> Result<(), PublishError> {
+    match emit::publish(js, subject, headers.clone(), body.clone()).await {
+        Ok(_) => Ok(()),
+        Err(PublishError::TooBig { .. }) => {
+            let room = js
+                .client()
+                .max_payload()
+                .saturating_sub(headers_size(&headers) + 256);
+            tracing::warn!(
+                size = body.len(),
+                kept = room,
+                "The dead letter is bigger than the server's max_payload; cutting its body. \
+                 The whole event stays in stream {} at sequence {}.",
+                letter.stream,
+                letter.sequence
+            );
+            headers.insert("Jetrun-Body-Truncated", body.len().to_string().as_str());
+            let cut = body.slice(..room.min(body.len()));
+            emit::publish(js, subject, headers, cut).await.map(|_| ())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// About what `headers` take on the wire.
+fn headers_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        + 16
 }
 
 /// `text` on one line, cut to at most `limit` bytes on a character boundary.

@@ -16,127 +16,80 @@ use std::time::SystemTime;
 
 use async_nats::HeaderMap;
 use base64::prelude::{Engine, BASE64_STANDARD};
-use serde::Deserialize;
-use serde_json::json;
 
-use super::dead_letter::DeadLetter;
-use super::decision::Reason;
+use super::dead_letter::{self, DeadLetter};
+use super::retry::Reason;
 use super::Shared;
-
-/// What the stream's message-get API answers.
-#[derive(Deserialize)]
-struct GetReply {
-    message: Option<StoredMessage>,
-}
-
-#[derive(Deserialize)]
-struct StoredMessage {
-    subject: String,
-    seq: u64,
-    #[serde(default)]
-    hdrs: Option<String>,
-    #[serde(default)]
-    data: Option<String>,
-}
-
-/// A message whose headers the client cannot read.
-pub(super) struct Unreadable {
-    pub(super) subject: String,
-    pub(super) sequence: u64,
-    pub(super) raw_headers: Vec<u8>,
-    pub(super) body: Vec<u8>,
-}
+use crate::nats::{self, RawStored};
 
 /// How many messages past the ack floor are looked at: the unreadable one
 /// may sit behind others whose deliveries it keeps cutting off.
 const SCAN: usize = 32;
 
-/// The first message after `floor` on the function's subjects whose header
+/// Looks at the messages just past the ack `floor` of a consumer whose floor
+/// has stopped moving, and quarantines the first one the client cannot read.
+pub(super) async fn look_past(shared: &Shared, floor: u64) {
+    if let Some(message) = find_unreadable(shared, floor).await {
+        quarantine(shared, message).await;
+    }
+}
+
+/// The first message after `floor` on the unit's subjects whose header
 /// block is not UTF-8, among the next [`SCAN`].
-pub(super) async fn find_unreadable(shared: &Shared, floor: u64) -> Option<Unreadable> {
+async fn find_unreadable(shared: &Shared, floor: u64) -> Option<RawStored> {
+    let binding = &shared.unit.binding;
     let mut after = floor;
     for _ in 0..SCAN {
-        let message = next_message(shared, after).await?;
+        let message = nats::next_stored(&shared.js, &binding.stream, &binding.subjects, after + 1)
+            .await
+            .ok()??;
         after = message.seq;
-        let Some(hdrs) = &message.hdrs else { continue };
-        let raw_headers = BASE64_STANDARD.decode(hdrs.as_bytes()).ok()?;
-        if std::str::from_utf8(&raw_headers).is_ok() {
-            continue;
+        if message.has_unreadable_headers() {
+            return Some(message);
         }
-        let body = match &message.data {
-            Some(data) => BASE64_STANDARD.decode(data.as_bytes()).ok()?,
-            None => Vec::new(),
-        };
-        return Some(Unreadable {
-            subject: message.subject,
-            sequence: message.seq,
-            raw_headers,
-            body,
-        });
     }
     None
 }
 
-/// The first stored message after sequence `after` on the function's subjects.
-async fn next_message(shared: &Shared, after: u64) -> Option<StoredMessage> {
-    let mut first: Option<StoredMessage> = None;
-    for filter in &shared.config.subjects {
-        let request = json!({"seq": after + 1, "next_by_subj": filter});
-        let subject = format!("STREAM.MSG.GET.{}", shared.config.stream);
-        let reply: GetReply = shared.js.request(subject, &request).await.ok()?;
-        if let Some(message) = reply.message {
-            if first.as_ref().is_none_or(|m| message.seq < m.seq) {
-                first = Some(message);
-            }
-        }
-    }
-    first
-}
-
 /// Dead-letters `message`, then deletes it from its stream. Returns whether
 /// it was taken out.
-pub(super) async fn quarantine(shared: &Shared, message: Unreadable) -> bool {
+async fn quarantine(shared: &Shared, message: RawStored) -> bool {
+    let binding = &shared.unit.binding;
     let error = "a header value is not valid UTF-8; the NATS client cannot read this message, \
                  so jetrun dead-lettered it and deleted it from its stream";
     let letter = DeadLetter {
-        function: &shared.config.name,
+        function: &shared.unit.name,
         reason: Reason::Permanent,
         error,
         attempts: 0,
         subject: &message.subject,
-        stream: &shared.config.stream,
-        sequence: message.sequence,
+        stream: &binding.stream,
+        sequence: message.seq,
         failed_at: SystemTime::now(),
     };
-    let mut headers = letter.headers(Some(&lossy_headers(&message.raw_headers)));
+    let raw_headers = message.header_block().unwrap_or_default();
+    let mut headers = letter.headers(Some(&lossy_headers(&raw_headers)));
     headers.insert(
         "Jetrun-Original-Headers-Base64",
-        BASE64_STANDARD.encode(&message.raw_headers).as_str(),
+        BASE64_STANDARD.encode(&raw_headers).as_str(),
     );
-    let body = bytes::Bytes::from(message.body);
-    let published = super::publish_dead_letter(
-        shared,
-        headers,
-        body,
-        &shared.config.stream,
-        message.sequence,
-    )
-    .await;
+    let body = bytes::Bytes::from(message.body());
+    let published =
+        dead_letter::publish(&shared.js, &binding.dead_letter, headers, body, &letter).await;
     if let Err(err) = published {
-        tracing::error!(function = %shared.config.name, sequence = message.sequence, %err,
+        tracing::error!(sequence = message.seq, %err,
             "Cannot dead-letter a message with unreadable headers; will try again.");
         return false;
     }
     shared.metrics.dead_letter.inc();
     shared.metrics.permanent.inc();
-    let deleted = match shared.js.get_stream(&shared.config.stream).await {
-        Ok(stream) => stream.delete_message(message.sequence).await.is_ok(),
+    let deleted = match shared.js.get_stream(&binding.stream).await {
+        Ok(stream) => stream.delete_message(message.seq).await.is_ok(),
         Err(_) => false,
     };
     tracing::error!(
-        function = %shared.config.name,
-        stream = %shared.config.stream,
-        sequence = message.sequence,
+        stream = %binding.stream,
+        sequence = message.seq,
         subject = %message.subject,
         deleted,
         "A message with a non-UTF-8 header value stalled the consumer; dead-lettered it and deleted it from its stream."

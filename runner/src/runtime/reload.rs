@@ -1,8 +1,8 @@
 //! Reloading the config while running: on SIGHUP, and with `--watch` when
 //! the file changes (its modification time or size, polled every second).
 //! A config that does not validate is logged, every error with its key path
-//! and line, and the running one stays; a good one is applied function by
-//! function (see `supervisor`). `jetrun_config_reloads_total{result}` counts
+//! and line, and the running one stays; a good one is applied part by part,
+//! functions and sagas (see `supervisor`). `jetrun_config_reloads_total{result}` counts
 //! both.
 
 use std::path::{Path, PathBuf};
@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 use jetrun_config::Config;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config_file;
+use super::config_file;
+use super::supervisor::Supervisor;
 use crate::metrics::Metrics;
 use crate::nats;
-use crate::supervisor::Supervisor;
 
 /// How often `--watch` looks at the file.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -109,24 +109,23 @@ pub(crate) async fn reload(
             "[nats] and [metrics] changes take effect at the next restart; the rest is reloaded."
         );
     }
-    if config.sagas != current.sagas {
-        tracing::warn!(
-            "[sagas] changes take effect at the next restart; the running sagas keep their steps."
-        );
-    }
     if let Err(err) = nats::ensure_streams(js, &config).await {
         tracing::error!(error = %format!("{err:#}"), "Config reload refused: cannot set up its streams; the running config stays.");
         metrics.reloaded(false);
         return current;
     }
     supervisor.set_drain_timeout(config.shutdown_timeout);
-    let changes = supervisor.apply(loaded.functions).await;
+    let changes = supervisor.apply(loaded.functions, &config.sagas).await;
     metrics.reloaded(true);
+    let (functions, sagas) = (&changes.functions, &changes.sagas);
     tracing::info!(
-        added = ?changes.added,
-        removed = ?changes.removed,
-        changed = ?changes.changed,
-        unchanged = changes.unchanged,
+        added = ?functions.added,
+        removed = ?functions.removed,
+        changed = ?functions.changed,
+        unchanged = functions.unchanged,
+        sagas_added = ?sagas.added,
+        sagas_removed = ?sagas.removed,
+        sagas_changed = ?sagas.changed,
         "Config reloaded."
     );
     config

@@ -1,12 +1,27 @@
-//! The command line: `run`, `dev`, `check`, `publish`, `init`, and logging setup.
+//! The command line: one file per verb, the arguments they share
+//! ([`args`]), what each does before and after its own work ([`session`]:
+//! loading the config, connecting, exit statuses), how they print
+//! ([`output`]), and logging setup.
 
-use std::path::PathBuf;
+mod args;
+mod check;
+mod dlq;
+mod events;
+mod init;
+mod output;
+mod projection;
+mod publish;
+mod replay;
+mod saga;
+mod session;
+mod status;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::config_file;
+use args::ConfigArg;
 
 #[derive(Parser)]
 #[command(
@@ -26,18 +41,6 @@ pub(crate) struct Cli {
 pub(crate) enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(clap::Args)]
-pub(crate) struct ConfigArg {
-    /// The config file.
-    #[arg(
-        short,
-        long,
-        env = "JETRUN_CONFIG",
-        default_value = "config/jetrun.toml"
-    )]
-    pub(crate) config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -62,28 +65,28 @@ enum Command {
     Check(ConfigArg),
     /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
     #[command(after_help = PUBLISH_EXAMPLES)]
-    Publish(crate::publish::PublishArgs),
+    Publish(publish::PublishArgs),
     /// Write a commented starter config (user.registered -> welcome_email).
     #[command(after_help = INIT_EXAMPLES)]
-    Init(crate::commands::init::InitArgs),
+    Init(init::InitArgs),
     /// Inspect a function's dead letters and send them back to their original subject.
-    #[command(after_help = crate::commands::dlq::EXAMPLES)]
-    Dlq(crate::commands::dlq::DlqArgs),
+    #[command(after_help = dlq::EXAMPLES)]
+    Dlq(dlq::DlqArgs),
     /// Per function: consumer, pending, ack pending, redelivered, dead letters, last activity.
-    #[command(after_help = crate::commands::status::EXAMPLES)]
-    Status(crate::commands::status::StatusArgs),
+    #[command(after_help = status::EXAMPLES)]
+    Status(status::StatusArgs),
     /// Rebuild a projection's read model from its stream into a new bucket.
-    #[command(after_help = crate::commands::projection::EXAMPLES)]
-    Projection(crate::commands::projection::ProjectionArgs),
+    #[command(after_help = projection::EXAMPLES)]
+    Projection(projection::ProjectionArgs),
     /// Run a function over a range of its stream's history again, in this process.
-    #[command(after_help = crate::commands::replay::EXAMPLES)]
-    Replay(crate::commands::replay::ReplayArgs),
+    #[command(after_help = replay::EXAMPLES)]
+    Replay(replay::ReplayArgs),
     /// Print the events stored on a subject (wildcards allowed), oldest first.
-    #[command(after_help = crate::commands::events::EXAMPLES)]
-    Events(crate::commands::events::EventsArgs),
+    #[command(after_help = events::EXAMPLES)]
+    Events(events::EventsArgs),
     /// A saga's instances: list them, or show one's timeline, state and data.
-    #[command(after_help = crate::commands::saga::EXAMPLES)]
-    Saga(crate::commands::saga::SagaArgs),
+    #[command(after_help = saga::EXAMPLES)]
+    Saga(saga::SagaArgs),
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -139,45 +142,32 @@ pub(crate) fn init_logging(format: LogFormat) {
 
 pub(crate) async fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Check(arg) => {
-            return match config_file::load(&arg.config) {
-                Ok(loaded) => {
-                    println!(
-                        "{}: ok ({} functions, {} streams)",
-                        arg.config.display(),
-                        loaded.config.functions.len(),
-                        loaded.config.streams.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
-            }
-        }
-        Command::Run(arg) => match config_file::load(&arg.config.config) {
-            Ok(loaded) => crate::run::run(loaded, reload_source(&arg)).await,
+        Command::Check(arg) => return check::check(&arg),
+        Command::Run(arg) => match session::load(&arg.config.config) {
+            Ok(loaded) => crate::runtime::run(loaded, reload_source(&arg)).await,
             Err(code) => return code,
         },
-        Command::Dev(arg) => match config_file::load(&arg.config.config) {
-            Ok(loaded) => crate::dev::dev(loaded, reload_source(&arg)).await,
+        Command::Dev(arg) => match session::load(&arg.config.config) {
+            Ok(loaded) => crate::runtime::dev(loaded, reload_source(&arg)).await,
             Err(code) => return code,
         },
         Command::Publish(args) => {
             let nats = match &args.config {
-                Some(path) => match config_file::load(path) {
+                Some(path) => match session::load(path) {
                     Ok(loaded) => Some(loaded.config.nats),
                     Err(code) => return code,
                 },
                 None => None,
             };
-            crate::publish::publish(args, nats).await
+            publish::publish(args, nats).await
         }
-        Command::Init(args) => crate::commands::init::init(&args),
-        Command::Dlq(args) => return crate::commands::dlq::dlq(args).await,
-        Command::Status(args) => return crate::commands::status::status(args).await,
-        Command::Projection(args) => return crate::commands::projection::projection(args).await,
-        Command::Replay(args) => return crate::commands::replay::replay(args).await,
-        Command::Events(args) => return crate::commands::events::events(args).await,
-        Command::Saga(args) => return crate::commands::saga::saga(args).await,
+        Command::Init(args) => init::init(&args),
+        Command::Dlq(args) => return dlq::dlq(args).await,
+        Command::Status(args) => return status::status(args).await,
+        Command::Projection(args) => return projection::projection(args).await,
+        Command::Replay(args) => return replay::replay(args).await,
+        Command::Events(args) => return events::events(args).await,
+        Command::Saga(args) => return saga::saga(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,8 +178,8 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
     }
 }
 
-fn reload_source(arg: &RunArgs) -> crate::reload::Source {
-    crate::reload::Source {
+fn reload_source(arg: &RunArgs) -> crate::runtime::Source {
+    crate::runtime::Source {
         path: arg.config.config.clone(),
         watch: arg.watch,
     }

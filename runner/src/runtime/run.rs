@@ -5,50 +5,57 @@
 
 use std::time::Duration;
 
-use crate::config_file::Loaded;
-use crate::metrics::{self, Metrics};
-use crate::nats;
-use crate::readiness::Readiness;
-use crate::reload::{self, Source, Triggers};
-use crate::supervisor::Supervisor;
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Pause between attempts to set up the streams while NATS is unreachable.
-const SETUP_RETRY: Duration = Duration::from_secs(1);
+use super::config_file::Loaded;
+use super::reload::{self, Source, Triggers};
+use super::supervisor::Supervisor;
+use crate::metrics::{self, Metrics};
+use crate::nats::{self, StreamConflict};
+use crate::readiness::Readiness;
+use crate::shutdown::{retry_until, Control};
+
 /// How long the final flush of acks may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs until SIGTERM or SIGINT, reloading the config when asked, then drains.
 pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
+    let (signalled, shutdown) = Control::new();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.drain();
+    });
     // Listen for SIGHUP from the start: its default action would kill us.
     let mut triggers = Triggers::new(&source);
     let Loaded { config, functions } = loaded;
     let metrics = Metrics::new();
-    let readiness = Readiness::new(config.functions.keys());
+    // Not ready until every function and saga consumer is bound.
+    let parts: Vec<String> = (config.functions.keys().cloned())
+        .chain(config.sagas.values().flat_map(crate::saga::units).map(|u| u.name))
+        .collect();
+    let readiness = Readiness::new(&parts);
     metrics::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
     let client = nats::connect(&config.nats, &metrics, &readiness).await?;
     let js = async_nats::jetstream::new(client.clone());
 
-    tokio::pin!(shutdown);
-    let mut failures = 0u32;
-    loop {
-        tokio::select! {
-            result = nats::ensure_streams(&js, &config) => match result {
-                Ok(()) => break,
-                Err(err) if err.downcast_ref::<nats::StreamConflict>().is_some() => return Err(err),
-                Err(err) => {
-                    failures += 1;
-                    if failures == 1 || failures % 30 == 0 {
-                        tracing::warn!(error = %format!("{err:#}"), urls = %config.nats.urls.join(", "),
-                            "Cannot set up streams yet; retrying. Is nats-server running with JetStream (-js)?");
-                    }
-                    tokio::time::sleep(SETUP_RETRY).await;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
+    let urls = config.nats.urls.join(", ");
+    let what = format!(
+        "set up the streams at {urls} (is nats-server running there with JetStream, -js?)"
+    );
+    let setup = retry_until(&what, &shutdown, || async {
+        match nats::ensure_streams(&js, &config).await {
+            // Retrying cannot help: a person has to choose.
+            Err(err) if err.downcast_ref::<StreamConflict>().is_some() => Ok(Err(err)),
+            Err(err) => Err(format!("{err:#}")),
+            Ok(()) => Ok(Ok(())),
         }
+    })
+    .await;
+    match setup {
+        None => return Ok(()),
+        Some(Err(conflict)) => return Err(conflict),
+        Some(Ok(())) => {}
     }
 
     let mut supervisor = Supervisor::new(
@@ -57,22 +64,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         readiness.clone(),
         config.shutdown_timeout,
     );
-    for (function, handler) in functions {
-        supervisor.start(function, handler);
-    }
-    // Sagas run from start to shutdown; a reload leaves them as they are.
-    let (stop_sagas, sagas_stopping) = tokio::sync::watch::channel(false);
-    let mut sagas = tokio::task::JoinSet::new();
-    for saga in config.sagas.values() {
-        sagas.spawn(crate::saga::run(
-            saga.clone(),
-            config.streams.clone(),
-            js.clone(),
-            metrics.for_saga(&saga.name),
-            readiness.clone(),
-            sagas_stopping.clone(),
-        ));
-    }
+    supervisor.apply(functions, &config.sagas).await;
     tracing::info!(
         functions = config.functions.len(),
         sagas = config.sagas.len(),
@@ -82,7 +74,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     let mut config = config;
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = shutdown.draining() => break,
             () = triggers.next() => {
                 config = reload::reload(&source.path, config, &mut supervisor, &js, &metrics).await;
             }
@@ -93,8 +85,6 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         humantime::format_duration(config.shutdown_timeout)
     );
     supervisor.stop_all().await;
-    let _ = stop_sagas.send(true);
-    while sagas.join_next().await.is_some() {}
     // The last acks are queued in the client: send them, unless NATS is gone
     // (then JetStream redelivers those events after their ack wait).
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {

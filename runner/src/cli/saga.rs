@@ -19,9 +19,10 @@ use jetrun_config::SagaConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::dlq::{rfc3339, table};
-use crate::cli::ConfigArg;
-use crate::config_file::{self, Loaded};
+use super::args::ConfigArg;
+use super::output::{count, rfc3339, table};
+use super::session::{self, Stopped};
+use crate::runtime::config_file::Loaded;
 use crate::saga::machine::{Cause, Instance, Kind, Millis, State};
 
 /// `jetrun saga --help`'s examples.
@@ -50,9 +51,6 @@ Examples:
 
 Exit status 1 when the saga has no such instance, 2 when the config declares
 no such saga, else 0.";
-
-/// Exit status for a saga the config does not declare: a usage error.
-const EXIT_USAGE: u8 = 2;
 
 /// How long a read of the bucket may wait for its next entry.
 const READ_WAIT: Duration = Duration::from_secs(10);
@@ -141,33 +139,27 @@ pub(crate) async fn saga(args: SagaArgs) -> ExitCode {
         Verb::List(a) => &a.target,
         Verb::Show(a) => &a.target,
     };
-    let loaded = match config_file::load(&target.config.config) {
+    let loaded = match session::load(&target.config.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let Some(saga) = loaded.config.sagas.get(&target.saga) else {
-        eprintln!(
-            "jetrun: {}",
-            unknown_saga(&target.saga, &target.config.config, &loaded)
-        );
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let result = async {
-        let client = crate::nats::connect_once(&loaded.config.nats).await?;
-        let js = jetstream::new(client);
-        match &args.verb {
-            Verb::List(a) => list(&js, saga, a.state, a.json).await,
-            Verb::Show(a) => show(&js, saga, &a.key, a.json, &target.config.config).await,
+    session::exit(
+        async {
+            let Some(saga) = loaded.config.sagas.get(&target.saga) else {
+                return Err(Stopped::Usage(unknown_saga(
+                    &target.saga,
+                    &target.config.config,
+                    &loaded,
+                )));
+            };
+            let js = session::connect(&loaded.config.nats).await?;
+            Ok(match &args.verb {
+                Verb::List(a) => list(&js, saga, a.state, a.json).await?,
+                Verb::Show(a) => show(&js, saga, &a.key, a.json, &target.config.config).await?,
+            })
         }
-    }
-    .await;
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("jetrun: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+        .await,
+    )
 }
 
 fn unknown_saga(name: &str, path: &Path, loaded: &Loaded) -> String {
@@ -198,7 +190,7 @@ struct Bucket {
 /// The saga's bucket, or `None` when it does not exist (no `jetrun run` has
 /// started the saga yet).
 async fn open(js: &jetstream::Context, saga: &SagaConfig) -> anyhow::Result<Option<Bucket>> {
-    let name = crate::saga::bucket(&saga.name);
+    let name = jetrun_config::name::saga_bucket(&saga.name);
     let stream = format!("KV_{name}");
     let messages = match js.get_stream(&stream).await {
         Ok(stream) => stream.cached_info().state.messages,
@@ -316,7 +308,7 @@ async fn list(
             "no instances of saga {}: its bucket {} does not exist yet (has `jetrun run` started \
              with this saga?)",
             saga.name,
-            crate::saga::bucket(&saga.name)
+            jetrun_config::name::saga_bucket(&saga.name)
         );
     } else {
         print!("{}", list_text(&saga.name, &rows, total, state));
@@ -384,13 +376,13 @@ fn list_text(saga: &str, rows: &[Row], total: usize, state: Option<StateArg>) ->
         })
         .collect();
     let mut out = table(&["KEY", "STATE", "STEP", "STARTED", "UPDATED"], &cells);
-    let count = plural(rows.len(), &format!("{adjective}instance"));
+    let instances = count(rows.len() as u64, &format!("{adjective}instance"));
     match state {
         Some(_) => {
-            let _ = writeln!(out, "{count} of saga {saga} ({total} in all)");
+            let _ = writeln!(out, "{instances} of saga {saga} ({total} in all)");
         }
         None => {
-            let _ = writeln!(out, "{count} of saga {saga}");
+            let _ = writeln!(out, "{instances} of saga {saga}");
         }
     }
     out
@@ -412,7 +404,7 @@ async fn show(
     let Some(bucket) = open(js, saga).await? else {
         return missing(format!(
             ": its bucket {} does not exist yet (has `jetrun run` started with this saga?)",
-            crate::saga::bucket(&saga.name)
+            jetrun_config::name::saga_bucket(&saga.name)
         ));
     };
     if !is_instance_key(key) {
@@ -473,7 +465,7 @@ fn show_text(saga: &SagaConfig, instance: &Instance, config: &Path) -> String {
                 let _ = write!(
                     pending,
                     " (published {}, awaiting {confirmation})",
-                    plural(compensation.attempts as usize, "time")
+                    count(u64::from(compensation.attempts), "time")
                 );
             }
             if !rest.is_empty() {
@@ -549,7 +541,7 @@ fn stuck_hint(saga: &SagaConfig, instance: &Instance, config: &Path) -> String {
     let undo = config_step.compensate.as_deref().unwrap_or("-");
     let mut out = format!(
         "stuck: the undo of step {name} ({undo}) was published {} and never confirmed.\n",
-        plural(compensation.attempts as usize, "time")
+        count(u64::from(compensation.attempts), "time")
     );
     if let Some(confirmation) = &config_step.compensated {
         let data = keyed_data(&saga.key, &instance.key).to_string();
@@ -640,14 +632,6 @@ fn kind_name(kind: Kind) -> &'static str {
 
 fn time(ms: Millis) -> String {
     rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 #[cfg(test)]

@@ -18,22 +18,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind};
 use async_nats::jetstream::{self, stream};
 use clap::Subcommand;
-use futures::StreamExt;
-use jetrun_config::{Config, FunctionConfig, ProjectionConfig, Role};
+use jetrun_config::{Config, FunctionConfig, ProjectionConfig, Role, StreamBinding};
 use jetrun_functions::{Context, Function};
 use serde_json::{json, Value};
 
-use crate::cli::ConfigArg;
-use crate::config_file;
-use crate::envelope::{self, Origin};
-use crate::eventsourcing::{self, projection};
+use super::args::FunctionArg;
+use super::session::{self, Stopped};
+use crate::eventsourcing::projection;
+use crate::layers;
 use crate::metrics::Metrics;
-use crate::middleware;
+use crate::nats::{History, Item, Start};
 
 /// `jetrun projection --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -74,9 +72,6 @@ const PAUSE_MARGIN: Duration = Duration::from_secs(5);
 /// A progress line every this many events.
 const PROGRESS_EVERY: u64 = 1000;
 
-/// Exit status for a function that is not a projection's: a usage error.
-const EXIT_USAGE: u8 = 2;
-
 /// The arguments of `jetrun projection`.
 #[derive(clap::Args)]
 pub(crate) struct ProjectionArgs {
@@ -95,15 +90,6 @@ enum Verb {
     Rebuild(RebuildArgs),
 }
 
-/// The config file and one of its functions.
-#[derive(clap::Args)]
-struct FunctionArg {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// The stream function with `projection = { bucket, key }`.
-    function: String,
-}
-
 #[derive(clap::Args)]
 struct RebuildArgs {
     #[command(flatten)]
@@ -117,47 +103,44 @@ struct RebuildArgs {
 pub(crate) async fn projection(args: ProjectionArgs) -> ExitCode {
     let Verb::Rebuild(rebuild_args) = &args.verb;
     let target = &rebuild_args.target;
-    let loaded = match config_file::load(&target.config.config) {
+    let loaded = match session::load(&target.config.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let found = loaded
-        .functions
-        .iter()
-        .find(|(function, _)| function.name == target.function);
-    let checked = match found {
-        Some((function, handler)) => projection_of(&loaded.config, function)
-            .map(|projection| (function, projection.clone(), handler.clone())),
-        None => {
-            let known: Vec<&str> = loaded.config.functions.keys().map(String::as_str).collect();
-            Err(anyhow!(
-                "{} declares no function {:?}; its functions: {}",
-                target.config.config.display(),
-                target.function,
-                known.join(", ")
-            ))
+    session::exit(
+        async {
+            let config = &loaded.config;
+            session::function(config, &target.config.config, &target.function)?;
+            let Some((function, handler)) = loaded
+                .functions
+                .iter()
+                .find(|(function, _)| function.name == target.function)
+            else {
+                return Err(Stopped::Usage(format!(
+                    "function {} has no handler",
+                    target.function
+                )));
+            };
+            let (projection, binding) = projection_of(config, function)
+                .map_err(|err| Stopped::Usage(format!("{err:#}")))?;
+            let js = session::connect(&config.nats).await?;
+            let target = Target {
+                function,
+                binding,
+                projection,
+            };
+            rebuild(&js, &target, handler.clone(), rebuild_args.keep_old).await?;
+            Ok(ExitCode::SUCCESS)
         }
-    };
-    let (function, projection, handler) = match checked {
-        Ok(checked) => checked,
-        Err(err) => {
-            eprintln!("jetrun: {err:#}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let result = async {
-        let client = crate::nats::connect_once(&loaded.config.nats).await?;
-        let js = jetstream::new(client);
-        rebuild(&js, function, &projection, handler, rebuild_args.keep_old).await
-    }
-    .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("jetrun: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+        .await,
+    )
+}
+
+/// The function a rebuild runs, where it reads, and what it builds.
+struct Target<'a> {
+    function: &'a FunctionConfig,
+    binding: &'a StreamBinding,
+    projection: &'a ProjectionConfig,
 }
 
 /// The projection of `function`, when it is a stream function that alone
@@ -165,7 +148,7 @@ pub(crate) async fn projection(args: ProjectionArgs) -> ExitCode {
 fn projection_of<'a>(
     config: &Config,
     function: &'a FunctionConfig,
-) -> anyhow::Result<&'a ProjectionConfig> {
+) -> anyhow::Result<(&'a ProjectionConfig, &'a StreamBinding)> {
     let Role::Projection(projection) = &function.role else {
         bail!(
             "function {} has no projection = {{ bucket, key }}: there is no read model to build",
@@ -175,11 +158,11 @@ fn projection_of<'a>(
     let writers: Vec<&str> = config
         .functions
         .values()
-        .filter(|f| f.request.is_none())
+        .filter(|f| f.binding().is_some())
         .filter(|f| matches!(&f.role, Role::Projection(p) if p.bucket == projection.bucket))
         .map(|f| f.name.as_str())
         .collect();
-    if function.request.is_some() {
+    let Some(binding) = function.binding() else {
         bail!(
             "function {} is a query (request = ...): it reads bucket {} but does not build it; \
              rebuild the stream function that does ({})",
@@ -191,7 +174,7 @@ fn projection_of<'a>(
                 writers.join(", ")
             }
         );
-    }
+    };
     if writers.len() > 1 {
         bail!(
             "functions {} all project into bucket {}; a rebuild applies one function's events and \
@@ -200,7 +183,7 @@ fn projection_of<'a>(
             projection.bucket
         );
     }
-    Ok(projection)
+    Ok((projection, binding))
 }
 
 /// The bucket a rebuild fills: `<logical>_<n+1>` after `<logical>_<n>`,
@@ -269,6 +252,7 @@ impl std::fmt::Display for Counts {
 struct Applier {
     js: jetstream::Context,
     function: FunctionConfig,
+    binding: StreamBinding,
     handler: Arc<dyn Function>,
     counts: Counts,
 }
@@ -276,87 +260,50 @@ struct Applier {
 impl Applier {
     /// `inner`, wrapped as a live delivery wraps it, projecting into
     /// `bucket`.
-    fn new(
-        js: &jetstream::Context,
-        function: &FunctionConfig,
-        projection: &ProjectionConfig,
-        bucket: &str,
-        inner: Arc<dyn Function>,
-    ) -> Self {
-        let mut config = function.clone();
+    fn new(js: &jetstream::Context, target: &Target<'_>, bucket: &str, inner: Arc<dyn Function>) -> Self {
+        let mut config = target.function.clone();
         config.role = Role::Projection(ProjectionConfig {
             bucket: bucket.to_string(),
-            key: projection.key.clone(),
+            key: target.projection.key.clone(),
         });
         let metrics = Metrics::new();
-        let wrapped = eventsourcing::wrap(&config, inner, js, &metrics);
-        let own = metrics.for_function(&config.name);
+        let handles = metrics.for_function(&config.name);
         Applier {
             js: js.clone(),
-            handler: middleware::layered(wrapped, config.timeout, own.in_flight, own.duration),
+            handler: layers::stack(&config, inner, js, &metrics, &handles),
             function: config,
+            binding: target.binding.clone(),
             counts: Counts::default(),
         }
     }
 
     /// Applies the function's events with stream sequences `from..=to`.
     async fn apply(&mut self, from: u64, to: u64) -> anyhow::Result<()> {
-        if from > to {
-            return Ok(());
-        }
-        let stream = &self.function.stream.clone();
-        let (filter_subject, filter_subjects) = match self.function.subjects.as_slice() {
-            [one] => (one.clone(), Vec::new()),
-            many => (String::new(), many.to_vec()),
-        };
-        let consumer = self
-            .js
-            .get_stream(stream)
-            .await
-            .with_context(|| format!("cannot find stream {stream}"))?
-            .create_consumer(pull::OrderedConfig {
-                filter_subject,
-                filter_subjects,
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot read stream {stream}"))?;
-        let pending = consumer.cached_info().num_pending;
-        let mut messages = consumer
-            .messages()
-            .await
-            .with_context(|| format!("cannot read stream {stream}"))?;
-        for _ in 0..pending {
-            let message = match messages.next().await {
-                Some(message) => {
-                    message.map_err(|err| anyhow!("cannot read stream {stream}: {err}"))?
+        let describes = format!("jetrun projection rebuild {}", self.function.name);
+        let mut history = History::open(
+            &self.js,
+            &self.binding.stream,
+            &self.binding.subjects,
+            Start::Sequence(from.max(1)),
+            to,
+            &describes,
+        )
+        .await?;
+        while let Some(item) = history.next().await? {
+            match item {
+                Item::Message(stored) => {
+                    let subject = stored.message.subject.to_string();
+                    self.apply_one(stored.event(), &subject, stored.sequence)
+                        .await?;
                 }
-                None => bail!("cannot read stream {stream}: the consumer ended early"),
-            };
-            let info = message
-                .info()
-                .map_err(|err| anyhow!("a message of stream {stream} without metadata: {err}"))?;
-            let sequence = info.stream_sequence;
-            if sequence > to {
-                break;
+                Item::Unreadable(unreadable) => {
+                    // Live, the function dead-letters it.
+                    eprintln!("jetrun: {unreadable}");
+                    self.counts.failed += 1;
+                }
             }
-            let origin = Origin {
-                subject: message.subject.as_str(),
-                stream,
-                sequence,
-                published: info.published.into(),
-            };
-            let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload);
-            self.apply_one(event, message.subject.as_str(), sequence)
-                .await?;
             if self.counts.events() % PROGRESS_EVERY == 0 {
-                println!(
-                    "  {} events, up to sequence {sequence}",
-                    self.counts.events()
-                );
+                println!("  {} events", self.counts.events());
             }
         }
         Ok(())
@@ -378,7 +325,7 @@ impl Applier {
                 function: self.function.name.clone(),
                 attempt,
                 subject: subject.to_string(),
-                stream: self.function.stream.clone(),
+                stream: self.binding.stream.clone(),
                 sequence,
             };
             let outcome = match &event {
@@ -447,14 +394,15 @@ impl Paused {
     /// function is writing).
     async fn pause(
         js: &jetstream::Context,
-        function: &FunctionConfig,
+        binding: &StreamBinding,
     ) -> anyhow::Result<Option<Paused>> {
-        let what = || format!("consumer {} on stream {}", function.name, function.stream);
+        let (stream_name, consumer) = (&binding.stream, &binding.consumer);
+        let what = || format!("consumer {consumer} on stream {stream_name}");
         let stream = js
-            .get_stream_no_info(&function.stream)
+            .get_stream_no_info(stream_name)
             .await
-            .with_context(|| format!("cannot find stream {}", function.stream))?;
-        match stream.consumer_info(&function.name).await {
+            .with_context(|| format!("cannot find stream {stream_name}"))?;
+        match stream.consumer_info(consumer).await {
             Ok(_) => {}
             Err(err)
                 if matches!(
@@ -468,17 +416,17 @@ impl Paused {
         }
         let until = Instant::now() + PAUSE_LIMIT;
         stream
-            .pause_consumer(&function.name, (SystemTime::now() + PAUSE_LIMIT).into())
+            .pause_consumer(consumer, (SystemTime::now() + PAUSE_LIMIT).into())
             .await
             .map_err(|err| anyhow!("cannot pause {}: {err}", what()))?;
         let paused = Paused {
             stream,
-            stream_name: function.stream.clone(),
-            consumer: function.name.clone(),
+            stream_name: stream_name.clone(),
+            consumer: consumer.clone(),
             until,
             delivered: 0,
         };
-        match paused.stream.consumer_info(&function.name).await {
+        match paused.stream.consumer_info(consumer).await {
             Ok(info) => Ok(Some(Paused {
                 delivered: info.delivered.stream_sequence,
                 ..paused
@@ -512,13 +460,12 @@ fn lock_key(logical: &str) -> String {
 /// `jetrun projection rebuild`: one at a time per bucket.
 async fn rebuild(
     js: &jetstream::Context,
-    function: &FunctionConfig,
-    projection: &ProjectionConfig,
+    target: &Target<'_>,
     handler: Arc<dyn Function>,
     keep_old: bool,
 ) -> anyhow::Result<()> {
     let pointers = projection::pointers(js).await?;
-    let logical = &projection.bucket;
+    let logical = &target.projection.bucket;
     let key = lock_key(logical);
     let mark = json!({
         "pid": std::process::id(),
@@ -540,7 +487,7 @@ async fn rebuild(
             projection::POINTERS
         ),
     }
-    let rebuilt = rebuild_alone(js, &pointers, function, projection, handler, keep_old).await;
+    let rebuilt = rebuild_alone(js, &pointers, target, handler, keep_old).await;
     if let Err(err) = pointers.delete(&key).await {
         eprintln!(
             "jetrun: cannot clear {}.{key}; `nats kv del {} {key}` before the next rebuild: {err}",
@@ -555,17 +502,21 @@ async fn rebuild(
 async fn rebuild_alone(
     js: &jetstream::Context,
     pointers: &kv::Store,
-    function: &FunctionConfig,
-    projection: &ProjectionConfig,
+    target: &Target<'_>,
     handler: Arc<dyn Function>,
     keep_old: bool,
 ) -> anyhow::Result<()> {
-    if function.max_ack_pending > 1 {
+    let Target {
+        function,
+        binding,
+        projection,
+    } = target;
+    if binding.max_ack_pending > 1 {
         eprintln!(
             "jetrun: warning: function {} has max_ack_pending = {}: a projection needs its events \
              in stream order (max_ack_pending = 1), or an event retried after a newer one of the \
              same key is skipped",
-            function.name, function.max_ack_pending
+            function.name, binding.max_ack_pending
         );
     }
     let logical = &projection.bucket;
@@ -587,11 +538,11 @@ async fn rebuild_alone(
          until it has caught up.",
         function.name
     );
-    let mut applier = Applier::new(js, function, projection, &new, handler);
+    let mut applier = Applier::new(js, target, &new, handler);
     let switched = async {
         let mut done = 0;
         for pass in 1..=MAX_PASSES {
-            let last = last_sequence(js, &function.stream).await?;
+            let last = last_sequence(js, &binding.stream).await?;
             if last <= done || (pass > 1 && last - done <= PAUSED_CATCH_UP) {
                 break;
             }
@@ -600,12 +551,12 @@ async fn rebuild_alone(
             println!(
                 "Applied sequences {}..={last} of stream {}: {}.",
                 done + 1,
-                function.stream,
+                binding.stream,
                 applier.counts.since(before)
             );
             done = last;
         }
-        let Some(paused) = Paused::pause(js, function).await? else {
+        let Some(paused) = Paused::pause(js, binding).await? else {
             println!(
                 "Function {} has no consumer: no live writer to wait for.",
                 function.name
@@ -636,7 +587,7 @@ async fn rebuild_alone(
                     function.name
                 );
             }
-            projection::switch(pointers, logical, pointer_revision, &new).await
+            Ok(projection::switch(pointers, logical, pointer_revision, &new).await?)
         }
         .await;
         if caught_up.is_err() {

@@ -117,9 +117,10 @@ mod tests {
         )
         .unwrap_or_else(|errors| panic!("the init template does not validate: {errors:?}"));
         let welcome = &config.functions["welcome-email"];
-        assert_eq!(welcome.subjects, ["user.registered"]);
-        assert_eq!(welcome.stream, "USERS");
-        assert_eq!(welcome.dead_letter, "dlq.welcome-email");
+        let binding = welcome.binding().unwrap();
+        assert_eq!(binding.subjects, ["user.registered"]);
+        assert_eq!(binding.stream, "USERS");
+        assert_eq!(binding.dead_letter, "dlq.welcome-email");
         assert_eq!(welcome.retry.max_attempts(), 3);
         assert_eq!(welcome.timeout, Duration::from_secs(30));
         assert_eq!(config.streams.len(), 2);

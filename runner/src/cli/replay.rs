@@ -12,20 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::anyhow;
-use async_nats::jetstream::{self, stream::RetentionPolicy};
+use async_nats::jetstream::stream::RetentionPolicy;
 use clap::ArgGroup;
-use jetrun_config::{Config, FunctionConfig};
+use jetrun_config::{Config, FunctionConfig, StreamBinding};
 use jetrun_functions::{Context, Failure, Function};
-use prometheus::IntCounter;
 use tracing::Instrument as _;
 
-use super::events::{self, count, History, Item, Start, Stored};
-use crate::cli::ConfigArg;
-use crate::config_file;
-use crate::delivery;
-use crate::eventsourcing;
+use super::args::{ConfigArg, InvalidValue};
+use super::output::count;
+use super::session::{self, Stopped, EXIT_INTERRUPTED, EXIT_USAGE};
+use crate::emit::Emitter;
+use crate::layers;
 use crate::metrics::Metrics;
-use crate::middleware;
+use crate::nats::{self, History, Item, Start, Stored};
 
 /// `jetrun replay --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -78,8 +77,8 @@ struct Since {
     text: String,
 }
 
-fn since(text: &str) -> Result<Since, String> {
-    since_at(text, SystemTime::now())
+fn since(text: &str) -> Result<Since, InvalidValue> {
+    since_at(text, SystemTime::now()).map_err(InvalidValue)
 }
 
 /// `text` as a time: RFC 3339 (any offset; no offset means UTC), or a
@@ -104,70 +103,55 @@ fn since_at(text: &str, now: SystemTime) -> Result<Since, String> {
     })
 }
 
-/// Exit status for a usage or config error.
-const EXIT_USAGE: u8 = 2;
-/// Exit status when interrupted (128 + SIGINT).
-const EXIT_INTERRUPTED: u8 = 130;
-
 /// Runs `jetrun replay`.
 pub(crate) async fn replay(args: ReplayArgs) -> ExitCode {
-    let loaded = match config_file::load(&args.config.config) {
+    let loaded = match session::load(&args.config.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    if let Err(why) = check(&loaded.config, &args) {
-        eprintln!("jetrun: {why}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let Some((function, handler)) = loaded
-        .functions
-        .into_iter()
-        .find(|(f, _)| f.name == args.function)
-    else {
-        eprintln!("jetrun: function {} has no handler", args.function);
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let range = Range {
-        start: match (args.from_seq, &args.since) {
-            (Some(from), _) => Start::Sequence(from),
-            (None, Some(since)) => Start::Time(since.time),
-            (None, None) => Start::Sequence(1),
-        },
-        since: args.since.map(|s| s.text),
-        until: args.until_seq,
-    };
-    match run(&loaded.config, function, handler, range).await {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("jetrun: {err:#}");
-            ExitCode::FAILURE
+    session::exit(
+        async {
+            check(&loaded.config, &args)?;
+            let Some((function, handler)) = loaded
+                .functions
+                .into_iter()
+                .find(|(f, _)| f.name == args.function)
+            else {
+                return Err(Stopped::Usage(format!(
+                    "function {} has no handler",
+                    args.function
+                )));
+            };
+            let range = Range {
+                start: match (args.from_seq, &args.since) {
+                    (Some(from), _) => Start::Sequence(from),
+                    (None, Some(since)) => Start::Time(since.time),
+                    (None, None) => Start::Sequence(1),
+                },
+                since: args.since.map(|s| s.text),
+                until: args.until_seq,
+            };
+            Ok(run(&loaded.config, function, handler, range).await?)
         }
-    }
+        .await,
+    )
 }
 
 /// What makes a replay impossible before NATS is asked anything.
-fn check(config: &Config, args: &ReplayArgs) -> Result<(), String> {
-    let Some(function) = config.functions.get(&args.function) else {
-        let known: Vec<&str> = config.functions.keys().map(String::as_str).collect();
-        return Err(format!(
-            "{} declares no function {:?}; its functions: {}",
-            args.config.config.display(),
-            args.function,
-            known.join(", ")
-        ));
-    };
-    if let Some(request) = &function.request {
-        return Err(format!(
+fn check(config: &Config, args: &ReplayArgs) -> Result<(), Stopped> {
+    let function = session::function(config, &args.config.config, &args.function)?;
+    if let Some(request) = function.request_subject() {
+        return Err(Stopped::Usage(format!(
             "function {} answers requests on {request}: it has no stream, so there is no \
              history to replay",
             function.name
-        ));
+        )));
     }
     if let (Some(from), Some(until)) = (args.from_seq, args.until_seq) {
         if until < from {
-            return Err(format!(
+            return Err(Stopped::Usage(format!(
                 "--until-seq {until} is before --from-seq {from}: nothing to replay"
-            ));
+            )));
         }
     }
     Ok(())
@@ -187,10 +171,12 @@ async fn run(
     handler: Arc<dyn Function>,
     range: Range,
 ) -> anyhow::Result<ExitCode> {
-    let client = crate::nats::connect_once(&config.nats).await?;
-    let js = jetstream::new(client);
-    let stream = &function.stream;
-    let Some(info) = events::stream_info(&js, stream).await? else {
+    let js = session::connect(&config.nats).await?;
+    let Some(binding) = function.binding().cloned() else {
+        return Err(anyhow!("function {} has no stream", function.name));
+    };
+    let stream = &binding.stream;
+    let Some(info) = nats::stream_info(&js, stream).await? else {
         return Err(anyhow!(
             "stream {stream} of function {} does not exist; has `jetrun run` run with this config?",
             function.name
@@ -227,17 +213,12 @@ async fn run(
 
     let metrics = Metrics::new();
     let handles = metrics.for_function(&function.name);
-    let handler = eventsourcing::wrap(&function, handler, &js, &metrics);
-    let handler = middleware::layered(
-        handler,
-        function.timeout,
-        handles.in_flight.clone(),
-        handles.duration.clone(),
-    );
+    let handler = layers::stack(&function, handler, &js, &metrics, &handles);
+    let emitter = Emitter::new(&js, &function, handles.emitted.clone());
     let mut history = History::open(
         &js,
         stream,
-        &function.subjects,
+        &binding.subjects,
         range.start,
         last,
         &format!("jetrun replay {}", function.name),
@@ -259,7 +240,7 @@ async fn run(
             Ok(Some(match item {
                 Item::Message(stored) => {
                     let result =
-                        replay_one(&*handler, &function, &js, &handles.emitted, &stored).await;
+                        replay_one(&*handler, &function.name, &binding, &emitter, &stored).await;
                     let subject = stored.message.subject.to_string();
                     (stored.sequence, subject, result.map_err(|f| f.message))
                 }
@@ -315,30 +296,29 @@ async fn run(
 /// emitted; how many of those the target streams already held.
 async fn replay_one(
     handler: &dyn Function,
-    function: &FunctionConfig,
-    js: &jetstream::Context,
-    emitted: &IntCounter,
+    function: &str,
+    binding: &StreamBinding,
+    emitter: &Emitter,
     stored: &Stored,
 ) -> Result<usize, Failure> {
     let event = stored.event()?;
-    delivery::check_input(function, &event)?;
     let ctx = Context {
-        function: function.name.clone(),
+        function: function.to_string(),
         attempt: 1,
         subject: stored.message.subject.to_string(),
-        stream: stored.stream.clone(),
+        stream: binding.stream.clone(),
         sequence: stored.sequence,
     };
     let span = tracing::info_span!(
         "replay",
-        function = %function.name,
+        function = %function,
         event_id = %event.id,
         event_type = %event.event_type,
         sequence = stored.sequence,
     );
     async {
         let output = handler.call(&event, &ctx).await?;
-        delivery::publish_emits(js, function, &event, &output.emits, emitted).await
+        emitter.publish(&event, &output.emits).await
     }
     .instrument(span)
     .await
@@ -522,7 +502,9 @@ builtin = "reserve_stock"
     #[test]
     fn usage_errors_are_found_before_nats() {
         let config = config();
-        let with = |argv: &[&str]| check(&config, &parse(argv).unwrap());
+        let with = |argv: &[&str]| {
+            check(&config, &parse(argv).unwrap()).map_err(|err| err.to_string())
+        };
         assert_eq!(with(&["reserve", "--from-seq", "1"]), Ok(()));
         assert_eq!(
             with(&["nope", "--from-seq", "1", "-c", "j.toml"]).unwrap_err(),

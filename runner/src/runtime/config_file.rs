@@ -1,12 +1,10 @@
 //! Loading the config file: the only place that reads it and the environment
 //! before handing both to the pure `jetrun_config::parse`, then building
 //! every function's handler (which checks what only the runner knows, such
-//! as an HTTP function's headers). A bad file prints every error and means
-//! exit status 2, before anything touches NATS.
+//! as an HTTP function's headers).
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::ExitCode;
 
 use jetrun_config::{Config, FunctionConfig};
 use jetrun_functions::Function;
@@ -17,21 +15,6 @@ use crate::handler;
 pub(crate) struct Loaded {
     pub(crate) config: Config,
     pub(crate) functions: Vec<(FunctionConfig, std::sync::Arc<dyn Function>)>,
-}
-
-/// Exit status for a config that cannot be used.
-const EXIT_BAD_CONFIG: u8 = 2;
-
-/// Reads and validates the config file, printing every error: exit status
-/// 2 when it is not usable.
-pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
-    read(path).map_err(|errors| {
-        eprintln!("jetrun: {} is not valid:", path.display());
-        for error in &errors {
-            eprintln!("  {error}");
-        }
-        ExitCode::from(EXIT_BAD_CONFIG)
-    })
 }
 
 /// Reads and validates the config file; every error, each a line naming the

@@ -7,14 +7,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::config_file::Loaded;
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
+
+use super::config_file::Loaded;
 
 const PREFERRED_PORT: u16 = 4222;
 const DATA_DIR: &str = ".jetrun/dev";
 
-pub(crate) async fn dev(mut loaded: Loaded, source: crate::reload::Source) -> anyhow::Result<()> {
+pub(crate) async fn dev(mut loaded: Loaded, source: super::Source) -> anyhow::Result<()> {
     let config = &mut loaded.config;
     let binary = nats_server_binary()?;
     let port = free_port()?;
@@ -46,7 +47,7 @@ pub(crate) async fn dev(mut loaded: Loaded, source: crate::reload::Source) -> an
         config.metrics.listen
     );
     config.nats.urls = vec![url];
-    let result = crate::run::run(loaded, source).await;
+    let result = super::run(loaded, source).await;
     stop(&mut server).await;
     result
 }

@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, context::ConsumerInfoErrorKind};
 use serde_json::{json, Value};
 
+use super::args::ConfigArg;
 use super::dlq::{self, Place};
-use crate::cli::ConfigArg;
-use crate::config_file;
+use super::output::{rfc3339, table};
+use super::session;
 
 /// `jetrun status --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -70,25 +71,24 @@ impl ConsumerState {
 
 /// Runs `jetrun status`.
 pub(crate) async fn status(args: StatusArgs) -> ExitCode {
-    let loaded = match config_file::load(&args.config.config) {
+    let loaded = match session::load(&args.config.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let rows = async {
-        let client = crate::nats::connect_once(&loaded.config.nats).await?;
-        let js = jetstream::new(client);
+        let js = session::connect(&loaded.config.nats).await?;
         let mut rows = Vec::new();
         // Request functions have no consumer and no dead letters: listed
         // after the table.
         for function in loaded.config.functions.values() {
-            if function.request.is_some() {
+            let Some(binding) = function.binding() else {
                 continue;
-            }
+            };
             let place = Place::of(&loaded.config, function);
             rows.push(Row {
                 function: function.name.clone(),
-                stream: function.stream.clone(),
-                consumer: consumer_state(&js, &function.stream, &function.name).await?,
+                stream: binding.stream.clone(),
+                consumer: consumer_state(&js, &binding.stream, &binding.consumer).await?,
                 dead_letters: dlq::count(&js, &place).await?,
                 dead_letter_subject: place.subject,
             });
@@ -115,7 +115,7 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
     } else {
         print!("{}", status_table(&rows));
         for function in loaded.config.functions.values() {
-            if let Some(subject) = &function.request {
+            if let Some(subject) = function.request_subject() {
                 println!(
                     "{} answers requests on {subject} (jetrun micro service; see `$SRV.STATS.jetrun`)",
                     function.name
@@ -178,12 +178,12 @@ fn status_table(rows: &[Row]) -> String {
                 r.consumer
                     .as_ref()
                     .and_then(|c| c.last_active)
-                    .map_or_else(|| "-".to_string(), dlq::rfc3339),
+                    .map_or_else(|| "-".to_string(), rfc3339),
             );
             cells
         })
         .collect();
-    dlq::table(
+    table(
         &[
             "FUNCTION",
             "STREAM",
@@ -209,7 +209,7 @@ fn to_json(row: &Row) -> Value {
         "redelivered": c.map(|c| c.redelivered),
         "dead_letters": row.dead_letters,
         "dead_letter_subject": row.dead_letter_subject,
-        "last_active": c.and_then(|c| c.last_active).map(dlq::rfc3339),
+        "last_active": c.and_then(|c| c.last_active).map(rfc3339),
     })
 }
 

@@ -8,8 +8,10 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
+
+use super::args::InvalidValue;
+use crate::emit::{self, PublishError};
 
 /// The arguments of `jetrun publish`.
 #[derive(clap::Args)]
@@ -48,26 +50,31 @@ pub(crate) struct PublishArgs {
 
 /// A CloudEvents attribute given on the command line: not empty, and fit
 /// for a header value (no CR or LF).
-fn attribute(text: &str) -> Result<HeaderValue, String> {
+fn attribute(text: &str) -> Result<HeaderValue, InvalidValue> {
     if text.is_empty() {
-        return Err("must not be empty".into());
+        return Err(InvalidValue("must not be empty".into()));
     }
-    HeaderValue::from_str(text).map_err(|_| format!("{text:?} must not contain CR or LF"))
+    HeaderValue::from_str(text)
+        .map_err(|_| InvalidValue(format!("{text:?} must not contain CR or LF")))
 }
 
 /// `KEY=VALUE` as a header name and value.
-fn header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+fn header(text: &str) -> Result<(HeaderName, HeaderValue), InvalidValue> {
     let Some((key, value)) = text.split_once('=') else {
-        return Err(format!("{text:?} must be KEY=VALUE"));
+        return Err(InvalidValue(format!("{text:?} must be KEY=VALUE")));
     };
     if key.is_empty() {
-        return Err(format!("{text:?} has no header name before the ="));
+        return Err(InvalidValue(format!(
+            "{text:?} has no header name before the ="
+        )));
     }
     let name = HeaderName::from_str(key).map_err(|_| {
-        format!("{key:?} is not a header name (printable ASCII, no spaces and no ':')")
+        InvalidValue(format!(
+            "{key:?} is not a header name (printable ASCII, no spaces and no ':')"
+        ))
     })?;
     let value = HeaderValue::from_str(value)
-        .map_err(|_| format!("the value of {key} must not contain CR or LF"))?;
+        .map_err(|_| InvalidValue(format!("the value of {key} must not contain CR or LF")))?;
     Ok((name, value))
 }
 
@@ -112,14 +119,7 @@ pub(crate) async fn publish(
     };
     let js = async_nats::jetstream::new(client);
     let subject = &args.subject;
-    let ack = match js
-        .publish_with_headers(subject.clone(), headers, body.into())
-        .await
-    {
-        Ok(future) => future.await,
-        Err(err) => Err(err),
-    };
-    match ack {
+    match emit::publish(&js, subject, headers, body.into()).await {
         Ok(ack) => {
             println!(
                 "published {id} to stream {} at sequence {}",
@@ -135,7 +135,7 @@ pub(crate) async fn publish(
         }
         // A JetStream publish to a subject no stream captures gets "no
         // responders" from the server, which async-nats reports as this.
-        Err(err) if err.kind() == PublishErrorKind::StreamNotFound => bail!(
+        Err(PublishError::NoStream { .. }) => bail!(
             "no stream captures subject {subject}; declare one in [streams.*] and run jetrun once"
         ),
         Err(err) => Err(err).with_context(|| format!("cannot publish to {subject}")),

@@ -16,7 +16,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context as _};
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode};
@@ -27,8 +26,10 @@ use futures::TryStreamExt as _;
 use jetrun_config::{Config, FunctionConfig, DLQ_STREAM, DLQ_SUBJECTS};
 use serde_json::{json, Value};
 
-use crate::cli::ConfigArg;
-use crate::config_file::{self, Loaded};
+use super::args::{FunctionArg, InvalidValue};
+use super::output::{count as plural, first_line, hex_dump, rfc3339, table};
+use super::session::{self, Stopped};
+use crate::emit::{self, PublishError};
 
 /// `jetrun dlq --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -103,15 +104,6 @@ Examples:
   jetrun dlq purge reserve-stock --older-than 7d
   jetrun dlq purge reserve-stock";
 
-/// The config file and one of its functions.
-#[derive(clap::Args)]
-struct FunctionArg {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// The function, as named in `[functions.*]`.
-    function: String,
-}
-
 #[derive(clap::Args)]
 struct ListArgs {
     #[command(flatten)]
@@ -166,27 +158,24 @@ struct Age {
     text: String,
 }
 
-fn age(text: &str) -> Result<Age, String> {
+fn age(text: &str) -> Result<Age, InvalidValue> {
     humantime::parse_duration(text)
         .map(|duration| Age {
             duration,
             text: text.to_string(),
         })
-        .map_err(|err| format!("{text:?} is not a duration like 1h or 7d: {err}"))
+        .map_err(|err| InvalidValue(format!("{text:?} is not a duration like 1h or 7d: {err}")))
 }
 
-fn publish_subject(text: &str) -> Result<String, String> {
+fn publish_subject(text: &str) -> Result<String, InvalidValue> {
     if jetrun_config::is_publish_subject(text) {
         Ok(text.to_string())
     } else {
-        Err(format!(
+        Err(InvalidValue(format!(
             "{text:?} is not a subject to publish to (dot-separated tokens, no wildcards)"
-        ))
+        )))
     }
 }
-
-/// Exit status for a function the config does not declare: a usage error.
-const EXIT_USAGE: u8 = 2;
 
 /// Runs `jetrun dlq VERB`.
 pub(crate) async fn dlq(args: DlqArgs) -> ExitCode {
@@ -196,52 +185,31 @@ pub(crate) async fn dlq(args: DlqArgs) -> ExitCode {
         Verb::Replay(a) => &a.target,
         Verb::Purge(a) => &a.target,
     };
-    let loaded = match config_file::load(&target.config.config) {
+    let loaded = match session::load(&target.config.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let Some(function) = loaded.config.functions.get(&target.function) else {
-        eprintln!(
-            "jetrun: {}",
-            unknown_function(&target.function, &target.config.config, &loaded)
-        );
-        return ExitCode::from(EXIT_USAGE);
-    };
-    if let Some(subject) = &function.request {
-        eprintln!(
-            "jetrun: {} answers requests on {subject}: a failed request is answered with an \
-             error, never dead-lettered",
-            function.name
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let place = Place::of(&loaded.config, function);
-    let result = async {
-        let client = crate::nats::connect_once(&loaded.config.nats).await?;
-        let js = jetstream::new(client);
-        match &args.verb {
-            Verb::List(a) => list(&js, &place, a.json).await,
-            Verb::Show(a) => show(&js, &place, a.seq, a.json).await,
-            Verb::Replay(a) => replay(&js, &place, a).await,
-            Verb::Purge(a) => purge(&js, &place, a.older_than.as_ref()).await,
+    session::exit(
+        async {
+            let config = &loaded.config;
+            let function = session::function(config, &target.config.config, &target.function)?;
+            if let Some(subject) = function.request_subject() {
+                return Err(Stopped::Usage(format!(
+                    "{} answers requests on {subject}: a failed request is answered with an \
+                     error, never dead-lettered",
+                    function.name
+                )));
+            }
+            let place = Place::of(config, function);
+            let js = session::connect(&config.nats).await?;
+            Ok(match &args.verb {
+                Verb::List(a) => list(&js, &place, a.json).await?,
+                Verb::Show(a) => show(&js, &place, a.seq, a.json).await?,
+                Verb::Replay(a) => replay(&js, &place, a).await?,
+                Verb::Purge(a) => purge(&js, &place, a.older_than.as_ref()).await?,
+            })
         }
-    }
-    .await;
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("jetrun: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn unknown_function(name: &str, path: &std::path::Path, loaded: &Loaded) -> String {
-    let known: Vec<&str> = loaded.config.functions.keys().map(String::as_str).collect();
-    format!(
-        "{} declares no function {name:?}; its functions: {}",
-        path.display(),
-        known.join(", ")
+        .await,
     )
 }
 
@@ -260,8 +228,10 @@ pub(super) struct Place {
 }
 
 impl Place {
+    /// Where `function` (a stream function) dead-letters.
     pub(super) fn of(config: &Config, function: &FunctionConfig) -> Place {
-        let subject = function.dead_letter.clone();
+        let dead_letter = |f: &FunctionConfig| f.binding().map(|b| b.dead_letter.clone());
+        let subject = dead_letter(function).unwrap_or_default();
         let stream = if jetrun_config::subject_matches(DLQ_SUBJECTS, &subject) {
             DLQ_STREAM.to_string()
         } else {
@@ -278,7 +248,7 @@ impl Place {
         let shared = config
             .functions
             .values()
-            .any(|f| f.name != function.name && f.dead_letter == subject);
+            .any(|f| f.name != function.name && dead_letter(f).as_ref() == Some(&subject));
         Place {
             function: function.name.clone(),
             subject,
@@ -526,42 +496,6 @@ fn list_table(rows: &[Summary]) -> String {
     )
 }
 
-/// The first line of `text`, cut to `width` characters with `...`.
-fn first_line(text: &str, width: usize) -> String {
-    let line = text.lines().next().unwrap_or("").trim_end();
-    if line.chars().count() <= width {
-        return line.to_string();
-    }
-    let cut: String = line.chars().take(width.saturating_sub(3)).collect();
-    format!("{}...", cut.trim_end())
-}
-
-/// Left-aligned columns two spaces apart, a header row first; the last
-/// column is not padded.
-pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<width$}  ", width = widths[i]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 // ---------------------------------------------------------------- show
 
 async fn show(
@@ -683,37 +617,6 @@ fn show_json(message: &StreamMessage) -> Value {
     })
 }
 
-/// `xxd`-style lines: offset, 16 bytes in hex, and those bytes as ASCII.
-fn hex_dump(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for (i, chunk) in bytes.chunks(16).enumerate() {
-        let _ = write!(out, "{:08x}  ", i * 16);
-        for j in 0..16 {
-            match chunk.get(j) {
-                Some(b) => {
-                    let _ = write!(out, "{b:02x} ");
-                }
-                None => out.push_str("   "),
-            }
-            if j == 7 {
-                out.push(' ');
-            }
-        }
-        let ascii: String = chunk
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        let _ = writeln!(out, " |{ascii}|");
-    }
-    out
-}
-
 // ---------------------------------------------------------------- replay
 
 async fn replay(
@@ -777,16 +680,9 @@ async fn replay_one(
         );
     }
     let subject = plan.subject.clone();
-    let ack = match js
-        .publish_with_headers(subject.clone(), plan.headers, message.payload.clone())
-        .await
-    {
-        Ok(future) => future.await,
-        Err(err) => Err(err),
-    };
-    let ack = match ack {
+    let ack = match emit::publish(js, &subject, plan.headers, message.payload.clone()).await {
         Ok(ack) => ack,
-        Err(err) if err.kind() == PublishErrorKind::StreamNotFound => {
+        Err(PublishError::NoStream { .. }) => {
             return Err(anyhow!(
                 "DLQ {seq}: no stream captures subject {subject}; nothing was published"
             ))
@@ -947,18 +843,6 @@ fn failed_at(message: &StreamMessage) -> SystemTime {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|v| v.as_str())
-}
-
-pub(super) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
-fn plural(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,158 @@
+//! Keeping a unit's durable consumer bound: bound at start (retrying until
+//! NATS agrees), watched by a monitor (backlog gauges, ack floor, a stuck
+//! floor worth a look for unreadable messages), and bound again, just past
+//! the last ack floor seen, when it is deleted behind jetrun's back.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use super::{pull, quarantine, Shared};
+use crate::nats;
+use crate::readiness::Readiness;
+use crate::shutdown::{retry_until, Shutdown};
+
+/// How often the consumer's info is read (backlog gauges, ack floor, and
+/// whether it still exists).
+const MONITOR_EVERY: Duration = Duration::from_secs(2);
+
+/// Set by the monitor when the consumer is gone, waking the pull loop.
+#[derive(Default)]
+pub(super) struct Lost {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Lost {
+    fn set(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    pub(super) fn is_lost(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn notified(&self) {
+        let notified = self.notify.notified();
+        if !self.is_lost() {
+            notified.await;
+        }
+    }
+}
+
+/// Binds, pulls, and binds again after a deletion, until the drain; then
+/// waits for what is in flight.
+pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shutdown) {
+    let span = tracing::info_span!("consumer", unit = %shared.unit.name);
+    async {
+        let name = &shared.unit.name;
+        let mut in_flight = JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency));
+        let ack_floor = Arc::new(AtomicU64::new(0));
+        while !shutdown.is_draining() {
+            let start = match ack_floor.load(Ordering::Relaxed) {
+                0 => DeliverPolicy::All,
+                floor => DeliverPolicy::ByStartSequence {
+                    start_sequence: floor + 1,
+                },
+            };
+            let Some(consumer) = bind(&shared, start, &shutdown).await else {
+                break;
+            };
+            readiness.set_bound(name, true);
+            let lost = Arc::new(Lost::default());
+            let monitor = tokio::spawn(
+                monitor(consumer.clone(), shared.clone(), ack_floor.clone(), lost.clone())
+                    .in_current_span(),
+            );
+            let pulling = pull::Pulling {
+                shared: &shared,
+                consumer: &consumer,
+                permits: &permits,
+                shutdown: &shutdown,
+                lost: &lost,
+            };
+            pulling.run(&mut in_flight, readiness.connections()).await;
+            monitor.abort();
+            readiness.set_bound(name, false);
+            if lost.is_lost() {
+                tracing::warn!(
+                    resume_after = ack_floor.load(Ordering::Relaxed),
+                    "Consumer was deleted behind jetrun's back; recreating it from the config, \
+                     starting just past the last ack floor seen."
+                );
+            }
+        }
+        if !in_flight.is_empty() {
+            tracing::info!(in_flight = in_flight.len(), "Draining events in flight.");
+        }
+        while in_flight.join_next().await.is_some() {}
+    }
+    .instrument(span)
+    .await
+}
+
+/// Binds the consumer, retrying until NATS agrees (it may be down or
+/// starting); `None` once draining.
+async fn bind(shared: &Shared, start: DeliverPolicy, shutdown: &Shutdown) -> Option<PullConsumer> {
+    let binding = &shared.unit.binding;
+    let durable = nats::Durable {
+        binding,
+        serves: shared.unit.serves.clone(),
+    };
+    let consumer = retry_until("bind the consumer", shutdown, || {
+        durable.bind(&shared.js, start)
+    })
+    .await?;
+    tracing::info!(
+        stream = %binding.stream,
+        consumer = %binding.consumer,
+        subjects = ?binding.subjects,
+        "Consumer bound."
+    );
+    Some(consumer)
+}
+
+/// Reads the consumer's state now and then: backlog gauges, the ack floor (so
+/// a consumer recreated after a deletion resumes where this one was), and
+/// whether it still exists.
+async fn monitor(
+    mut consumer: PullConsumer,
+    shared: Arc<Shared>,
+    ack_floor: Arc<AtomicU64>,
+    lost: Arc<Lost>,
+) {
+    // The ack floor, and since when it has not moved while events were pending.
+    let mut stuck = (0u64, Instant::now());
+    loop {
+        match consumer.info().await {
+            Ok(info) => {
+                shared.metrics.pending.set(info.num_pending as i64);
+                shared.metrics.ack_pending.set(info.num_ack_pending as i64);
+                let floor = info.ack_floor.stream_sequence;
+                ack_floor.fetch_max(floor, Ordering::Relaxed);
+                if floor != stuck.0 || info.num_ack_pending == 0 {
+                    stuck = (floor, Instant::now());
+                } else if stuck.1.elapsed() > shared.unit.binding.ack_wait + MONITOR_EVERY {
+                    // Look once per ack wait, not on every round.
+                    stuck.1 = Instant::now();
+                    quarantine::look_past(&shared, floor).await;
+                }
+            }
+            Err(err) if nats::is_consumer_not_found(&err) => {
+                lost.set();
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(%err, "Cannot read consumer info.");
+            }
+        }
+        tokio::time::sleep(MONITOR_EVERY).await;
+    }
+}

@@ -1,0 +1,232 @@
+//! What runs in this process: each function (consuming its stream, or
+//! answering requests) and each saga, started, stopped (drained) and swapped
+//! one by one as a [`diff`] of the config says, so a reload touches only
+//! what it changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jetrun_config::{FunctionConfig, SagaConfig, Trigger};
+use jetrun_functions::Function;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use super::diff::{diff, Diff};
+use crate::dispatch::{self, Unit};
+use crate::emit::Emitter;
+use crate::layers;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::request::{self, Endpoint};
+use crate::saga;
+use crate::shutdown::Control;
+
+/// One running part and the levers to stop it.
+struct Running<C> {
+    config: C,
+    control: Control,
+    task: JoinHandle<()>,
+}
+
+pub(crate) struct Supervisor {
+    js: async_nats::jetstream::Context,
+    /// The `jetrun` micro service, registered with the first request function.
+    service: request::Service,
+    metrics: Metrics,
+    readiness: Readiness,
+    /// How long a stopping part may take to finish what it has in flight.
+    drain_timeout: Duration,
+    functions: BTreeMap<String, Running<FunctionConfig>>,
+    sagas: BTreeMap<String, Running<SagaConfig>>,
+}
+
+/// What applying a config did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub(crate) functions: Diff,
+    pub(crate) sagas: Diff,
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        js: async_nats::jetstream::Context,
+        metrics: Metrics,
+        readiness: Readiness,
+        drain_timeout: Duration,
+    ) -> Self {
+        Supervisor {
+            service: request::Service {
+                client: js.client(),
+                registered: Arc::new(OnceCell::new()),
+            },
+            js,
+            metrics,
+            readiness,
+            drain_timeout,
+            functions: BTreeMap::new(),
+            sagas: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.drain_timeout = timeout;
+    }
+
+    /// Moves to `functions` and `sagas`: what is no longer listed is drained
+    /// and stopped, what changed is drained and started again with its new
+    /// config, what is new is started; the rest keeps running untouched.
+    pub(crate) async fn apply(
+        &mut self,
+        functions: Vec<(FunctionConfig, Arc<dyn Function>)>,
+        sagas: &BTreeMap<String, SagaConfig>,
+    ) -> Changes {
+        let changes = Changes {
+            functions: diff(
+                self.functions.iter().map(|(n, r)| (n.as_str(), &r.config)),
+                functions.iter().map(|(f, _)| (f.name.as_str(), f)),
+            ),
+            sagas: diff(
+                self.sagas.iter().map(|(n, r)| (n.as_str(), &r.config)),
+                sagas.iter().map(|(n, s)| (n.as_str(), s)),
+            ),
+        };
+        let stopping_functions: Vec<_> = (changes.functions.removed.iter())
+            .chain(&changes.functions.changed)
+            .filter_map(|name| self.functions.remove_entry(name))
+            .collect();
+        let stopping_sagas: Vec<_> = (changes.sagas.removed.iter())
+            .chain(&changes.sagas.changed)
+            .filter_map(|name| self.sagas.remove_entry(name))
+            .collect();
+        // A changed saga may read other streams now: its old units go too.
+        let saga_units: Vec<String> = stopping_sagas
+            .iter()
+            .flat_map(|(_, r)| saga::units(&r.config))
+            .map(|unit| unit.name)
+            .collect();
+        let timeout = self.drain_timeout;
+        futures::future::join(
+            futures::future::join_all(stopping_functions.into_iter().map(|r| stop(r, timeout))),
+            futures::future::join_all(stopping_sagas.into_iter().map(|r| stop(r, timeout))),
+        )
+        .await;
+        for name in changes.functions.removed.iter().chain(&saga_units) {
+            self.readiness.remove(name);
+        }
+        let starting = |name: &str| {
+            changes.functions.added.iter().any(|n| n == name)
+                || changes.functions.changed.iter().any(|n| n == name)
+        };
+        for (config, handler) in functions {
+            if starting(&config.name) {
+                self.start_function(config, handler);
+            }
+        }
+        for name in changes.sagas.added.iter().chain(&changes.sagas.changed) {
+            if let Some(config) = sagas.get(name) {
+                self.start_saga(config.clone());
+            }
+        }
+        changes
+    }
+
+    /// Drains and stops everything.
+    pub(crate) async fn stop_all(&mut self) {
+        let timeout = self.drain_timeout;
+        let functions = std::mem::take(&mut self.functions).into_iter();
+        let sagas = std::mem::take(&mut self.sagas).into_iter();
+        futures::future::join(
+            futures::future::join_all(functions.map(|r| stop(r, timeout))),
+            futures::future::join_all(sagas.map(|r| stop(r, timeout))),
+        )
+        .await;
+    }
+
+    /// Starts `config`'s function with `handler`: consuming its stream, or
+    /// answering requests, with its layers around it.
+    fn start_function(&mut self, config: FunctionConfig, handler: Arc<dyn Function>) {
+        let name = config.name.clone();
+        self.readiness.add(&name);
+        let handles = self.metrics.for_function(&name);
+        let handler = layers::stack(&config, handler, &self.js, &self.metrics, &handles);
+        let (control, shutdown) = Control::new();
+        let readiness = self.readiness.clone();
+        let task = match &config.trigger {
+            Trigger::Request { subject } => tokio::spawn(request::serve(
+                Endpoint {
+                    function: name.clone(),
+                    subject: subject.clone(),
+                    concurrency: config.concurrency,
+                },
+                handler,
+                self.service.clone(),
+                self.metrics.for_requests(&name),
+                readiness,
+                shutdown,
+            )),
+            Trigger::Stream(binding) => {
+                let shared = dispatch::Shared {
+                    unit: Unit {
+                        name: name.clone(),
+                        serves: format!("function {name}"),
+                        binding: binding.clone(),
+                        retry: config.retry,
+                        concurrency: config.concurrency,
+                    },
+                    handler,
+                    emitter: Some(Emitter::new(&self.js, &config, handles.emitted.clone())),
+                    js: self.js.clone(),
+                    metrics: handles,
+                };
+                tokio::spawn(dispatch::run(shared, readiness, shutdown))
+            }
+        };
+        self.functions.insert(
+            name,
+            Running {
+                config,
+                control,
+                task,
+            },
+        );
+    }
+
+    /// Starts saga `config`: its consumers, its watch and its clock.
+    fn start_saga(&mut self, config: SagaConfig) {
+        for unit in saga::units(&config) {
+            self.readiness.add(&unit.name);
+        }
+        let (control, shutdown) = Control::new();
+        let task = tokio::spawn(saga::run(
+            config.clone(),
+            self.js.clone(),
+            self.metrics.clone(),
+            self.readiness.clone(),
+            shutdown,
+        ));
+        self.sagas.insert(
+            config.name.clone(),
+            Running {
+                config,
+                control,
+                task,
+            },
+        );
+    }
+}
+
+/// Stops taking work, waits up to `timeout` for what is in flight, then has
+/// what is left given back (NAKed, answered 503).
+async fn stop<C>((name, mut running): (String, Running<C>), timeout: Duration) {
+    running.control.drain();
+    if tokio::time::timeout(timeout, &mut running.task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(%name, "Drain timeout reached; NAKing events still in flight.");
+        running.control.abandon();
+        let _ = running.task.await;
+    }
+    tracing::info!(%name, "Stopped.");
+}
