@@ -15,9 +15,9 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     Account, AccountId, AggregateConfig, Config, ExecConfig, ExecMode, FunctionConfig, Handler,
-    HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
-    SagaConfig, SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TlsConfig,
-    Trigger, DLQ_STREAM, DLQ_SUBJECTS,
+    HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role, SagaConfig,
+    SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TlsConfig, Trigger,
+    DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 

@@ -143,7 +143,11 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
-    pub(crate) fn new(js: &jetstream::Context, function: &FunctionConfig, emitted: IntCounter) -> Self {
+    pub(crate) fn new(
+        js: &jetstream::Context,
+        function: &FunctionConfig,
+        emitted: IntCounter,
+    ) -> Self {
         Emitter {
             js: js.clone(),
             function: function.name.clone(),

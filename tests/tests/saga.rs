@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jetrun_e2e::{
-    free_port, metric, publish_bare, scrape, wait_ready, wait_until, Runner, TestBed,
+    consumer_info, free_port, metric, publish_bare, scrape, wait_ready, wait_until, Runner, TestBed,
 };
 use serde_json::{json, Value};
 
@@ -403,4 +403,111 @@ async fn five_hundred_sagas_over_two_replicas_and_a_kill_end_as_scripted() {
         *outcomes.entry(state).or_default() += 1;
     }
     eprintln!("outcomes: {outcomes:?}");
+}
+
+/// A saga's consumers drain on SIGTERM like a function's: every input the
+/// runner had pulled is applied and acked before it exits, none is left to
+/// wait out its ack wait (consumers aborted mid-pull left hundreds so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_sagas_consumers() {
+    const SAGAS: u64 = 1500;
+    let bed = TestBed::new();
+    let config = config(&bed, None);
+    let client = bed.client().await;
+    let js = bed.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["order.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create ORDERS");
+    // A backlog, so that SIGTERM comes while the saga is busy with it.
+    for n in 0..SAGAS {
+        let data = json!({"order_id": format!("d-{n}")});
+        let ack = js
+            .publish("order.placed", data.to_string().into())
+            .await
+            .expect("publish");
+        if n % 100 == 99 {
+            ack.await.expect("stored");
+        }
+    }
+    let mut runner = Runner::start(&config);
+    let js = &js;
+    wait_until(
+        Duration::from_secs(30),
+        "the saga applied 50 start events",
+        || async move {
+            consumer_info(js, "ORDERS", "saga-fulfil")
+                .await
+                .is_some_and(|i| i.ack_floor.stream_sequence >= 50)
+        },
+    )
+    .await;
+    runner.sigterm();
+    let applied_at_sigterm = consumer_info(js, "ORDERS", "saga-fulfil")
+        .await
+        .map_or(0, |i| i.ack_floor.stream_sequence);
+    let status = runner.wait_exit(Duration::from_secs(40)).await;
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "the drained runner exits 0; log:\n{}",
+        runner.log()
+    );
+    assert!(
+        applied_at_sigterm < SAGAS,
+        "SIGTERM came after the backlog was done; the test shows nothing"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "no saga input left unacknowledged",
+        || async move {
+            consumer_info(js, "ORDERS", "saga-fulfil")
+                .await
+                .is_some_and(|i| i.num_ack_pending == 0)
+        },
+    )
+    .await;
+    drop(client);
+}
+
+/// A saga consumer deleted behind jetrun's back is made again, and the
+/// saga goes on with new instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_saga_consumer_is_recreated() {
+    let bed = TestBed::new();
+    let runner = Runner::start(&config(&bed, None));
+    wait_ready(bed.metrics).await;
+    let client = bed.client().await;
+    let kv = bucket(&bed).await;
+    start(&client, json!({"order_id": "before"})).await;
+    wait_state(&kv, "before", "completed", Duration::from_secs(20)).await;
+
+    let js = bed.jetstream().await;
+    let orders = js.get_stream("ORDERS").await.expect("ORDERS");
+    orders
+        .delete_consumer("saga-fulfil")
+        .await
+        .expect("delete the saga's consumer");
+    let js = &js;
+    wait_until(
+        Duration::from_secs(20),
+        "the saga's consumer is recreated",
+        || async move { consumer_info(js, "ORDERS", "saga-fulfil").await.is_some() },
+    )
+    .await;
+
+    start(&client, json!({"order_id": "after"})).await;
+    let after = wait_state(&kv, "after", "completed", Duration::from_secs(20)).await;
+    assert_eq!(
+        timeline(&after).last().map(String::as_str),
+        Some("completed -")
+    );
+    assert!(
+        runner.log().contains("Consumer was deleted"),
+        "{}",
+        runner.log()
+    );
 }

@@ -132,7 +132,10 @@ fn dead_letter(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<Stri
     let explicit = draft.dead_letter.as_ref().map_err(|r| *r)?;
     let (subject, span) = match explicit {
         Some(s) => (s.get_ref().clone(), Some(s.span())),
-        None => (crate::name::dead_letter_subject(&draft.name), draft.span.clone()),
+        None => (
+            crate::name::dead_letter_subject(&draft.name),
+            draft.span.clone(),
+        ),
     };
     let path = join(&draft.path, "dead_letter");
     if !subject::captures(DLQ_SUBJECTS, &subject) && streams.capturing(&subject).is_none() {

@@ -169,7 +169,11 @@ fn saga(
     let start = into(start?);
     let mut inputs = vec![start.clone()];
     for step in &steps {
-        let types = step.success.iter().chain(&step.failure).chain(&step.compensated);
+        let types = step
+            .success
+            .iter()
+            .chain(&step.failure)
+            .chain(&step.compensated);
         inputs.extend(types.map(|t| t.subject.get_ref().clone()));
     }
     let mut by_stream: BTreeMap<&str, Vec<String>> = BTreeMap::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{
     parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, ProjectionConfig,
-    Retention, RetryPolicy, Role, SagaConfig, SagaStep, StreamBinding, Storage,
+    Retention, RetryPolicy, Role, SagaConfig, SagaStep, Storage, StreamBinding,
 };
 
 const BUILTINS: &[&str] = &["noop", "reserve_stock", "take_payment", "welcome_email"];
@@ -362,7 +362,13 @@ builtin = "noop"
     assert_eq!((orders.max_age, orders.duplicate_window), (None, None));
     let f = &config.functions["f"];
     assert_eq!(f.name, "f");
-    assert_eq!((f.binding().unwrap().stream.as_str(), f.binding().unwrap().managed), ("ORDERS", true));
+    assert_eq!(
+        (
+            f.binding().unwrap().stream.as_str(),
+            f.binding().unwrap().managed
+        ),
+        ("ORDERS", true)
+    );
     assert_eq!(f.concurrency, 16);
     assert_eq!(f.timeout, Duration::from_secs(30));
     assert_eq!(f.binding().unwrap().ack_wait, Duration::from_secs(30));
@@ -872,12 +878,18 @@ builtin = "noop"
     ));
     let legacy = &config.functions["legacy"];
     assert_eq!(
-        (legacy.binding().unwrap().stream.as_str(), legacy.binding().unwrap().managed),
+        (
+            legacy.binding().unwrap().stream.as_str(),
+            legacy.binding().unwrap().managed
+        ),
         ("BILLING", false)
     );
     let declared = &config.functions["declared"];
     assert_eq!(
-        (declared.binding().unwrap().stream.as_str(), declared.binding().unwrap().managed),
+        (
+            declared.binding().unwrap().stream.as_str(),
+            declared.binding().unwrap().managed
+        ),
         ("ORDERS", true)
     );
 
@@ -930,7 +942,10 @@ builtin = "noop"
 dead_letter = "order.failed"
 "#,
     ));
-    assert_eq!(config.functions["f"].binding().unwrap().dead_letter, "order.failed");
+    assert_eq!(
+        config.functions["f"].binding().unwrap().dead_letter,
+        "order.failed"
+    );
 
     let text = with_streams(
         r#"
@@ -1576,7 +1591,13 @@ projection = { bucket = "summaries", key = "order_id" }
 builtin = "noop"
 "#);
     let summary = &config.functions["summary"];
-    assert_eq!((summary.concurrency, summary.binding().unwrap().max_ack_pending), (1, 1));
+    assert_eq!(
+        (
+            summary.concurrency,
+            summary.binding().unwrap().max_ack_pending
+        ),
+        (1, 1)
+    );
     assert_eq!(
         summary.role,
         Role::Projection(ProjectionConfig {

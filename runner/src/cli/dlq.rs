@@ -27,7 +27,7 @@ use jetrun_config::{Config, FunctionConfig, DLQ_STREAM, DLQ_SUBJECTS};
 use serde_json::{json, Value};
 
 use super::args::{FunctionArg, InvalidValue};
-use super::output::{count as plural, first_line, hex_dump, rfc3339, table};
+use super::output::{count, first_line, hex_dump, rfc3339, table};
 use super::session::{self, Stopped};
 use crate::emit::{self, PublishError};
 
@@ -316,7 +316,7 @@ async fn scan(js: &jetstream::Context, place: &Place) -> anyhow::Result<Vec<Stre
 }
 
 /// How many dead letters the function has.
-pub(super) async fn count(js: &jetstream::Context, place: &Place) -> anyhow::Result<u64> {
+pub(super) async fn count_letters(js: &jetstream::Context, place: &Place) -> anyhow::Result<u64> {
     if place.shared {
         return Ok(scan(js, place).await?.len() as u64);
     }
@@ -406,7 +406,7 @@ async fn list(js: &jetstream::Context, place: &Place, json: bool) -> anyhow::Res
         print!("{}", list_table(&summaries));
         println!(
             "{} of {} ({})",
-            plural(summaries.len() as u64, "dead letter"),
+            count(summaries.len() as u64, "dead letter"),
             place.function,
             place.describe()
         );
@@ -711,6 +711,23 @@ async fn replay_one(
     Ok(line)
 }
 
+/// Why a dead letter is not replayed.
+#[derive(Debug, thiserror::Error)]
+enum NotReplayable {
+    #[error(
+        "not replayed: its body is cut ({kept} of {len} bytes, Jetrun-Body-Truncated); the \
+         whole event is in stream {stream} at sequence {sequence}, republish it from there"
+    )]
+    BodyCut {
+        kept: usize,
+        len: String,
+        stream: String,
+        sequence: String,
+    },
+    #[error("has no Jetrun-Original-Subject; pass --to SUBJECT")]
+    NoSubject,
+}
+
 /// Where a replay goes and what it carries.
 #[derive(Debug)]
 struct Plan {
@@ -723,23 +740,22 @@ impl Plan {
     /// headers minus every `Jetrun-*` one and the dead letter's
     /// `Nats-Msg-Id`, plus the replay's own `Nats-Msg-Id`. A dead letter
     /// with a cut body is refused.
-    fn of(message: &StreamMessage, to: Option<&str>) -> Result<Plan, String> {
+    fn of(message: &StreamMessage, to: Option<&str>) -> Result<Plan, NotReplayable> {
         let h = |name| header(&message.headers, name);
         let stream = h("Jetrun-Original-Stream").unwrap_or("-");
         let sequence = h("Jetrun-Original-Sequence").unwrap_or("-");
         if let Some(len) = h("Jetrun-Body-Truncated") {
-            return Err(format!(
-                "not replayed: its body is cut ({} of {len} bytes, Jetrun-Body-Truncated); the \
-                 whole event is in stream {stream} at sequence {sequence}, republish it from there",
-                message.payload.len()
-            ));
+            return Err(NotReplayable::BodyCut {
+                kept: message.payload.len(),
+                len: len.to_string(),
+                stream: stream.to_string(),
+                sequence: sequence.to_string(),
+            });
         }
         let subject = match (to, h("Jetrun-Original-Subject")) {
             (Some(to), _) => to.to_string(),
             (None, Some(original)) => original.to_string(),
-            (None, None) => {
-                return Err("has no Jetrun-Original-Subject; pass --to SUBJECT".to_string())
-            }
+            (None, None) => return Err(NotReplayable::NoSubject),
         };
         let mut headers = HeaderMap::new();
         for (name, values) in message.headers.iter() {
@@ -779,7 +795,7 @@ async fn purge(
             .purged;
         println!(
             "purged {} of {}",
-            plural(purged, "dead letter"),
+            count(purged, "dead letter"),
             place.function
         );
         return Ok(ExitCode::SUCCESS);
@@ -818,13 +834,13 @@ async fn purge(
     match older_than {
         Some(age) => println!(
             "purged {} of {} older than {} ({kept} newer kept)",
-            plural(purged, "dead letter"),
+            count(purged, "dead letter"),
             place.function,
             age.text
         ),
         None => println!(
             "purged {} of {}",
-            plural(purged, "dead letter"),
+            count(purged, "dead letter"),
             place.function
         ),
     }
@@ -907,7 +923,7 @@ mod tests {
         headers.push(("Jetrun-Body-Truncated", "2000000"));
         let err = Plan::of(&message(3, "dlq.x", &headers, b"abc"), None).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "not replayed: its body is cut (3 of 2000000 bytes, Jetrun-Body-Truncated); the \
              whole event is in stream ORDERS at sequence 7, republish it from there"
         );
@@ -916,7 +932,7 @@ mod tests {
     #[test]
     fn no_original_subject_needs_to() {
         let err = Plan::of(&message(3, "dlq.x", &[("X", "y")], b""), None).unwrap_err();
-        assert!(err.contains("pass --to"), "{err}");
+        assert!(err.to_string().contains("pass --to"), "{err}");
     }
 
     #[test]

@@ -100,7 +100,7 @@ const DEV_EXAMPLES: &str = "\
 Examples:
   jetrun dev                         # the quick start, config/jetrun.toml
   jetrun dev -c jetrun.toml --watch
-  JETRUN_LOG=info,jetrun::delivery=debug jetrun dev   # log every handled event";
+  JETRUN_LOG=info,jetrun::dispatch=debug jetrun dev   # log every handled event";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:

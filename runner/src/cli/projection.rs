@@ -260,7 +260,12 @@ struct Applier {
 impl Applier {
     /// `inner`, wrapped as a live delivery wraps it, projecting into
     /// `bucket`.
-    fn new(js: &jetstream::Context, target: &Target<'_>, bucket: &str, inner: Arc<dyn Function>) -> Self {
+    fn new(
+        js: &jetstream::Context,
+        target: &Target<'_>,
+        bucket: &str,
+        inner: Arc<dyn Function>,
+    ) -> Self {
         let mut config = target.function.clone();
         config.role = Role::Projection(ProjectionConfig {
             bucket: bucket.to_string(),

@@ -78,24 +78,24 @@ struct Since {
 }
 
 fn since(text: &str) -> Result<Since, InvalidValue> {
-    since_at(text, SystemTime::now()).map_err(InvalidValue)
+    since_at(text, SystemTime::now())
 }
 
 /// `text` as a time: RFC 3339 (any offset; no offset means UTC), or a
 /// duration before `now`.
-fn since_at(text: &str, now: SystemTime) -> Result<Since, String> {
+fn since_at(text: &str, now: SystemTime) -> Result<Since, InvalidValue> {
     let time = if let Ok(ago) = humantime::parse_duration(text) {
         now.checked_sub(ago)
-            .ok_or_else(|| format!("{text:?} ago is before the clock can tell"))?
+            .ok_or_else(|| InvalidValue(format!("{text:?} ago is before the clock can tell")))?
     } else if let Ok(time) = async_nats::datetime::parse_rfc3339(text) {
         SystemTime::from(time)
     } else if let Ok(time) = humantime::parse_rfc3339_weak(text) {
         time
     } else {
-        return Err(format!(
+        return Err(InvalidValue(format!(
             "{text:?} is neither a time (RFC 3339, like 2024-05-01T08:00:00Z) nor a duration \
              ago (like 1h or 30m)"
-        ));
+        )));
     };
     Ok(Since {
         time,
@@ -486,7 +486,11 @@ builtin = "reserve_stock"
     #[test]
     fn since_is_a_time_or_a_duration_ago() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_550_400);
-        let at = |text| since_at(text, now).map(|s| s.time);
+        let at = |text| {
+            since_at(text, now)
+                .map(|s| s.time)
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(at("1h"), Ok(now - Duration::from_secs(3600)));
         let eight = SystemTime::UNIX_EPOCH + Duration::from_secs(1_714_550_400 - 7200);
         assert_eq!(at("2024-05-01T06:00:00Z"), Ok(eight));
@@ -502,9 +506,8 @@ builtin = "reserve_stock"
     #[test]
     fn usage_errors_are_found_before_nats() {
         let config = config();
-        let with = |argv: &[&str]| {
-            check(&config, &parse(argv).unwrap()).map_err(|err| err.to_string())
-        };
+        let with =
+            |argv: &[&str]| check(&config, &parse(argv).unwrap()).map_err(|err| err.to_string());
         assert_eq!(with(&["reserve", "--from-seq", "1"]), Ok(()));
         assert_eq!(
             with(&["nope", "--from-seq", "1", "-c", "j.toml"]).unwrap_err(),

@@ -264,11 +264,16 @@ struct Stored {
     instance: Instance,
 }
 
+/// A stored value that is not an instance.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("is not a saga instance jetrun can read ({0})")]
+struct NotAnInstance(String);
+
 /// The instance in a stored value.
-fn decode(value: &[u8]) -> Result<Instance, String> {
+fn decode(value: &[u8]) -> Result<Instance, NotAnInstance> {
     serde_json::from_slice::<Stored>(value)
         .map(|stored| stored.instance)
-        .map_err(|err| format!("is not a saga instance jetrun can read ({err})"))
+        .map_err(|err| NotAnInstance(err.to_string()))
 }
 
 // ---------------------------------------------------------------- list
@@ -914,7 +919,7 @@ Once it is done, confirm it to finish the undos:
         let instance = stuck();
         let stored = json!({ "instance": instance, "outbox": [{ "anything": 1 }] });
         assert_eq!(decode(stored.to_string().as_bytes()), Ok(instance));
-        let err = decode(b"{\"key\": 1}").unwrap_err();
+        let err = decode(b"{\"key\": 1}").unwrap_err().to_string();
         assert!(
             err.starts_with("is not a saga instance jetrun can read (missing field `instance`"),
             "{err}"

@@ -89,7 +89,7 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
                 function: function.name.clone(),
                 stream: binding.stream.clone(),
                 consumer: consumer_state(&js, &binding.stream, &binding.consumer).await?,
-                dead_letters: dlq::count(&js, &place).await?,
+                dead_letters: dlq::count_letters(&js, &place).await?,
                 dead_letter_subject: place.subject,
             });
         }

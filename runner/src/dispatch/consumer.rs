@@ -49,7 +49,7 @@ impl Lost {
 /// Binds, pulls, and binds again after a deletion, until the drain; then
 /// waits for what is in flight.
 pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shutdown) {
-    let span = tracing::info_span!("consumer", unit = %shared.unit.name);
+    let span = tracing::info_span!("consumer", function = %shared.unit.name);
     async {
         let name = &shared.unit.name;
         let mut in_flight = JoinSet::new();
@@ -68,8 +68,13 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
             readiness.set_bound(name, true);
             let lost = Arc::new(Lost::default());
             let monitor = tokio::spawn(
-                monitor(consumer.clone(), shared.clone(), ack_floor.clone(), lost.clone())
-                    .in_current_span(),
+                monitor(
+                    consumer.clone(),
+                    shared.clone(),
+                    ack_floor.clone(),
+                    lost.clone(),
+                )
+                .in_current_span(),
             );
             let pulling = pull::Pulling {
                 shared: &shared,
@@ -111,6 +116,7 @@ async fn bind(shared: &Shared, start: DeliverPolicy, shutdown: &Shutdown) -> Opt
     })
     .await?;
     tracing::info!(
+        function = %shared.unit.name,
         stream = %binding.stream,
         consumer = %binding.consumer,
         subjects = ?binding.subjects,

@@ -69,8 +69,14 @@ async fn dead_letter(
         failed_at: SystemTime::now(),
     };
     let headers = letter.headers(message.headers.as_ref());
-    let published =
-        dead_letter::publish(&shared.js, subject, headers, message.payload.clone(), &letter).await;
+    let published = dead_letter::publish(
+        &shared.js,
+        subject,
+        headers,
+        message.payload.clone(),
+        &letter,
+    )
+    .await;
     match published {
         Ok(()) => {
             metrics.dead_letter.inc();

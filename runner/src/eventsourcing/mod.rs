@@ -40,7 +40,7 @@ pub(crate) fn wrap(
             projection.clone(),
             handler,
             js.clone(),
-            metrics.clone(),
+            metrics.for_projection(&config.name),
         )),
     }
 }

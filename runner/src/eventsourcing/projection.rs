@@ -24,10 +24,11 @@ use async_nats::jetstream::{self, kv, ErrorCode};
 use async_nats::HeaderMap;
 use jetrun_config::ProjectionConfig;
 use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
+use prometheus::IntCounter;
 use serde_json::{json, Value};
 
 use crate::emit::{self, PublishError};
-use crate::metrics::Metrics;
+use crate::metrics::ProjectionMetrics;
 use crate::nats::BucketSpec;
 
 /// The KV bucket of pointers: key = a projection's configured bucket, value
@@ -76,11 +77,11 @@ enum Change {
 }
 
 impl Change {
-    /// The `outcome` label of `jetrun_projection_updates_total`.
-    fn outcome(&self) -> &'static str {
+    /// The `outcome` label of `jetrun_projection_updates_total`, and its counter.
+    fn outcome<'m>(&self, metrics: &'m ProjectionMetrics) -> (&'static str, &'m IntCounter) {
         match self {
-            Change::Store(_) => "stored",
-            Change::Delete => "deleted",
+            Change::Store(_) => ("stored", &metrics.stored),
+            Change::Delete => ("deleted", &metrics.deleted),
         }
     }
 }
@@ -487,7 +488,7 @@ pub(crate) struct Projector {
     projection: ProjectionConfig,
     inner: Arc<dyn Function>,
     model: ReadModel,
-    metrics: Metrics,
+    metrics: ProjectionMetrics,
 }
 
 impl Projector {
@@ -496,7 +497,7 @@ impl Projector {
         projection: ProjectionConfig,
         inner: Arc<dyn Function>,
         js: jetstream::Context,
-        metrics: Metrics,
+        metrics: ProjectionMetrics,
     ) -> Self {
         Projector {
             function: function.to_string(),
@@ -508,8 +509,14 @@ impl Projector {
     }
 
     /// Counts `outcome` and says it as the call's result.
-    fn answer(&self, outcome: &str, bucket: &Bucket, key: &str, revision: u64) -> Output {
-        self.metrics.projection_update(&self.function, outcome);
+    fn answer(
+        &self,
+        (outcome, counter): (&str, &IntCounter),
+        bucket: &Bucket,
+        key: &str,
+        revision: u64,
+    ) -> Output {
+        counter.inc();
         let result = json!({
             "outcome": outcome,
             "bucket": bucket.name,
@@ -536,7 +543,8 @@ impl Function for Projector {
             };
             // Sequence 0 is no stream's: nothing to guard with.
             if ctx.sequence != 0 && stored.applied >= ctx.sequence {
-                return Ok(self.answer("skipped", &bucket, &key, stored.revision));
+                let skipped = ("skipped", &self.metrics.skipped);
+                return Ok(self.answer(skipped, &bucket, &key, stored.revision));
             }
             let input = json!({"event": cloud_event, "key": key, "state": stored.state});
             let output = self.inner.call(&input_event(event, &input), ctx).await?;
@@ -544,10 +552,11 @@ impl Function for Projector {
             let applied = ctx.sequence.max(stored.applied);
             match bucket.write(&key, &change, stored.revision, applied).await {
                 Ok(revision) => {
-                    return Ok(self.answer(change.outcome(), &bucket, &key, revision));
+                    let outcome = change.outcome(&self.metrics);
+                    return Ok(self.answer(outcome, &bucket, &key, revision));
                 }
                 Err(WriteError::Conflict) => {
-                    self.metrics.projection_update(&self.function, "conflict");
+                    self.metrics.conflict.inc();
                     tracing::debug!(function = %self.function, bucket = %bucket.name, %key, "Another writer stored first; running again.");
                 }
                 Err(WriteError::Failed(failure)) => return Err(failure),

@@ -245,11 +245,15 @@ impl Metrics {
         )
     }
 
-    /// Counts a projection update of `function` with `outcome`.
-    pub(crate) fn projection_update(&self, function: &str, outcome: &str) {
-        self.projection_updates
-            .with_label_values(&[function, outcome])
-            .inc();
+    /// The update counters of projection function `function`, by outcome.
+    pub(crate) fn for_projection(&self, function: &str) -> ProjectionMetrics {
+        let outcome = |o: &str| self.projection_updates.with_label_values(&[function, o]);
+        ProjectionMetrics {
+            stored: outcome("stored"),
+            deleted: outcome("deleted"),
+            skipped: outcome("skipped"),
+            conflict: outcome("conflict"),
+        }
     }
 
     /// Counts one config reload.
@@ -336,6 +340,15 @@ impl SagaMetrics {
                 .set(count);
         }
     }
+}
+
+/// One projection's update counters, bound at start.
+#[derive(Clone)]
+pub(crate) struct ProjectionMetrics {
+    pub(crate) stored: IntCounter,
+    pub(crate) deleted: IntCounter,
+    pub(crate) skipped: IntCounter,
+    pub(crate) conflict: IntCounter,
 }
 
 /// The codes a request function answers with: 200, 400 (a permanent

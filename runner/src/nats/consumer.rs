@@ -57,7 +57,11 @@ impl Durable<'_> {
 
     /// Binds the consumer: creates it when missing, updates it when its
     /// settings (subjects included) differ. `start` only matters for a new one.
-    pub(crate) async fn bind(&self, js: &Context, start: DeliverPolicy) -> anyhow::Result<PullConsumer> {
+    pub(crate) async fn bind(
+        &self,
+        js: &Context,
+        start: DeliverPolicy,
+    ) -> anyhow::Result<PullConsumer> {
         let binding = self.binding;
         let (stream_name, name) = (&binding.stream, &binding.consumer);
         let stream = js
@@ -73,7 +77,11 @@ impl Durable<'_> {
                     "consumer {name} on stream {stream_name} exists and was not made by jetrun \
                      ({}); jetrun will not take it over: rename the function, or delete the \
                      consumer (`nats consumer rm {stream_name} {name}`) if nothing else uses it",
-                    if description.is_empty() { "no description" } else { description },
+                    if description.is_empty() {
+                        "no description"
+                    } else {
+                        description
+                    },
                 );
             }
             let all = |one: &str, many: &[String]| {

@@ -364,7 +364,6 @@ impl History {
         self.reopened_at = Some(next.seq);
         Ok(None)
     }
-
 }
 
 /// The first message stored at or after `since` on `filters`. Only a read

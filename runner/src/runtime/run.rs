@@ -32,7 +32,13 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     // Not ready until every function and saga consumer is bound.
     let parts: Vec<String> = (config.functions.keys().cloned())
-        .chain(config.sagas.values().flat_map(crate::saga::units).map(|u| u.name))
+        .chain(
+            config
+                .sagas
+                .values()
+                .flat_map(crate::saga::units)
+                .map(|u| u.name),
+        )
         .collect();
     let readiness = Readiness::new(&parts);
     metrics::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
@@ -40,9 +46,8 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client.clone());
 
     let urls = config.nats.urls.join(", ");
-    let what = format!(
-        "set up the streams at {urls} (is nats-server running there with JetStream, -js?)"
-    );
+    let what =
+        format!("set up the streams at {urls} (is nats-server running there with JetStream, -js?)");
     let setup = retry_until(&what, &shutdown, || async {
         match nats::ensure_streams(&js, &config).await {
             // Retrying cannot help: a person has to choose.

@@ -29,6 +29,23 @@ struct Running<C> {
     task: JoinHandle<()>,
 }
 
+/// What a running part is, for the log.
+trait Part {
+    fn stopped(name: &str);
+}
+
+impl Part for FunctionConfig {
+    fn stopped(name: &str) {
+        tracing::info!(function = %name, "Function stopped.");
+    }
+}
+
+impl Part for SagaConfig {
+    fn stopped(name: &str) {
+        tracing::info!(saga = %name, "Saga stopped.");
+    }
+}
+
 pub(crate) struct Supervisor {
     js: async_nats::jetstream::Context,
     /// The `jetrun` micro service, registered with the first request function.
@@ -218,7 +235,7 @@ impl Supervisor {
 
 /// Stops taking work, waits up to `timeout` for what is in flight, then has
 /// what is left given back (NAKed, answered 503).
-async fn stop<C>((name, mut running): (String, Running<C>), timeout: Duration) {
+async fn stop<C: Part>((name, mut running): (String, Running<C>), timeout: Duration) {
     running.control.drain();
     if tokio::time::timeout(timeout, &mut running.task)
         .await
@@ -228,5 +245,5 @@ async fn stop<C>((name, mut running): (String, Running<C>), timeout: Duration) {
         running.control.abandon();
         let _ = running.task.await;
     }
-    tracing::info!(%name, "Stopped.");
+    C::stopped(&name);
 }
