@@ -23,7 +23,7 @@ use super::args::ConfigArg;
 use super::output::{count, rfc3339, table};
 use super::session::{self, Stopped};
 use crate::runtime::config_file::Loaded;
-use crate::saga::machine::{Cause, Instance, Kind, Millis, State};
+use crate::saga::machine::{Cause, Instance, Millis, State};
 
 /// `jetrun saga --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -345,7 +345,7 @@ impl Row {
     fn to_json(&self) -> Value {
         json!({
             "key": self.key,
-            "state": state_name(self.state),
+            "state": self.state.label(),
             "step": self.step,
             "started": time(self.started_ms),
             "updated": time(self.updated_ms),
@@ -361,7 +361,7 @@ fn sort(rows: &mut [Row]) {
 /// The table, then a line counting the rows; `total` is the number of
 /// instances before `--state` filtered them.
 fn list_text(saga: &str, rows: &[Row], total: usize, state: Option<StateArg>) -> String {
-    let adjective = state.map_or(String::new(), |s| format!("{} ", state_name(s.state())));
+    let adjective = state.map_or(String::new(), |s| format!("{} ", s.state().label()));
     if rows.is_empty() {
         return match state {
             Some(_) => format!("no {adjective}instances of saga {saga} ({total} in all)\n"),
@@ -373,7 +373,7 @@ fn list_text(saga: &str, rows: &[Row], total: usize, state: Option<StateArg>) ->
         .map(|r| {
             vec![
                 r.key.clone(),
-                state_name(r.state).to_string(),
+                r.state.label().to_string(),
                 r.step.clone(),
                 time(r.started_ms),
                 time(r.updated_ms),
@@ -456,7 +456,7 @@ fn show_text(saga: &SagaConfig, instance: &Instance, config: &Path) -> String {
     let mut out = timeline(instance);
     out.push('\n');
     let mut facts: Vec<(&str, String)> = vec![
-        ("state", state_name(instance.state).to_string()),
+        ("state", instance.state.label().to_string()),
         ("step", step_name(saga, instance.step)),
     ];
     if let Some(compensation) = &instance.compensation {
@@ -512,7 +512,7 @@ fn timeline(instance: &Instance) -> String {
         .map(|t| {
             vec![
                 time(t.at_ms),
-                kind_name(t.kind).to_string(),
+                t.kind.label().to_string(),
                 dash(&t.step),
                 dash(&t.event_type),
                 dash(&t.event_id),
@@ -611,30 +611,6 @@ fn step_names(saga: &SagaConfig, steps: &[usize]) -> String {
     names.join(", ")
 }
 
-/// A state as stored and as `--state` takes it.
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Running => "running",
-        State::Compensating => "compensating",
-        State::Completed => "completed",
-        State::Failed => "failed",
-        State::Stuck => "stuck",
-    }
-}
-
-/// A transition's kind as stored.
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Command => "command",
-        Kind::Reply => "reply",
-        Kind::Timeout => "timeout",
-        Kind::Compensate => "compensate",
-        Kind::Compensated => "compensated",
-        Kind::Completed => "completed",
-        Kind::Failed => "failed",
-    }
-}
-
 fn time(ms: Millis) -> String {
     rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
@@ -646,7 +622,7 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
-    use crate::saga::machine::{Compensation, Transition};
+    use crate::saga::machine::{Compensation, Kind, Transition};
 
     const SECOND: Millis = 1_000;
     /// 2024-05-01T10:00:00Z.
@@ -884,33 +860,10 @@ Once it is done, confirm it to finish the undos:
     }
 
     #[test]
-    fn names_are_the_stored_ones() {
-        for state in [
-            State::Running,
-            State::Compensating,
-            State::Completed,
-            State::Failed,
-            State::Stuck,
-        ] {
-            assert_eq!(
-                json!(state_name(state)),
-                serde_json::to_value(state).unwrap()
-            );
-        }
-        for kind in [
-            Kind::Command,
-            Kind::Reply,
-            Kind::Timeout,
-            Kind::Compensate,
-            Kind::Compensated,
-            Kind::Completed,
-            Kind::Failed,
-        ] {
-            assert_eq!(json!(kind_name(kind)), serde_json::to_value(kind).unwrap());
-        }
+    fn state_arguments_are_the_stored_names() {
         for arg in StateArg::value_variants() {
             let name = arg.to_possible_value().unwrap();
-            assert_eq!(name.get_name(), state_name(arg.state()));
+            assert_eq!(name.get_name(), arg.state().label());
         }
     }
 
