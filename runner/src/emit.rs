@@ -7,13 +7,16 @@
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self};
-use async_nats::HeaderMap;
+use std::sync::Arc;
+
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
-use jetrun_config::FunctionConfig;
+use jetrun_config::{Config, FunctionConfig, DLQ_SUBJECTS};
 use jetrun_functions::{Emit, Event, Failure};
 use prometheus::IntCounter;
 
 use crate::envelope;
+use crate::headers::{self, Put};
 
 /// Why a publish was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +89,19 @@ pub(crate) async fn publish_batch(
     if messages.is_empty() {
         return publish(js, &subject, headers, body).await;
     }
-    let batch = uuid::Uuid::new_v4().to_string();
-    let last = (messages.len() + 1).to_string();
+    const BATCH_ID: HeaderName = HeaderName::from_static("Nats-Batch-Id");
+    const BATCH_SEQUENCE: HeaderName = HeaderName::from_static("Nats-Batch-Sequence");
+    const BATCH_COMMIT: HeaderName = HeaderName::from_static("Nats-Batch-Commit");
+    let batch_id = headers::value(&BATCH_ID, &uuid::Uuid::new_v4().to_string())
+        .map_err(|err| PublishError::Failed {
+            subject: subject.clone(),
+            reason: err.to_string(),
+        })?;
+    let last = messages.len() as u64 + 1;
     let client = js.client();
     for (index, (subject, mut headers, body)) in messages.into_iter().enumerate() {
-        headers.insert("Nats-Batch-Id", batch.as_str());
-        headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+        headers.set(BATCH_ID, batch_id.clone());
+        headers.put_number(BATCH_SEQUENCE, index as u64 + 1);
         let failed = |err: &dyn std::fmt::Display| {
             let reason = err.to_string();
             if reason.contains("wrong last sequence") {
@@ -124,10 +134,65 @@ pub(crate) async fn publish_batch(
                 .map_err(|e| failed(&e))?;
         }
     }
-    headers.insert("Nats-Batch-Id", batch.as_str());
-    headers.insert("Nats-Batch-Sequence", last.as_str());
-    headers.insert("Nats-Batch-Commit", "1");
+    headers.set(BATCH_ID, batch_id);
+    headers.put_number(BATCH_SEQUENCE, last);
+    headers.put_number(BATCH_COMMIT, 1);
     publish(js, &subject, headers, body).await
+}
+
+/// Subjects no emit or replay may reach unless the function's `emits` names
+/// them outright: JetStream's, KV's, object stores', the system account's
+/// and micro services' APIs, inboxes, and every dead-letter subject. A
+/// handler (or a dead letter's `Jetrun-Original-Subject`) that names one is
+/// a permanent failure, never a stray API call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reserved {
+    patterns: Vec<String>,
+}
+
+/// The reserved spaces every config has.
+const SYSTEM: [&str; 6] = ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>", "_INBOX.>"];
+
+impl Reserved {
+    /// The system spaces, `dlq.>` and every dead-letter subject of `config`.
+    pub(crate) fn of(config: &Config) -> Reserved {
+        let mut patterns: Vec<String> = SYSTEM.iter().map(ToString::to_string).collect();
+        patterns.push(DLQ_SUBJECTS.to_string());
+        let bindings = (config.functions.values().filter_map(|f| f.binding()))
+            .chain(config.sagas.values().flat_map(|s| &s.consumers));
+        for binding in bindings {
+            if !patterns.contains(&binding.dead_letter) {
+                patterns.push(binding.dead_letter.clone());
+            }
+        }
+        Reserved { patterns }
+    }
+
+    /// Refuses `subject` when it is reserved and no pattern of `emits` names
+    /// its space outright (its first token written out, not a wildcard).
+    pub(crate) fn check(&self, subject: &str, emits: Option<&[String]>) -> Result<(), String> {
+        let Some(reserved) = self
+            .patterns
+            .iter()
+            .find(|p| jetrun_config::subject_matches(p, subject))
+        else {
+            return Ok(());
+        };
+        let first = |s: &str| s.split('.').next().unwrap_or_default().to_string();
+        let allowed = emits.is_some_and(|emits| {
+            emits.iter().any(|p| {
+                first(p) == first(subject) && jetrun_config::subject_matches(p, subject)
+            })
+        });
+        if allowed {
+            return Ok(());
+        }
+        Err(format!(
+            "subject {subject} is reserved ({reserved}): jetrun publishes there only when the \
+             function's emits names it outright, like emits = [\"{}.>\"]",
+            first(subject)
+        ))
+    }
 }
 
 /// Publishes what one function emits: each event with its deterministic id
@@ -139,6 +204,7 @@ pub(crate) struct Emitter {
     function: String,
     /// `emits = [...]`, when the function declares it.
     allowed: Option<Vec<String>>,
+    reserved: Arc<Reserved>,
     emitted: IntCounter,
 }
 
@@ -146,12 +212,14 @@ impl Emitter {
     pub(crate) fn new(
         js: &jetstream::Context,
         function: &FunctionConfig,
+        reserved: Arc<Reserved>,
         emitted: IntCounter,
     ) -> Self {
         Emitter {
             js: js.clone(),
             function: function.name.clone(),
             allowed: function.emits.clone(),
+            reserved,
             emitted,
         }
     }
@@ -163,7 +231,10 @@ impl Emitter {
         self.check(emits)?;
         let mut duplicates = 0;
         for (index, emit) in emits.iter().enumerate() {
-            let headers = envelope::emitted_headers(&self.function, input, index, emit);
+            let headers = envelope::emitted_headers(&self.function, input, index, emit)
+                .map_err(|err| {
+                    Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
+                })?;
             let body = serde_json::to_vec(&emit.data).unwrap_or_default();
             let subject = emit.subject();
             let ack = publish(&self.js, subject, headers, body.into())
@@ -194,6 +265,11 @@ impl Emitter {
                     emit.event_type
                 )));
             }
+            self.reserved
+                .check(subject, self.allowed.as_deref())
+                .map_err(|why| {
+                    Failure::permanent(format!("emitted event {}: {why}", emit.event_type))
+                })?;
             if let Some(allowed) = &self.allowed {
                 if !allowed
                     .iter()
@@ -208,5 +284,45 @@ impl Emitter {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved() -> Reserved {
+        let mut patterns: Vec<String> = SYSTEM.iter().map(ToString::to_string).collect();
+        patterns.extend(["dlq.>".to_string(), "failed.orders".to_string()]);
+        Reserved { patterns }
+    }
+
+    #[test]
+    fn api_and_dead_letter_subjects_are_refused() {
+        let reserved = reserved();
+        for subject in [
+            "$JS.API.STREAM.DELETE.ORDERS",
+            "$KV.jetrun_saga_x.k",
+            "$O.b.C.x",
+            "$SYS.REQ.SERVER.PING",
+            "$SRV.PING",
+            "_INBOX.abc",
+            "dlq.reserve-stock",
+            "failed.orders",
+        ] {
+            let why = reserved.check(subject, None).unwrap_err();
+            assert!(why.contains(&format!("subject {subject} is reserved")), "{why}");
+        }
+        assert_eq!(reserved.check("order.placed", None), Ok(()));
+    }
+
+    #[test]
+    fn only_an_emits_pattern_naming_the_space_allows_it() {
+        let reserved = reserved();
+        let wide = vec![">".to_string()];
+        assert!(reserved.check("$KV.b.k", Some(&wide)).is_err());
+        let named = vec!["$KV.b.>".to_string()];
+        assert_eq!(reserved.check("$KV.b.k", Some(&named)), Ok(()));
+        assert!(reserved.check("$KV.other.k", Some(&named)).is_err());
     }
 }

@@ -4,10 +4,13 @@
 
 use std::time::SystemTime;
 
+use async_nats::connection::UNREADABLE_HEADERS;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use jetrun_functions::{Emit, Event, Failure};
 use serde_json::Value;
+
+use crate::headers::{self, BadHeader, Put};
 
 /// The most headers (distinct names) an event may carry.
 pub(crate) const MAX_HEADERS: usize = 128;
@@ -77,6 +80,15 @@ pub(crate) fn read_event(
     body: &Bytes,
 ) -> Result<Event, Failure> {
     if let Some(headers) = headers {
+        if headers.get(UNREADABLE_HEADERS).is_some() {
+            let why = headers
+                .get("Jetrun-Unreadable-Headers-Reason")
+                .map_or("", |v| v.as_str());
+            return Err(Failure::permanent(format!(
+                "the message's header block cannot be read ({why}); the raw block is kept in \
+                 Jetrun-Original-Headers-Base64"
+            )));
+        }
         check_header_flood(headers)?;
     }
     let header = |name: &str| {
@@ -109,7 +121,57 @@ pub(crate) fn read_event(
         // attempt (and every function handling it) starts the same one.
         event.correlationid = Some(event.id.clone());
     }
+    check_attributes(&event)?;
     Ok(event)
+}
+
+/// Every attribute of an event is a string without control characters: each
+/// may travel on as a header (an emitted event's correlation and causation
+/// ids, its trace context, a saga's key), and no header carries a CR or LF.
+/// An event with one is bad input: a permanent failure naming it.
+fn check_attributes(event: &Event) -> Result<(), Failure> {
+    // The header-flood limits hold whatever mode brought the attributes: a
+    // structured event or an envelope can carry as many as headers can.
+    if event.extensions.len() > MAX_HEADERS {
+        return Err(Failure::permanent(format!(
+            "the event has {} extension attributes, more than the {MAX_HEADERS} an event may carry",
+            event.extensions.len()
+        )));
+    }
+    let bytes: usize = event.extensions.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(Failure::permanent(format!(
+            "the event's extension attributes take {bytes} bytes, more than the {} KiB an event \
+             may carry",
+            MAX_HEADER_BYTES / 1024
+        )));
+    }
+    let named = [
+        ("id", Some(&event.id)),
+        ("source", Some(&event.source)),
+        ("type", Some(&event.event_type)),
+        ("subject", event.subject.as_ref()),
+        ("time", event.time.as_ref()),
+        ("datacontenttype", event.datacontenttype.as_ref()),
+        ("dataschema", event.dataschema.as_ref()),
+        ("correlationid", event.correlationid.as_ref()),
+        ("causationid", event.causationid.as_ref()),
+    ];
+    let extensions = event
+        .extensions
+        .iter()
+        .map(|(name, value)| (name.as_str(), Some(value)));
+    for (attribute, value) in named.into_iter().chain(extensions) {
+        let Some(control) = value.and_then(|v| v.chars().find(|c| c.is_control())) else {
+            continue;
+        };
+        return Err(Failure::permanent(format!(
+            "the event's {attribute} holds a control character (U+{:04X}); an attribute is \
+             carried in headers, which cannot hold one",
+            u32::from(control)
+        )));
+    }
+    Ok(())
 }
 
 fn binary(headers: &HeaderMap, body: &Bytes) -> Result<Event, Failure> {
@@ -301,8 +363,9 @@ pub(crate) struct Outgoing<'a> {
 
 /// The headers of an event jetrun publishes, in CloudEvents binary mode,
 /// `Nats-Msg-Id` included. Names are static and values moved in: this runs
-/// once per emitted event.
-pub(crate) fn binary_headers(event: &Outgoing<'_>) -> HeaderMap {
+/// once per emitted event. A value no header can carry (a handler's emitted
+/// type with a newline in it, say) is refused, never a panic.
+pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeader> {
     use async_nats::header::{HeaderName, NATS_MESSAGE_ID};
     const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
     const ID: HeaderName = HeaderName::from_static("ce-id");
@@ -325,31 +388,33 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> HeaderMap {
         ),
     ];
     let mut headers = HeaderMap::new();
-    headers.insert(SPECVERSION, "1.0");
-    headers.insert(ID, event.id);
-    headers.insert(NATS_MESSAGE_ID, event.id);
-    headers.insert(TYPE, event.event_type);
-    headers.insert(SOURCE, event.source);
-    headers.insert(
+    headers.put(SPECVERSION, "1.0")?;
+    let id = headers::value(&ID, event.id)?;
+    headers.set(ID, id.clone());
+    headers.set(NATS_MESSAGE_ID, id);
+    headers.put(TYPE, event.event_type)?;
+    headers.put(SOURCE, event.source)?;
+    headers.put(
         TIME,
-        humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-    );
-    headers.insert(CONTENT_TYPE, "application/json");
+        &humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+    )?;
+    headers.put(CONTENT_TYPE, "application/json")?;
     if let Some(correlation) = event.correlation_id {
-        headers.insert(CORRELATION, correlation);
+        headers.put(CORRELATION, correlation)?;
     }
     if let Some(causation) = event.causation_id {
-        headers.insert(CAUSATION, causation);
+        headers.put(CAUSATION, causation)?;
     }
     if let Some(cause) = event.traced_from {
         for (plain, prefixed, name) in TRACE {
             if let Some(value) = cause.extensions.get(name) {
-                headers.insert(plain, value.as_str());
-                headers.insert(prefixed, value.as_str());
+                let value = headers::value(&plain, value)?;
+                headers.set(plain, value.clone());
+                headers.set(prefixed, value);
             }
         }
     }
-    headers
+    Ok(headers)
 }
 
 /// The headers of an event a function emitted while handling `input`.
@@ -358,7 +423,7 @@ pub(crate) fn emitted_headers(
     input: &Event,
     index: usize,
     emit: &Emit,
-) -> HeaderMap {
+) -> Result<HeaderMap, BadHeader> {
     let id = emitted_id(function, input, index);
     let mut source = String::with_capacity(7 + function.len());
     source.push_str("jetrun/");
@@ -495,16 +560,71 @@ mod tests {
             Some(parent)
         );
         let emit = Emit::new("inventory.reserved", serde_json::json!({}));
-        let out = emitted_headers("reserve-stock", &input, 0, &emit);
+        let out = emitted_headers("reserve-stock", &input, 0, &emit).unwrap();
         assert_eq!(out.get("traceparent").map(|v| v.as_str()), Some(parent));
         assert_eq!(out.get("ce-traceparent").map(|v| v.as_str()), Some(parent));
+    }
+
+    #[test]
+    fn an_attribute_with_a_control_character_is_refused_by_name() {
+        let body = Bytes::from_static(
+            br#"{"event_type":"user.registered","event_id":"e-1","correlation_id":"a\nb","data":{}}"#,
+        );
+        let err = read_event(&origin(), None, &body).unwrap_err();
+        assert!(err.is_permanent());
+        assert_eq!(
+            err.message,
+            "the event's correlationid holds a control character (U+000A); an attribute is \
+             carried in headers, which cannot hold one"
+        );
+        let structured = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"e\r1","type":"t","source":"s","data":{}}"#,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", STRUCTURED);
+        let err = read_event(&origin(), Some(&headers), &structured).unwrap_err();
+        assert!(err.message.starts_with("the event's id holds a control character (U+000D)"));
+    }
+
+    #[test]
+    fn a_structured_event_cannot_bypass_the_flood_limits() {
+        let mut fields = serde_json::Map::new();
+        for (k, v) in [("specversion", "1.0"), ("id", "e"), ("type", "t"), ("source", "s")] {
+            fields.insert(k.into(), v.into());
+        }
+        for i in 0..200 {
+            fields.insert(format!("ext{i}"), "x".into());
+        }
+        let body = Bytes::from(serde_json::to_vec(&fields).unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", STRUCTURED);
+        let err = read_event(&origin(), Some(&headers), &body).unwrap_err();
+        assert!(err.message.starts_with("the event has 200 extension attributes"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_header_block_the_client_could_not_read_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(UNREADABLE_HEADERS, "TkFUUy8xLjANCg==");
+        headers.insert("Jetrun-Unreadable-Headers-Reason", "a header line has no `:`");
+        let err = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap_err();
+        assert!(err.is_permanent());
+        assert!(err.message.contains("(a header line has no `:`)"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_emitted_type_no_header_can_carry_is_refused() {
+        let input = read_event(&origin(), None, &Bytes::from_static(b"{}")).unwrap();
+        let emit = Emit::new("inventory\nreserved", serde_json::json!({}));
+        let err = emitted_headers("reserve-stock", &input, 0, &emit).unwrap_err();
+        assert_eq!(err.name, "ce-type");
     }
 
     #[test]
     fn emitted_events_carry_correlation_and_causation_and_a_stable_id() {
         let input = read_event(&origin(), None, &Bytes::from_static(b"{}")).unwrap();
         let emit = Emit::new("inventory.reserved", serde_json::json!({}));
-        let headers = emitted_headers("reserve-stock", &input, 0, &emit);
+        let headers = emitted_headers("reserve-stock", &input, 0, &emit).unwrap();
         let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
         assert_eq!(get("ce-causationid"), Some("ORDERS:42".into()));
         assert_eq!(get("ce-correlationid"), input.correlationid);
@@ -993,12 +1113,12 @@ mod tests {
             let refused = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap_err();
             assert!(refused.message.contains("64 KiB"), "{refused}");
 
-            // A 1 MiB traceparent on an otherwise small event is read.
+            // A 1 MiB traceparent on an otherwise small event is a flood too.
             let mut headers = binary_headers();
             let long = "v".repeat(1 << 20);
             headers.insert("traceparent", long.as_str());
-            let event = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap();
-            assert_eq!(event.extensions["traceparent"].len(), 1 << 20);
+            let refused = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap_err();
+            assert!(refused.message.contains("64 KiB"), "{refused}");
 
             // A thousand values of one header: the first counts.
             let mut headers = HeaderMap::new();

@@ -1,19 +1,26 @@
 //! `jetrun`: runs the functions a TOML file declares on NATS JetStream.
 
+// Tests build headers from literals; the product never calls these (see
+// runner/clippy.toml and `headers`).
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
 mod cli;
 mod dispatch;
 mod emit;
 mod envelope;
 mod eventsourcing;
 mod handler;
+mod headers;
 mod layers;
 mod metrics;
 mod nats;
 mod readiness;
+mod redact;
 mod request;
 mod runtime;
 mod saga;
 mod shutdown;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -28,6 +35,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli::init_logging(cli.log_format);
+    // A panic is contained where it happens (the event is retried, the task
+    // started again); its report goes to the log like anything else.
+    std::panic::set_hook(Box::new(|panic| {
+        tracing::error!(%panic, "A panic; jetrun contains it and goes on.");
+    }));
     // HTTP functions use rustls without a bundled crypto provider: ring it is
     // (async-nats already builds it; aws-lc-rs, reqwest's default, is a slow C build).
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,7 +1,8 @@
-//! Whether the runner is ready: NATS connected and every function's consumer
-//! bound. `/readyz` reads it; the connection and the consumers write it.
+//! Whether the runner is ready: NATS connected, every function's consumer
+//! bound, and no supervised task restarting. `/readyz` reads it; the
+//! connection, the consumers and `tasks` write it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,8 @@ struct Inner {
     connections: watch::Sender<u64>,
     /// Every configured function, and whether its consumer is bound.
     bound: Mutex<BTreeMap<String, bool>>,
+    /// Supervised tasks down, waiting to be started again.
+    down: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Inner {
@@ -26,6 +29,7 @@ impl Default for Inner {
             connected: AtomicBool::new(false),
             connections: watch::channel(0).0,
             bound: Mutex::default(),
+            down: Mutex::default(),
         }
     }
 }
@@ -71,17 +75,44 @@ impl Readiness {
         }
     }
 
+    /// A supervised task is down (restarting) or up again.
+    pub(crate) fn set_down(&self, task: &str, down: bool) {
+        if let Ok(mut set) = self.inner.down.lock() {
+            if down {
+                set.insert(task.to_string());
+            } else {
+                set.remove(task);
+            }
+        }
+    }
+
+    /// The supervised tasks down now.
+    pub(crate) fn down(&self) -> Vec<String> {
+        self.inner
+            .down
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// `None` when ready, else why not.
     pub(crate) fn not_ready_reason(&self) -> Option<String> {
         if !self.inner.connected.load(Ordering::Relaxed) {
             return Some("not connected to NATS".into());
         }
-        let map = self.inner.bound.lock().ok()?;
-        let unbound: Vec<&str> = map
+        let unbound: Vec<String> = self
+            .inner
+            .bound
+            .lock()
+            .ok()?
             .iter()
             .filter(|(_, bound)| !**bound)
-            .map(|(name, _)| name.as_str())
+            .map(|(name, _)| name.clone())
             .collect();
-        (!unbound.is_empty()).then(|| format!("consumers not bound: {}", unbound.join(", ")))
+        if !unbound.is_empty() {
+            return Some(format!("consumers not bound: {}", unbound.join(", ")));
+        }
+        let down = self.down();
+        (!down.is_empty()).then(|| format!("tasks restarting: {}", down.join(", ")))
     }
 }

@@ -5,22 +5,28 @@
 //! share the requests, and `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer.
 //! The reply is the function's result; a failure is answered with the micro
 //! error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`): never a
-//! silent timeout.
+//! silent timeout. Each endpoint holds at most `concurrency` requests running
+//! and as many waiting; one more is answered 503 at once, so a flood costs a
+//! quick refusal, never an unbounded queue.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use std::panic::AssertUnwindSafe;
+
 use async_nats::service::{self, ServiceExt};
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use jetrun_config::name::SERVICE;
-use jetrun_functions::{Context, Function};
+use jetrun_functions::{Context, Failure, Function};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::envelope::{self, Origin};
+use crate::redact;
 use crate::metrics::RequestMetrics;
 use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Shutdown};
+use crate::tasks;
 
 /// Where request functions register their endpoints: the `jetrun` micro
 /// service, registered on `client` by the first request function.
@@ -55,6 +61,7 @@ async fn register(client: &async_nats::Client) -> anyhow::Result<service::Servic
 }
 
 /// One request function: its name, subject and concurrency.
+#[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) function: String,
     pub(crate) subject: String,
@@ -87,7 +94,9 @@ pub(crate) async fn serve(
     let Some(mut endpoint) = added else { return };
     tracing::info!(function = %name, %subject, "Answering requests.");
     readiness.set_bound(&name, true);
-    let permits = Arc::new(Semaphore::new(concurrency));
+    // Running, and waiting to run: `concurrency` each.
+    let running = Arc::new(Semaphore::new(concurrency));
+    let admitted = Arc::new(Semaphore::new(concurrency * 2));
     let name: Arc<str> = name.into();
     let mut in_flight = JoinSet::new();
     loop {
@@ -97,18 +106,32 @@ pub(crate) async fn serve(
             () = shutdown.draining() => None,
         };
         let Some(request) = request else { break };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        let Ok(admission) = admitted.clone().try_acquire_owned() else {
+            metrics.answered(503);
+            let _ = request
+                .respond(Err(service::error::Error {
+                    status: format!(
+                        "function {name} is busy: {concurrency} requests running and as many \
+                         waiting; send it again later"
+                    ),
+                    code: 503,
+                }))
+                .await;
+            continue;
         };
-        let (name, handler, metrics, shutdown) = (
+        let (name, handler, metrics, shutdown, running) = (
             name.clone(),
             handler.clone(),
             metrics.clone(),
             shutdown.clone(),
+            running.clone(),
         );
         in_flight.spawn(async move {
             tokio::select! {
-                () = answer(&name, handler.as_ref(), &metrics, &request) => {}
+                () = async {
+                    let Ok(_turn) = running.acquire_owned().await else { return };
+                    answer(&name, handler.as_ref(), &metrics, &request).await;
+                } => {}
                 () = shutdown.abandoned() => {
                     let _ = request
                         .respond(Err(service::error::Error {
@@ -118,7 +141,7 @@ pub(crate) async fn serve(
                         .await;
                 }
             }
-            drop(permit);
+            drop(admission);
         });
     }
     let _ = endpoint.stop().await;
@@ -152,7 +175,11 @@ async fn answer(
                 stream: String::new(),
                 sequence: 0,
             };
-            handler.call(&event, &ctx).await
+            let call = AssertUnwindSafe(handler.call(&event, &ctx)).catch_unwind();
+            call.await.unwrap_or_else(|panic| {
+                let message = tasks::panic_message(panic.as_ref());
+                Err(Failure::retryable(format!("the handler panicked: {message}")))
+            })
         }
         Err(failure) => Err(failure),
     };
@@ -160,11 +187,11 @@ async fn answer(
         Ok(output) => (Ok(output.result.unwrap_or_default()), 200),
         Err(failure) => {
             let code = failure.service_code();
-            tracing::warn!(%function, %subject, code, error = %failure, "Request failed.");
+            let error = redact::text(&failure.message);
+            tracing::warn!(%function, %subject, code, %error, "Request failed.");
             (
                 Err(service::error::Error {
-                    // A header value: one line.
-                    status: failure.message.replace(['\r', '\n'], " "),
+                    status: reply_status(code, &error),
                     code: usize::from(code),
                 }),
                 code,
@@ -174,5 +201,31 @@ async fn answer(
     metrics.answered(code);
     if let Err(err) = request.respond(response).await {
         tracing::warn!(%function, %subject, %err, "Cannot send the reply.");
+    }
+}
+
+/// What a failed request is told: the function's own failure message, on
+/// one line; for a resource jetrun could not reach (503), only that, the
+/// details being the runner's (they are in its log).
+fn reply_status(code: u16, error: &str) -> String {
+    if code == 503 {
+        return "jetrun cannot answer now: a resource it needs is unavailable; send the request \
+                again later"
+            .to_string();
+    }
+    error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_says_the_functions_failure_on_one_line_and_keeps_internals_in() {
+        assert_eq!(reply_status(400, "bad\r\norder"), "bad  order");
+        assert!(reply_status(503, "cannot read KV bucket x: io").starts_with("jetrun cannot"));
     }
 }

@@ -108,10 +108,11 @@ where
             }
             Err(err) => {
                 failures += 1;
+                let error = crate::redact::text(&err.to_string());
                 if failures % LOG_EVERY == 1 {
-                    tracing::warn!(error = %err, attempts = failures, "Cannot {what} yet; retrying.");
+                    tracing::warn!(%error, attempts = failures, "Cannot {what} yet; retrying.");
                 } else {
-                    tracing::debug!(error = %err, attempts = failures, "Cannot {what} yet; retrying.");
+                    tracing::debug!(%error, attempts = failures, "Cannot {what} yet; retrying.");
                 }
             }
         }

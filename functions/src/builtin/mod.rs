@@ -4,6 +4,7 @@
 
 mod echo;
 mod noop;
+mod panic_on_marker;
 mod reserve_stock;
 mod take_payment;
 mod welcome_email;
@@ -14,6 +15,7 @@ use crate::Function;
 pub const BUILTINS: &[&str] = &[
     "echo",
     "noop",
+    "panic_on_marker",
     "reserve_stock",
     "take_payment",
     "welcome_email",
@@ -24,6 +26,7 @@ pub fn builtin(name: &str) -> Option<Box<dyn Function>> {
     match name {
         "echo" => Some(Box::new(echo::Echo)),
         "noop" => Some(Box::new(noop::Noop)),
+        "panic_on_marker" => Some(Box::new(panic_on_marker::PanicOnMarker)),
         "reserve_stock" => Some(Box::new(reserve_stock::ReserveStock::default())),
         "take_payment" => Some(Box::new(take_payment::TakePayment::default())),
         "welcome_email" => Some(Box::new(welcome_email::WelcomeEmail)),

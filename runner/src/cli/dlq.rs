@@ -19,7 +19,7 @@ use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use base64::prelude::{Engine, BASE64_STANDARD};
 use clap::Subcommand;
 use futures::TryStreamExt as _;
@@ -29,7 +29,8 @@ use serde_json::{json, Value};
 use super::args::{FunctionArg, InvalidValue};
 use super::output::{count, first_line, hex_dump, rfc3339, table};
 use super::session::{self, Stopped};
-use crate::emit::{self, PublishError};
+use crate::emit::{self, PublishError, Reserved};
+use crate::headers::{is_server_directive, BadHeader, Put};
 
 /// `jetrun dlq --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -205,7 +206,13 @@ pub(crate) async fn dlq(args: DlqArgs) -> ExitCode {
             Ok(match &args.verb {
                 Verb::List(a) => list(&js, &place, a.json).await?,
                 Verb::Show(a) => show(&js, &place, a.seq, a.json).await?,
-                Verb::Replay(a) => replay(&js, &place, a).await?,
+                Verb::Replay(a) => {
+                    let guard = Guard {
+                        reserved: Reserved::of(config),
+                        emits: function.emits.clone(),
+                    };
+                    replay(&js, &place, &guard, a).await?
+                }
                 Verb::Purge(a) => purge(&js, &place, a.older_than.as_ref()).await?,
             })
         }
@@ -564,13 +571,20 @@ fn show_text(message: &StreamMessage) -> String {
         let _ = writeln!(out, "  {name}: {value}");
     }
     let body = message.payload.as_ref();
-    let cut = match header(&message.headers, "Jetrun-Body-Truncated") {
-        Some(len) => format!(
+    let cut = match (
+        header(&message.headers, "Jetrun-Body-Truncated"),
+        header(&message.headers, "Jetrun-Body-Object"),
+    ) {
+        (Some(len), Some(object)) => format!(
+            "; cut from {len} bytes, the whole body is in object store {object} (`jetrun dlq \
+             replay` sends it whole)"
+        ),
+        (Some(len), None) => format!(
             "; cut from {len} bytes, the whole event is in stream {} at sequence {}",
             header(&message.headers, "Jetrun-Original-Stream").unwrap_or("?"),
             header(&message.headers, "Jetrun-Original-Sequence").unwrap_or("?"),
         ),
-        None => String::new(),
+        _ => String::new(),
     };
     match std::str::from_utf8(body) {
         Ok(text) => {
@@ -619,9 +633,17 @@ fn show_json(message: &StreamMessage) -> Value {
 
 // ---------------------------------------------------------------- replay
 
+/// Where a replay may go: not to a reserved subject the function's `emits`
+/// does not name outright.
+struct Guard {
+    reserved: Reserved,
+    emits: Option<Vec<String>>,
+}
+
 async fn replay(
     js: &jetstream::Context,
     place: &Place,
+    guard: &Guard,
     args: &ReplayArgs,
 ) -> anyhow::Result<ExitCode> {
     let mut failed = false;
@@ -645,7 +667,7 @@ async fn replay(
     };
     for letter in letters {
         let outcome = match letter {
-            Ok(message) => replay_one(js, place, &message, args.to.as_deref()).await,
+            Ok(message) => replay_one(js, place, guard, &message, args.to.as_deref()).await,
             Err(err) => Err(err),
         };
         match outcome {
@@ -668,19 +690,30 @@ async fn replay(
 async fn replay_one(
     js: &jetstream::Context,
     place: &Place,
+    guard: &Guard,
     message: &StreamMessage,
     to: Option<&str>,
 ) -> anyhow::Result<String> {
     let seq = message.sequence;
     let plan = Plan::of(message, to).map_err(|why| anyhow!("DLQ {seq}: {why}"))?;
+    guard
+        .reserved
+        .check(&plan.subject, guard.emits.as_deref())
+        .map_err(|why| anyhow!("DLQ {seq}: not replayed: {why}"))?;
     if header(&message.headers, "Jetrun-Original-Headers-Base64").is_some() {
         eprintln!(
-            "jetrun: note: DLQ {seq}'s original headers were not UTF-8; it is replayed with \
-             them as far as they could be read"
+            "jetrun: note: DLQ {seq}'s original header block could not be read; it is replayed \
+             with the headers that could"
         );
     }
+    let body = match &plan.object {
+        Some(object) => whole_body(js, object)
+            .await
+            .with_context(|| format!("DLQ {seq}: cannot read its whole body from {object}"))?,
+        None => message.payload.clone(),
+    };
     let subject = plan.subject.clone();
-    let ack = match emit::publish(js, &subject, plan.headers, message.payload.clone()).await {
+    let ack = match emit::publish(js, &subject, plan.headers, body).await {
         Ok(ack) => ack,
         Err(PublishError::NoStream { .. }) => {
             return Err(anyhow!(
@@ -701,6 +734,11 @@ async fn replay_one(
             ack.stream, ack.sequence, place.stream
         )
     })?;
+    if let Some(object) = &plan.object {
+        if let Err(err) = delete_body(js, object).await {
+            eprintln!("jetrun: note: DLQ {seq} was replayed; its body {object} is kept: {err:#}");
+        }
+    }
     let mut line = format!(
         "replayed DLQ {seq} to {subject} (stream {} sequence {})",
         ack.stream, ack.sequence
@@ -726,6 +764,8 @@ enum NotReplayable {
     },
     #[error("has no Jetrun-Original-Subject; pass --to SUBJECT")]
     NoSubject,
+    #[error(transparent)]
+    Header(#[from] BadHeader),
 }
 
 /// Where a replay goes and what it carries.
@@ -733,6 +773,43 @@ enum NotReplayable {
 struct Plan {
     subject: String,
     headers: HeaderMap,
+    /// `bucket/name` of its whole body, when the dead letter's was cut.
+    object: Option<String>,
+}
+
+/// The whole body kept at `bucket/name` of the dead letters' object store.
+async fn whole_body(js: &jetstream::Context, object: &str) -> anyhow::Result<bytes::Bytes> {
+    use tokio::io::AsyncReadExt as _;
+    let (bucket, name) = object.split_once('/').unwrap_or((object, ""));
+    let store = js.get_object_store(bucket).await?;
+    let mut reader = store.get(name).await?;
+    let mut body = Vec::new();
+    reader.read_to_end(&mut body).await?;
+    Ok(body.into())
+}
+
+/// Deletes every whole body kept for `function`'s dead letters (their
+/// objects are named `<function>/<stream>/<sequence>`).
+async fn delete_bodies_of(js: &jetstream::Context, function: &str) {
+    use futures::StreamExt as _;
+    let Ok(store) = js.get_object_store(crate::nats::DEAD_LETTER_BODIES).await else {
+        return;
+    };
+    let Ok(mut objects) = store.list().await else {
+        return;
+    };
+    let prefix = format!("{function}/");
+    while let Some(Ok(object)) = objects.next().await {
+        if object.name.starts_with(&prefix) {
+            let _ = store.delete(&object.name).await;
+        }
+    }
+}
+
+async fn delete_body(js: &jetstream::Context, object: &str) -> anyhow::Result<()> {
+    let (bucket, name) = object.split_once('/').unwrap_or((object, ""));
+    js.get_object_store(bucket).await?.delete(name).await?;
+    Ok(())
 }
 
 impl Plan {
@@ -744,7 +821,8 @@ impl Plan {
         let h = |name| header(&message.headers, name);
         let stream = h("Jetrun-Original-Stream").unwrap_or("-");
         let sequence = h("Jetrun-Original-Sequence").unwrap_or("-");
-        if let Some(len) = h("Jetrun-Body-Truncated") {
+        let object = h("Jetrun-Body-Object").map(str::to_string);
+        if let (Some(len), None) = (h("Jetrun-Body-Truncated"), &object) {
             return Err(NotReplayable::BodyCut {
                 kept: message.payload.len(),
                 len: len.to_string(),
@@ -759,19 +837,21 @@ impl Plan {
         };
         let mut headers = HeaderMap::new();
         for (name, values) in message.headers.iter() {
-            let lower = AsRef::<str>::as_ref(name).to_ascii_lowercase();
-            if lower.starts_with("jetrun-") || lower == "nats-msg-id" {
+            let text: &str = name.as_ref();
+            if text.to_ascii_lowercase().starts_with("jetrun-") || is_server_directive(text) {
                 continue;
             }
             for value in values {
-                headers.append(name.clone(), value.clone());
+                headers.add(name.clone(), value.clone());
             }
         }
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("replay:{}:{stream}:{sequence}", message.sequence).as_str(),
-        );
-        Ok(Plan { subject, headers })
+        let id = format!("replay:{}:{stream}:{sequence}", message.sequence);
+        headers.put(HeaderName::from_static("Nats-Msg-Id"), &id)?;
+        Ok(Plan {
+            subject,
+            headers,
+            object,
+        })
     }
 }
 
@@ -793,6 +873,7 @@ async fn purge(
             .await
             .with_context(|| format!("cannot purge {}", place.describe()))?
             .purged;
+        delete_bodies_of(js, &place.function).await;
         println!(
             "purged {} of {}",
             count(purged, "dead letter"),
@@ -809,6 +890,11 @@ async fn purge(
         if cutoff.is_some_and(|cutoff| failed_at >= cutoff) {
             kept += 1;
             continue;
+        }
+        if let Some(object) = header(&message.headers, "Jetrun-Body-Object") {
+            if let Err(err) = delete_body(js, object).await {
+                eprintln!("jetrun: note: cannot delete {object}: {err:#}");
+            }
         }
         // Gone already (replayed or purged meanwhile) is as good as deleted.
         match stream.delete_message(message.sequence).await {

@@ -172,7 +172,7 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("jetrun: {err:#}");
+            eprintln!("jetrun: {}", crate::redact::text(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

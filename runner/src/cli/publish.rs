@@ -12,6 +12,7 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
 use super::args::InvalidValue;
 use crate::emit::{self, PublishError};
+use crate::headers::{BadHeader, Put};
 
 /// The arguments of `jetrun publish`.
 #[derive(clap::Args)]
@@ -100,9 +101,9 @@ pub(crate) async fn publish(
     };
     let id = match &args.id {
         Some(id) => id.clone(),
-        None => HeaderValue::from(uuid::Uuid::new_v4().to_string()),
+        None => attribute(&uuid::Uuid::new_v4().to_string())?,
     };
-    let headers = event_headers(&args, &id, &body, SystemTime::now());
+    let headers = event_headers(&args, &id, &body, SystemTime::now())?;
     let client = match nats {
         Some(mut nats) => {
             if let Some(server) = &args.server {
@@ -113,7 +114,10 @@ pub(crate) async fn publish(
         None => {
             let server = args.server.as_deref().unwrap_or(DEFAULT_SERVER);
             async_nats::connect(server).await.with_context(|| {
-                format!("cannot reach NATS at {server}; is nats-server running? try `jetrun dev`")
+                format!(
+                    "cannot reach NATS at {}; is nats-server running? try `jetrun dev`",
+                    crate::redact::url(server)
+                )
             })?
         }
     };
@@ -144,33 +148,36 @@ pub(crate) async fn publish(
 
 /// The event's headers in binary mode: `ce-*` attributes, `Nats-Msg-Id`
 /// (the event id), then the `--header`s, which replace same-named ones.
-fn event_headers(args: &PublishArgs, id: &HeaderValue, body: &[u8], now: SystemTime) -> HeaderMap {
+fn event_headers(
+    args: &PublishArgs,
+    id: &HeaderValue,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<HeaderMap, BadHeader> {
+    let name = HeaderName::from_static;
     let mut headers = HeaderMap::new();
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", id.clone());
-    headers.insert(
-        "ce-type",
-        match &args.event_type {
-            Some(event_type) => event_type.clone(),
-            None => HeaderValue::from(args.subject.as_str()),
-        },
-    );
-    headers.insert("ce-source", args.source.clone());
-    headers.insert(
-        "ce-time",
-        humantime::format_rfc3339_micros(now).to_string().as_str(),
-    );
+    headers.put(name("ce-specversion"), "1.0")?;
+    headers.set(name("ce-id"), id.clone());
+    match &args.event_type {
+        Some(event_type) => headers.set(name("ce-type"), event_type.clone()),
+        None => headers.put(name("ce-type"), &args.subject)?,
+    }
+    headers.set(name("ce-source"), args.source.clone());
+    headers.put(
+        name("ce-time"),
+        &humantime::format_rfc3339_micros(now).to_string(),
+    )?;
     if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
-        headers.insert("ce-datacontenttype", "application/json");
+        headers.put(name("ce-datacontenttype"), "application/json")?;
     }
     if let Some(correlation) = &args.correlation_id {
-        headers.insert("ce-correlationid", correlation.clone());
+        headers.set(name("ce-correlationid"), correlation.clone());
     }
-    headers.insert("Nats-Msg-Id", id.clone());
+    headers.set(name("Nats-Msg-Id"), id.clone());
     for (name, value) in &args.headers {
-        headers.insert(name.clone(), value.clone());
+        headers.set(name.clone(), value.clone());
     }
-    headers
+    Ok(headers)
 }
 
 #[cfg(test)]
@@ -216,7 +223,7 @@ mod tests {
         ])
         .unwrap();
         let id = args.id.clone().unwrap();
-        let headers = event_headers(&args, &id, br#"{"order_id":1}"#, SystemTime::UNIX_EPOCH);
+        let headers = event_headers(&args, &id, br#"{"order_id":1}"#, SystemTime::UNIX_EPOCH).unwrap();
         let h = |name| get(&headers, name);
         assert_eq!(h("ce-specversion").as_deref(), Some("1.0"));
         assert_eq!(h("ce-id").as_deref(), Some("order-1"));
@@ -238,7 +245,7 @@ mod tests {
     fn defaults_type_is_the_subject_and_no_correlation_id() {
         let args = parse(&["user.registered", "not json"]).unwrap();
         let id = HeaderValue::from("x");
-        let headers = event_headers(&args, &id, b"not json", SystemTime::UNIX_EPOCH);
+        let headers = event_headers(&args, &id, b"not json", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(get(&headers, "ce-type").as_deref(), Some("user.registered"));
         assert_eq!(get(&headers, "ce-source").as_deref(), Some("jetrun/cli"));
         assert_eq!(get(&headers, "ce-correlationid"), None);
@@ -249,7 +256,7 @@ mod tests {
     fn a_header_replaces_one_jetrun_sets() {
         let args = parse(&["a.b", "--header", "ce-time=2024-01-01T00:00:00Z"]).unwrap();
         let id = HeaderValue::from("x");
-        let headers = event_headers(&args, &id, b"", SystemTime::UNIX_EPOCH);
+        let headers = event_headers(&args, &id, b"", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(headers.get_all("ce-time").count(), 1);
         assert_eq!(
             get(&headers, "ce-time").as_deref(),

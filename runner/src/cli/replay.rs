@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use super::args::{ConfigArg, InvalidValue};
 use super::output::count;
 use super::session::{self, Stopped, EXIT_INTERRUPTED, EXIT_USAGE};
-use crate::emit::Emitter;
+use crate::emit::{Emitter, Reserved};
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::nats::{self, History, Item, Start, Stored};
@@ -214,7 +214,8 @@ async fn run(
     let metrics = Metrics::new();
     let handles = metrics.for_function(&function.name);
     let handler = layers::stack(&function, handler, &js, &metrics, &handles);
-    let emitter = Emitter::new(&js, &function, handles.emitted.clone());
+    let reserved = Arc::new(Reserved::of(config));
+    let emitter = Emitter::new(&js, &function, reserved, handles.emitted.clone());
     let mut history = History::open(
         &js,
         stream,

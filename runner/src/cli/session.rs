@@ -66,11 +66,11 @@ pub(crate) fn exit(outcome: Result<ExitCode, Stopped>) -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(Stopped::Usage(why)) => {
-            eprintln!("jetrun: {why}");
+            eprintln!("jetrun: {}", crate::redact::text(&why));
             ExitCode::from(EXIT_USAGE)
         }
         Err(Stopped::Failed(err)) => {
-            eprintln!("jetrun: {err:#}");
+            eprintln!("jetrun: {}", crate::redact::text(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

@@ -1,18 +1,18 @@
 //! Keeping a unit's durable consumer bound: bound at start (retrying until
-//! NATS agrees), watched by a monitor (backlog gauges, ack floor, a stuck
-//! floor worth a look for unreadable messages), and bound again, just past
-//! the last ack floor seen, when it is deleted behind jetrun's back.
+//! NATS agrees), watched by a monitor (backlog gauges, ack floor), and bound
+//! again, just past the last ack floor seen, when it is deleted behind
+//! jetrun's back.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use super::{pull, quarantine, Shared};
+use super::{pull, Shared};
 use crate::nats;
 use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Shutdown};
@@ -134,22 +134,12 @@ async fn monitor(
     ack_floor: Arc<AtomicU64>,
     lost: Arc<Lost>,
 ) {
-    // The ack floor, and since when it has not moved while events were pending.
-    let mut stuck = (0u64, Instant::now());
     loop {
         match consumer.info().await {
             Ok(info) => {
                 shared.metrics.pending.set(info.num_pending as i64);
                 shared.metrics.ack_pending.set(info.num_ack_pending as i64);
-                let floor = info.ack_floor.stream_sequence;
-                ack_floor.fetch_max(floor, Ordering::Relaxed);
-                if floor != stuck.0 || info.num_ack_pending == 0 {
-                    stuck = (floor, Instant::now());
-                } else if stuck.1.elapsed() > shared.unit.binding.ack_wait + MONITOR_EVERY {
-                    // Look once per ack wait, not on every round.
-                    stuck.1 = Instant::now();
-                    quarantine::look_past(&shared, floor).await;
-                }
+                ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
             }
             Err(err) if nats::is_consumer_not_found(&err) => {
                 lost.set();

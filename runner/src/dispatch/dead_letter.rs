@@ -1,27 +1,26 @@
 //! The dead letter of an event: its original body, byte for byte, and its
-//! original headers plus the `Jetrun-*` ones saying where it came from and
-//! why it failed; and its publish, which cuts a body too big for the
-//! server's `max_payload` (the whole event stays in its own stream).
+//! original headers (but those nats-server would act on) plus the
+//! `Jetrun-*` ones saying where it came from and why it failed; and its
+//! publish. A body too big to travel with jetrun's headers (over the
+//! server's max_payload) is stored whole in the object store
+//! `jetrun_dead_letters` first, and the dead letter points at it: no event
+//! is ever left with only a cut copy, whatever the stream's retention does
+//! with the original after `+TERM`.
 
 use std::time::SystemTime;
 
-use async_nats::jetstream;
-use async_nats::HeaderMap;
+use async_nats::connection::UNREADABLE_HEADERS;
+use async_nats::{jetstream, HeaderMap, HeaderName};
+use base64::prelude::{Engine, BASE64_STANDARD};
 use bytes::Bytes;
 
 use super::retry::Reason;
 use crate::emit::{self, PublishError};
+use crate::headers::{self, is_server_directive, BadHeader, Put};
+use crate::nats;
 
 /// The most of an error message a dead letter carries.
 const ERROR_LIMIT: usize = 1024;
-
-/// Headers of the original that steer a JetStream publish: copied, they
-/// would make the dead letter's own publish fail or misbehave.
-fn is_publish_directive(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.starts_with("nats-expected-")
-        || matches!(name.as_str(), "nats-msg-id" | "nats-rollup" | "nats-ttl")
-}
 
 pub(crate) struct DeadLetter<'a> {
     pub(crate) function: &'a str,
@@ -34,6 +33,18 @@ pub(crate) struct DeadLetter<'a> {
     pub(crate) failed_at: SystemTime,
 }
 
+/// Why a dead letter was not stored: the event stays in its stream and is
+/// tried again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotStored {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Header(#[from] BadHeader),
+    #[error("cannot keep its whole body in object store jetrun_dead_letters: {0}")]
+    Body(String),
+}
+
 impl DeadLetter<'_> {
     /// `Nats-Msg-Id` of the dead letter: a crash between its publish and the
     /// original's `+TERM` cannot make two.
@@ -41,72 +52,122 @@ impl DeadLetter<'_> {
         format!("{}:{}:{}", self.stream, self.sequence, self.function)
     }
 
-    pub(crate) fn headers(&self, original: Option<&HeaderMap>) -> HeaderMap {
+    /// The dead letter's headers: the original's (those nats-server would act
+    /// on left out; a block the client could not read kept raw, base64, with
+    /// what of it can be read), then jetrun's.
+    pub(crate) fn headers(&self, original: Option<&HeaderMap>) -> Result<HeaderMap, BadHeader> {
         let mut headers = HeaderMap::new();
         if let Some(original) = original {
-            for (name, values) in original.iter() {
-                if is_publish_directive(AsRef::<str>::as_ref(name)) {
-                    continue;
+            match original.get(UNREADABLE_HEADERS) {
+                Some(raw) => {
+                    let block = BASE64_STANDARD.decode(raw.as_str()).unwrap_or_default();
+                    headers = readable_part(&block);
+                    headers.set(
+                        HeaderName::from_static("Jetrun-Original-Headers-Base64"),
+                        raw.clone(),
+                    );
                 }
-                for value in values {
-                    headers.append(name.clone(), value.clone());
+                None => {
+                    for (name, values) in original.iter() {
+                        if is_server_directive(name.as_ref()) {
+                            continue;
+                        }
+                        for value in values {
+                            headers.add(name.clone(), value.clone());
+                        }
+                    }
                 }
             }
         }
-        headers.insert("Jetrun-Function", self.function);
-        headers.insert("Jetrun-Reason", self.reason.as_str());
-        headers.insert("Jetrun-Error", one_line(self.error, ERROR_LIMIT).as_str());
-        headers.insert("Jetrun-Attempts", self.attempts.to_string().as_str());
-        headers.insert("Jetrun-Original-Subject", self.subject);
-        headers.insert("Jetrun-Original-Stream", self.stream);
-        headers.insert(
-            "Jetrun-Original-Sequence",
-            self.sequence.to_string().as_str(),
-        );
-        headers.insert(
-            "Jetrun-Failed-At",
-            humantime::format_rfc3339_millis(self.failed_at)
-                .to_string()
-                .as_str(),
-        );
-        headers.insert("Nats-Msg-Id", self.msg_id().as_str());
-        headers
+        let name = HeaderName::from_static;
+        headers.put(name("Jetrun-Function"), self.function)?;
+        headers.put(name("Jetrun-Reason"), self.reason.as_str())?;
+        headers.put(name("Jetrun-Error"), &one_line(self.error, ERROR_LIMIT))?;
+        headers.put_number(name("Jetrun-Attempts"), self.attempts);
+        headers.put(name("Jetrun-Original-Subject"), self.subject)?;
+        headers.put(name("Jetrun-Original-Stream"), self.stream)?;
+        headers.put_number(name("Jetrun-Original-Sequence"), self.sequence);
+        headers.put(
+            name("Jetrun-Failed-At"),
+            &humantime::format_rfc3339_millis(self.failed_at).to_string(),
+        )?;
+        headers.put(name("Nats-Msg-Id"), &self.msg_id())?;
+        Ok(headers)
     }
 }
 
-/// Publishes a dead letter to `subject` and waits for its stream's ack. A
-/// dead letter too big for the server's max_payload (the original body plus
-/// jetrun's headers) is published with the body cut to fit and
-/// `Jetrun-Body-Truncated` set to the original length: the whole event stays
-/// in its own stream at `Jetrun-Original-Sequence`.
+/// The lines of a header block the client could not read that can be read
+/// on their own (`Name: value`, a valid name, no CR or LF in the value).
+fn readable_part(raw: &[u8]) -> HeaderMap {
+    let text = String::from_utf8_lossy(raw);
+    let mut headers = HeaderMap::new();
+    for line in text.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let Ok(name) = headers::name(name.trim()) else {
+            continue;
+        };
+        let text: &str = name.as_ref();
+        if text.is_empty() || is_server_directive(text) {
+            continue;
+        }
+        if let Ok(value) = headers::value(&name, value.trim()) {
+            headers.add(name, value);
+        }
+    }
+    headers
+}
+
+/// Publishes the dead letter of `original`'s event (`body`) to `subject` and
+/// waits for its stream's ack. A body that does not fit (the server's
+/// max_payload) is first stored whole in object store
+/// [`nats::DEAD_LETTER_BODIES`] as `<function>/<stream>/<sequence>`; the dead letter
+/// then carries `Jetrun-Body-Object` (where it is), `Jetrun-Body-Truncated`
+/// (its length) and as much of the body as fits.
 pub(crate) async fn publish(
     js: &jetstream::Context,
     subject: &str,
-    mut headers: HeaderMap,
-    body: Bytes,
     letter: &DeadLetter<'_>,
-) -> Result<(), PublishError> {
+    original: Option<&HeaderMap>,
+    body: Bytes,
+) -> Result<(), NotStored> {
+    let mut headers = letter.headers(original)?;
     match emit::publish(js, subject, headers.clone(), body.clone()).await {
-        Ok(_) => Ok(()),
-        Err(PublishError::TooBig { .. }) => {
-            let room = js
-                .client()
-                .max_payload()
-                .saturating_sub(headers_size(&headers) + 256);
-            tracing::warn!(
-                size = body.len(),
-                kept = room,
-                "The dead letter is bigger than the server's max_payload; cutting its body. \
-                 The whole event stays in stream {} at sequence {}.",
-                letter.stream,
-                letter.sequence
-            );
-            headers.insert("Jetrun-Body-Truncated", body.len().to_string().as_str());
-            let cut = body.slice(..room.min(body.len()));
-            emit::publish(js, subject, headers, cut).await.map(|_| ())
-        }
-        Err(err) => Err(err),
+        Ok(_) => return Ok(()),
+        Err(PublishError::TooBig { .. }) => {}
+        Err(err) => return Err(err.into()),
     }
+    let object = format!("{}/{}/{}", letter.function, letter.stream, letter.sequence);
+    let store = nats::dead_letter_bodies(js)
+        .await
+        .map_err(|err| NotStored::Body(err.to_string()))?;
+    store
+        .put(object.as_str(), &mut body.as_ref())
+        .await
+        .map_err(|err| NotStored::Body(err.to_string()))?;
+    let room = js
+        .client()
+        .max_payload()
+        .saturating_sub(headers_size(&headers) + 512);
+    tracing::warn!(
+        size = body.len(),
+        kept = room,
+        object = %format!("{}/{object}", nats::DEAD_LETTER_BODIES),
+        "The dead letter is bigger than the server's max_payload: its whole body is in the \
+         object store, and the dead letter carries what fits."
+    );
+    headers.put(
+        HeaderName::from_static("Jetrun-Body-Object"),
+        &format!("{}/{object}", nats::DEAD_LETTER_BODIES),
+    )?;
+    headers.put_number(
+        HeaderName::from_static("Jetrun-Body-Truncated"),
+        body.len() as u64,
+    );
+    let cut = body.slice(..room.min(body.len()));
+    emit::publish(js, subject, headers, cut).await?;
+    Ok(())
 }
 
 /// About what `headers` take on the wire.
@@ -159,10 +220,15 @@ mod tests {
         original.insert("X-Tenant", "acme");
         original.insert("Nats-Msg-Id", "publisher-id");
         original.insert("Nats-Expected-Stream", "ORDERS");
-        let headers = letter("boom").headers(Some(&original));
+        original.insert("Nats-Schedule", "@every 1s");
+        original.insert("nats-batch-id", "b-1");
+        original.insert("Nats-TTL", "1s");
+        let headers = letter("boom").headers(Some(&original)).unwrap();
         let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
         assert_eq!(get("X-Tenant").as_deref(), Some("acme"));
-        assert_eq!(get("Nats-Expected-Stream"), None);
+        for directive in ["Nats-Expected-Stream", "Nats-Schedule", "nats-batch-id", "Nats-TTL"] {
+            assert_eq!(get(directive), None, "{directive} is not kept");
+        }
         assert_eq!(
             get("Nats-Msg-Id").as_deref(),
             Some("ORDERS:7:reserve-stock")
@@ -178,10 +244,26 @@ mod tests {
     #[test]
     fn the_error_is_one_line_of_at_most_1_kib() {
         let long = format!("first\nsecond {}", "é".repeat(2000));
-        let headers = letter(&long).headers(None);
+        let headers = letter(&long).headers(None).unwrap();
         let error = headers.get("Jetrun-Error").unwrap().as_str().to_string();
         assert!(!error.contains('\n'));
         assert!(error.len() <= 1024);
         assert!(error.starts_with("first second"));
+    }
+
+    #[test]
+    fn an_unreadable_header_block_is_kept_raw_with_what_can_be_read() {
+        let raw = b"NATS/1.0\r\nX-Good: yes\r\nBad Name: x\r\nno colon\r\nX-Bad: \xff\r\n\r\n";
+        let mut original = HeaderMap::new();
+        original.insert(UNREADABLE_HEADERS, BASE64_STANDARD.encode(raw).as_str());
+        original.insert("Jetrun-Unreadable-Headers-Reason", "why");
+        let headers = letter("boom").headers(Some(&original)).unwrap();
+        let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
+        assert_eq!(get("X-Good").as_deref(), Some("yes"));
+        assert_eq!(get("X-Bad").as_deref(), Some("\u{fffd}"));
+        assert!(headers.iter().all(|(name, _)| name.to_string() != "Bad Name"));
+        let kept = get("Jetrun-Original-Headers-Base64").unwrap();
+        assert_eq!(BASE64_STANDARD.decode(kept).unwrap(), raw);
+        assert_eq!(get(UNREADABLE_HEADERS), None);
     }
 }

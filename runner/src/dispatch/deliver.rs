@@ -1,15 +1,21 @@
 //! One message from its envelope to its outcome: read as an event, handed
 //! to the handler stack inside the event's span (kept alive with in-progress
 //! acks while the handler runs), what it emitted published, and the outcome
-//! settled. An abandoned drain NAKs the message instead.
+//! settled. A panic on the way is this event's failure, never the consumer's
+//! end. An abandoned drain NAKs the message instead.
+
+use std::panic::AssertUnwindSafe;
 
 use async_nats::jetstream::{self, AckKind};
+use futures::FutureExt as _;
 use jetrun_functions::{Context, Event, Failure};
 use tracing::Instrument;
 
+use super::retry::Attempt;
 use super::{settle, Shared};
 use crate::envelope::{self, Origin};
 use crate::shutdown::Shutdown;
+use crate::tasks;
 
 /// Handles one delivery from start to settlement.
 pub(super) async fn deliver(shared: &Shared, message: jetstream::Message, shutdown: &Shutdown) {
@@ -67,13 +73,20 @@ pub(super) async fn deliver(shared: &Shared, message: jetstream::Message, shutdo
         sequence,
     };
     async {
-        let result = match event {
+        let outcome = match event {
             Ok(event) => {
                 // Boxed, like the dead-letter path: the task that carries
                 // each delivery stays small, so spawning it copies little.
-                let run = Box::pin(call_and_emit(shared, &event, &ctx, &message));
+                let run = AssertUnwindSafe(Box::pin(call_and_emit(
+                    shared, &event, &ctx, &message,
+                )))
+                .catch_unwind();
                 tokio::select! {
-                    result = run => result,
+                    result = run => match result {
+                        Ok(Ok(())) => Attempt::Handled,
+                        Ok(Err(failure)) => Attempt::Failed(failure),
+                        Err(panic) => Attempt::Panicked(tasks::panic_message(panic.as_ref())),
+                    },
                     () = shutdown.abandoned() => {
                         tracing::warn!("Shutdown timeout reached; NAKing the event for redelivery.");
                         let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -81,9 +94,9 @@ pub(super) async fn deliver(shared: &Shared, message: jetstream::Message, shutdo
                     }
                 }
             }
-            Err(failure) => Err(failure),
+            Err(failure) => Attempt::Failed(failure),
         };
-        settle::settle(shared, &message, &ctx, result).await;
+        settle::settle(shared, &message, &ctx, outcome).await;
     }
     .instrument(span)
     .await
@@ -122,3 +135,4 @@ async fn call_and_emit(
         None => Ok(()),
     }
 }
+

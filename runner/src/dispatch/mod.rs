@@ -12,14 +12,12 @@
 //! - [`deliver`]: one message from its envelope to its outcome;
 //! - [`settle`]: the outcome to an ack, a NAK or a dead letter;
 //! - [`retry`]: which of those (pure);
-//! - [`dead_letter`]: a dead letter's headers and its publish;
-//! - [`quarantine`]: messages the NATS client cannot be handed.
+//! - [`dead_letter`]: a dead letter's headers and its publish.
 
 mod consumer;
 mod dead_letter;
 mod deliver;
 mod pull;
-mod quarantine;
 mod retry;
 mod settle;
 
@@ -61,7 +59,8 @@ pub(crate) struct Shared {
 }
 
 /// Runs `shared.unit`'s consumer until `shutdown` drains it and every
-/// message in flight has been settled (or abandoned and NAKed).
-pub(crate) async fn run(shared: Shared, readiness: Readiness, shutdown: Shutdown) {
-    consumer::run(Arc::new(shared), readiness, shutdown).await;
+/// message in flight has been settled (or abandoned and NAKed). Run under
+/// `tasks::spawn`, which starts it again should it end early.
+pub(crate) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shutdown) {
+    consumer::run(shared, readiness, shutdown).await;
 }

@@ -1,5 +1,5 @@
-//! What becomes of a delivery once its handler has answered: acknowledged,
-//! redelivered after a backoff delay, or dead-lettered. Pure.
+//! What becomes of a delivery once its handler has answered (or panicked):
+//! acknowledged, redelivered after a backoff delay, or dead-lettered. Pure.
 
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ pub(crate) enum Reason {
     Exhausted,
     /// The failure said retrying cannot help.
     Permanent,
+    /// The last attempt panicked (a built-in's bug, a dependency's assert).
+    Panic,
 }
 
 impl Reason {
@@ -21,6 +23,28 @@ impl Reason {
         match self {
             Reason::Exhausted => "exhausted",
             Reason::Permanent => "permanent",
+            Reason::Panic => "panic",
+        }
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Attempt {
+    Handled,
+    Failed(Failure),
+    /// The handler (or what ran around it) panicked, with this message: a
+    /// failure of this event only, retried like any other.
+    Panicked(String),
+}
+
+impl Attempt {
+    /// Why it failed, in words; empty when it did not.
+    pub(crate) fn error(&self) -> String {
+        match self {
+            Attempt::Handled => String::new(),
+            Attempt::Failed(failure) => failure.message.clone(),
+            Attempt::Panicked(message) => format!("the handler panicked: {message}"),
         }
     }
 }
@@ -35,17 +59,15 @@ pub(crate) enum Action {
 
 /// `attempt` is JetStream's delivery count (from 1); `unit` a random number in
 /// [0, 1) for the jitter.
-pub(crate) fn decide(
-    result: Result<(), &Failure>,
-    attempt: u64,
-    policy: &RetryPolicy,
-    unit: f64,
-) -> Action {
-    match result {
-        Ok(()) => Action::Ack,
-        Err(failure) if failure.is_permanent() => Action::DeadLetter(Reason::Permanent),
-        Err(_) if policy.is_last(attempt) => Action::DeadLetter(Reason::Exhausted),
-        Err(_) => Action::Retry(policy.delay(attempt, unit)),
+pub(crate) fn decide(outcome: &Attempt, attempt: u64, policy: &RetryPolicy, unit: f64) -> Action {
+    match outcome {
+        Attempt::Handled => Action::Ack,
+        Attempt::Failed(failure) if failure.is_permanent() => {
+            Action::DeadLetter(Reason::Permanent)
+        }
+        Attempt::Failed(_) if policy.is_last(attempt) => Action::DeadLetter(Reason::Exhausted),
+        Attempt::Panicked(_) if policy.is_last(attempt) => Action::DeadLetter(Reason::Panic),
+        Attempt::Failed(_) | Attempt::Panicked(_) => Action::Retry(policy.delay(attempt, unit)),
     }
 }
 
@@ -66,37 +88,51 @@ mod tests {
 
     #[test]
     fn success_is_acked() {
-        assert_eq!(decide(Ok(()), 1, &policy(), 0.5), Action::Ack);
+        assert_eq!(decide(&Attempt::Handled, 1, &policy(), 0.5), Action::Ack);
     }
 
     #[test]
     fn retryable_failures_back_off_until_the_last_attempt() {
-        let fail = Failure::retryable("db down");
+        let fail = Attempt::Failed(Failure::retryable("db down"));
         assert_eq!(
-            decide(Err(&fail), 1, &policy(), 0.5),
+            decide(&fail, 1, &policy(), 0.5),
             Action::Retry(Duration::from_millis(200))
         );
         assert_eq!(
-            decide(Err(&fail), 2, &policy(), 0.5),
+            decide(&fail, 2, &policy(), 0.5),
             Action::Retry(Duration::from_millis(400))
         );
         assert_eq!(
-            decide(Err(&fail), 3, &policy(), 0.5),
+            decide(&fail, 3, &policy(), 0.5),
             Action::DeadLetter(Reason::Exhausted)
         );
         // Redelivered past the limit (a runner died in its last attempt).
         assert_eq!(
-            decide(Err(&fail), 9, &policy(), 0.5),
+            decide(&fail, 9, &policy(), 0.5),
             Action::DeadLetter(Reason::Exhausted)
         );
     }
 
     #[test]
     fn permanent_failures_go_straight_to_the_dead_letters() {
-        let fail = Failure::permanent("no items");
+        let fail = Attempt::Failed(Failure::permanent("no items"));
         assert_eq!(
-            decide(Err(&fail), 1, &policy(), 0.5),
+            decide(&fail, 1, &policy(), 0.5),
             Action::DeadLetter(Reason::Permanent)
         );
+    }
+
+    #[test]
+    fn a_panic_is_retried_then_dead_lettered_as_one() {
+        let panicked = Attempt::Panicked("boom".into());
+        assert_eq!(
+            decide(&panicked, 1, &policy(), 0.5),
+            Action::Retry(Duration::from_millis(200))
+        );
+        assert_eq!(
+            decide(&panicked, 3, &policy(), 0.5),
+            Action::DeadLetter(Reason::Panic)
+        );
+        assert_eq!(panicked.error(), "the handler panicked: boom");
     }
 }

@@ -5,27 +5,23 @@
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind};
-use jetrun_functions::{Context, Failure};
+use jetrun_functions::Context;
 
 use super::dead_letter::{self, DeadLetter};
-use super::retry::{self, Action, Reason};
+use super::retry::{self, Action, Attempt, Reason};
 use super::Shared;
+use crate::redact;
 
 /// Acks, NAKs with the backoff delay, or dead-letters then terminates.
 pub(super) async fn settle(
     shared: &Shared,
     message: &jetstream::Message,
     ctx: &Context,
-    result: Result<(), Failure>,
+    outcome: Attempt,
 ) {
     let metrics = &shared.metrics;
     let policy = &shared.unit.retry;
-    match retry::decide(
-        result.as_ref().map(|_| ()),
-        ctx.attempt,
-        policy,
-        fastrand::f64(),
-    ) {
+    match retry::decide(&outcome, ctx.attempt, policy, fastrand::f64()) {
         Action::Ack => {
             metrics.success.inc();
             if let Err(err) = message.ack().await {
@@ -36,14 +32,14 @@ pub(super) async fn settle(
         }
         Action::Retry(delay) => {
             metrics.retry.inc();
-            let error = result.err().map(|f| f.message).unwrap_or_default();
+            let error = redact::text(&outcome.error());
             tracing::warn!(%error, "Handler failed; retrying in {}.", humantime::format_duration(round_ms(delay)));
             if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(%err, "NAK failed; the event will be redelivered after the ack wait.");
             }
         }
         Action::DeadLetter(reason) => {
-            let error = result.err().map(|f| f.message).unwrap_or_default();
+            let error = redact::text(&outcome.error());
             Box::pin(dead_letter(shared, message, ctx, reason, &error)).await;
         }
     }
@@ -68,13 +64,12 @@ async fn dead_letter(
         sequence: ctx.sequence,
         failed_at: SystemTime::now(),
     };
-    let headers = letter.headers(message.headers.as_ref());
     let published = dead_letter::publish(
         &shared.js,
         subject,
-        headers,
-        message.payload.clone(),
         &letter,
+        message.headers.as_ref(),
+        message.payload.clone(),
     )
     .await;
     match published {
@@ -83,6 +78,7 @@ async fn dead_letter(
             match reason {
                 Reason::Exhausted => metrics.exhausted.inc(),
                 Reason::Permanent => metrics.permanent.inc(),
+                Reason::Panic => metrics.panicked.inc(),
             }
             tracing::warn!(%error, reason = reason.as_str(), dead_letter = %subject, "Event dead-lettered.");
             if let Err(err) = message.ack_with(AckKind::Term).await {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use async_nats::jetstream::{self, kv};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use jetrun_config::{name, AggregateConfig};
 use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
 use prometheus::IntCounter;
@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 
 use crate::emit::{self, PublishError};
 use crate::envelope;
+use crate::headers::{BadHeader, Put};
 use crate::nats::{self, BucketSpec, History, Item, Start};
 
 /// What a command handler returns.
@@ -258,7 +259,14 @@ impl CommandHandler {
         for (index, (new, subject)) in events.iter().zip(subjects).enumerate() {
             // The guard goes on the first event: in a batch it holds for all.
             let guard = (index == 0).then_some(instance.last_sequence);
-            let headers = self.headers(id, index, new, command, guard);
+            let headers = self
+                .headers(id, index, new, command, guard)
+                .map_err(|err| {
+                    AppendError::Failed(Failure::permanent(format!(
+                        "appended event {}: {err}",
+                        new.event_type
+                    )))
+                })?;
             let body: bytes::Bytes = serde_json::to_vec(&new.data).unwrap_or_default().into();
             messages.push((subject, headers, body));
         }
@@ -286,7 +294,7 @@ impl CommandHandler {
         new: &NewEvent,
         command: &Event,
         guard: Option<u64>,
-    ) -> HeaderMap {
+    ) -> Result<HeaderMap, BadHeader> {
         let event_id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
             format!("{}\u{0}{}\u{0}{index}", self.aggregate.name, command.id).as_bytes(),
@@ -300,18 +308,18 @@ impl CommandHandler {
             correlation_id: Some(command.correlationid.as_deref().unwrap_or(&command.id)),
             causation_id: Some(&command.id),
             traced_from: Some(command),
-        });
+        })?;
         if let Some(expected) = guard {
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                expected.to_string().as_str(),
+            headers.put_number(
+                HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),
+                expected,
             );
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence-Subject",
-                self.aggregate.subject.events_of(id).as_str(),
-            );
+            headers.put(
+                HeaderName::from_static("Nats-Expected-Last-Subject-Sequence-Subject"),
+                &self.aggregate.subject.events_of(id),
+            )?;
         }
-        headers
+        Ok(headers)
     }
 
     /// Stores `state` as the snapshot of `id` at `version` (its last event

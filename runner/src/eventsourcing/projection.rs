@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, kv, ErrorCode};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use jetrun_config::ProjectionConfig;
 use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
 use prometheus::IntCounter;
 use serde_json::{json, Value};
 
 use crate::emit::{self, PublishError};
+use crate::headers::Put;
 use crate::metrics::ProjectionMetrics;
 use crate::nats::BucketSpec;
 
@@ -386,15 +387,17 @@ impl Bucket {
         applied: u64,
     ) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            revision.to_string().as_str(),
+        headers.put_number(
+            HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),
+            revision,
         );
-        headers.insert(APPLIED_SEQUENCE, applied.to_string().as_str());
+        headers.put_number(HeaderName::from_static(APPLIED_SEQUENCE), applied);
         let body = match change {
             Change::Store(state) => serde_json::to_vec(state).unwrap_or_default(),
             Change::Delete => {
-                headers.insert("KV-Operation", "DEL");
+                headers
+                    .put(HeaderName::from_static("KV-Operation"), "DEL")
+                    .map_err(|err| WriteError::Failed(Failure::permanent(err.to_string())))?;
                 Vec::new()
             }
         };

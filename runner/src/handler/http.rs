@@ -59,7 +59,8 @@ impl Http {
             Err(err) => bail!("functions.{function}.http: cannot make an HTTP client: {err}"),
         };
         Ok(Http {
-            url: config.url.clone(),
+            // What failures say: the URL without its secrets.
+            url: crate::redact::url(&config.url),
             target,
             headers,
             timeout: config.timeout,
@@ -86,9 +87,15 @@ impl Http {
                 .last()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            Failure::retryable(format!("cannot connect to {url}: {root}"))
+            Failure::retryable(format!(
+                "cannot connect to {url}: {}",
+                crate::redact::text(&root)
+            ))
         } else {
-            Failure::retryable(format!("POST {url} failed: {}", causes(err)))
+            Failure::retryable(format!(
+                "POST {url} failed: {}",
+                crate::redact::text(&causes(err))
+            ))
         }
     }
 }
@@ -200,7 +207,7 @@ fn request_headers(
             headers.insert(HeaderName::from_static(name), value);
         }
     }
-    headers.insert("jetrun-attempt", HeaderValue::from(ctx.attempt));
+    headers.insert("jetrun-attempt", reqwest::header::HeaderValue::from(ctx.attempt));
     headers.insert("jetrun-function", percent_encoded(&ctx.function));
     Ok(headers)
 }

@@ -34,6 +34,7 @@ pub(crate) struct Metrics {
     saga_instances: IntGaugeVec,
     saga_transitions: IntCounterVec,
     saga_ignored: IntCounterVec,
+    task_restarts: IntCounterVec,
 }
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
@@ -88,7 +89,8 @@ impl Metrics {
         );
         let dead_letters = counter(
             "jetrun_dead_letters_total",
-            "Events sent to the dead-letter subject, by reason: exhausted or permanent.",
+            "Events sent to the dead-letter subject, by reason: exhausted, permanent or panic \
+             (the last attempt panicked).",
             &["function", "reason"],
         );
         let emitted = counter(
@@ -109,7 +111,8 @@ impl Metrics {
         let requests = counter(
             "jetrun_requests_total",
             "Requests a request function answered, by code: 200, or the NATS micro error code \
-             (400 permanent failure, 409 conflict, 504 timeout, 500 other).",
+             (400 permanent failure, 409 conflict, 503 busy or unavailable, 504 timeout, 500 \
+             other).",
             &["function", "code"],
         );
         let aggregate_conflicts = counter(
@@ -144,6 +147,12 @@ impl Metrics {
             "jetrun_saga_replies_ignored_total",
             "Saga inputs that changed nothing, by reason: duplicate, late, unexpected, unknown.",
             &["saga", "reason"],
+        );
+        let task_restarts = counter(
+            "jetrun_task_restarts_total",
+            "Long-lived tasks started again after they panicked or ended before their drain, by \
+             task (consumer:FUNCTION, endpoint:FUNCTION, saga-watch:SAGA, saga-clock:SAGA).",
+            &["task"],
         );
         let config_reloads = counter(
             "jetrun_config_reloads_total",
@@ -195,6 +204,7 @@ impl Metrics {
             saga_instances,
             saga_transitions,
             saga_ignored,
+            task_restarts,
         }
     }
 
@@ -256,6 +266,11 @@ impl Metrics {
         }
     }
 
+    /// Counts one restart of a supervised task.
+    pub(crate) fn task_restarted(&self, task: &str) {
+        self.task_restarts.with_label_values(&[task]).inc();
+    }
+
     /// Counts one config reload.
     pub(crate) fn reloaded(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
@@ -279,6 +294,7 @@ impl Metrics {
             permanent: self
                 .dead_letters
                 .with_label_values(&[function, "permanent"]),
+            panicked: self.dead_letters.with_label_values(&[function, "panic"]),
             emitted: self.emitted.with_label_values(f),
             pending: self.pending.with_label_values(f),
             ack_pending: self.ack_pending.with_label_values(f),
@@ -352,8 +368,9 @@ pub(crate) struct ProjectionMetrics {
 }
 
 /// The codes a request function answers with: 200, 400 (a permanent
-/// failure), 409 (a conflict), 500 (any other failure), 504 (a timeout).
-const REQUEST_CODES: [u16; 5] = [200, 400, 409, 500, 504];
+/// failure), 409 (a conflict), 500 (any other failure), 503 (busy, shutting
+/// down, or a resource jetrun needs is unavailable), 504 (a timeout).
+const REQUEST_CODES: [u16; 6] = [200, 400, 409, 500, 503, 504];
 
 /// One request function's answer counters, bound at start.
 #[derive(Clone)]
@@ -387,6 +404,7 @@ pub(crate) struct FunctionMetrics {
     pub(crate) in_flight: IntGauge,
     pub(crate) exhausted: IntCounter,
     pub(crate) permanent: IntCounter,
+    pub(crate) panicked: IntCounter,
     pub(crate) emitted: IntCounter,
     pub(crate) pending: IntGauge,
     pub(crate) ack_pending: IntGauge,

@@ -1,15 +1,20 @@
 //! The HTTP endpoint: `GET /metrics` (Prometheus text format), `/healthz`
 //! (200 while the process runs) and `/readyz` (200 once NATS is connected and
-//! every consumer is bound, 503 otherwise).
+//! every consumer is bound, 503 otherwise). A connection that neither sends
+//! nor takes a byte for [`IO_TIMEOUT`] is dropped, so slow or stuck clients
+//! cannot pile up.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutStream;
 
 use super::Metrics;
 use crate::readiness::Readiness;
@@ -30,6 +35,7 @@ pub(crate) async fn serve(
     let listener = TcpListener::bind(listen).await.map_err(|err| {
         anyhow::anyhow!("cannot listen on {listen} for metrics ([metrics] listen): {err}")
     })?;
+    let listener = Timed(listener);
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -42,6 +48,29 @@ pub(crate) async fn serve(
         }
     });
     Ok(())
+}
+
+/// How long a connection may make no progress, reading or writing.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listener, each connection with its read and write timeouts.
+struct Timed(TcpListener);
+
+impl axum::serve::Listener for Timed {
+    type Io = Pin<Box<TimeoutStream<TcpStream>>>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let mut timed = TimeoutStream::new(stream);
+        timed.set_read_timeout(Some(IO_TIMEOUT));
+        timed.set_write_timeout(Some(IO_TIMEOUT));
+        (Box::pin(timed), addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

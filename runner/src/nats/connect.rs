@@ -16,6 +16,7 @@ use jetrun_config::{NatsAuth, NatsConfig};
 
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::redact;
 
 /// Connects in the background: the call returns at once, and the client
 /// reconnects forever, so a NATS outage at start or later only delays work.
@@ -33,7 +34,7 @@ pub(crate) async fn connect(
         });
     let gauge = metrics.nats_connected.clone();
     let ready = readiness.clone();
-    let urls = config.urls.join(", ");
+    let urls = redact::urls(&config.urls);
     let method = auth_method(&config.auth);
     let failures = Arc::new(AtomicU32::new(0));
     let refusals = Arc::new(AtomicU32::new(0));
@@ -78,7 +79,8 @@ pub(crate) async fn connect(
                     None => {
                         let n = failures.fetch_add(1, Ordering::Relaxed);
                         if n % 30 == 0 {
-                            tracing::warn!(%urls, error = %err, attempts = n + 1,
+                            let error = redact::text(&err.to_string());
+                            tracing::warn!(%urls, %error, attempts = n + 1,
                                 "Cannot reach NATS; retrying. Is nats-server running at that address? \
                                  For a laptop with no NATS, try `jetrun dev`.");
                         }
@@ -95,7 +97,7 @@ pub(crate) async fn connect(
                              server dropped the message. Grant that permission to jetrun's NATS user \
                              in the server's authorization config."
                         ),
-                        None => tracing::warn!(%urls, error = %message, "NATS reported an error."),
+                        None => tracing::warn!(%urls, error = %redact::text(&message), "NATS reported an error."),
                     }
                 }
                 other => tracing::info!(event = %other, "NATS connection event."),
@@ -105,7 +107,7 @@ pub(crate) async fn connect(
     let client = options
         .connect(addrs)
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.urls.join(", ")))?;
+        .with_context(|| format!("cannot connect to NATS at {}", redact::urls(&config.urls)))?;
     if client.connection_state() == async_nats::connection::State::Connected {
         metrics.nats_connected.set(1);
         readiness.set_connected(true);
@@ -121,7 +123,7 @@ const ONE_SHOT_WAIT: Duration = Duration::from_secs(5);
 /// URLs, not a wait that never ends.
 pub(crate) async fn connect_once(config: &NatsConfig) -> anyhow::Result<Client> {
     let wait = ONE_SHOT_WAIT;
-    let urls = config.urls.join(", ");
+    let urls = redact::urls(&config.urls);
     let (addrs, options) = options(config).await?;
     let options = options.connection_timeout(wait);
     match tokio::time::timeout(wait, options.connect(addrs)).await {
@@ -132,7 +134,8 @@ pub(crate) async fn connect_once(config: &NatsConfig) -> anyhow::Result<Client> 
                 refused(refusal, &urls, &auth_method(&config.auth))
             )),
             None => Err(anyhow::anyhow!(
-                "cannot reach NATS at {urls} ({err}); is nats-server running? try `jetrun dev`"
+                "cannot reach NATS at {urls} ({}); is nats-server running? try `jetrun dev`",
+                redact::text(&err.to_string())
             )),
         },
         Err(_) => Err(anyhow::anyhow!(

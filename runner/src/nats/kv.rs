@@ -1,8 +1,39 @@
-//! Every KV bucket jetrun keeps (saga instances, aggregate snapshots,
-//! projection read models and their pointers), opened or created in one
-//! place.
+//! Every bucket jetrun keeps, opened or created in one place: KV buckets
+//! (saga instances, aggregate snapshots, projection read models and their
+//! pointers) and the object store holding the bodies of dead letters too big
+//! to carry them.
 
-use async_nats::jetstream::{kv, stream, Context};
+use async_nats::jetstream::{kv, object_store, stream, Context};
+
+/// The object store holding, whole, each event whose dead letter could not
+/// carry its body (over the server's max_payload with jetrun's headers).
+pub(crate) const DEAD_LETTER_BODIES: &str = "jetrun_dead_letters";
+
+/// The object store of [`DEAD_LETTER_BODIES`], created when missing.
+pub(crate) async fn dead_letter_bodies(
+    js: &Context,
+) -> Result<object_store::ObjectStore, BucketError> {
+    if let Ok(store) = js.get_object_store(DEAD_LETTER_BODIES).await {
+        return Ok(store);
+    }
+    let config = object_store::Config {
+        bucket: DEAD_LETTER_BODIES.to_string(),
+        description: Some(
+            "jetrun: whole bodies of events whose dead letter could not carry them".to_string(),
+        ),
+        ..Default::default()
+    };
+    match js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        Err(err) => js
+            .get_object_store(DEAD_LETTER_BODIES)
+            .await
+            .map_err(|_| BucketError {
+                bucket: DEAD_LETTER_BODIES.to_string(),
+                reason: err.to_string(),
+            }),
+    }
+}
 
 /// A bucket jetrun uses, and how to make it when it is missing.
 pub(crate) struct BucketSpec<'a> {

@@ -10,6 +10,6 @@ mod streams;
 
 pub(crate) use connect::{connect, connect_once};
 pub(crate) use consumer::{is_consumer_not_found, Durable};
-pub(crate) use history::{next_stored, stream_info, History, Item, RawStored, Start, Stored};
-pub(crate) use kv::BucketSpec;
+pub(crate) use history::{stream_info, History, Item, Start, Stored};
+pub(crate) use kv::{dead_letter_bodies, BucketSpec, DEAD_LETTER_BODIES};
 pub(crate) use streams::{ensure_streams, StreamConflict};

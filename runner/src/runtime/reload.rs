@@ -115,7 +115,7 @@ pub(crate) async fn reload(
         return current;
     }
     supervisor.set_drain_timeout(config.shutdown_timeout);
-    let changes = supervisor.apply(loaded.functions, &config.sagas).await;
+    let changes = supervisor.apply(&config, loaded.functions).await;
     metrics.reloaded(true);
     let (functions, sagas) = (&changes.functions, &changes.sagas);
     tracing::info!(

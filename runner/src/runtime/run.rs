@@ -45,7 +45,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     let client = nats::connect(&config.nats, &metrics, &readiness).await?;
     let js = async_nats::jetstream::new(client.clone());
 
-    let urls = config.nats.urls.join(", ");
+    let urls = crate::redact::urls(&config.nats.urls);
     let what =
         format!("set up the streams at {urls} (is nats-server running there with JetStream, -js?)");
     let setup = retry_until(&what, &shutdown, || async {
@@ -69,7 +69,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         readiness.clone(),
         config.shutdown_timeout,
     );
-    supervisor.apply(functions, &config.sagas).await;
+    supervisor.apply(&config, functions).await;
     tracing::info!(
         functions = config.functions.len(),
         sagas = config.sagas.len(),

@@ -7,20 +7,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jetrun_config::{FunctionConfig, SagaConfig, Trigger};
+use jetrun_config::{Config, FunctionConfig, SagaConfig, Trigger};
 use jetrun_functions::Function;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::diff::{diff, Diff};
 use crate::dispatch::{self, Unit};
-use crate::emit::Emitter;
+use crate::emit::{Emitter, Reserved};
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::request::{self, Endpoint};
 use crate::saga;
 use crate::shutdown::Control;
+use crate::tasks::{self, Supervision};
 
 /// One running part and the levers to stop it.
 struct Running<C> {
@@ -56,6 +57,8 @@ pub(crate) struct Supervisor {
     drain_timeout: Duration,
     functions: BTreeMap<String, Running<FunctionConfig>>,
     sagas: BTreeMap<String, Running<SagaConfig>>,
+    /// What no emit may reach, for the config applied last.
+    reserved: Arc<Reserved>,
 }
 
 /// What applying a config did.
@@ -83,6 +86,7 @@ impl Supervisor {
             drain_timeout,
             functions: BTreeMap::new(),
             sagas: BTreeMap::new(),
+            reserved: Arc::default(),
         }
     }
 
@@ -95,9 +99,11 @@ impl Supervisor {
     /// config, what is new is started; the rest keeps running untouched.
     pub(crate) async fn apply(
         &mut self,
+        config: &Config,
         functions: Vec<(FunctionConfig, Arc<dyn Function>)>,
-        sagas: &BTreeMap<String, SagaConfig>,
     ) -> Changes {
+        let sagas = &config.sagas;
+        self.reserved = Arc::new(Reserved::of(config));
         let changes = Changes {
             functions: diff(
                 self.functions.iter().map(|(n, r)| (n.as_str(), &r.config)),
@@ -160,8 +166,15 @@ impl Supervisor {
         .await;
     }
 
+    fn supervision(&self) -> Supervision {
+        Supervision {
+            metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
+        }
+    }
+
     /// Starts `config`'s function with `handler`: consuming its stream, or
-    /// answering requests, with its layers around it.
+    /// answering requests, with its layers around it; supervised.
     fn start_function(&mut self, config: FunctionConfig, handler: Arc<dyn Function>) {
         let name = config.name.clone();
         self.readiness.add(&name);
@@ -170,20 +183,33 @@ impl Supervisor {
         let (control, shutdown) = Control::new();
         let readiness = self.readiness.clone();
         let task = match &config.trigger {
-            Trigger::Request { subject } => tokio::spawn(request::serve(
-                Endpoint {
+            Trigger::Request { subject } => {
+                let endpoint = Endpoint {
                     function: name.clone(),
                     subject: subject.clone(),
                     concurrency: config.concurrency,
-                },
-                handler,
-                self.service.clone(),
-                self.metrics.for_requests(&name),
-                readiness,
-                shutdown,
-            )),
+                };
+                let service = self.service.clone();
+                let metrics = self.metrics.for_requests(&name);
+                let stop = shutdown.clone();
+                tasks::spawn(
+                    format!("endpoint:{name}"),
+                    shutdown,
+                    self.supervision(),
+                    move || {
+                        request::serve(
+                            endpoint.clone(),
+                            handler.clone(),
+                            service.clone(),
+                            metrics.clone(),
+                            readiness.clone(),
+                            stop.clone(),
+                        )
+                    },
+                )
+            }
             Trigger::Stream(binding) => {
-                let shared = dispatch::Shared {
+                let shared = Arc::new(dispatch::Shared {
                     unit: Unit {
                         name: name.clone(),
                         serves: format!("function {name}"),
@@ -192,11 +218,22 @@ impl Supervisor {
                         concurrency: config.concurrency,
                     },
                     handler,
-                    emitter: Some(Emitter::new(&self.js, &config, handles.emitted.clone())),
+                    emitter: Some(Emitter::new(
+                        &self.js,
+                        &config,
+                        self.reserved.clone(),
+                        handles.emitted.clone(),
+                    )),
                     js: self.js.clone(),
                     metrics: handles,
-                };
-                tokio::spawn(dispatch::run(shared, readiness, shutdown))
+                });
+                let stop = shutdown.clone();
+                tasks::spawn(
+                    format!("consumer:{name}"),
+                    shutdown,
+                    self.supervision(),
+                    move || dispatch::run(shared.clone(), readiness.clone(), stop.clone()),
+                )
             }
         };
         self.functions.insert(
@@ -215,13 +252,18 @@ impl Supervisor {
             self.readiness.add(&unit.name);
         }
         let (control, shutdown) = Control::new();
-        let task = tokio::spawn(saga::run(
+        let (saga, js, supervision, stop) = (
             config.clone(),
             self.js.clone(),
-            self.metrics.clone(),
-            self.readiness.clone(),
+            self.supervision(),
+            shutdown.clone(),
+        );
+        let task = tasks::spawn(
+            format!("saga:{}", config.name),
             shutdown,
-        ));
+            self.supervision(),
+            move || saga::run(saga.clone(), js.clone(), supervision.clone(), stop.clone()),
+        );
         self.sagas.insert(
             config.name.clone(),
             Running {

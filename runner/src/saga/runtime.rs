@@ -22,18 +22,18 @@ use futures::StreamExt;
 use jetrun_config::{name, SagaConfig, StreamBinding};
 use jetrun_functions::{Context, Event, Failure, Function, Outcome as Handled, Output};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State};
 use crate::dispatch::{self, Unit};
 use crate::emit::{self, PublishError};
 use crate::envelope;
+use crate::headers::{self, BadHeader, Put};
 use crate::layers::Metered;
-use crate::metrics::{Metrics, SagaMetrics};
+use crate::metrics::SagaMetrics;
 use crate::nats::BucketSpec;
-use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Shutdown};
+use crate::tasks::{self, Supervision};
 
 /// How often deadlines are looked at.
 const TICK: Duration = Duration::from_millis(250);
@@ -54,6 +54,8 @@ pub(crate) enum SagaError {
     Encode { key: String, reason: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Header(#[from] BadHeader),
 }
 
 /// What is stored at an instance's key.
@@ -135,10 +137,10 @@ pub(crate) fn units(saga: &SagaConfig) -> Vec<Unit> {
 pub(crate) async fn run(
     config: SagaConfig,
     js: jetstream::Context,
-    metrics: Metrics,
-    readiness: Readiness,
+    supervision: Supervision,
     shutdown: Shutdown,
 ) {
+    let Supervision { metrics, readiness } = supervision.clone();
     let span = tracing::info_span!("saga", saga = %config.name);
     async {
         let bucket = name::saga_bucket(&config.name);
@@ -160,25 +162,50 @@ pub(crate) async fn run(
             kv,
             known: Mutex::default(),
         });
-        let mut timers = JoinSet::new();
-        timers.spawn(watch_instances(saga.clone(), shutdown.clone()).in_current_span());
-        timers.spawn(clock(saga.clone(), shutdown.clone()).in_current_span());
-        let mut consumers = JoinSet::new();
+        let name = &saga.config.name;
+        let (watched, clocked, stop) = (saga.clone(), saga.clone(), shutdown.clone());
+        let (watch_span, clock_span) = (tracing::Span::current(), tracing::Span::current());
+        let timers = [
+            tasks::spawn(
+                format!("saga-watch:{name}"),
+                shutdown.clone(),
+                supervision.clone(),
+                move || watch_instances(watched.clone(), stop.clone()).instrument(watch_span.clone()),
+            ),
+            {
+                let stop = shutdown.clone();
+                tasks::spawn(
+                    format!("saga-clock:{name}"),
+                    shutdown.clone(),
+                    supervision.clone(),
+                    move || clock(clocked.clone(), stop.clone()).instrument(clock_span.clone()),
+                )
+            },
+        ];
+        let mut consumers = Vec::new();
         for unit in units(&saga.config) {
             let handles = metrics.for_function(&unit.name);
             let handler: Arc<dyn Function> = Arc::new(Inputs { saga: saga.clone() });
-            let shared = dispatch::Shared {
+            let task = format!("consumer:{}", unit.name);
+            let shared = Arc::new(dispatch::Shared {
                 unit,
                 handler: Metered::wrap(handler, &handles),
                 emitter: None,
                 js: js.clone(),
                 metrics: handles,
-            };
-            consumers.spawn(dispatch::run(shared, readiness.clone(), shutdown.clone()));
+            });
+            let (readiness, stop) = (readiness.clone(), shutdown.clone());
+            consumers.push(tasks::spawn(
+                task,
+                shutdown.clone(),
+                supervision.clone(),
+                move || dispatch::run(shared.clone(), readiness.clone(), stop.clone()),
+            ));
         }
         tracing::info!(consumers = consumers.len(), "Saga running.");
-        while consumers.join_next().await.is_some() {}
-        while timers.join_next().await.is_some() {}
+        for task in consumers.into_iter().chain(timers) {
+            let _ = task.await;
+        }
     }
     .instrument(span)
     .await
@@ -371,7 +398,7 @@ async fn publish_outbox(
 
 /// One event the machine decided on, in CloudEvents binary mode, with its
 /// id as `Nats-Msg-Id` so a republish is dropped by the stream.
-async fn publish(saga: &Saga, event: &Publish) -> Result<(), PublishError> {
+async fn publish(saga: &Saga, event: &Publish) -> Result<(), SagaError> {
     let source = format!("jetrun/saga/{}", saga.config.name);
     let mut headers = envelope::binary_headers(&envelope::Outgoing {
         id: &event.event_id,
@@ -380,14 +407,13 @@ async fn publish(saga: &Saga, event: &Publish) -> Result<(), PublishError> {
         correlation_id: Some(&event.correlation_id),
         causation_id: event.causation_id.as_deref(),
         traced_from: None,
-    });
+    })?;
     for (name, value) in &event.extensions {
-        headers.insert(format!("ce-{name}").as_str(), value.as_str());
+        headers.put(headers::name(&format!("ce-{name}"))?, value)?;
     }
     let body = serde_json::to_vec(&event.data).unwrap_or_default();
-    emit::publish(&saga.js, &event.event_type, headers, body.into())
-        .await
-        .map(|_| ())
+    emit::publish(&saga.js, &event.event_type, headers, body.into()).await?;
+    Ok(())
 }
 
 /// Keeps `known` in step with the bucket, from its whole history on, until
