@@ -6,8 +6,8 @@
 //! The reply is the function's result; a failure is answered with the micro
 //! error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`): never a
 //! silent timeout. Each endpoint holds at most `concurrency` requests running
-//! and as many waiting; one more is answered 503 at once, so a flood costs a
-//! quick refusal, never an unbounded queue.
+//! and [`WAITING`] more waiting for a turn; one more is answered 503 at once,
+//! so a flood costs a quick refusal, never an unbounded queue.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,6 +27,9 @@ use crate::metrics::RequestMetrics;
 use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Shutdown};
 use crate::tasks;
+
+/// Requests an endpoint keeps waiting for a turn, beyond those running.
+const WAITING: usize = 1024;
 
 /// Where request functions register their endpoints: the `jetrun` micro
 /// service, registered on `client` by the first request function.
@@ -94,9 +97,8 @@ pub(crate) async fn serve(
     let Some(mut endpoint) = added else { return };
     tracing::info!(function = %name, %subject, "Answering requests.");
     readiness.set_bound(&name, true);
-    // Running, and waiting to run: `concurrency` each.
     let running = Arc::new(Semaphore::new(concurrency));
-    let admitted = Arc::new(Semaphore::new(concurrency * 2));
+    let admitted = Arc::new(Semaphore::new(concurrency + WAITING));
     let name: Arc<str> = name.into();
     let mut in_flight = JoinSet::new();
     loop {
@@ -111,7 +113,7 @@ pub(crate) async fn serve(
             let _ = request
                 .respond(Err(service::error::Error {
                     status: format!(
-                        "function {name} is busy: {concurrency} requests running and as many \
+                        "function {name} is busy: {concurrency} requests running and {WAITING} \
                          waiting; send it again later"
                     ),
                     code: 503,

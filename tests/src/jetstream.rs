@@ -130,25 +130,39 @@ pub fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 /// publisher that does not check them would (async-nats refuses to): a
 /// header value that is not UTF-8, say.
 pub async fn publish_raw_headers(port: u16, subject: &str, header_line: &[u8], body: &[u8]) {
+    let mut headers = b"NATS/1.0\r\n".to_vec();
+    headers.extend_from_slice(header_line);
+    headers.extend_from_slice(b"\r\n\r\n");
+    publish_raw_block(port, subject, None, &headers, body).await;
+}
+
+/// Publishes `body` on `subject` (with `reply`, as a request) with `headers`
+/// as its whole header block, byte for byte (`NATS/1.0 404\r\n\r\n`, a
+/// forged status line, say).
+pub async fn publish_raw_block(
+    port: u16,
+    subject: &str,
+    reply: Option<&str>,
+    headers: &[u8],
+    body: &[u8],
+) {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     lines.next_line().await.expect("INFO").expect("INFO line");
-    let mut headers = b"NATS/1.0\r\n".to_vec();
-    headers.extend_from_slice(header_line);
-    headers.extend_from_slice(b"\r\n\r\n");
     let mut frame = b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n".to_vec();
     frame.extend_from_slice(
         format!(
-            "HPUB {subject} {} {}\r\n",
+            "HPUB {subject} {}{} {}\r\n",
+            reply.map_or(String::new(), |r| format!("{r} ")),
             headers.len(),
             headers.len() + body.len()
         )
         .as_bytes(),
     );
-    frame.extend_from_slice(&headers);
+    frame.extend_from_slice(headers);
     frame.extend_from_slice(body);
     frame.extend_from_slice(b"\r\nPING\r\n");
     write.write_all(&frame).await.expect("write");

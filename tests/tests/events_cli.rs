@@ -218,7 +218,7 @@ async fn a_message_the_client_cannot_read_is_named_and_passed() {
     assert_eq!(data, [r#"{"n":1}"#, r#"{"n":3}"#], "{stdout}");
     assert_eq!(
         stderr,
-        "jetrun: sequence 2 (ev.x) has a header value that is not UTF-8, which the NATS client \
-         cannot read; skipped (`nats stream get` shows it)\n"
+        "jetrun: sequence 2 (ev.x) has a header block the NATS client cannot read (header \
+         isn't valid utf-8); skipped (`nats stream get` shows it)\n"
     );
 }

@@ -166,7 +166,7 @@ impl CommandHandler {
                 }
                 .open(&self.js)
                 .await
-                .map_err(|err| Failure::retryable(err.to_string()))
+                .map_err(|err| super::unavailable(err.to_string()))
             })
             .await
     }
@@ -185,7 +185,7 @@ impl CommandHandler {
             let stored = store
                 .get(id)
                 .await
-                .map_err(|err| Failure::retryable(format!("cannot read the snapshot: {err}")))?;
+                .map_err(|err| super::unavailable(format!("cannot read the snapshot: {err}")))?;
             if let Some(bytes) = stored {
                 if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(&bytes) {
                     instance.version = snapshot.version;
@@ -195,7 +195,7 @@ impl CommandHandler {
             }
         }
         let failed = |err: &dyn std::fmt::Display| {
-            Failure::retryable(format!(
+            super::unavailable(format!(
                 "cannot read the history of {} {id}: {err}",
                 self.aggregate.name
             ))
@@ -276,7 +276,7 @@ impl CommandHandler {
                 Ok((instance.version + events.len() as u64, ack.sequence))
             }
             Err(PublishError::WrongLastSequence { .. }) => Err(AppendError::Conflict),
-            Err(err) => Err(AppendError::Failed(Failure::retryable(format!(
+            Err(err) => Err(AppendError::Failed(super::unavailable(format!(
                 "cannot append to {} {id}: {err}",
                 self.aggregate.name
             )))),

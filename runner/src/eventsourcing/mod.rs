@@ -16,6 +16,13 @@ use jetrun_functions::Function;
 
 use crate::metrics::Metrics;
 
+/// A NATS resource the role needs (a stream, a KV bucket) could not be used:
+/// retryable, and answered 503 to a requester, whose reply does not carry
+/// jetrun's internals (they are in the log).
+pub(crate) fn unavailable(message: impl Into<String>) -> jetrun_functions::Failure {
+    jetrun_functions::Failure::retryable(message).with_status(503)
+}
+
 /// `handler` with what `config`'s role does around it.
 pub(crate) fn wrap(
     config: &FunctionConfig,

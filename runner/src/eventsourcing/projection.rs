@@ -219,7 +219,7 @@ fn truncate(text: &str, max: usize) -> &str {
 
 /// An error reading from KV naming what was read; always retryable.
 fn read_failed(what: &str, err: &dyn std::fmt::Display) -> Failure {
-    Failure::retryable(format!("cannot read {what}: {err}"))
+    super::unavailable(format!("cannot read {what}: {err}"))
 }
 
 /// The current pointer of projection bucket `logical`: the bucket holding
@@ -270,7 +270,7 @@ pub(crate) async fn pointers(js: &jetstream::Context) -> Result<kv::Store, Failu
     }
     .open(js)
     .await
-    .map_err(|err| Failure::retryable(err.to_string()))
+    .map_err(|err| super::unavailable(err.to_string()))
 }
 
 /// Points readers of projection bucket `logical` at `physical`, provided
@@ -319,7 +319,7 @@ pub(crate) async fn create_bucket(
     .open(js)
     .await
     .map(|_| ())
-    .map_err(|err| Failure::retryable(err.to_string()))
+    .map_err(|err| super::unavailable(err.to_string()))
 }
 
 /// One physical bucket holding a read model.
@@ -405,7 +405,7 @@ impl Bucket {
         match emit::publish(&self.js, &subject, headers, body.into()).await {
             Ok(ack) => Ok(ack.sequence),
             Err(PublishError::WrongLastSequence { .. }) => Err(WriteError::Conflict),
-            Err(err) => Err(WriteError::Failed(Failure::retryable(format!(
+            Err(err) => Err(WriteError::Failed(super::unavailable(format!(
                 "cannot store key {key} in KV bucket {}: {err}",
                 self.name
             )))),

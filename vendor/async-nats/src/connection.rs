@@ -336,19 +336,7 @@ impl Connection {
             // task); one publisher could stop every consumer. The message is
             // handed over instead, its headers replaced by one that carries
             // the raw block, base64-encoded (see vendor/async-nats/PATCHED.md).
-            let parsed = parse_header_block(&header).and_then(|parsed| {
-                let (status, _, _) = &parsed;
-                // A stored message a consumer delivers (its reply is an ack
-                // subject) never carries a status: one that does was
-                // published with a forged status line.
-                match (status, &reply) {
-                    (Some(_), Some(reply)) if reply.starts_with("$JS.ACK.") => Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "a stored message carries a status line",
-                    )),
-                    _ => Ok(parsed),
-                }
-            });
+            let parsed = parse_header_block(&header);
             let (status, description, headers) = match parsed {
                 Ok(parsed) => parsed,
                 Err(err) => (None, None, unreadable_headers(&header, &err)),
