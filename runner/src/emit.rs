@@ -92,11 +92,12 @@ pub(crate) async fn publish_batch(
     const BATCH_ID: HeaderName = HeaderName::from_static("Nats-Batch-Id");
     const BATCH_SEQUENCE: HeaderName = HeaderName::from_static("Nats-Batch-Sequence");
     const BATCH_COMMIT: HeaderName = HeaderName::from_static("Nats-Batch-Commit");
-    let batch_id = headers::value(&BATCH_ID, &uuid::Uuid::new_v4().to_string())
-        .map_err(|err| PublishError::Failed {
+    let batch_id = headers::value(&BATCH_ID, &uuid::Uuid::new_v4().to_string()).map_err(|err| {
+        PublishError::Failed {
             subject: subject.clone(),
             reason: err.to_string(),
-        })?;
+        }
+    })?;
     let last = messages.len() as u64 + 1;
     let client = js.client();
     for (index, (subject, mut headers, body)) in messages.into_iter().enumerate() {
@@ -180,9 +181,9 @@ impl Reserved {
         };
         let first = |s: &str| s.split('.').next().unwrap_or_default().to_string();
         let allowed = emits.is_some_and(|emits| {
-            emits.iter().any(|p| {
-                first(p) == first(subject) && jetrun_config::subject_matches(p, subject)
-            })
+            emits
+                .iter()
+                .any(|p| first(p) == first(subject) && jetrun_config::subject_matches(p, subject))
         });
         if allowed {
             return Ok(());
@@ -231,8 +232,8 @@ impl Emitter {
         self.check(emits)?;
         let mut duplicates = 0;
         for (index, emit) in emits.iter().enumerate() {
-            let headers = envelope::emitted_headers(&self.function, input, index, emit)
-                .map_err(|err| {
+            let headers =
+                envelope::emitted_headers(&self.function, input, index, emit).map_err(|err| {
                     Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
                 })?;
             let body = serde_json::to_vec(&emit.data).unwrap_or_default();
@@ -311,7 +312,10 @@ mod tests {
             "failed.orders",
         ] {
             let why = reserved.check(subject, None).unwrap_err();
-            assert!(why.contains(&format!("subject {subject} is reserved")), "{why}");
+            assert!(
+                why.contains(&format!("subject {subject} is reserved")),
+                "{why}"
+            );
         }
         assert_eq!(reserved.check("order.placed", None), Ok(()));
     }

@@ -138,7 +138,11 @@ fn check_attributes(event: &Event) -> Result<(), Failure> {
             event.extensions.len()
         )));
     }
-    let bytes: usize = event.extensions.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let bytes: usize = event
+        .extensions
+        .iter()
+        .map(|(n, v)| n.len() + v.len())
+        .sum();
     if bytes > MAX_HEADER_BYTES {
         return Err(Failure::permanent(format!(
             "the event's extension attributes take {bytes} bytes, more than the {} KiB an event \
@@ -583,13 +587,20 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", STRUCTURED);
         let err = read_event(&origin(), Some(&headers), &structured).unwrap_err();
-        assert!(err.message.starts_with("the event's id holds a control character (U+000D)"));
+        assert!(err
+            .message
+            .starts_with("the event's id holds a control character (U+000D)"));
     }
 
     #[test]
     fn a_structured_event_cannot_bypass_the_flood_limits() {
         let mut fields = serde_json::Map::new();
-        for (k, v) in [("specversion", "1.0"), ("id", "e"), ("type", "t"), ("source", "s")] {
+        for (k, v) in [
+            ("specversion", "1.0"),
+            ("id", "e"),
+            ("type", "t"),
+            ("source", "s"),
+        ] {
             fields.insert(k.into(), v.into());
         }
         for i in 0..200 {
@@ -599,17 +610,29 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", STRUCTURED);
         let err = read_event(&origin(), Some(&headers), &body).unwrap_err();
-        assert!(err.message.starts_with("the event has 200 extension attributes"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("the event has 200 extension attributes"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn a_header_block_the_client_could_not_read_is_refused() {
         let mut headers = HeaderMap::new();
         headers.insert(UNREADABLE_HEADERS, "TkFUUy8xLjANCg==");
-        headers.insert("Jetrun-Unreadable-Headers-Reason", "a header line has no `:`");
+        headers.insert(
+            "Jetrun-Unreadable-Headers-Reason",
+            "a header line has no `:`",
+        );
         let err = read_event(&origin(), Some(&headers), &Bytes::new()).unwrap_err();
         assert!(err.is_permanent());
-        assert!(err.message.contains("(a header line has no `:`)"), "{}", err.message);
+        assert!(
+            err.message.contains("(a header line has no `:`)"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -94,7 +94,10 @@ mod tests {
         }
         assert_eq!(headers.get("ce-id").map(|v| v.as_str()), Some("e-1"));
         headers.put_number(HeaderName::from_static("Jetrun-Attempts"), 3);
-        assert_eq!(headers.get("Jetrun-Attempts").map(|v| v.as_str()), Some("3"));
+        assert_eq!(
+            headers.get("Jetrun-Attempts").map(|v| v.as_str()),
+            Some("3")
+        );
     }
 
     #[test]

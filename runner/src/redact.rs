@@ -84,7 +84,8 @@ pub(crate) fn text(text: &str) -> String {
     if !text.contains("://") {
         return text.to_string();
     }
-    let ends = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ']' | ',' | '`');
+    let ends =
+        |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ']' | ',' | '`');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {

@@ -22,9 +22,9 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::envelope::{self, Origin};
-use crate::redact;
 use crate::metrics::RequestMetrics;
 use crate::readiness::Readiness;
+use crate::redact;
 use crate::shutdown::{retry_until, Shutdown};
 use crate::tasks;
 
@@ -180,7 +180,9 @@ async fn answer(
             let call = AssertUnwindSafe(handler.call(&event, &ctx)).catch_unwind();
             call.await.unwrap_or_else(|panic| {
                 let message = tasks::panic_message(panic.as_ref());
-                Err(Failure::retryable(format!("the handler panicked: {message}")))
+                Err(Failure::retryable(format!(
+                    "the handler panicked: {message}"
+                )))
             })
         }
         Err(failure) => Err(failure),

@@ -106,16 +106,21 @@ mod tests {
         let (control, shutdown) = Control::new();
         let runs = Arc::new(AtomicU32::new(0));
         let counted = runs.clone();
-        let task = spawn("consumer:f".into(), shutdown.clone(), supervision, move || {
-            let runs = counted.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                if runs.fetch_add(1, Ordering::Relaxed) < 2 {
-                    panic!("boom");
+        let task = spawn(
+            "consumer:f".into(),
+            shutdown.clone(),
+            supervision,
+            move || {
+                let runs = counted.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    if runs.fetch_add(1, Ordering::Relaxed) < 2 {
+                        panic!("boom");
+                    }
+                    shutdown.draining().await;
                 }
-                shutdown.draining().await;
-            }
-        });
+            },
+        );
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(runs.load(Ordering::Relaxed), 3);
         assert!(metrics

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use jetrun_e2e::{
-    header, metric, publish_bare, publish_raw_headers, publish_with_headers, scrape,
-    stream_len, stream_messages, wait_for_consumer, wait_until, Runner, TestBed,
+    header, metric, publish_bare, publish_raw_headers, publish_with_headers, scrape, stream_len,
+    stream_messages, wait_for_consumer, wait_until, Runner, TestBed,
 };
 
 const MIB: usize = 1024 * 1024;

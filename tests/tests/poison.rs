@@ -126,7 +126,11 @@ success = "inventory.reserved"
         ),
         ("exec-fn", "ev.exec", json!({"n": 1})),
         ("hook", "ev.http", json!({"n": 1})),
-        ("saga-fulfil@ORDERS", "order.placed", json!({"order_id": "o-bad"})),
+        (
+            "saga-fulfil@ORDERS",
+            "order.placed",
+            json!({"order_id": "o-bad"}),
+        ),
     ];
     for (_, subject, data) in &kinds {
         publish_bare(&client, subject, newline_envelope(subject, data.clone())).await;
@@ -189,7 +193,11 @@ success = "inventory.reserved"
             Some("permanent")
         );
     }
-    assert_eq!(hook.calls(), 3, "the HTTP function got the good events only");
+    assert_eq!(
+        hook.calls(),
+        3,
+        "the HTTP function got the good events only"
+    );
     let saga = js.get_key_value("jetrun_saga_fulfil").await.unwrap();
     for n in 0..3 {
         assert!(saga.get(format!("o-{n}")).await.unwrap().is_some());
@@ -243,7 +251,11 @@ async fn a_panicking_handler_costs_its_event_only() {
         "the marker was tried 3 times"
     );
     assert_eq!(
-        metric(&text, "jetrun_events_received_total", &[("function", "fragile")]),
+        metric(
+            &text,
+            "jetrun_events_received_total",
+            &[("function", "fragile")]
+        ),
         Some(GOOD as f64 + 3.0),
         "each good event handled once, the marker 3 times"
     );
@@ -265,8 +277,14 @@ async fn a_panicking_handler_costs_its_event_only() {
 const UNREADABLE: [(&[u8], &str); 5] = [
     (b"NATS/1.0\r\nBad Name: x\r\n\r\n", "a space in a name"),
     (b"NATS/1.0\r\nN\xc3\xa4me: x\r\n\r\n", "non-ASCII in a name"),
-    (b"NATS/1.0\r\nno colon here\r\n\r\n", "a line without a colon"),
-    (b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n", "a value that is not UTF-8"),
+    (
+        b"NATS/1.0\r\nno colon here\r\n\r\n",
+        "a line without a colon",
+    ),
+    (
+        b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n",
+        "a value that is not UTF-8",
+    ),
     (b"NATS/1.0\r\nX-Bad: a\rb\r\n\r\n", "a lone CR in a value"),
 ];
 
@@ -402,18 +420,25 @@ async fn a_flood_of_malformed_requests_disturbs_no_consumer() {
         lowest
     };
     let ((), (), lowest) = tokio::join!(flood, steady, watch);
-    assert_eq!(lowest, 1.0, "jetrun_nats_connected stayed 1\n{}", runner.log());
+    assert_eq!(
+        lowest,
+        1.0,
+        "jetrun_nats_connected stayed 1\n{}",
+        runner.log()
+    );
     wait_until(
         Duration::from_secs(20),
         "the steady stream handled",
-        || async move {
-            processed(&scrape(metrics).await, "steady", "success") == STEADY as f64
-        },
+        || async move { processed(&scrape(metrics).await, "steady", "success") == STEADY as f64 },
     )
     .await;
     let text = scrape(metrics).await;
     assert_eq!(
-        metric(&text, "jetrun_events_received_total", &[("function", "steady")]),
+        metric(
+            &text,
+            "jetrun_events_received_total",
+            &[("function", "steady")]
+        ),
         Some(STEADY as f64),
         "no event handled twice"
     );

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use jetrun_e2e::{
-    free_port, header, publish_bare, run_command, stream_messages, wait_ready, wait_until,
-    Runner, TestBed,
+    free_port, header, publish_bare, run_command, stream_messages, wait_ready, wait_until, Runner,
+    TestBed,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,8 @@ mod tests {
     #[tokio::test]
     #[should_panic(expected = "asked for a panic")]
     async fn panics_with_it() {
-        let _ = PanicOnMarker.call(&event(r#"{"panic":true}"#), &ctx("p")).await;
+        let _ = PanicOnMarker
+            .call(&event(r#"{"panic":true}"#), &ctx("p"))
+            .await;
     }
 }

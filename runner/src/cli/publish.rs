@@ -223,7 +223,8 @@ mod tests {
         ])
         .unwrap();
         let id = args.id.clone().unwrap();
-        let headers = event_headers(&args, &id, br#"{"order_id":1}"#, SystemTime::UNIX_EPOCH).unwrap();
+        let headers =
+            event_headers(&args, &id, br#"{"order_id":1}"#, SystemTime::UNIX_EPOCH).unwrap();
         let h = |name| get(&headers, name);
         assert_eq!(h("ce-specversion").as_deref(), Some("1.0"));
         assert_eq!(h("ce-id").as_deref(), Some("order-1"));

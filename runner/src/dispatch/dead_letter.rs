@@ -226,7 +226,12 @@ mod tests {
         let headers = letter("boom").headers(Some(&original)).unwrap();
         let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
         assert_eq!(get("X-Tenant").as_deref(), Some("acme"));
-        for directive in ["Nats-Expected-Stream", "Nats-Schedule", "nats-batch-id", "Nats-TTL"] {
+        for directive in [
+            "Nats-Expected-Stream",
+            "Nats-Schedule",
+            "nats-batch-id",
+            "Nats-TTL",
+        ] {
             assert_eq!(get(directive), None, "{directive} is not kept");
         }
         assert_eq!(
@@ -261,7 +266,9 @@ mod tests {
         let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
         assert_eq!(get("X-Good").as_deref(), Some("yes"));
         assert_eq!(get("X-Bad").as_deref(), Some("\u{fffd}"));
-        assert!(headers.iter().all(|(name, _)| name.to_string() != "Bad Name"));
+        assert!(headers
+            .iter()
+            .all(|(name, _)| name.to_string() != "Bad Name"));
         let kept = get("Jetrun-Original-Headers-Base64").unwrap();
         assert_eq!(BASE64_STANDARD.decode(kept).unwrap(), raw);
         assert_eq!(get(UNREADABLE_HEADERS), None);

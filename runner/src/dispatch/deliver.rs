@@ -135,4 +135,3 @@ async fn call_and_emit(
         None => Ok(()),
     }
 }
-

@@ -62,9 +62,7 @@ pub(crate) enum Action {
 pub(crate) fn decide(outcome: &Attempt, attempt: u64, policy: &RetryPolicy, unit: f64) -> Action {
     match outcome {
         Attempt::Handled => Action::Ack,
-        Attempt::Failed(failure) if failure.is_permanent() => {
-            Action::DeadLetter(Reason::Permanent)
-        }
+        Attempt::Failed(failure) if failure.is_permanent() => Action::DeadLetter(Reason::Permanent),
         Attempt::Failed(_) if policy.is_last(attempt) => Action::DeadLetter(Reason::Exhausted),
         Attempt::Panicked(_) if policy.is_last(attempt) => Action::DeadLetter(Reason::Panic),
         Attempt::Failed(_) | Attempt::Panicked(_) => Action::Retry(policy.delay(attempt, unit)),

@@ -207,7 +207,10 @@ fn request_headers(
             headers.insert(HeaderName::from_static(name), value);
         }
     }
-    headers.insert("jetrun-attempt", reqwest::header::HeaderValue::from(ctx.attempt));
+    headers.insert(
+        "jetrun-attempt",
+        reqwest::header::HeaderValue::from(ctx.attempt),
+    );
     headers.insert("jetrun-function", percent_encoded(&ctx.function));
     Ok(headers)
 }

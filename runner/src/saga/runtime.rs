@@ -170,7 +170,9 @@ pub(crate) async fn run(
                 format!("saga-watch:{name}"),
                 shutdown.clone(),
                 supervision.clone(),
-                move || watch_instances(watched.clone(), stop.clone()).instrument(watch_span.clone()),
+                move || {
+                    watch_instances(watched.clone(), stop.clone()).instrument(watch_span.clone())
+                },
             ),
             {
                 let stop = shutdown.clone();
