@@ -494,3 +494,61 @@ async fn random_header_blocks_never_stall_a_consumer() {
     assert!(!runner.log().contains("Disconnected"), "{}", runner.log());
     assert!(!runner.log().contains("panic"), "{}", runner.log());
 }
+
+/// A request endpoint keeps `concurrency` running and 1,024 waiting: one
+/// more is answered 503 at once, never queued without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_beyond_the_queue_is_answered_503_at_once() {
+    const REQUESTS: usize = 1_200;
+    let bed = TestBed::new();
+    let slow = bed.write_script("slow.sh", "sleep 0.2\necho '{}'\n");
+    let config = bed.write_config(&format!(
+        "{}\n[functions.slow]\nrequest = \"q.slow\"\nexec = [\"sh\", {:?}]\nconcurrency = 1\n",
+        bed.base_config(),
+        slow.to_string_lossy()
+    ));
+    let _runner = Runner::start(&config);
+    wait_ready(bed.metrics).await;
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(bed.nats.url())
+        .await
+        .unwrap();
+    // A queued request takes its turn behind the others (0.2 s each), so
+    // within the 10 s a requester waits only about 50 are answered; every
+    // 503 seen was a refusal at the door.
+    let answers = futures::future::join_all((0..REQUESTS).map(|_| {
+        let client = client.clone();
+        async move {
+            let answer = client.request("q.slow", "{}".into()).await.ok()?;
+            header(answer.headers.as_ref()?, "Nats-Service-Error-Code")
+        }
+    }))
+    .await;
+    let busy = answers.iter().flatten().filter(|code| *code == "503").count();
+    assert!(
+        busy >= REQUESTS - 1_025 - 20,
+        "{busy} of {REQUESTS} answered 503"
+    );
+}
+
+/// `/metrics` drops a connection that sends nothing (a slow or stuck client
+/// cannot hold it open for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_metrics_client_is_dropped() {
+    use tokio::io::AsyncReadExt;
+    let bed = TestBed::new();
+    let config = bed.write_config(&format!(
+        "{}\n[functions.f]\nsubjects = [\"ev.in\"]\nbuiltin = \"noop\"\n",
+        bed.base_config()
+    ));
+    let _runner = Runner::start(&config);
+    wait_ready(bed.metrics).await;
+    let mut stream = tokio::net::TcpStream::connect(bed.metrics).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the server closed the idle connection: {read:?}"
+    );
+}
