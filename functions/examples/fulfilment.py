@@ -59,6 +59,7 @@ def answer(event):
 
 
 for line in sys.stdin:
-    event = json.loads(line)["event"]
-    sys.stdout.write(json.dumps({"ok": True, "emit": answer(event)}) + "\n")
+    request = json.loads(line)
+    reply = {"id": request["id"], "ok": True, "emit": answer(request["event"])}
+    sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()

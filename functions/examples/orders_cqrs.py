@@ -146,6 +146,7 @@ def main():
             reply = {"ok": False, "error": str(rejected), "retryable": False}
         except (KeyError, TypeError, ValueError) as bad:
             reply = {"ok": False, "error": f"malformed input: {bad!r}", "retryable": False}
+        reply["id"] = request["id"]  # each reply answers its request by id
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 

@@ -86,12 +86,13 @@ def run_worker():
     for line in sys.stdin:
         if not line.strip():
             continue
+        request = json.loads(line)
         try:
-            request = json.loads(line)
             reply = {"ok": True, "emit": ship(request["event"], request.get("attempt", 1))}
         except (PermanentError, ValueError, KeyError, TypeError) as err:
             log(f"permanent failure: {err}")
             reply = {"ok": False, "error": str(err), "retryable": False}
+        reply["id"] = request["id"]  # each reply answers its request by id
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
     return 0

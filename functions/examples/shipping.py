@@ -160,9 +160,8 @@ def decide(db, event_type, event_id, order_id, order_key, data):
     return emit
 
 
-def reply_to(db, line):
+def reply_to(db, request):
     try:
-        request = json.loads(line)
         return {"ok": True, "emit": handle(db, request["event"])}
     except (BadEvent, ValueError, KeyError, TypeError, AttributeError) as err:
         log(f"permanent failure: {err}")
@@ -177,7 +176,10 @@ def main():
     log(f"worker {os.getpid()} ready")
     for line in sys.stdin:
         if line.strip():
-            sys.stdout.write(json.dumps(reply_to(db, line)) + "\n")
+            request = json.loads(line)
+            reply = reply_to(db, request)
+            reply["id"] = request["id"]  # each reply answers its request by id
+            sys.stdout.write(json.dumps(reply) + "\n")
             sys.stdout.flush()
     return 0
 

@@ -15,7 +15,7 @@ pub fn record_then(rest: &str) -> String {
 }
 
 /// An exec worker-mode function: one JSON request per line in, one reply per
-/// line out. For each request it appends `<event id> <attempt> <unix time>
+/// line out, echoing the request's `id`. For each request it appends `<event id> <attempt> <unix time>
 /// <pid>` to `$LEDGER`, sleeps `$PACE_MS` milliseconds when that is set, then
 /// answers `{"ok": true}`; when the event's data has `"die_on_attempt": n`
 /// and this is attempt n, it dies mid-event instead (exit 3, no reply). It
@@ -46,6 +46,7 @@ for line in sys.stdin:
         reply = {"ok": False, "error": "downstream is down"}
     else:
         reply = {"ok": True, "emit": []}
+    reply["id"] = request["id"]
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
 "#;

@@ -44,6 +44,7 @@ for line in sys.stdin:
             "reply": {"version": aggregate["version"] + parts, "read": len(aggregate["history"]), "state": state},
             "snapshot": {"count": state["count"] + parts, "sum": state["sum"] + n * parts},
         }}
+    reply["id"] = request["id"]
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
 "#;

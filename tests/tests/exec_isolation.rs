@@ -101,7 +101,7 @@ async fn a_worker_gets_only_the_documented_environment_and_no_descriptors() {
     // are close-on-exec).
     let script = r#"env > worker.env
 ls -l /proc/self/fd > worker.fds
-while read -r request; do echo '{"ok": true}'; done"#;
+while read -r request; do id=$(printf '%s' "$request" | sed 's/^{"id":\([0-9]*\).*/\1/'); echo "{\"id\": $id, \"ok\": true}"; done"#;
     let config = bed.write_config(&format!(
         r#"{base}
 [functions.envcheck]
@@ -236,7 +236,7 @@ async fn a_worker_reply_past_the_limit_kills_the_worker_and_the_event_is_retried
   attempt=$(printf '%s' "$request" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
   printf 'EVENTS:1 %s %s %s\n' "$attempt" "$(date +%s.%N)" "$$" >> "$LEDGER"
   if [ "$attempt" = 1 ]; then exec cat /dev/zero; fi
-  echo '{"ok": true}'
+  id=$(printf '%s' "$request" | sed 's/^{"id":\([0-9]*\).*/\1/'); echo "{\"id\": $id, \"ok\": true}"
 done"#;
     let config = bed.write_config(&format!(
         r#"{base}
@@ -355,7 +355,7 @@ async fn children_run_as_the_configured_user_without_supplementary_groups() {
     };
     let worker = format!(
         r#"{}
-while read -r request; do echo '{{"ok": true}}'; done"#,
+while read -r request; do id=$(printf '%s' "$request" | sed 's/^{{"id":\([0-9]*\).*/\1/'); echo "{{\"id\": $id, \"ok\": true}}"; done"#,
         report("worker")
     );
     let config = bed.write_config(&format!(
@@ -483,7 +483,12 @@ fn a_runner_that_is_not_root_refuses_another_user_at_start() {
     let (uid, gid, _) = passwd("nobody").expect("a nobody user in /etc/passwd");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_running_as(dir.path(), r#"user = "root""#);
-    let output = Command::new(jetrun_bin())
+    // nobody runs a copy in a folder it can reach: the checkout (and its
+    // target/) may be inside a folder only root can enter (a `mktemp -d`).
+    let binary = dir.path().join("jetrun");
+    std::fs::copy(jetrun_bin(), &binary).expect("copy jetrun where nobody can run it");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let output = Command::new(&binary)
         .args(["run", "-c"])
         .arg(&config)
         .env_remove("JETRUN_CONFIG")

@@ -44,10 +44,10 @@ const COUNT_PY: &str = r#"import json
 import sys
 
 for line in sys.stdin:
-    document = json.loads(line)["input"]
-    state = document["state"] or {"count": 0}
+    request = json.loads(line)
+    state = request["input"]["state"] or {"count": 0}
     state["count"] += 1
-    sys.stdout.write(json.dumps({"ok": True, "result": {"state": state}}) + "\n")
+    sys.stdout.write(json.dumps({"id": request["id"], "ok": True, "result": {"state": state}}) + "\n")
     sys.stdout.flush()
 "#;
 
@@ -56,10 +56,10 @@ const CART_PY: &str = r#"import json
 import sys
 
 for line in sys.stdin:
-    document = json.loads(line)["input"]
-    version = document["aggregate"]["version"]
+    request = json.loads(line)
+    version = request["input"]["aggregate"]["version"]
     result = {"append": [{"type": "added", "data": {}}], "reply": {"version": version + 1}}
-    sys.stdout.write(json.dumps({"ok": True, "result": result}) + "\n")
+    sys.stdout.write(json.dumps({"id": request["id"], "ok": True, "result": result}) + "\n")
     sys.stdout.flush()
 "#;
 
@@ -525,7 +525,11 @@ async fn a_request_flood_beyond_the_queue_is_answered_503_at_once() {
         }
     }))
     .await;
-    let busy = answers.iter().flatten().filter(|code| *code == "503").count();
+    let busy = answers
+        .iter()
+        .flatten()
+        .filter(|code| *code == "503")
+        .count();
     assert!(
         busy >= REQUESTS - 1_025 - 20,
         "{busy} of {REQUESTS} answered 503"

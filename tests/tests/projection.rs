@@ -49,12 +49,13 @@ import time
 
 pace = float(os.environ.get("PACE_MS", "0")) / 1000
 for line in sys.stdin:
-    document = json.loads(line)["input"]
+    request = json.loads(line)
+    document = request["input"]
     time.sleep(pace)
     state = document["state"] or {"count": 0, "total": 0}
     amount = document["event"]["data"].get("amount", 0)
     result = {"state": {"count": state["count"] + 1, "total": state["total"] + amount}}
-    sys.stdout.write(json.dumps({"ok": True, "result": result}) + "\n")
+    sys.stdout.write(json.dumps({"id": request["id"], "ok": True, "result": result}) + "\n")
     sys.stdout.flush()
 "#;
 

@@ -26,7 +26,8 @@ steps = {
 }
 undos = {"inventory.release": "inventory.released", "payment.refund": "payment.refunded"}
 for line in sys.stdin:
-    event = json.loads(line)["event"]
+    request = json.loads(line)
+    event = request["event"]
     data = event.get("data") or {}
     emit = []
     if event["type"] in steps:
@@ -36,13 +37,47 @@ for line in sys.stdin:
             emit.append({"type": kind, "data": {"order_id": data["order_id"], "by": step}})
     elif event["type"] in undos:
         emit.append({"type": undos[event["type"]], "data": {"order_id": data["order_id"]}})
-    sys.stdout.write(json.dumps({"ok": True, "emit": emit}) + "\n")
+    sys.stdout.write(json.dumps({"id": request["id"], "ok": True, "emit": emit}) + "\n")
     sys.stdout.flush()
 "#;
 
+/// How long things may take: the saga's and each step's timeout, and the
+/// ack wait of the participant's and the saga's own consumers.
+struct Timing {
+    saga: &'static str,
+    step: &'static str,
+    ack_wait: &'static str,
+}
+
+/// Steps time out after 2 s: for the tests of timeouts.
+const QUICK: Timing = Timing {
+    saga: "1m",
+    step: "2s",
+    ack_wait: "5s",
+};
+
+/// Steps have room for a redelivery of anything in flight on a replica
+/// killed with `kill -9` (after its 2 s ack wait), on a loaded machine too.
+const ROOMY: Timing = Timing {
+    saga: "10m",
+    step: "60s",
+    ack_wait: "2s",
+};
+
 fn config(bed: &TestBed, metrics: Option<std::net::SocketAddr>) -> std::path::PathBuf {
+    config_timed(bed, metrics, &QUICK)
+}
+
+fn config_timed(
+    bed: &TestBed,
+    metrics: Option<std::net::SocketAddr>,
+    timing: &Timing,
+) -> std::path::PathBuf {
     let script = bed.write_script("participant.py", PARTICIPANT_PY);
-    let mut base = bed.base_config();
+    let mut base = bed.base_config().replace(
+        "[defaults]\n",
+        &format!("[defaults]\nack_wait = {:?}\n", timing.ack_wait),
+    );
     let name = match metrics {
         Some(other) => {
             base = base.replace(&bed.metrics.to_string(), &other.to_string());
@@ -62,12 +97,12 @@ subjects = ["inventory.>", "payment.>", "shipping.>"]
 subjects = ["inventory.reserve", "inventory.release", "payment.charge", "payment.refund", "shipping.ship", "shipping.cancel"]
 exec = {{ command = ["python3", {script:?}], mode = "worker", workers = 2 }}
 concurrency = 32
-ack_wait = "5s"
+ack_wait = {ack_wait:?}
 
 [sagas.fulfil]
 start = "order.placed"
 key = "order_id"
-timeout = "1m"
+timeout = {saga_timeout:?}
 completed = "order.fulfilled"
 failed = "order.cancelled"
 
@@ -78,7 +113,7 @@ success = "inventory.reserved"
 failure = "inventory.insufficient"
 compensate = "inventory.release"
 compensated = "inventory.released"
-timeout = "2s"
+timeout = {step_timeout:?}
 
 [[sagas.fulfil.steps]]
 name = "payment"
@@ -87,7 +122,7 @@ success = "payment.completed"
 failure = "payment.failed"
 compensate = "payment.refund"
 compensated = "payment.refunded"
-timeout = "2s"
+timeout = {step_timeout:?}
 
 [[sagas.fulfil.steps]]
 name = "ship"
@@ -95,9 +130,12 @@ command = "shipping.ship"
 success = "shipping.shipped"
 failure = "shipping.failed"
 compensate = "shipping.cancel"
-timeout = "2s"
+timeout = {step_timeout:?}
 "#,
         script = script.to_string_lossy(),
+        ack_wait = timing.ack_wait,
+        saga_timeout = timing.saga,
+        step_timeout = timing.step,
     );
     let path = bed.path(name);
     std::fs::write(&path, text).unwrap();
@@ -333,8 +371,8 @@ async fn a_timeout_is_kept_across_a_runner_restart() {
 async fn five_hundred_sagas_over_two_replicas_and_a_kill_end_as_scripted() {
     let bed = TestBed::new();
     let second_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let first = config(&bed, None);
-    let second = config(&bed, Some(second_metrics));
+    let first = config_timed(&bed, None, &ROOMY);
+    let second = config_timed(&bed, Some(second_metrics), &ROOMY);
     let mut one = Runner::start(&first);
     let _two = Runner::start(&second);
     wait_ready(bed.metrics).await;

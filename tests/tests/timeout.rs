@@ -115,7 +115,7 @@ async fn worker_past_its_timeout_is_killed_with_its_process_group_and_replaced()
     echo $! > "{sleep}"
     wait
   fi
-  echo '{{"ok": true}}'
+  id=$(printf '%s' "$request" | sed 's/^{{"id":\([0-9]*\).*/\1/'); echo "{{\"id\": $id, \"ok\": true}}"
 done"#,
         worker = worker_pid.display(),
         sleep = sleep_pid.display(),

@@ -13,12 +13,14 @@ use crate::measure::{self, ConsumerCpu, Start, Throughput};
 use crate::programs;
 use crate::runner::{self, Runner};
 
-/// The Python worker: one JSON request per line in, `{"ok": true}` out.
+/// The Python worker: one JSON request per line in, `{"id": <its id>, "ok":
+/// true}` out. The id leads the request line (`{"id":7,...`), so it is cut
+/// out rather than parsed, as a handler that ignores its input would.
 const PYTHON_WORKER: &str = r#"import sys
 
 reply = sys.stdout
-for _line in sys.stdin:
-    reply.write('{"ok": true}\n')
+for line in sys.stdin:
+    reply.write('{"id": %s, "ok": true}\n' % line[6:line.index(",")])
     reply.flush()
 "#;
 

@@ -1,8 +1,9 @@
 //! The JSON exec functions speak: `{"emit": [{"type", "data", "subject"?}]}`
 //! on stdout (per event; HTTP functions may reply with it too) and
-//! `{"ok", "emit", "result", "error", "retryable"}` replies (worker mode).
-//! A function that answers (request, aggregate, projection) writes its
-//! result as its whole stdout, or as `result` in a worker reply.
+//! `{"id", "ok", "emit", "result", "error", "retryable"}` replies (worker
+//! mode), each echoing the `id` of the request it answers. A function that
+//! answers (request, aggregate, projection) writes its result as its whole
+//! stdout, or as `result` in a worker reply.
 
 use jetrun_functions::{Emit, Failure, Output as Done};
 use serde::Deserialize;
@@ -26,6 +27,8 @@ struct Output {
 
 #[derive(Deserialize)]
 struct WorkerReply {
+    /// The `id` of the request it answers.
+    id: Option<u64>,
     ok: bool,
     #[serde(default)]
     emit: Vec<EmitJson>,
@@ -69,14 +72,37 @@ pub(super) fn parse_emit_list(json: &[u8]) -> Result<Vec<Emit>, serde_json::Erro
     serde_json::from_slice::<Output>(json).map(|out| emits(out.emit))
 }
 
-/// One worker reply line (UTF-8 JSON, without its `\n`).
-pub(super) fn parse_reply(line: &[u8]) -> Result<Done, Failure> {
-    let reply: WorkerReply = serde_json::from_slice(line).map_err(|err| {
-        Failure::permanent(format!(
-            "worker reply is not {{\"ok\": true|false, ...}}: {err}: {}",
-            truncate(&String::from_utf8_lossy(line), 200)
-        ))
+/// Why a line from a worker is not the reply it was asked for: the worker
+/// cannot be trusted with the next request (its replies may be shifted), so
+/// it is replaced and the event tried again.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(super) enum NotTheReply {
+    #[error(
+        "wrote a line that is not a reply ({{\"id\": <the request's id>, \"ok\": true|false, ...}}): \
+         {why}: {line:?}"
+    )]
+    Garbage { why: String, line: String },
+    #[error("answered request {got:?}, not request {want} (a reply must echo its request's id)")]
+    WrongId { got: Option<u64>, want: u64 },
+}
+
+/// The reply to request `id` in one worker line (UTF-8 JSON, without its
+/// `\n`): the outcome it says, or why the line is not that reply.
+pub(super) fn parse_reply(line: &[u8], id: u64) -> Result<Result<Done, Failure>, NotTheReply> {
+    let reply: WorkerReply = serde_json::from_slice(line).map_err(|err| NotTheReply::Garbage {
+        why: err.to_string(),
+        line: truncate(&String::from_utf8_lossy(line), 200).to_string(),
     })?;
+    if reply.id != Some(id) {
+        return Err(NotTheReply::WrongId {
+            got: reply.id,
+            want: id,
+        });
+    }
+    Ok(outcome(reply))
+}
+
+fn outcome(reply: WorkerReply) -> Result<Done, Failure> {
     if reply.ok {
         return Ok(Done {
             emits: emits(reply.emit),
@@ -124,23 +150,43 @@ mod tests {
 
     #[test]
     fn worker_replies_map_to_outcomes() {
-        assert_eq!(parse_reply(br#"{"ok":true}"#).unwrap(), Done::default());
-        let answered = parse_reply(br#"{"ok":true,"result":{"version":3}}"#).unwrap();
+        let reply = |line: &[u8]| parse_reply(line, 7).unwrap();
+        assert_eq!(reply(br#"{"id":7,"ok":true}"#).unwrap(), Done::default());
+        let answered = reply(br#"{"id":7,"ok":true,"result":{"version":3}}"#).unwrap();
         assert_eq!(answered.result.as_deref(), Some(&br#"{"version":3}"#[..]));
-        let retry = parse_reply(br#"{"ok":false,"error":"db down"}"#).unwrap_err();
+        let retry = reply(br#"{"id":7,"ok":false,"error":"db down"}"#).unwrap_err();
         assert_eq!(
             (retry.kind, retry.message.as_str()),
             (FailureKind::Retryable, "db down")
         );
         let permanent =
-            parse_reply(br#"{"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
+            reply(br#"{"id":7,"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
         assert!(permanent.is_permanent());
-        assert!(parse_reply(b"nope").unwrap_err().is_permanent());
+    }
+
+    #[test]
+    fn a_line_that_is_not_the_reply_is_never_paired_with_the_request() {
+        assert!(matches!(
+            parse_reply(b"debug: got an order", 7),
+            Err(NotTheReply::Garbage { .. })
+        ));
         assert!(
-            parse_reply(b"{\"ok\":true,\"emit\":[{\"type\":\"a\xff\"}]}")
-                .unwrap_err()
-                .is_permanent(),
+            matches!(
+                parse_reply(b"{\"id\":7,\"ok\":true,\"emit\":[{\"type\":\"a\xff\"}]}", 7),
+                Err(NotTheReply::Garbage { .. })
+            ),
             "a reply that is not UTF-8 is refused, not mangled"
+        );
+        assert_eq!(
+            parse_reply(br#"{"id":6,"ok":true}"#, 7).unwrap_err(),
+            NotTheReply::WrongId {
+                got: Some(6),
+                want: 7
+            }
+        );
+        assert_eq!(
+            parse_reply(br#"{"ok":true}"#, 7).unwrap_err(),
+            NotTheReply::WrongId { got: None, want: 7 }
         );
     }
 }

@@ -1,10 +1,14 @@
 //! Exec functions in worker mode: `workers` long-lived processes, each taking
-//! one JSON request per line on stdin (`{"event": {...}, "attempt": n}`) and
-//! answering one JSON reply per line on stdout. A worker that dies, or that
-//! is cut off by a timeout, or whose reply line is longer than
-//! [`STDOUT_LIMIT`], is killed with its process group and replaced on the
-//! next call; its event counts as a retryable failure.
+//! one JSON request per line on stdin (`{"id": n, "event": {...}, "attempt":
+//! n}`) and answering one JSON reply per line on stdout, which echoes the
+//! request's `id`. A worker that dies, that is cut off by a timeout, whose
+//! reply line is longer than [`STDOUT_LIMIT`], or that writes a line that is
+//! not the reply to its request (a stray `print`, a reply to another
+//! request), is killed with its process group and replaced on the next
+//! call; its event counts as a retryable failure. A reply is never paired
+//! with another request than its own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -30,6 +34,8 @@ pub(super) struct WorkerPool {
     slots: Semaphore,
     /// Idle workers; a missing one is started on demand.
     idle: Arc<Mutex<Vec<Worker>>>,
+    /// The id of the next request.
+    next_id: AtomicU64,
 }
 
 struct Worker {
@@ -78,6 +84,7 @@ impl WorkerPool {
             run_as,
             answers,
             idle: Arc::default(),
+            next_id: AtomicU64::new(1),
         }
     }
 
@@ -147,6 +154,7 @@ impl Function for WorkerPool {
         let Some(worker) = lease.worker.as_mut() else {
             return Err(Failure::retryable("worker lease is empty"));
         };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = if self.answers {
             let input: serde_json::Value =
                 serde_json::from_slice(&event.data).unwrap_or(serde_json::Value::Null);
@@ -154,8 +162,7 @@ impl Function for WorkerPool {
         } else {
             json!({"event": event.to_structured_json(), "attempt": ctx.attempt})
         };
-        let mut request = serde_json::to_vec(&request).unwrap_or_default();
-        request.push(b'\n');
+        let request = request_line(id, &request);
         let died = |what: &str| {
             Failure::retryable(format!(
                 "worker {} {what}; it will be restarted",
@@ -182,8 +189,40 @@ impl Function for WorkerPool {
             }
             Err(err) => return Err(died(&format!("could not be read ({err}) and was killed"))),
         };
-        let outcome = protocol::parse_reply(&line);
-        lease.give_back();
-        outcome
+        match protocol::parse_reply(&line, id) {
+            Ok(outcome) => {
+                lease.give_back();
+                outcome
+            }
+            // Dropping the lease kills the worker: what else it wrote is
+            // never read as a reply.
+            Err(not_the_reply) => Err(died(&format!("{not_the_reply}, and was killed"))),
+        }
+    }
+}
+
+/// One request line: `{"id": n, ...}` with the id first, so even a shell
+/// worker can echo it (`sed 's/^{"id":\([0-9]*\).*/\1/'`).
+fn request_line(id: u64, request: &serde_json::Value) -> Vec<u8> {
+    let body = serde_json::to_vec(request).unwrap_or_default();
+    let mut line = format!("{{\"id\":{id},").into_bytes();
+    line.extend_from_slice(body.strip_prefix(b"{").unwrap_or(&body));
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_line_leads_with_its_id() {
+        let line = request_line(42, &json!({"attempt": 1, "event": {"id": "e"}}));
+        assert_eq!(
+            line,
+            b"{\"id\":42,\"attempt\":1,\"event\":{\"id\":\"e\"}}\n"
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed["id"], 42);
     }
 }
