@@ -371,3 +371,132 @@ async fn a_command_appending_several_events_appends_them_together() {
         "an aggregate's stream takes atomic batches"
     );
 }
+
+/// A command handler that ignores the history and appends one `added`.
+const APPEND_PY: &str = r#"import json
+import sys
+
+for line in sys.stdin:
+    request = json.loads(line)
+    version = request["input"]["aggregate"]["version"]
+    result = {"append": [{"type": "added", "data": {}}], "reply": {"version": version + 1}}
+    sys.stdout.write(json.dumps({"id": request["id"], "ok": True, "result": result}) + "\n")
+    sys.stdout.flush()
+"#;
+
+/// `base_config`, stream CARTS, aggregate `cart` and its handler on
+/// `cmd.cart.add`.
+fn cart_config(bed: &TestBed) -> std::path::PathBuf {
+    let script = bed.write_script("append.py", APPEND_PY);
+    bed.write_config(&format!(
+        r#"{base}
+[streams.CARTS]
+subjects = ["cart.>"]
+
+[aggregates.cart]
+stream = "CARTS"
+subject = "cart.{{id}}"
+id = "cart_id"
+
+[functions.add]
+request = "cmd.cart.add"
+aggregate = "cart"
+exec = {{ command = ["python3", {script:?}], mode = "worker" }}
+"#,
+        base = bed.base_config(),
+        script = script.to_string_lossy(),
+    ))
+}
+
+/// A binary-mode command with `ce-id` and `ce-source` of its own.
+async fn cart_command(
+    client: &async_nats::Client,
+    id: &str,
+    source: &str,
+    cart: &str,
+) -> async_nats::Message {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", id),
+        ("ce-source", source),
+        ("ce-type", "cart.add"),
+    ] {
+        headers.insert(name, value);
+    }
+    let body = json!({ "cart_id": cart }).to_string();
+    client
+        .request_with_headers("cmd.cart.add", headers, body.into())
+        .await
+        .expect("a reply")
+}
+
+/// The events stored for cart `cart`.
+async fn cart_events(js: &async_nats::jetstream::Context, cart: &str) -> usize {
+    stream_messages(js, "CARTS")
+        .await
+        .iter()
+        .filter(|m| m.subject.as_str().starts_with(&format!("cart.{cart}.")))
+        .count()
+}
+
+/// Appended events' ids come from the command's source and id, the instance
+/// and the place in the append: a command sent again is stored once, but two
+/// different commands sharing an id (other sources, other instances) are
+/// each stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sharing_an_id_are_each_appended_and_a_repeat_is_not() {
+    let bed = TestBed::new();
+    let _runner = Runner::start(&cart_config(&bed));
+    wait_ready(bed.metrics).await;
+    let client = bed.client().await;
+    for (id, source, cart) in [
+        ("c-1", "shop", "a"),
+        ("c-1", "shop", "b"),
+        ("c-1", "admin", "a"),
+        ("c-1", "shop", "a"),
+    ] {
+        let reply = cart_command(&client, id, source, cart).await;
+        assert!(reply.headers.is_none(), "{reply:?}");
+    }
+    let js = bed.jetstream().await;
+    assert_eq!(
+        cart_events(&js, "a").await,
+        2,
+        "shop's c-1 once (its repeat dropped), admin's c-1 once"
+    );
+    assert_eq!(cart_events(&js, "b").await, 1, "c-1 for cart b is its own");
+}
+
+/// An event of an instance that cannot be read fails the command with 500
+/// naming it, and is counted; it is never handed over as a hollow event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_history_event_fails_the_command() {
+    let bed = TestBed::new();
+    let _runner = Runner::start(&cart_config(&bed));
+    wait_ready(bed.metrics).await;
+    let client = bed.client().await;
+    // Binary mode without ce-id: not a readable event.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-type", "added");
+    jetrun_e2e::publish_with_headers(&client, "cart.c9.added", headers, "{}").await;
+    let reply = cart_command(&client, "c-9", "shop", "c9").await;
+    let (code, error) = service_error(&reply.headers).expect("an error reply");
+    assert_eq!(code, "500");
+    assert!(
+        error.contains("cart c9 cannot be loaded: its event at CARTS sequence 1 cannot be read"),
+        "{error}"
+    );
+    let text = scrape(bed.metrics).await;
+    assert_eq!(
+        metric(
+            &text,
+            "jetrun_aggregate_unreadable_events_total",
+            &[("aggregate", "cart")]
+        ),
+        Some(1.0)
+    );
+    let js = bed.jetstream().await;
+    assert_eq!(cart_events(&js, "c9").await, 1, "nothing was appended");
+}

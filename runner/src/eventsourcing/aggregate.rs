@@ -13,7 +13,6 @@ use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, HeaderName};
 use jetrun_config::{name, AggregateConfig};
 use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
-use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
@@ -21,6 +20,7 @@ use tokio::sync::OnceCell;
 use crate::emit::{self, PublishError};
 use crate::envelope;
 use crate::headers::{BadHeader, Put};
+use crate::metrics::AggregateMetrics;
 use crate::nats::{self, BucketSpec, History, Item, Start};
 
 /// What a command handler returns.
@@ -79,8 +79,7 @@ pub(crate) struct CommandHandler {
     /// conflict; only another replica's can.
     instances: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     snapshots: OnceCell<kv::Store>,
-    conflicts: IntCounter,
-    appended: IntCounter,
+    metrics: AggregateMetrics,
 }
 
 impl CommandHandler {
@@ -89,7 +88,7 @@ impl CommandHandler {
         aggregate: AggregateConfig,
         inner: Arc<dyn Function>,
         js: jetstream::Context,
-        (conflicts, appended): (IntCounter, IntCounter),
+        metrics: AggregateMetrics,
     ) -> Self {
         CommandHandler {
             function: function.to_string(),
@@ -98,8 +97,7 @@ impl CommandHandler {
             js,
             instances: std::sync::Mutex::default(),
             snapshots: OnceCell::new(),
-            conflicts,
-            appended,
+            metrics,
         }
     }
 
@@ -217,18 +215,28 @@ impl CommandHandler {
         .await
         .map_err(|err| failed(&format!("{err:#}")))?;
         loop {
+            // An event of the instance that cannot be read fails the command:
+            // deciding on a history with a hole in it could append anything.
+            let unreadable = |sequence: u64, why: &dyn std::fmt::Display| {
+                self.metrics.unreadable.inc();
+                Failure::retryable(format!(
+                    "{} {id} cannot be loaded: its event at {stream} sequence {sequence} cannot \
+                     be read ({why}); fix or remove it (`jetrun events`)",
+                    self.aggregate.name
+                ))
+                .with_status(500)
+            };
             let stored = match history.next().await {
                 Ok(Some(Item::Message(stored))) => stored,
-                Ok(Some(Item::Unreadable(unreadable))) => return Err(failed(&unreadable)),
+                Ok(Some(Item::Unreadable(bad))) => return Err(unreadable(bad.sequence, &bad.why)),
                 Ok(None) => break,
                 Err(err) => return Err(failed(&format!("{err:#}"))),
             };
             instance.last_sequence = stored.sequence;
             let event = stored
                 .event()
-                .map(|e| e.to_structured_json())
-                .unwrap_or_else(|_| json!({"id": format!("{stream}:{}", stored.sequence)}));
-            instance.history.push(event);
+                .map_err(|why| unreadable(stored.sequence, &why))?;
+            instance.history.push(event.to_structured_json());
         }
         instance.version += instance.history.len() as u64;
         Ok(instance)
@@ -272,7 +280,7 @@ impl CommandHandler {
         }
         match emit::publish_batch(&self.js, messages).await {
             Ok(ack) => {
-                self.appended.inc_by(events.len() as u64);
+                self.metrics.appended.inc_by(events.len() as u64);
                 Ok((instance.version + events.len() as u64, ack.sequence))
             }
             Err(PublishError::WrongLastSequence { .. }) => Err(AppendError::Conflict),
@@ -295,9 +303,16 @@ impl CommandHandler {
         command: &Event,
         guard: Option<u64>,
     ) -> Result<HeaderMap, BadHeader> {
+        // The command's source and id (what a requester sends again), the
+        // instance and the place in what it appends: a command sent again is
+        // stored once, and two commands that merely share an id are not.
         let event_id = uuid::Uuid::new_v5(
             &uuid::Uuid::NAMESPACE_OID,
-            format!("{}\u{0}{}\u{0}{index}", self.aggregate.name, command.id).as_bytes(),
+            format!(
+                "{}\u{0}{}\u{0}{}\u{0}{id}\u{0}{index}",
+                self.aggregate.name, command.source, command.id
+            )
+            .as_bytes(),
         )
         .to_string();
         let source = format!("jetrun/{}", self.function);
@@ -394,7 +409,7 @@ impl Function for CommandHandler {
                 match self.append(&id, &instance, &decision.append, command).await {
                     Ok(appended) => appended,
                     Err(AppendError::Conflict) => {
-                        self.conflicts.inc();
+                        self.metrics.conflicts.inc();
                         tracing::debug!(aggregate = %self.aggregate.name, %id, "Another command appended first; running again.");
                         continue;
                     }

@@ -30,6 +30,7 @@ pub(crate) struct Metrics {
     requests: IntCounterVec,
     aggregate_conflicts: IntCounterVec,
     aggregate_appended: IntCounterVec,
+    aggregate_unreadable: IntCounterVec,
     projection_updates: IntCounterVec,
     saga_instances: IntGaugeVec,
     saga_transitions: IntCounterVec,
@@ -126,6 +127,11 @@ impl Metrics {
             "Events appended to aggregate instances.",
             &["aggregate"],
         );
+        let aggregate_unreadable = counter(
+            "jetrun_aggregate_unreadable_events_total",
+            "Commands failed (500) because an event of their instance could not be read.",
+            &["aggregate"],
+        );
         let projection_updates = counter(
             "jetrun_projection_updates_total",
             "Events a projection handled, by outcome: stored, deleted, skipped (already \
@@ -200,6 +206,7 @@ impl Metrics {
             requests,
             aggregate_conflicts,
             aggregate_appended,
+            aggregate_unreadable,
             projection_updates,
             saga_instances,
             saga_transitions,
@@ -248,11 +255,12 @@ impl Metrics {
     }
 
     /// The handles of aggregate `name`: conflicts, events appended.
-    pub(crate) fn for_aggregate(&self, name: &str) -> (IntCounter, IntCounter) {
-        (
-            self.aggregate_conflicts.with_label_values(&[name]),
-            self.aggregate_appended.with_label_values(&[name]),
-        )
+    pub(crate) fn for_aggregate(&self, name: &str) -> AggregateMetrics {
+        AggregateMetrics {
+            conflicts: self.aggregate_conflicts.with_label_values(&[name]),
+            appended: self.aggregate_appended.with_label_values(&[name]),
+            unreadable: self.aggregate_unreadable.with_label_values(&[name]),
+        }
     }
 
     /// The update counters of projection function `function`, by outcome.
@@ -356,6 +364,14 @@ impl SagaMetrics {
                 .set(count);
         }
     }
+}
+
+/// One aggregate's counters, bound at start.
+#[derive(Clone)]
+pub(crate) struct AggregateMetrics {
+    pub(crate) conflicts: IntCounter,
+    pub(crate) appended: IntCounter,
+    pub(crate) unreadable: IntCounter,
 }
 
 /// One projection's update counters, bound at start.
