@@ -29,6 +29,9 @@ pub struct Config {
     pub aggregates: BTreeMap<String, AggregateConfig>,
     /// Declarative sagas by name (`[sagas.NAME]`).
     pub sagas: BTreeMap<String, SagaConfig>,
+    /// What is valid but likely not meant, each with its key path and line
+    /// (`jetrun check` prints them; `jetrun run` logs them).
+    pub warnings: Vec<crate::ConfigError>,
 }
 
 /// `[sagas.NAME]`: a process over events. Its start event begins one

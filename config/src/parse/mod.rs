@@ -4,6 +4,7 @@
 
 mod aggregates;
 mod bind;
+mod clashes;
 mod function;
 mod handler;
 mod nats;
@@ -81,6 +82,7 @@ pub(crate) fn parse(
     }
     top.finish(&mut ctx);
 
+    let places: Vec<clashes::Place> = drafts.iter().map(clashes::Place::of).collect();
     let mut functions = BTreeMap::new();
     for (draft, binding) in drafts.into_iter().zip(bindings) {
         if let Some(function) = binding
@@ -90,6 +92,9 @@ pub(crate) fn parse(
             functions.insert(function.name.clone(), function);
         }
     }
+    clashes::check(&mut ctx, &places, &functions, &sagas);
+    clashes::short_step_timeouts(&mut ctx, field("sagas").as_ref(), &functions, &sagas);
+    let warnings = ctx.take_warnings();
     match (nats, metrics, shutdown_timeout) {
         (Ok(nats), Ok(metrics), Ok(shutdown_timeout)) if !ctx.has_errors() => Ok(Config {
             nats,
@@ -99,6 +104,7 @@ pub(crate) fn parse(
             functions,
             aggregates: aggregates.configs,
             sagas,
+            warnings,
         }),
         _ => Err(ConfigErrors(ctx.into_errors())),
     }

@@ -31,6 +31,7 @@ pub(super) struct Ctx<'t> {
     text: &'t str,
     env: &'t BTreeMap<String, String>,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl<'t> Ctx<'t> {
@@ -39,6 +40,7 @@ impl<'t> Ctx<'t> {
             text,
             env,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -66,6 +68,28 @@ impl<'t> Ctx<'t> {
             message: message.into(),
         });
         Reported
+    }
+
+    /// Records a warning: the file is valid, but likely not what is meant.
+    pub(super) fn warn(
+        &mut self,
+        path: impl Into<String>,
+        span: Option<&Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|span| self.line(span));
+        self.warnings.push(ConfigError {
+            path: path.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// The warnings, in the order of their lines.
+    pub(super) fn take_warnings(&mut self) -> Vec<ConfigError> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|w| w.line.unwrap_or(usize::MAX));
+        warnings
     }
 
     pub(super) fn has_errors(&self) -> bool {

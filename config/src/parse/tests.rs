@@ -1635,3 +1635,66 @@ http = { url = "http://127.0.0.1:8080/", timeout = "30s" }
         ]
     );
 }
+
+#[test]
+fn names_jetrun_derives_are_not_taken_twice() {
+    let text = with_sagas(&format!(
+        "{FULFIL_ORDER}
+[functions.saga-fulfil-order]
+subjects = [\"user.deleted\"]
+builtin = \"noop\"
+
+[functions.counts]
+subjects = [\"user.created\"]
+builtin = \"noop\"
+projection = {{ bucket = \"jetrun_saga_x\", key = \"/id\" }}
+
+[functions.totals]
+subjects = [\"user.updated\"]
+builtin = \"noop\"
+projection = {{ bucket = \"totals\", key = \"/id\" }}
+
+[functions.shadow]
+subjects = [\"user.renamed\"]
+builtin = \"noop\"
+projection = {{ bucket = \"totals_2\", key = \"/id\" }}
+"
+    ));
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.saga-fulfil-order is the name of saga fulfil-order's durable consumer \
+             and takes its dead-letter subject (dlq.saga-fulfil-order); rename the function \
+             (line 32)",
+            "functions.counts.projection.bucket \"jetrun_saga_x\" is a name jetrun keeps for \
+             itself (jetrun_saga_...); pick another (line 36)",
+            "functions.shadow.projection.bucket \"totals_2\" is a name `jetrun projection \
+             rebuild` gives the buckets of \"totals\" (function totals); pick another (line 46)",
+        ]
+    );
+}
+
+#[test]
+fn a_step_timeout_a_redelivered_command_cannot_meet_is_warned_of() {
+    let text = with_sagas(&format!(
+        "{FULFIL_ORDER}
+[functions.reserver]
+subjects = [\"inventory.reserve\"]
+builtin = \"noop\"
+ack_wait = \"1m\"
+"
+    ));
+    let config = ok(&text);
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "sagas.fulfil-order.steps[0].timeout (45s) is shorter than the ack_wait (1m) of \
+             function reserver, which consumes the step's command inventory.reserve: a \
+             command in flight on a runner that dies is redelivered only after that ack wait, \
+             too late to be answered; raise the step's timeout or lower the function's \
+             ack_wait (line 25)"
+        ]
+    );
+    assert!(ok(&with_sagas(FULFIL_ORDER)).warnings.is_empty());
+}

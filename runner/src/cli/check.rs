@@ -1,6 +1,7 @@
 //! `jetrun check`: validate the config file, as `jetrun run` would read it,
-//! without touching NATS: exit 0 when it is good, 2 (every error printed,
-//! each with its key path and line) when it is not.
+//! without touching NATS: exit 0 when it is good (warnings printed on
+//! stderr), 2 (every error printed, each with its key path and line) when
+//! it is not.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,9 @@ use super::session;
 pub(crate) fn check(arg: &ConfigArg) -> ExitCode {
     match session::load(&arg.config) {
         Ok(loaded) => {
+            for warning in &loaded.config.warnings {
+                eprintln!("jetrun: warning: {warning}");
+            }
             println!(
                 "{}: ok ({} functions, {} streams)",
                 arg.config.display(),

@@ -104,6 +104,9 @@ pub(crate) async fn reload(
         }
     };
     let config = loaded.config;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "The new config is valid, but likely not what is meant.");
+    }
     if config.nats != current.nats || config.metrics != current.metrics {
         tracing::warn!(
             "[nats] and [metrics] changes take effect at the next restart; the rest is reloaded."

@@ -29,6 +29,9 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     // Listen for SIGHUP from the start: its default action would kill us.
     let mut triggers = Triggers::new(&source);
     let Loaded { config, functions } = loaded;
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "The config is valid, but likely not what is meant.");
+    }
     let metrics = Metrics::new();
     // Not ready until every function and saga consumer is bound.
     let parts: Vec<String> = (config.functions.keys().cloned())

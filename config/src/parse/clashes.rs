@@ -1,0 +1,161 @@
+//! Names jetrun derives that two parts of a config would share: a function
+//! named like a saga's durable consumer (`saga-<name>`, which also takes its
+//! dead-letter subject), and projection buckets named like a bucket jetrun
+//! keeps (`jetrun_*`) or like the bucket a rebuild of another projection
+//! fills (`<bucket>_<n>`). Each is refused with its key path and line.
+//! Also warns of a saga step whose timeout a redelivered command cannot meet.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use super::function::Draft;
+use super::section::{Ctx, Field, Section};
+use crate::model::{FunctionConfig, Role, SagaConfig};
+use crate::name;
+
+/// Bucket names that belong to jetrun itself.
+const RESERVED_BUCKETS: [&str; 4] = [
+    name::PROJECTION_POINTERS,
+    "jetrun_saga_",
+    "jetrun_snapshots_",
+    "jetrun_dead_letters",
+];
+
+/// Where a function is written.
+pub(super) struct Place {
+    name: String,
+    path: String,
+    span: Option<Range<usize>>,
+}
+
+impl Place {
+    pub(super) fn of(draft: &Draft) -> Place {
+        Place {
+            name: draft.name.clone(),
+            path: draft.path.clone(),
+            span: draft.span.clone(),
+        }
+    }
+}
+
+/// Refuses functions whose names or buckets clash with names jetrun derives.
+pub(super) fn check(
+    ctx: &mut Ctx<'_>,
+    drafts: &[Place],
+    functions: &BTreeMap<String, FunctionConfig>,
+    sagas: &BTreeMap<String, SagaConfig>,
+) {
+    for draft in drafts {
+        if let Some(saga) = draft
+            .name
+            .strip_prefix("saga-")
+            .filter(|s| sagas.contains_key(*s))
+        {
+            ctx.error(
+                draft.path.clone(),
+                draft.span.as_ref(),
+                format!(
+                    "is the name of saga {saga}'s durable consumer and takes its dead-letter \
+                     subject ({}); rename the function",
+                    name::dead_letter_subject(&draft.name)
+                ),
+            );
+        }
+    }
+    let buckets: Vec<(&str, &str)> = functions
+        .values()
+        .filter_map(|f| match &f.role {
+            Role::Projection(p) => Some((f.name.as_str(), p.bucket.as_str())),
+            _ => None,
+        })
+        .collect();
+    for (function, bucket) in &buckets {
+        let draft = drafts.iter().find(|d| d.name == *function);
+        let (path, span) = (
+            format!("functions.{function}.projection.bucket"),
+            draft.and_then(|d| d.span.as_ref()),
+        );
+        if let Some(reserved) = RESERVED_BUCKETS.iter().find(|r| bucket.starts_with(**r)) {
+            ctx.error(
+                path,
+                span,
+                format!(
+                    "{bucket:?} is a name jetrun keeps for itself ({reserved}...); pick another"
+                ),
+            );
+            continue;
+        }
+        let rebuilt = buckets.iter().find(|(_, other)| {
+            bucket
+                .strip_prefix(*other)
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        });
+        if let Some((other_function, other)) = rebuilt {
+            ctx.error(
+                path,
+                span,
+                format!(
+                    "{bucket:?} is a name `jetrun projection rebuild` gives the buckets of \
+                     {other:?} (function {other_function}); pick another"
+                ),
+            );
+        }
+    }
+}
+
+/// Warns of each saga step whose timeout is shorter than the `ack_wait` of a
+/// function of this config consuming its command: a command in flight on a
+/// runner that dies comes back only after that ack wait, too late to answer.
+pub(super) fn short_step_timeouts(
+    ctx: &mut Ctx<'_>,
+    field: Option<&Field<'_, '_>>,
+    functions: &BTreeMap<String, FunctionConfig>,
+    sagas: &BTreeMap<String, SagaConfig>,
+) {
+    let Some(Ok(section)) = field.map(|f| Section::of(f, &[], ctx)) else {
+        return;
+    };
+    for (saga_name, saga_field) in section.entries() {
+        let Some(saga) = sagas.get(saga_name) else {
+            continue;
+        };
+        let steps = Section::of(&saga_field, &["steps"], ctx)
+            .ok()
+            .and_then(|s| s.field("steps"))
+            .and_then(|f| f.elements())
+            .unwrap_or_default();
+        for (i, step) in saga.steps.iter().enumerate() {
+            let consumer = functions.values().find(|f| {
+                f.binding().is_some_and(|b| {
+                    b.ack_wait > step.timeout
+                        && b.subjects
+                            .iter()
+                            .any(|s| crate::subject_matches(s, &step.command))
+                })
+            });
+            let Some(consumer) = consumer else { continue };
+            let ack_wait = consumer.binding().map(|b| b.ack_wait).unwrap_or_default();
+            let span = steps.get(i).map(|element| {
+                Section::of(element, &["timeout"], ctx)
+                    .ok()
+                    .and_then(|s| s.field("timeout"))
+                    .map_or_else(|| element.span(), |f| f.span())
+            });
+            ctx.warn(
+                format!("sagas.{saga_name}.steps[{i}].timeout"),
+                span.as_ref(),
+                format!(
+                    "({}) is shorter than the ack_wait ({}) of function {}, which consumes \
+                     the step's command {}: a command in flight on a runner that dies is \
+                     redelivered only after that ack wait, too late to be answered; raise the \
+                     step's timeout or lower the function's ack_wait",
+                    humantime::format_duration(step.timeout),
+                    humantime::format_duration(ack_wait),
+                    consumer.name,
+                    step.command
+                ),
+            );
+        }
+    }
+}
