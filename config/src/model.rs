@@ -66,6 +66,9 @@ pub struct SagaConfig {
     pub consumers: Vec<StreamBinding>,
     /// Inputs applied at once in this process, per consumer (`[defaults] concurrency`).
     pub concurrency: usize,
+    /// How long an instance is kept once it completed or failed (7 days
+    /// unless set); a stuck one is kept until an operator ends it.
+    pub retention: Duration,
 }
 
 /// `[[sagas.NAME.steps]]`: one step of a saga.

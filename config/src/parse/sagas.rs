@@ -23,8 +23,12 @@ const SAGA_KEYS: &[&str] = &[
     "completed",
     "failed",
     "retry",
+    "retention",
     "steps",
 ];
+
+/// How long an ended instance is kept when the saga says nothing.
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 const STEP_KEYS: &[&str] = &[
     "name",
     "command",
@@ -106,6 +110,7 @@ fn saga(
         None => Err(required(ctx, "key", "\"order_id\"")),
     };
     let timeout = section.read(ctx, "timeout", Field::nonzero_duration);
+    let retention = section.read(ctx, "retention", Field::nonzero_duration);
     let completed = match section.field("completed") {
         Some(field) => event_type(&field, ctx),
         None => Err(required(ctx, "completed", "\"order.fulfilled\"")),
@@ -217,6 +222,7 @@ fn saga(
             .collect(),
         consumers,
         concurrency,
+        retention: retention?.unwrap_or(RETENTION),
     })
 }
 

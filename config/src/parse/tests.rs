@@ -1348,6 +1348,7 @@ fn a_saga_and_its_steps() {
                 max_ack_pending: 10_000,
             }],
             concurrency: 16,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     );
     assert!(ok(&with_streams(

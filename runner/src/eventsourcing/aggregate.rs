@@ -161,6 +161,7 @@ impl CommandHandler {
                     holds: &holds,
                     history: 1,
                     like: None,
+                    message_ttl: false,
                 }
                 .open(&self.js)
                 .await

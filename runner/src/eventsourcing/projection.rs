@@ -267,6 +267,7 @@ pub(crate) async fn pointers(js: &jetstream::Context) -> Result<kv::Store, Failu
         holds: "the bucket holding each projection's read model, by the bucket its functions name",
         history: 10,
         like: None,
+        message_ttl: false,
     }
     .open(js)
     .await
@@ -315,6 +316,7 @@ pub(crate) async fn create_bucket(
         holds: &holds,
         history: 1,
         like,
+        message_ttl: false,
     }
     .open(js)
     .await

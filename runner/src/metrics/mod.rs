@@ -35,6 +35,7 @@ pub(crate) struct Metrics {
     saga_instances: IntGaugeVec,
     saga_transitions: IntCounterVec,
     saga_ignored: IntCounterVec,
+    saga_too_big: IntCounterVec,
     task_restarts: IntCounterVec,
 }
 
@@ -154,6 +155,12 @@ impl Metrics {
             "Saga inputs that changed nothing, by reason: duplicate, late, unexpected, unknown.",
             &["saga", "reason"],
         );
+        let saga_too_big = counter(
+            "jetrun_saga_instances_too_big_total",
+            "Saga inputs dead-lettered because their instance would grow past what a message \
+             may hold.",
+            &["saga"],
+        );
         let task_restarts = counter(
             "jetrun_task_restarts_total",
             "Long-lived tasks started again after they panicked or ended before their drain, by \
@@ -211,6 +218,7 @@ impl Metrics {
             saga_instances,
             saga_transitions,
             saga_ignored,
+            saga_too_big,
             task_restarts,
         }
     }
@@ -234,6 +242,7 @@ impl Metrics {
             instances: self.saga_instances.clone(),
             transitions: self.saga_transitions.clone(),
             ignored: self.saga_ignored.clone(),
+            too_big: self.saga_too_big.clone(),
         }
     }
 
@@ -320,7 +329,7 @@ impl Metrics {
 }
 
 /// The states `jetrun_saga_instances` reports, as the machine names them.
-const SAGA_STATES: [&str; 5] = ["running", "compensating", "completed", "failed", "stuck"];
+pub(crate) const SAGA_STATES: [&str; 5] = ["running", "compensating", "completed", "failed", "stuck"];
 
 /// Why `jetrun_saga_replies_ignored_total` says an input changed nothing.
 const SAGA_IGNORED_REASONS: [&str; 4] = ["duplicate", "late", "unexpected", "unknown"];
@@ -332,6 +341,7 @@ pub(crate) struct SagaMetrics {
     instances: IntGaugeVec,
     transitions: IntCounterVec,
     ignored: IntCounterVec,
+    too_big: IntCounterVec,
 }
 
 impl SagaMetrics {
@@ -350,19 +360,18 @@ impl SagaMetrics {
             .inc();
     }
 
-    /// Sets the instance gauges from every instance's state.
-    pub(crate) fn count_states(&self, states: impl Iterator<Item = &'static str>) {
-        let mut counts = [0i64; SAGA_STATES.len()];
-        for state in states {
-            if let Some(i) = SAGA_STATES.iter().position(|s| *s == state) {
-                counts[i] += 1;
-            }
-        }
+    /// Sets the instance gauges: `counts` in the order of [`SAGA_STATES`].
+    pub(crate) fn set_states(&self, counts: &[i64; SAGA_STATES.len()]) {
         for (state, count) in SAGA_STATES.iter().zip(counts) {
             self.instances
                 .with_label_values(&[self.saga.as_str(), state])
-                .set(count);
+                .set(*count);
         }
+    }
+
+    /// Counts an instance that grew too big to be stored.
+    pub(crate) fn too_big(&self) {
+        self.too_big.with_label_values(&[self.saga.as_str()]).inc();
     }
 }
 
@@ -443,7 +452,7 @@ mod tests {
             assert!(text.contains(series), "no {series} in\n{text}");
         }
 
-        saga.count_states(["running", "stuck", "running"].into_iter());
+        saga.set_states(&[2, 0, 0, 0, 1]);
         saga.transition("reserve", "compensate");
         saga.ignored("duplicate");
         let text = metrics.render();

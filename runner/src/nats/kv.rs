@@ -44,7 +44,13 @@ pub(crate) struct BucketSpec<'a> {
     pub(crate) history: i64,
     /// Settings to copy (a read model's new bucket copies the old one's).
     pub(crate) like: Option<&'a stream::Config>,
+    /// Whether a value may carry its own TTL (`Nats-TTL`, nats-server 2.11).
+    pub(crate) message_ttl: bool,
 }
+
+/// How long the marker of a value purged by its TTL is kept, so that a watch
+/// sees it go.
+const TTL_MARKERS: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot create KV bucket {bucket}: {reason}")]
@@ -57,7 +63,14 @@ impl BucketSpec<'_> {
     /// The bucket, created when missing. One another process made meanwhile
     /// is as good.
     pub(crate) async fn open(&self, js: &Context) -> Result<kv::Store, BucketError> {
+        let failed = |reason: String| BucketError {
+            bucket: self.name.to_string(),
+            reason,
+        };
         if let Ok(store) = js.get_key_value(self.name).await {
+            if self.message_ttl {
+                self.allow_message_ttl(js).await.map_err(failed)?;
+            }
             return Ok(store);
         }
         let mut config = kv::Config {
@@ -74,12 +87,33 @@ impl BucketSpec<'_> {
             config.storage = like.storage;
             config.num_replicas = like.num_replicas;
         }
+        if self.message_ttl {
+            config.limit_markers = Some(TTL_MARKERS);
+        }
         match js.create_key_value(config).await {
             Ok(store) => Ok(store),
-            Err(err) => js.get_key_value(self.name).await.map_err(|_| BucketError {
-                bucket: self.name.to_string(),
-                reason: err.to_string(),
-            }),
+            Err(err) => js
+                .get_key_value(self.name)
+                .await
+                .map_err(|_| failed(err.to_string())),
         }
+    }
+
+    /// Lets a bucket made before values carried a TTL take them.
+    async fn allow_message_ttl(&self, js: &Context) -> Result<(), String> {
+        let stream = js
+            .get_stream(format!("KV_{}", self.name))
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut config = stream.cached_info().config.clone();
+        if config.allow_message_ttl {
+            return Ok(());
+        }
+        config.allow_message_ttl = true;
+        config.subject_delete_marker_ttl = Some(TTL_MARKERS);
+        js.update_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
     }
 }

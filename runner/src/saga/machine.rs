@@ -714,6 +714,7 @@ mod tests {
             steps,
             consumers: Vec::new(),
             concurrency: 16,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 

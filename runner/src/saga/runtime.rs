@@ -6,17 +6,23 @@
 //! bucket `jetrun_saga_NAME` with compare-and-set on its revision, so two
 //! replicas never advance one instance twice; what the machine decides is
 //! stored first (as the instance's outbox) and published after, with the
-//! machine's deterministic event ids. A watch on the bucket keeps every
-//! instance's deadline and state in memory: a clock ticks instances whose
-//! deadline passed (re-armed from the stored state at start), publishes an
-//! outbox a crashed writer left behind, and sets the instance gauges.
+//! machine's deterministic event ids. An instance that ends (completed or
+//! failed) is stored with a per-message TTL, the saga's `retention`, after
+//! which nats-server purges it; a stuck one is kept. A watch on the bucket
+//! keeps, for the instances still running, their next deadline and any
+//! outbox a writer left unpublished, in structures ordered by time, and the
+//! count of every state for the gauges: a clock ticks what is due, re-armed
+//! from the stored state at start. Its time is the wall clock read once at
+//! start and then moved on by a monotonic one: it never goes back within a
+//! runner.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self};
+use async_nats::{HeaderMap, HeaderName};
 use async_trait::async_trait;
 use futures::StreamExt;
 use jetrun_config::{name, SagaConfig, StreamBinding};
@@ -24,13 +30,13 @@ use jetrun_functions::{Context, Event, Failure, Function, Outcome as Handled, Ou
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
-use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State};
+use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State, Why};
 use crate::dispatch::{self, Unit};
 use crate::emit::{self, PublishError};
 use crate::envelope;
 use crate::headers::{self, BadHeader, Put};
 use crate::layers::Metered;
-use crate::metrics::SagaMetrics;
+use crate::metrics::{SagaMetrics, SAGA_STATES};
 use crate::nats::BucketSpec;
 use crate::shutdown::{retry_until, Shutdown};
 use crate::tasks::{self, Supervision};
@@ -52,6 +58,17 @@ pub(crate) enum SagaError {
     Contended { key: String },
     #[error("cannot encode instance {key}: {reason}")]
     Encode { key: String, reason: String },
+    /// The instance would be bigger than a message may be: it cannot change
+    /// any more (the input is dead-lettered).
+    #[error(
+        "instance {key} would take {bytes} bytes, more than the server's max_payload; its \
+         data grows with each reply, so it cannot change any more"
+    )]
+    TooBig { key: String, bytes: usize },
+    /// A reply whose instance cannot be found (yet: the start event may still
+    /// be on its way); retried, then dead-lettered.
+    #[error("no instance of saga {saga} answers to this reply (yet)")]
+    NoInstance { saga: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -82,23 +99,106 @@ struct Saga {
     js: jetstream::Context,
     kv: kv::Store,
     metrics: SagaMetrics,
-    /// Every stored instance's next deadline, state and outbox age, from the watch.
-    known: Mutex<HashMap<String, Known>>,
+    /// What the watch has seen of the stored instances.
+    known: Mutex<Known>,
+    clock: Clock,
 }
 
-#[derive(Clone, Copy)]
+/// The stored instances as the watch saw them: each one's state (for the
+/// gauges), and for those still running their next deadline and the age of
+/// an unpublished outbox, ordered by time so the clock finds what is due
+/// without a look at the rest.
+#[derive(Default)]
 struct Known {
+    states: HashMap<String, State>,
+    timers: HashMap<String, Timers>,
+    deadlines: BTreeSet<(Millis, String)>,
+    /// When an unpublished outbox counts as orphaned, by instance.
+    orphans: BTreeSet<(Millis, String)>,
+    /// How many instances are in each state, in the order of `SAGA_STATES`.
+    counts: [i64; SAGA_STATES.len()],
+}
+
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Timers {
     deadline: Option<Millis>,
-    state: State,
     /// When the stored outbox was written, if it is not empty.
     outbox_since: Option<Millis>,
 }
 
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+impl Known {
+    fn index(state: State) -> usize {
+        match state {
+            State::Running => 0,
+            State::Compensating => 1,
+            State::Completed => 2,
+            State::Failed => 3,
+            State::Stuck => 4,
+        }
+    }
+
+    /// Records what is now stored at `key` (`None`: nothing, deleted or purged).
+    fn set(&mut self, key: &str, now: Option<(State, Timers)>) {
+        if let Some(old) = self.states.remove(key) {
+            self.counts[Self::index(old)] -= 1;
+        }
+        if let Some(old) = self.timers.remove(key) {
+            if let Some(deadline) = old.deadline {
+                self.deadlines.remove(&(deadline, key.to_string()));
+            }
+            if let Some(since) = old.outbox_since {
+                self.orphans.remove(&(since + ORPHANED_OUTBOX, key.to_string()));
+            }
+        }
+        let Some((state, timers)) = now else { return };
+        self.counts[Self::index(state)] += 1;
+        self.states.insert(key.to_string(), state);
+        if timers != Timers::default() {
+            if let Some(deadline) = timers.deadline {
+                self.deadlines.insert((deadline, key.to_string()));
+            }
+            if let Some(since) = timers.outbox_since {
+                self.orphans.insert((since + ORPHANED_OUTBOX, key.to_string()));
+            }
+            self.timers.insert(key.to_string(), timers);
+        }
+    }
+
+    /// The instances whose deadline, or whose outbox's wait, is over at `now`.
+    fn due(&self, now: Millis) -> (Vec<String>, Vec<String>) {
+        let upto = |set: &BTreeSet<(Millis, String)>| {
+            set.iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, key)| key.clone())
+                .collect()
+        };
+        (upto(&self.deadlines), upto(&self.orphans))
+    }
+}
+
+/// The runner's time in milliseconds since the UNIX epoch: the wall clock
+/// read once, then moved on by a monotonic clock, so a deadline never comes
+/// back because the wall clock was set back. Replicas compare their own
+/// clocks' times with what another stored: see `docs/events.md` on skew.
+struct Clock {
+    wall_at_start: Millis,
+    start: std::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            wall_at_start: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as Millis)
+                .unwrap_or(0),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.wall_at_start + self.start.elapsed().as_millis() as Millis
+    }
 }
 
 /// The index key naming the instance a correlation id belongs to.
@@ -150,6 +250,7 @@ pub(crate) async fn run(
             holds: &holds,
             history: 1,
             like: None,
+            message_ttl: true,
         };
         let Some(kv) = retry_until("open the saga's KV bucket", &shutdown, || spec.open(&js)).await
         else {
@@ -161,6 +262,7 @@ pub(crate) async fn run(
             js: js.clone(),
             kv,
             known: Mutex::default(),
+            clock: Clock::new(),
         });
         let name = &saga.config.name;
         let (watched, clocked, stop) = (saga.clone(), saga.clone(), shutdown.clone());
@@ -220,9 +322,21 @@ struct Inputs {
 
 #[async_trait]
 impl Function for Inputs {
-    async fn call(&self, event: &Event, _: &Context) -> Handled {
-        match handle(&self.saga, event).await {
+    async fn call(&self, event: &Event, ctx: &Context) -> Handled {
+        let saga = &self.saga;
+        match handle(saga, event).await {
             Ok(()) => Ok(Output::default()),
+            Err(err @ SagaError::TooBig { .. }) => {
+                saga.metrics.too_big();
+                tracing::error!(%err, "A saga instance cannot be stored; its input is dead-lettered.");
+                Err(Failure::permanent(err.to_string()))
+            }
+            Err(err @ SagaError::NoInstance { .. }) => {
+                if saga.config.retry.is_last(ctx.attempt) {
+                    saga.metrics.ignored("unknown");
+                }
+                Err(Failure::retryable(err.to_string()))
+            }
             Err(err) => Err(Failure::retryable(err.to_string())),
         }
     }
@@ -251,7 +365,18 @@ async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
                 return Ok(());
             }
         };
-        let started = apply(
+        // A reply carrying neither key nor sagakey is matched by its
+        // correlation id through this index: written before the first command
+        // goes out, so no reply can come before it.
+        let correlation = event.correlationid.as_deref().unwrap_or(&event.id);
+        saga.kv
+            .put(correlation_key(correlation), key.clone().into())
+            .await
+            .map_err(|err| SagaError::Read {
+                key: key.clone(),
+                reason: format!("cannot index its correlation id: {err}"),
+            })?;
+        apply(
             saga,
             &key,
             Input::Start {
@@ -260,25 +385,25 @@ async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
             },
         )
         .await?;
-        if started {
-            // Best effort: a reply carrying neither key nor sagakey is
-            // matched by its correlation id through this index.
-            let correlation = event.correlationid.as_deref().unwrap_or(&event.id);
-            let _ = saga
-                .kv
-                .put(correlation_key(correlation), key.clone().into())
-                .await;
-        }
         return Ok(());
     }
-    let key = match instance_of(saga, &data, event).await {
-        Some(key) => key,
-        None => {
-            saga.metrics.ignored("unknown");
-            return Ok(());
-        }
+    let no_instance = || SagaError::NoInstance {
+        saga: saga.config.name.clone(),
     };
-    apply(saga, &key, Input::Reply(received)).await.map(|_| ())
+    let key = instance_of(saga, &data, event).await.ok_or_else(no_instance)?;
+    match apply(saga, &key, Input::Reply(received)).await? {
+        Applied::Unknown => Err(no_instance()),
+        Applied::Changed | Applied::Unchanged => Ok(()),
+    }
+}
+
+/// What applying an input did.
+#[derive(Debug, PartialEq)]
+enum Applied {
+    Changed,
+    Unchanged,
+    /// There is no such instance.
+    Unknown,
 }
 
 /// The instance a reply belongs to: the key field in its data, else its
@@ -296,11 +421,10 @@ async fn instance_of(saga: &Saga, data: &serde_json::Value, event: &Event) -> Op
 }
 
 /// Feeds `input` to instance `key` with compare-and-set, then publishes what
-/// the machine decided. `Ok(true)` when the instance changed.
-async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, SagaError> {
+/// the machine decided.
+async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<Applied, SagaError> {
     if !valid_key(key) {
-        saga.metrics.ignored("unknown");
-        return Ok(false);
+        return Ok(Applied::Unknown);
     }
     for _ in 0..CAS_ATTEMPTS {
         let entry = saga.kv.entry(key).await.map_err(|e| SagaError::Read {
@@ -322,21 +446,22 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, SagaErr
                     "This instance started under other steps; it is left as it is (see `jetrun saga show`)."
                 );
                 saga.metrics.ignored("unexpected");
-                return Ok(false);
+                return Ok(Applied::Unchanged);
             }
         }
-        let now = now_ms();
+        let now = saga.clock.now_ms();
         let change = match machine::advance(
             &saga.config,
             current.as_ref().map(|s| &s.instance),
             input,
             now,
         ) {
+            Outcome::Unchanged(Why::Unknown) => return Ok(Applied::Unknown),
             Outcome::Unchanged(why) => {
                 if let Some(reason) = why.label() {
                     saga.metrics.ignored(reason);
                 }
-                return Ok(false);
+                return Ok(Applied::Unchanged);
             }
             Outcome::Changed(change) => change,
         };
@@ -346,22 +471,12 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, SagaErr
             outbox: change.publish,
             steps: step_names(&saga.config),
         };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| SagaError::Encode {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
-        let written = if revision == 0 {
-            saga.kv.create(key, bytes.into()).await.map_err(|_| ())
-        } else {
-            saga.kv
-                .update(key, bytes.into(), revision)
-                .await
-                .map_err(|_| ())
-        };
-        let Ok(revision) = written else {
+        let revision = match write(saga, key, &stored, revision).await {
+            Ok(revision) => revision,
             // Another replica (or input) changed the instance first: read it
             // again and feed the input to what it is now.
-            continue;
+            Err(Written::Conflict) => continue,
+            Err(Written::Failed(err)) => return Err(err),
         };
         for transition in
             &stored.instance.transitions[before.min(stored.instance.transitions.len())..]
@@ -370,11 +485,52 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<bool, SagaErr
             saga.metrics.transition(step, transition.kind.label());
         }
         publish_outbox(saga, key, stored, revision).await?;
-        return Ok(true);
+        return Ok(Applied::Changed);
     }
     Err(SagaError::Contended {
         key: key.to_string(),
     })
+}
+
+/// Why an instance was not written.
+enum Written {
+    /// Another writer changed it after it was read.
+    Conflict,
+    Failed(SagaError),
+}
+
+/// Stores `stored` at `key`, provided the key is still at `revision` (0: it
+/// has no message): the new revision. An instance that ended is stored with
+/// the saga's retention as its TTL.
+async fn write(saga: &Saga, key: &str, stored: &Stored, revision: u64) -> Result<u64, Written> {
+    let bytes = serde_json::to_vec(stored).map_err(|e| {
+        Written::Failed(SagaError::Encode {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    })?;
+    let mut headers = HeaderMap::new();
+    headers.put_number(
+        HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),
+        revision,
+    );
+    if matches!(stored.instance.state, State::Completed | State::Failed) {
+        headers.put_number(
+            HeaderName::from_static("Nats-TTL"),
+            saga.config.retention.as_secs().max(1),
+        );
+    }
+    let subject = format!("$KV.{}.{key}", name::saga_bucket(&saga.config.name));
+    let size = bytes.len();
+    match emit::publish(&saga.js, &subject, headers, bytes.into()).await {
+        Ok(ack) => Ok(ack.sequence),
+        Err(PublishError::WrongLastSequence { .. }) => Err(Written::Conflict),
+        Err(PublishError::TooBig { .. }) => Err(Written::Failed(SagaError::TooBig {
+            key: key.to_string(),
+            bytes: size,
+        })),
+        Err(err) => Err(Written::Failed(err.into())),
+    }
 }
 
 /// Publishes a stored outbox, then stores the instance without it.
@@ -391,10 +547,8 @@ async fn publish_outbox(
         publish(saga, event).await?;
     }
     stored.outbox.clear();
-    if let Ok(bytes) = serde_json::to_vec(&stored) {
-        // Lost to a newer change: that one's outbox is its writer's to publish.
-        let _ = saga.kv.update(key, bytes.into(), revision).await;
-    }
+    // Lost to a newer change: that one's outbox is its writer's to publish.
+    let _ = write(saga, key, &stored, revision).await;
     Ok(())
 }
 
@@ -429,6 +583,7 @@ async fn watch_instances(saga: Arc<Saga>, shutdown: Shutdown) {
         else {
             return;
         };
+        let steps = step_names(&saga.config);
         loop {
             let entry = tokio::select! {
                 () = shutdown.draining() => return,
@@ -438,26 +593,28 @@ async fn watch_instances(saga: Arc<Saga>, shutdown: Shutdown) {
             if entry.key.starts_with("corr_") {
                 continue;
             }
-            let steps = step_names(&saga.config);
-            let known = (entry.operation == Operation::Put)
+            let now = (entry.operation == Operation::Put)
                 .then(|| serde_json::from_slice::<Stored>(&entry.value).ok())
                 .flatten()
-                .map(|stored| Known {
-                    deadline: if stored.steps == steps {
-                        stored.instance.next_deadline_ms()
-                    } else {
-                        None
-                    },
-                    state: stored.instance.state,
-                    outbox_since: (!stored.outbox.is_empty()).then_some(stored.instance.updated_ms),
+                .map(|stored| {
+                    let timers = Timers {
+                        deadline: if stored.steps == steps {
+                            stored.instance.next_deadline_ms()
+                        } else {
+                            None
+                        },
+                        outbox_since: (!stored.outbox.is_empty())
+                            .then_some(stored.instance.updated_ms),
+                    };
+                    (stored.instance.state, timers)
                 });
-            let mut map = saga.known.lock().unwrap_or_else(|e| e.into_inner());
-            match known {
-                Some(known) => map.insert(entry.key.clone(), known),
-                None => map.remove(&entry.key),
-            };
-            saga.metrics
-                .count_states(map.values().map(|k| k.state.label()));
+            let mut known = saga.known.lock().unwrap_or_else(|e| e.into_inner());
+            known.set(&entry.key, now);
+            // Once caught up, the gauges follow each change; while the watch
+            // replays the bucket's history, once at its end.
+            if entry.delta == 0 {
+                saga.metrics.set_states(&known.counts);
+            }
         }
     }
 }
@@ -472,20 +629,11 @@ async fn clock(saga: Arc<Saga>, shutdown: Shutdown) {
             () = shutdown.draining() => return,
             _ = interval.tick() => {}
         }
-        let now = now_ms();
-        let (due, orphaned): (Vec<String>, Vec<String>) = {
-            let map = saga.known.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                map.iter()
-                    .filter(|(_, k)| k.deadline.is_some_and(|d| d <= now))
-                    .map(|(key, _)| key.clone())
-                    .collect(),
-                map.iter()
-                    .filter(|(_, k)| k.outbox_since.is_some_and(|t| t + ORPHANED_OUTBOX <= now))
-                    .map(|(key, _)| key.clone())
-                    .collect(),
-            )
-        };
+        let (due, orphaned) = saga
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .due(saga.clock.now_ms());
         for key in due {
             if let Err(err) = apply(&saga, &key, Input::Tick).await {
                 tracing::warn!(%key, %err, "Cannot apply a timeout; trying again.");
@@ -501,5 +649,52 @@ async fn clock(saga: Arc<Saga>, shutdown: Shutdown) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers(deadline: Option<Millis>, outbox_since: Option<Millis>) -> Timers {
+        Timers {
+            deadline,
+            outbox_since,
+        }
+    }
+
+    #[test]
+    fn known_instances_are_ordered_by_time_and_counted_by_state() {
+        let mut known = Known::default();
+        known.set("a", Some((State::Running, timers(Some(300), None))));
+        known.set("b", Some((State::Running, timers(Some(100), None))));
+        known.set("c", Some((State::Completed, timers(None, None))));
+        known.set("d", Some((State::Compensating, timers(Some(200), Some(0)))));
+        assert_eq!(known.counts, [2, 1, 1, 0, 0]);
+        let (due, orphaned) = known.due(250);
+        assert_eq!(due, ["b", "d"]);
+        assert!(orphaned.is_empty());
+        assert_eq!(known.due(ORPHANED_OUTBOX).1, ["d"]);
+        // b moves on: its old deadline goes; c is purged.
+        known.set("b", Some((State::Completed, timers(None, None))));
+        known.set("c", None);
+        assert_eq!(known.due(250).0, ["d"]);
+        assert_eq!(known.counts, [1, 1, 1, 0, 0]);
+        assert_eq!(known.timers.len(), 2, "only instances with timers are kept in them");
+    }
+
+    #[test]
+    fn counts_follow_the_gauges_order() {
+        use State::*;
+        for state in [Running, Compensating, Completed, Failed, Stuck] {
+            assert_eq!(SAGA_STATES[Known::index(state)], state.label());
+        }
+    }
+
+    #[test]
+    fn the_clock_never_goes_back() {
+        let clock = Clock::new();
+        let first = clock.now_ms();
+        assert!(clock.now_ms() >= first);
     }
 }
