@@ -1,5 +1,5 @@
 //! Whether the runner is ready: NATS connected, every function's consumer
-//! bound, and no supervised task restarting. `/readyz` reads it; the
+//! bound, every saga's instances loaded, and no supervised task restarting. `/readyz` reads it; the
 //! connection, the consumers and `tasks` write it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +21,8 @@ struct Inner {
     bound: Mutex<BTreeMap<String, bool>>,
     /// Supervised tasks down, waiting to be started again.
     down: Mutex<BTreeSet<String>>,
+    /// State still being read at start (a saga's instances).
+    loading: Mutex<BTreeSet<String>>,
 }
 
 impl Default for Inner {
@@ -30,6 +32,7 @@ impl Default for Inner {
             connections: watch::channel(0).0,
             bound: Mutex::default(),
             down: Mutex::default(),
+            loading: Mutex::default(),
         }
     }
 }
@@ -86,6 +89,18 @@ impl Readiness {
         }
     }
 
+    /// State the runner is reading (`what`, as `/readyz` names it) or has
+    /// read.
+    pub(crate) fn set_loading(&self, what: &str, loading: bool) {
+        if let Ok(mut set) = self.inner.loading.lock() {
+            if loading {
+                set.insert(what.to_string());
+            } else {
+                set.remove(what);
+            }
+        }
+    }
+
     /// The supervised tasks down now.
     pub(crate) fn down(&self) -> Vec<String> {
         self.inner
@@ -111,6 +126,10 @@ impl Readiness {
             .collect();
         if !unbound.is_empty() {
             return Some(format!("consumers not bound: {}", unbound.join(", ")));
+        }
+        let loading: Vec<String> = self.inner.loading.lock().ok()?.iter().cloned().collect();
+        if !loading.is_empty() {
+            return Some(format!("loading {}", loading.join(", ")));
         }
         let down = self.down();
         (!down.is_empty()).then(|| format!("tasks restarting: {}", down.join(", ")))

@@ -329,7 +329,8 @@ impl Metrics {
 }
 
 /// The states `jetrun_saga_instances` reports, as the machine names them.
-pub(crate) const SAGA_STATES: [&str; 5] = ["running", "compensating", "completed", "failed", "stuck"];
+pub(crate) const SAGA_STATES: [&str; 5] =
+    ["running", "compensating", "completed", "failed", "stuck"];
 
 /// Why `jetrun_saga_replies_ignored_total` says an input changed nothing.
 const SAGA_IGNORED_REASONS: [&str; 4] = ["duplicate", "late", "unexpected", "unknown"];

@@ -38,6 +38,7 @@ use crate::headers::{self, BadHeader, Put};
 use crate::layers::Metered;
 use crate::metrics::{SagaMetrics, SAGA_STATES};
 use crate::nats::BucketSpec;
+use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Shutdown};
 use crate::tasks::{self, Supervision};
 
@@ -147,7 +148,8 @@ impl Known {
                 self.deadlines.remove(&(deadline, key.to_string()));
             }
             if let Some(since) = old.outbox_since {
-                self.orphans.remove(&(since + ORPHANED_OUTBOX, key.to_string()));
+                self.orphans
+                    .remove(&(since + ORPHANED_OUTBOX, key.to_string()));
             }
         }
         let Some((state, timers)) = now else { return };
@@ -158,7 +160,8 @@ impl Known {
                 self.deadlines.insert((deadline, key.to_string()));
             }
             if let Some(since) = timers.outbox_since {
-                self.orphans.insert((since + ORPHANED_OUTBOX, key.to_string()));
+                self.orphans
+                    .insert((since + ORPHANED_OUTBOX, key.to_string()));
             }
             self.timers.insert(key.to_string(), timers);
         }
@@ -265,7 +268,12 @@ pub(crate) async fn run(
             clock: Clock::new(),
         });
         let name = &saga.config.name;
+        readiness.set_loading(&holds, true);
         let (watched, clocked, stop) = (saga.clone(), saga.clone(), shutdown.clone());
+        let loaded = Loaded {
+            readiness: readiness.clone(),
+            what: holds.clone(),
+        };
         let (watch_span, clock_span) = (tracing::Span::current(), tracing::Span::current());
         let timers = [
             tasks::spawn(
@@ -273,7 +281,8 @@ pub(crate) async fn run(
                 shutdown.clone(),
                 supervision.clone(),
                 move || {
-                    watch_instances(watched.clone(), stop.clone()).instrument(watch_span.clone())
+                    watch_instances(watched.clone(), loaded.clone(), stop.clone())
+                        .instrument(watch_span.clone())
                 },
             ),
             {
@@ -310,6 +319,7 @@ pub(crate) async fn run(
         for task in consumers.into_iter().chain(timers) {
             let _ = task.await;
         }
+        readiness.set_loading(&holds, false);
     }
     .instrument(span)
     .await
@@ -390,7 +400,9 @@ async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
     let no_instance = || SagaError::NoInstance {
         saga: saga.config.name.clone(),
     };
-    let key = instance_of(saga, &data, event).await.ok_or_else(no_instance)?;
+    let key = instance_of(saga, &data, event)
+        .await
+        .ok_or_else(no_instance)?;
     match apply(saga, &key, Input::Reply(received)).await? {
         Applied::Unknown => Err(no_instance()),
         Applied::Changed | Applied::Unchanged => Ok(()),
@@ -478,6 +490,10 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<Applied, Saga
             Err(Written::Conflict) => continue,
             Err(Written::Failed(err)) => return Err(err),
         };
+        let was_running = current.as_ref().is_none_or(|s| !ended(&s.instance.state));
+        if was_running && ended(&stored.instance.state) {
+            expire_index(saga, &stored.instance).await;
+        }
         for transition in
             &stored.instance.transitions[before.min(stored.instance.transitions.len())..]
         {
@@ -514,7 +530,7 @@ async fn write(saga: &Saga, key: &str, stored: &Stored, revision: u64) -> Result
         HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),
         revision,
     );
-    if matches!(stored.instance.state, State::Completed | State::Failed) {
+    if ended(&stored.instance.state) {
         headers.put_number(
             HeaderName::from_static("Nats-TTL"),
             saga.config.retention.as_secs().max(1),
@@ -530,6 +546,47 @@ async fn write(saga: &Saga, key: &str, stored: &Stored, revision: u64) -> Result
             bytes: size,
         })),
         Err(err) => Err(Written::Failed(err.into())),
+    }
+}
+
+/// Whether an instance in `state` has ended (and is kept for the retention).
+fn ended(state: &State) -> bool {
+    matches!(state, State::Completed | State::Failed)
+}
+
+/// Gives an ended instance's correlation index entry the saga's retention
+/// as its TTL, provided the entry still names this instance (a later start
+/// may have reused the correlation id). Best effort: an entry left behind
+/// only costs its bytes in the bucket.
+async fn expire_index(saga: &Saga, instance: &Instance) {
+    let index = correlation_key(&instance.correlation_id);
+    let entry = match saga.kv.entry(&index).await {
+        Ok(Some(entry)) if entry.operation == Operation::Put => entry,
+        Ok(_) => return,
+        Err(err) => {
+            tracing::warn!(key = %instance.key, %err, "Cannot read an ended instance's correlation index; it is kept.");
+            return;
+        }
+    };
+    if entry.value != instance.key.as_bytes() {
+        return;
+    }
+    let mut headers = HeaderMap::new();
+    headers.put_number(
+        HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),
+        entry.revision,
+    );
+    headers.put_number(
+        HeaderName::from_static("Nats-TTL"),
+        saga.config.retention.as_secs().max(1),
+    );
+    let subject = format!("$KV.{}.{index}", name::saga_bucket(&saga.config.name));
+    let value = instance.key.clone().into_bytes().into();
+    match emit::publish(&saga.js, &subject, headers, value).await {
+        Ok(_) | Err(PublishError::WrongLastSequence { .. }) => {}
+        Err(err) => {
+            tracing::warn!(key = %instance.key, %err, "Cannot expire an ended instance's correlation index; it is kept.");
+        }
     }
 }
 
@@ -574,15 +631,22 @@ async fn publish(saga: &Saga, event: &Publish) -> Result<(), SagaError> {
 
 /// Keeps `known` in step with the bucket, from its whole history on, until
 /// the drain.
-async fn watch_instances(saga: Arc<Saga>, shutdown: Shutdown) {
+async fn watch_instances(saga: Arc<Saga>, loaded: Loaded, shutdown: Shutdown) {
     loop {
-        let Some(mut entries) = retry_until("watch the saga's instances", &shutdown, || {
-            saga.kv.watch_all_from_revision(1)
+        let Some((mut entries, held)) = retry_until("watch the saga's instances", &shutdown, || {
+            let kv = saga.kv.clone();
+            async move {
+                let held = kv.status().await?.info.state.messages;
+                Ok::<_, async_nats::Error>((kv.watch_all_from_revision(1).await?, held))
+            }
         })
         .await
         else {
             return;
         };
+        if held == 0 {
+            loaded.done();
+        }
         let steps = step_names(&saga.config);
         loop {
             let entry = tokio::select! {
@@ -614,8 +678,23 @@ async fn watch_instances(saga: Arc<Saga>, shutdown: Shutdown) {
             // replays the bucket's history, once at its end.
             if entry.delta == 0 {
                 saga.metrics.set_states(&known.counts);
+                loaded.done();
             }
         }
+    }
+}
+
+/// Tells readiness when a saga's instances are read, the first time the
+/// watch catches up with the bucket.
+#[derive(Clone)]
+struct Loaded {
+    readiness: Readiness,
+    what: String,
+}
+
+impl Loaded {
+    fn done(&self) {
+        self.readiness.set_loading(&self.what, false);
     }
 }
 
@@ -680,7 +759,11 @@ mod tests {
         known.set("c", None);
         assert_eq!(known.due(250).0, ["d"]);
         assert_eq!(known.counts, [1, 1, 1, 0, 0]);
-        assert_eq!(known.timers.len(), 2, "only instances with timers are kept in them");
+        assert_eq!(
+            known.timers.len(),
+            2,
+            "only instances with timers are kept in them"
+        );
     }
 
     #[test]
