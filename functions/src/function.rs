@@ -15,6 +15,10 @@ pub struct Context {
     pub subject: String,
     /// The JetStream stream holding it.
     pub stream: String,
+    /// When that stream was created (Unix nanoseconds; 0 when not known).
+    /// A stream deleted and made again starts its sequences over: this tells
+    /// its events from the old one's.
+    pub stream_created: u64,
     /// Its sequence in that stream.
     pub sequence: u64,
 }

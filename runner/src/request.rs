@@ -175,6 +175,7 @@ async fn answer(
                 attempt: 1,
                 subject: subject.to_string(),
                 stream: String::new(),
+                stream_created: 0,
                 sequence: 0,
             };
             let call = AssertUnwindSafe(handler.call(&event, &ctx)).catch_unwind();

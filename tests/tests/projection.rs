@@ -239,6 +239,56 @@ async fn an_event_delivered_again_or_replayed_changes_nothing() {
     .await;
 }
 
+/// The stream deleted and made again: its sequences start over, below what
+/// the model records as applied, and still its events apply (they are
+/// another stream's), each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_stream_made_again_apply() {
+    let bed = TestBed::new();
+    let runner = Runner::start(&config(&bed, None));
+    let client = bed.client().await;
+    let js = &bed.jetstream().await;
+    wait_for_consumer(js, TestBed::STREAM, PROJECTOR).await;
+    for _ in 0..5 {
+        order(&client, json!("u1"), 10).await;
+    }
+    wait_state(js, BUCKET, "u1", json!({"count": 5, "total": 50})).await;
+    wait_acked(js, TestBed::STREAM, PROJECTOR, 5).await;
+
+    let stream_config = js
+        .get_stream(TestBed::STREAM)
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    js.delete_stream(TestBed::STREAM)
+        .await
+        .expect("delete the stream");
+    js.create_stream(stream_config)
+        .await
+        .expect("make the stream again");
+    for _ in 0..3 {
+        order(&client, json!("u1"), 1).await;
+    }
+    wait_state(js, BUCKET, "u1", json!({"count": 8, "total": 53})).await;
+    wait_acked(js, TestBed::STREAM, PROJECTOR, 3).await;
+    let raw = js
+        .get_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("the bucket's stream")
+        .get_last_raw_message_by_subject(&format!("$KV.{BUCKET}.u1"))
+        .await
+        .expect("u1's message");
+    assert_eq!(
+        header(&raw.headers, "Jetrun-Applied-Sequence").as_deref(),
+        Some("3"),
+        "the new stream's sequence, not the old one's 5"
+    );
+    assert_eq!(bed.ledger.len(), 8, "{}", runner.log());
+    assert_eq!(updates(&bed, "skipped").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_see_the_old_model_or_the_new_one_through_a_rebuild() {
     const ORDERS: u64 = 60;

@@ -1392,6 +1392,25 @@ fn a_saga_retries_undos_with_its_policy_over_the_defaults() {
 }
 
 #[test]
+fn a_saga_keeps_ended_instances_for_its_retention() {
+    let days = ok(&with_sagas(FULFIL_ORDER)).sagas["fulfil-order"].retention;
+    assert_eq!(days, Duration::from_secs(7 * 24 * 3600));
+    let own = FULFIL_ORDER.replace(
+        "timeout = \"10m\"",
+        "timeout = \"10m\"\nretention = \"36h\"",
+    );
+    let hours = ok(&with_sagas(&own)).sagas["fulfil-order"].retention;
+    assert_eq!(hours, Duration::from_secs(36 * 3600));
+    let zero = FULFIL_ORDER.replace("timeout = \"10m\"", "timeout = \"10m\"\nretention = \"0s\"");
+    let errors = errors(&with_sagas(&zero));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("sagas.fulfil-order.retention") && errors[0].ends_with("(line 15)"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn saga_required_keys() {
     assert_eq!(
         errors(&with_sagas(

@@ -34,6 +34,7 @@ mod tests {
             attempt: 1,
             subject: "order.placed".into(),
             stream: "ORDERS".into(),
+            stream_created: 1,
             sequence: 1,
         };
         let out = Echo.call(&event, &ctx).await.unwrap().emits;

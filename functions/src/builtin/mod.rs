@@ -46,6 +46,7 @@ mod testing {
             attempt: 1,
             subject: "order.placed".into(),
             stream: "ORDERS".into(),
+            stream_created: 1,
             sequence: 1,
         }
     }

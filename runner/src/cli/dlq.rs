@@ -789,7 +789,7 @@ async fn whole_body(js: &jetstream::Context, object: &str) -> anyhow::Result<byt
 }
 
 /// Deletes every whole body kept for `function`'s dead letters (their
-/// objects are named `<function>/<stream>/<sequence>`).
+/// objects are named `<function>/<stream>@<created>/<sequence>`).
 async fn delete_bodies_of(js: &jetstream::Context, function: &str) {
     use futures::StreamExt as _;
     let Ok(store) = js.get_object_store(crate::nats::DEAD_LETTER_BODIES).await else {
@@ -845,7 +845,13 @@ impl Plan {
                 headers.add(name.clone(), value.clone());
             }
         }
-        let id = format!("replay:{}:{stream}:{sequence}", message.sequence);
+        // The dead letter's own id names the original event's stream (as
+        // created: one made again is another) and sequence; a dead letter
+        // from before it did is named by its stream and sequence alone.
+        let id = match h("Nats-Msg-Id") {
+            Some(letter) => format!("replay:{}:{letter}", message.sequence),
+            None => format!("replay:{}:{stream}:{sequence}", message.sequence),
+        };
         headers.put(HeaderName::from_static("Nats-Msg-Id"), &id)?;
         Ok(Plan {
             subject,
@@ -981,7 +987,7 @@ mod tests {
         ("Jetrun-Original-Stream", "ORDERS"),
         ("Jetrun-Original-Sequence", "7"),
         ("Jetrun-Failed-At", "2024-05-01T10:00:00.000Z"),
-        ("Nats-Msg-Id", "ORDERS:7:reserve-stock"),
+        ("Nats-Msg-Id", "ORDERS@1714557600000000000:7:reserve-stock"),
     ];
 
     #[test]
@@ -997,7 +1003,18 @@ mod tests {
         assert_eq!(names, ["Nats-Msg-Id", "X-Tenant", "ce-id"]);
         assert_eq!(
             header(&plan.headers, "Nats-Msg-Id"),
-            Some("replay:12:ORDERS:7")
+            Some("replay:12:ORDERS@1714557600000000000:7:reserve-stock")
+        );
+        let older: Vec<_> = LETTER
+            .iter()
+            .filter(|(n, _)| *n != "Nats-Msg-Id")
+            .copied()
+            .collect();
+        let plan = Plan::of(&message(12, "dlq.reserve-stock", &older, b"{}"), None).unwrap();
+        assert_eq!(
+            header(&plan.headers, "Nats-Msg-Id"),
+            Some("replay:12:ORDERS:7"),
+            "a dead letter without an id of its own"
         );
         let to = Plan::of(&message(12, "dlq.x", LETTER, b""), Some("order.retry")).unwrap();
         assert_eq!(to.subject, "order.retry");

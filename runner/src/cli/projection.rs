@@ -31,7 +31,7 @@ use super::session::{self, Stopped};
 use crate::eventsourcing::projection;
 use crate::layers;
 use crate::metrics::Metrics;
-use crate::nats::{History, Item, Start};
+use crate::nats::{self, History, Item, Start};
 
 /// `jetrun projection --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -255,6 +255,8 @@ struct Applier {
     binding: StreamBinding,
     handler: Arc<dyn Function>,
     counts: Counts,
+    /// When the stream read was created, as live deliveries tell it.
+    stream_created: u64,
 }
 
 impl Applier {
@@ -279,6 +281,7 @@ impl Applier {
             function: config,
             binding: target.binding.clone(),
             counts: Counts::default(),
+            stream_created: 0,
         }
     }
 
@@ -331,6 +334,7 @@ impl Applier {
                 attempt,
                 subject: subject.to_string(),
                 stream: self.binding.stream.clone(),
+                stream_created: self.stream_created,
                 sequence,
             };
             let outcome = match &event {
@@ -368,8 +372,8 @@ impl Applier {
     }
 }
 
-/// The stream's last sequence now.
-async fn last_sequence(js: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+/// The stream's last sequence now, and when the stream was created.
+async fn last_sequence(js: &jetstream::Context, stream: &str) -> anyhow::Result<(u64, u64)> {
     let mut handle = js
         .get_stream(stream)
         .await
@@ -378,7 +382,7 @@ async fn last_sequence(js: &jetstream::Context, stream: &str) -> anyhow::Result<
         .info()
         .await
         .with_context(|| format!("cannot read stream {stream}"))?;
-    Ok(info.state.last_sequence)
+    Ok((info.state.last_sequence, nats::created_ns(info)))
 }
 
 /// The live function's durable consumer, paused: it delivers nothing new
@@ -547,7 +551,8 @@ async fn rebuild_alone(
     let switched = async {
         let mut done = 0;
         for pass in 1..=MAX_PASSES {
-            let last = last_sequence(js, &binding.stream).await?;
+            let (last, created) = last_sequence(js, &binding.stream).await?;
+            applier.stream_created = created;
             if last <= done || (pass > 1 && last - done <= PAUSED_CATCH_UP) {
                 break;
             }

@@ -189,6 +189,7 @@ async fn run(
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     }
+    let created = nats::created_ns(&info);
     let state = &info.state;
     let last = match range.until {
         Some(until) if until > state.last_sequence => {
@@ -240,8 +241,15 @@ async fn run(
             };
             Ok(Some(match item {
                 Item::Message(stored) => {
-                    let result =
-                        replay_one(&*handler, &function.name, &binding, &emitter, &stored).await;
+                    let result = replay_one(
+                        &*handler,
+                        &function.name,
+                        &binding,
+                        &emitter,
+                        &stored,
+                        created,
+                    )
+                    .await;
                     let subject = stored.message.subject.to_string();
                     (stored.sequence, subject, result.map_err(|f| f.message))
                 }
@@ -301,6 +309,7 @@ async fn replay_one(
     binding: &StreamBinding,
     emitter: &Emitter,
     stored: &Stored,
+    stream_created: u64,
 ) -> Result<usize, Failure> {
     let event = stored.event()?;
     let ctx = Context {
@@ -308,6 +317,7 @@ async fn replay_one(
         attempt: 1,
         subject: stored.message.subject.to_string(),
         stream: binding.stream.clone(),
+        stream_created,
         sequence: stored.sequence,
     };
     let span = tracing::info_span!(

@@ -1,19 +1,20 @@
 //! Keeping a unit's durable consumer bound: bound at start (retrying until
 //! NATS agrees), watched by a monitor (backlog gauges, ack floor), and bound
-//! again, just past the last ack floor seen, when it is deleted behind
-//! jetrun's back.
+//! again when it is deleted behind jetrun's back: just past the last ack
+//! floor seen, or at the beginning of its stream when the stream itself was
+//! deleted and made again (its sequences started over).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::{pull, Shared};
-use crate::nats;
+use crate::nats::{self, Bound, Floor};
 use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Shutdown};
 
@@ -54,24 +55,27 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
         let name = &shared.unit.name;
         let mut in_flight = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency));
-        let ack_floor = Arc::new(AtomicU64::new(0));
+        // The floor last seen: none until the first bind.
+        let seen: Arc<Mutex<Option<Floor>>> = Arc::default();
         while !shutdown.is_draining() {
-            let start = match ack_floor.load(Ordering::Relaxed) {
-                0 => DeliverPolicy::All,
-                floor => DeliverPolicy::ByStartSequence {
-                    start_sequence: floor + 1,
-                },
-            };
-            let Some(consumer) = bind(&shared, start, &shutdown).await else {
+            let last = *seen.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(Bound { consumer, floor }) = bind(&shared, last, &shutdown).await else {
                 break;
             };
+            let stream_created = floor.stream_created;
+            let ack_floor = Arc::new(AtomicU64::new(floor.ack_floor));
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(floor);
             readiness.set_bound(name, true);
             let lost = Arc::new(Lost::default());
             let monitor = tokio::spawn(
                 monitor(
                     consumer.clone(),
                     shared.clone(),
-                    ack_floor.clone(),
+                    Seen {
+                        seen: seen.clone(),
+                        stream_created,
+                        ack_floor: ack_floor.clone(),
+                    },
                     lost.clone(),
                 )
                 .in_current_span(),
@@ -79,6 +83,7 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
             let pulling = pull::Pulling {
                 shared: &shared,
                 consumer: &consumer,
+                stream_created,
                 permits: &permits,
                 shutdown: &shutdown,
                 lost: &lost,
@@ -88,9 +93,10 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
             readiness.set_bound(name, false);
             if lost.is_lost() {
                 tracing::warn!(
-                    resume_after = ack_floor.load(Ordering::Relaxed),
+                    last_ack_floor = ack_floor.load(Ordering::Relaxed),
                     "Consumer was deleted behind jetrun's back; recreating it from the config, \
-                     starting just past the last ack floor seen."
+                     starting just past the last ack floor seen (at the beginning of its stream \
+                     if the stream was made again)."
                 );
             }
         }
@@ -104,15 +110,15 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
 }
 
 /// Binds the consumer, retrying until NATS agrees (it may be down or
-/// starting); `None` once draining.
-async fn bind(shared: &Shared, start: DeliverPolicy, shutdown: &Shutdown) -> Option<PullConsumer> {
+/// starting, the stream missing); `None` once draining.
+async fn bind(shared: &Shared, seen: Option<Floor>, shutdown: &Shutdown) -> Option<Bound> {
     let binding = &shared.unit.binding;
     let durable = nats::Durable {
         binding,
         serves: shared.unit.serves.clone(),
     };
-    let consumer = retry_until("bind the consumer", shutdown, || {
-        durable.bind(&shared.js, start)
+    let bound = retry_until("bind the consumer", shutdown, || {
+        durable.bind(&shared.js, seen)
     })
     .await?;
     tracing::info!(
@@ -122,24 +128,39 @@ async fn bind(shared: &Shared, start: DeliverPolicy, shutdown: &Shutdown) -> Opt
         subjects = ?binding.subjects,
         "Consumer bound."
     );
-    Some(consumer)
+    Some(bound)
+}
+
+/// Where the monitor records the floor it reads.
+struct Seen {
+    seen: Arc<Mutex<Option<Floor>>>,
+    stream_created: u64,
+    ack_floor: Arc<AtomicU64>,
+}
+
+impl Seen {
+    fn record(&self, ack_floor: u64) {
+        let ack_floor = self
+            .ack_floor
+            .fetch_max(ack_floor, Ordering::Relaxed)
+            .max(ack_floor);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Floor {
+            stream_created: self.stream_created,
+            ack_floor,
+        });
+    }
 }
 
 /// Reads the consumer's state now and then: backlog gauges, the ack floor (so
 /// a consumer recreated after a deletion resumes where this one was), and
 /// whether it still exists.
-async fn monitor(
-    mut consumer: PullConsumer,
-    shared: Arc<Shared>,
-    ack_floor: Arc<AtomicU64>,
-    lost: Arc<Lost>,
-) {
+async fn monitor(mut consumer: PullConsumer, shared: Arc<Shared>, seen: Seen, lost: Arc<Lost>) {
     loop {
         match consumer.info().await {
             Ok(info) => {
                 shared.metrics.pending.set(info.num_pending as i64);
                 shared.metrics.ack_pending.set(info.num_ack_pending as i64);
-                ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
+                seen.record(info.ack_floor.stream_sequence);
             }
             Err(err) if nats::is_consumer_not_found(&err) => {
                 lost.set();

@@ -29,6 +29,9 @@ pub(crate) struct DeadLetter<'a> {
     pub(crate) attempts: u64,
     pub(crate) subject: &'a str,
     pub(crate) stream: &'a str,
+    /// When `stream` was created (0: not known): its sequences start over
+    /// when it is made again.
+    pub(crate) stream_created: u64,
     pub(crate) sequence: u64,
     pub(crate) failed_at: SystemTime,
 }
@@ -47,9 +50,21 @@ pub(crate) enum NotStored {
 
 impl DeadLetter<'_> {
     /// `Nats-Msg-Id` of the dead letter: a crash between its publish and the
-    /// original's `+TERM` cannot make two.
+    /// original's `+TERM` cannot make two, while the same sequence of a
+    /// stream made again is another event, and gets its own.
     pub(crate) fn msg_id(&self) -> String {
-        format!("{}:{}:{}", self.stream, self.sequence, self.function)
+        format!(
+            "{}@{}:{}:{}",
+            self.stream, self.stream_created, self.sequence, self.function
+        )
+    }
+
+    /// Where a body too big for the dead letter is kept whole.
+    fn body_object(&self) -> String {
+        format!(
+            "{}/{}@{}/{}",
+            self.function, self.stream, self.stream_created, self.sequence
+        )
     }
 
     /// The dead letter's headers: the original's (those nats-server would act
@@ -122,7 +137,7 @@ fn readable_part(raw: &[u8]) -> HeaderMap {
 /// Publishes the dead letter of `original`'s event (`body`) to `subject` and
 /// waits for its stream's ack. A body that does not fit (the server's
 /// max_payload) is first stored whole in object store
-/// [`nats::DEAD_LETTER_BODIES`] as `<function>/<stream>/<sequence>`; the dead letter
+/// [`nats::DEAD_LETTER_BODIES`] as `<function>/<stream>@<created>/<sequence>`; the dead letter
 /// then carries `Jetrun-Body-Object` (where it is), `Jetrun-Body-Truncated`
 /// (its length) and as much of the body as fits.
 pub(crate) async fn publish(
@@ -138,7 +153,7 @@ pub(crate) async fn publish(
         Err(PublishError::TooBig { .. }) => {}
         Err(err) => return Err(err.into()),
     }
-    let object = format!("{}/{}/{}", letter.function, letter.stream, letter.sequence);
+    let object = letter.body_object();
     let store = nats::dead_letter_bodies(js)
         .await
         .map_err(|err| NotStored::Body(err.to_string()))?;
@@ -209,6 +224,7 @@ mod tests {
             attempts: 1,
             subject: "order.placed",
             stream: "ORDERS",
+            stream_created: 1_714_557_600_000_000_000,
             sequence: 7,
             failed_at: SystemTime::UNIX_EPOCH,
         }
@@ -236,7 +252,7 @@ mod tests {
         }
         assert_eq!(
             get("Nats-Msg-Id").as_deref(),
-            Some("ORDERS:7:reserve-stock")
+            Some("ORDERS@1714557600000000000:7:reserve-stock")
         );
         assert_eq!(get("Jetrun-Reason").as_deref(), Some("permanent"));
         assert_eq!(get("Jetrun-Original-Sequence").as_deref(), Some("7"));

@@ -18,7 +18,12 @@ use crate::shutdown::Shutdown;
 use crate::tasks;
 
 /// Handles one delivery from start to settlement.
-pub(super) async fn deliver(shared: &Shared, message: jetstream::Message, shutdown: &Shutdown) {
+pub(super) async fn deliver(
+    shared: &Shared,
+    message: jetstream::Message,
+    stream_created: u64,
+    shutdown: &Shutdown,
+) {
     let metrics = &shared.metrics;
     let name = &shared.unit.name;
     metrics.received.inc();
@@ -70,6 +75,7 @@ pub(super) async fn deliver(shared: &Shared, message: jetstream::Message, shutdo
         attempt,
         subject: message.subject.to_string(),
         stream,
+        stream_created,
         sequence,
     };
     async {

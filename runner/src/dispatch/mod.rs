@@ -190,6 +190,7 @@ mod tests {
                 attempts: 1,
                 subject: "ev.in",
                 stream: "EVENTS",
+                stream_created: 1,
                 sequence: 7,
                 failed_at: SystemTime::UNIX_EPOCH,
             };

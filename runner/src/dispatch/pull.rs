@@ -26,6 +26,8 @@ const MAX_BATCH: usize = 256;
 pub(super) struct Pulling<'a> {
     pub(super) shared: &'a Arc<Shared>,
     pub(super) consumer: &'a PullConsumer,
+    /// When the consumer's stream was created (see [`crate::nats::Floor`]).
+    pub(super) stream_created: u64,
     pub(super) permits: &'a Arc<Semaphore>,
     pub(super) shutdown: &'a Shutdown,
     pub(super) lost: &'a Lost,
@@ -95,8 +97,9 @@ impl Pulling<'_> {
                         };
                         let shared = self.shared.clone();
                         let shutdown = self.shutdown.clone();
+                        let stream_created = self.stream_created;
                         let mut delivery = Box::pin(async move {
-                            deliver::deliver(&shared, message, &shutdown).await;
+                            deliver::deliver(&shared, message, stream_created, &shutdown).await;
                             drop(permit);
                         });
                         // A delivery that completes at its first poll (a quick

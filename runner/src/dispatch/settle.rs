@@ -61,6 +61,7 @@ async fn dead_letter(
         attempts: ctx.attempt,
         subject: &ctx.subject,
         stream: &ctx.stream,
+        stream_created: ctx.stream_created,
         sequence: ctx.sequence,
         failed_at: SystemTime::now(),
     };

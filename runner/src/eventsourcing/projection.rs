@@ -3,8 +3,11 @@
 //! event's key, calls the function with both, and stores what it returns
 //! against the revision it read (running the function again when another
 //! writer stored first). Each stored value carries the stream sequence of
-//! the event that made it (`Jetrun-Applied-Sequence`), and an event not
-//! newer than that is skipped: a redelivery or a replay cannot apply twice.
+//! the event that made it (`Jetrun-Applied-Sequence`) and which stream that
+//! was (`Jetrun-Applied-Stream`: its name and creation time), and an event
+//! of that same stream not newer than that is skipped: a redelivery or a
+//! replay cannot apply twice. An event of a stream deleted and made again
+//! (its sequences started over) is another stream's, and applies.
 //!
 //! A projection on a request function is a query: it reads the state at the
 //! request's key and answers with what the function returns, storing
@@ -64,6 +67,18 @@ pub(crate) const POINTER_TTL: Duration = Duration::from_secs(1);
 /// that wrote it.
 pub(crate) const APPLIED_SEQUENCE: &str = "Jetrun-Applied-Sequence";
 
+/// The header on a stored value naming the stream (`NAME@CREATED`, its
+/// creation time in Unix nanoseconds) of the event that wrote it. A value
+/// without it (written before jetrun wrote it) is taken to be of the
+/// stream being read.
+pub(crate) const APPLIED_STREAM: &str = "Jetrun-Applied-Stream";
+
+/// How `APPLIED_STREAM` names the stream an event was delivered from;
+/// `None` when its creation time is not known.
+fn applied_stream(ctx: &Context) -> Option<String> {
+    (ctx.stream_created != 0).then(|| format!("{}@{}", ctx.stream, ctx.stream_created))
+}
+
 /// How often an event is run again after losing the race to store, before
 /// it becomes a retryable failure.
 const MAX_CONFLICT_RUNS: u32 = 10;
@@ -97,6 +112,8 @@ struct Stored {
     revision: u64,
     /// The stream sequence of the last event applied to the key (0: none).
     applied: u64,
+    /// The stream that event was of (see [`APPLIED_STREAM`]).
+    applied_stream: Option<String>,
 }
 
 impl Stored {
@@ -104,6 +121,7 @@ impl Stored {
         state: Value::Null,
         revision: 0,
         applied: 0,
+        applied_stream: None,
     };
 
     /// The last message on a key's subject: a value, or a delete or purge
@@ -127,6 +145,7 @@ impl Stored {
             state,
             revision,
             applied,
+            applied_stream: header(APPLIED_STREAM).map(str::to_string),
         })
     }
 }
@@ -380,13 +399,14 @@ impl Bucket {
     }
 
     /// Stores `change` at `key`, provided the key is still at `revision`,
-    /// recording `applied` as its applied sequence. Returns the new revision.
+    /// recording `applied` as its applied sequence, of `stream`. Returns the
+    /// new revision.
     async fn write(
         &self,
         key: &str,
         change: &Change,
         revision: u64,
-        applied: u64,
+        (applied, stream): (u64, Option<&str>),
     ) -> Result<u64, WriteError> {
         let mut headers = HeaderMap::new();
         headers.put_number(
@@ -394,6 +414,11 @@ impl Bucket {
             revision,
         );
         headers.put_number(HeaderName::from_static(APPLIED_SEQUENCE), applied);
+        if let Some(stream) = stream {
+            headers
+                .put(HeaderName::from_static(APPLIED_STREAM), stream)
+                .map_err(|err| WriteError::Failed(Failure::permanent(err.to_string())))?;
+        }
         let body = match change {
             Change::Store(state) => serde_json::to_vec(state).unwrap_or_default(),
             Change::Delete => {
@@ -546,16 +571,28 @@ impl Function for Projector {
                     Stored::NONE
                 }
             };
-            // Sequence 0 is no stream's: nothing to guard with.
-            if ctx.sequence != 0 && stored.applied >= ctx.sequence {
+            // Sequence 0 is no stream's: nothing to guard with. Another
+            // stream's sequence (one made again, say) says nothing of this one's.
+            let stream = applied_stream(ctx);
+            let same_stream = match (&stored.applied_stream, &stream) {
+                (Some(stored), Some(now)) => stored == now,
+                _ => true,
+            };
+            if ctx.sequence != 0 && same_stream && stored.applied >= ctx.sequence {
                 let skipped = ("skipped", &self.metrics.skipped);
                 return Ok(self.answer(skipped, &bucket, &key, stored.revision));
             }
             let input = json!({"event": cloud_event, "key": key, "state": stored.state});
             let output = self.inner.call(&input_event(event, &input), ctx).await?;
             let change = parse_change(output.result.as_deref().unwrap_or_default())?;
-            let applied = ctx.sequence.max(stored.applied);
-            match bucket.write(&key, &change, stored.revision, applied).await {
+            let applied = if same_stream {
+                ctx.sequence.max(stored.applied)
+            } else {
+                ctx.sequence
+            };
+            let stream = stream.or(stored.applied_stream);
+            let guard = (applied, stream.as_deref());
+            match bucket.write(&key, &change, stored.revision, guard).await {
                 Ok(revision) => {
                     let outcome = change.outcome(&self.metrics);
                     return Ok(self.answer(outcome, &bucket, &key, revision));
@@ -700,13 +737,18 @@ mod tests {
 
     #[test]
     fn a_stored_value_carries_its_applied_sequence() {
-        let put = stored(&[(APPLIED_SEQUENCE, "9")], br#"{"count":3}"#).unwrap();
+        let put = stored(
+            &[(APPLIED_SEQUENCE, "9"), (APPLIED_STREAM, "ORDERS@5")],
+            br#"{"count":3}"#,
+        )
+        .unwrap();
         assert_eq!(
             put,
             Stored {
                 state: json!({"count": 3}),
                 revision: 12,
-                applied: 9
+                applied: 9,
+                applied_stream: Some("ORDERS@5".into()),
             }
         );
         let put_by_hand = stored(&[], b"7").unwrap();
@@ -725,7 +767,8 @@ mod tests {
             Stored {
                 state: Value::Null,
                 revision: 12,
-                applied: 30
+                applied: 30,
+                applied_stream: None,
             }
         );
         let purged = stored(&[("KV-Operation", "PURGE")], b"").unwrap();

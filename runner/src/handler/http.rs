@@ -442,6 +442,7 @@ mod tests {
             attempt: 3,
             subject: "order.placed".into(),
             stream: "ORDERS".into(),
+            stream_created: 1,
             sequence: 7,
         }
     }

@@ -31,6 +31,26 @@ fn filters(subjects: &[String]) -> (String, Vec<String>) {
     }
 }
 
+/// When a stream was created (Unix nanoseconds): a stream deleted and made
+/// again starts its sequences over, and this tells the two apart.
+pub(crate) fn created_ns(info: &async_nats::jetstream::stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
+}
+
+/// Where a consumer stood when last seen: on which stream (its creation
+/// time) and up to which sequence every message was acked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Floor {
+    pub(crate) stream_created: u64,
+    pub(crate) ack_floor: u64,
+}
+
+/// A bound consumer and where it stands now.
+pub(crate) struct Bound {
+    pub(crate) consumer: PullConsumer,
+    pub(crate) floor: Floor,
+}
+
 impl Durable<'_> {
     /// The consumer's config. `start` is where a consumer that has to be made
     /// anew begins: the whole stream for a new one, or just past the last ack
@@ -56,18 +76,36 @@ impl Durable<'_> {
     }
 
     /// Binds the consumer: creates it when missing, updates it when its
-    /// settings (subjects included) differ. `start` only matters for a new one.
-    pub(crate) async fn bind(
-        &self,
-        js: &Context,
-        start: DeliverPolicy,
-    ) -> anyhow::Result<PullConsumer> {
+    /// settings (subjects included) differ. One that has to be made anew
+    /// starts just past `seen`, the floor this process last saw, when its
+    /// stream is the same one; at the stream's beginning when there is none,
+    /// or when the stream was deleted and made again since (its sequences
+    /// started over).
+    pub(crate) async fn bind(&self, js: &Context, seen: Option<Floor>) -> anyhow::Result<Bound> {
         let binding = self.binding;
         let (stream_name, name) = (&binding.stream, &binding.consumer);
-        let stream = js
+        let mut stream = js
             .get_stream(stream_name)
             .await
             .with_context(|| format!("cannot find stream {stream_name} for {}", self.serves))?;
+        let stream_created = created_ns(stream.cached_info());
+        let start = match seen {
+            Some(seen) if seen.stream_created == stream_created && seen.ack_floor > 0 => {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: seen.ack_floor + 1,
+                }
+            }
+            Some(seen) if seen.stream_created != stream_created => {
+                tracing::warn!(
+                    stream = %stream_name,
+                    consumer = %name,
+                    "The stream was deleted and made again since the consumer was bound; its \
+                     sequences started over, so a consumer made anew starts at its beginning."
+                );
+                DeliverPolicy::All
+            }
+            _ => DeliverPolicy::All,
+        };
         let mut want = self.config(start);
         if let Ok(existing) = stream.consumer_info(name).await {
             let theirs = &existing.config;
@@ -105,11 +143,33 @@ impl Durable<'_> {
             }
             // The deliver policy of an existing consumer cannot change; keep it.
             want.deliver_policy = theirs.deliver_policy;
+        } else if seen.is_none() {
+            // Made anew with no floor seen by this process: a new function's,
+            // or one deleted while no runner was running. Both start at the
+            // stream's beginning; say how much that is.
+            let held = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+            if held > 0 {
+                tracing::warn!(
+                    stream = %stream_name,
+                    consumer = %name,
+                    subjects = ?binding.subjects,
+                    stream_messages = held,
+                    "Creating the consumer; it starts at the beginning of its stream, so every \
+                     event already stored on its subjects is delivered (again, if a consumer of \
+                     this name was deleted while no runner was running). To start elsewhere, \
+                     create it first: see docs/RELIABILITY.md."
+                );
+            }
         }
-        stream
+        let consumer = stream
             .create_consumer(want)
             .await
-            .with_context(|| format!("cannot bind consumer {name} on stream {stream_name}"))
+            .with_context(|| format!("cannot bind consumer {name} on stream {stream_name}"))?;
+        let floor = Floor {
+            stream_created,
+            ack_floor: consumer.cached_info().ack_floor.stream_sequence,
+        };
+        Ok(Bound { consumer, floor })
     }
 }
 
@@ -143,9 +203,13 @@ impl Reader<'_> {
     }
 }
 
-/// Whether a consumer-info error says the consumer is gone.
+/// Whether a consumer-info error says the consumer is gone (with its
+/// stream, or alone).
 pub(crate) fn is_consumer_not_found(
     err: &async_nats::jetstream::context::ConsumerInfoError,
 ) -> bool {
-    matches!(err.kind(), ConsumerInfoErrorKind::NotFound)
+    matches!(
+        err.kind(),
+        ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+    )
 }

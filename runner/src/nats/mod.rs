@@ -9,7 +9,7 @@ mod kv;
 mod streams;
 
 pub(crate) use connect::{connect, connect_once};
-pub(crate) use consumer::{is_consumer_not_found, Durable};
+pub(crate) use consumer::{created_ns, is_consumer_not_found, Bound, Durable, Floor};
 pub(crate) use history::{stream_info, History, Item, Start, Stored};
 pub(crate) use kv::{dead_letter_bodies, BucketSpec, DEAD_LETTER_BODIES};
 pub(crate) use streams::{ensure_streams, StreamConflict};

@@ -633,14 +633,15 @@ async fn publish(saga: &Saga, event: &Publish) -> Result<(), SagaError> {
 /// the drain.
 async fn watch_instances(saga: Arc<Saga>, loaded: Loaded, shutdown: Shutdown) {
     loop {
-        let Some((mut entries, held)) = retry_until("watch the saga's instances", &shutdown, || {
-            let kv = saga.kv.clone();
-            async move {
-                let held = kv.status().await?.info.state.messages;
-                Ok::<_, async_nats::Error>((kv.watch_all_from_revision(1).await?, held))
-            }
-        })
-        .await
+        let Some((mut entries, held)) =
+            retry_until("watch the saga's instances", &shutdown, || {
+                let kv = saga.kv.clone();
+                async move {
+                    let held = kv.status().await?.info.state.messages;
+                    Ok::<_, async_nats::Error>((kv.watch_all_from_revision(1).await?, held))
+                }
+            })
+            .await
         else {
             return;
         };
