@@ -174,6 +174,18 @@ async fn a_stream_made_again_is_read_from_its_beginning() {
         "{}",
         runner.log()
     );
+    jetrun_e2e::faults::Row {
+        scenario: "the stream deleted and made again under a running function",
+        acknowledged: "15 (10 before, 5 after)".into(),
+        lost: "0".into(),
+        more_than_once: "0 events".into(),
+        dead_lettered: "2 (a poison event at sequence 1 of each stream)".into(),
+        recovery: None,
+        notes: "the consumer recreated with deliver policy all on the new stream, though its \
+                sequences are below the old ack floor (10)"
+            .into(),
+    }
+    .record();
 }
 
 /// The way to start a function past its stream's history, as the README

@@ -413,4 +413,21 @@ async fn a_restart_over_many_instances_fires_every_running_deadline() {
         mib(rss_after)
     );
     assert!(mib(rss_after) < 100.0, "RSS {:.1} MiB", mib(rss_after));
+    jetrun_e2e::faults::Row {
+        scenario: &format!(
+            "a saga runner started over {ended} ended and {running} running instances"
+        ),
+        acknowledged: format!("{running} running instances' deadlines"),
+        lost: "0 deadlines unfired".into(),
+        more_than_once: "0 timeouts fired twice".into(),
+        dead_lettered: "-".into(),
+        recovery: Some(ready_after),
+        notes: format!(
+            "recovery = start to /readyz 200 (every instance read); RSS {:.1} MiB at ready, \
+             {:.1} MiB after every deadline fired",
+            mib(rss),
+            mib(rss_after)
+        ),
+    }
+    .record();
 }
