@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use jetrun_e2e::{
-    holds_for, publish_with_headers, record_then, run_command, stream_len, stream_messages,
+    header, holds_for, publish_with_headers, record_then, run_command, stream_len, stream_messages,
     toml_str, unix_now, wait_acked, wait_for_consumer, wait_until, write_config, Runner, TestBed,
 };
 use serde_json::Value;
@@ -168,7 +168,8 @@ async fn dead_letters_are_listed_shown_and_replayed_once() {
         "\nheaders:\n  Jetrun-Function: flaky\n  Jetrun-Reason: permanent\n",
         "\n  Jetrun-Original-Subject: ev.flaky\n  Jetrun-Original-Stream: EVENTS\n  \
          Jetrun-Original-Sequence: 1\n",
-        "\n  Nats-Msg-Id: EVENTS:1:flaky\n",
+        "\n  Nats-Msg-Id: EVENTS@",
+        ":1:flaky\n",
         "\n  X-Trace-Id: trace-1\n",
         "\nbody (7 bytes, UTF-8 text):\n{\"n\":1}\n",
     ] {
@@ -219,8 +220,17 @@ async fn dead_letters_are_listed_shown_and_replayed_once() {
 
     // A replay cut short after its publish (before the delete) runs again
     // without a second delivery: the target stream drops the repeat.
+    // Its id: `replay:<DLQ sequence>:<the dead letter's own Nats-Msg-Id>`.
+    let letter = js
+        .get_stream("DLQ")
+        .await
+        .expect("DLQ")
+        .get_raw_message(2)
+        .await
+        .expect("dead letter 2");
+    let letter_id = header(&letter.headers, "Nats-Msg-Id").expect("the dead letter's id");
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "replay:2:EVENTS:2");
+    headers.insert("Nats-Msg-Id", format!("replay:2:{letter_id}").as_str());
     let first = js
         .publish_with_headers("ev.flaky", headers, r#"{"n":2}"#.into())
         .await

@@ -334,6 +334,25 @@ async fn the_happy_path_completes_and_failures_compensate_in_reverse() {
     .await;
     assert_eq!(instance(&kv, "ok-1").await.unwrap(), before);
     assert!(instance(&kv, "nobody").await.is_none());
+    // The reply for no instance was retried, then dead-lettered: not lost.
+    let js = &bed.jetstream().await;
+    let saga_letters = || async move {
+        jetrun_e2e::stream_messages(js, "DLQ")
+            .await
+            .into_iter()
+            .filter(|m| m.subject.as_str() == "dlq.saga-fulfil")
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the unknown reply dead-lettered",
+        || async move { !saga_letters().await.is_empty() },
+    )
+    .await;
+    let letters = saga_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let error = jetrun_e2e::header(&letters[0].headers, "Jetrun-Error").unwrap_or_default();
+    assert!(error.contains("no instance of saga fulfil"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
