@@ -488,16 +488,28 @@ fn a_runner_that_is_not_root_refuses_another_user_at_start() {
     let binary = dir.path().join("jetrun");
     std::fs::copy(jetrun_bin(), &binary).expect("copy jetrun where nobody can run it");
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let output = Command::new(&binary)
-        .args(["run", "-c"])
-        .arg(&config)
-        .env_remove("JETRUN_CONFIG")
-        .env_remove("JETRUN_NATS_URL")
-        .uid(uid)
-        .gid(gid)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run jetrun as nobody");
+    // The copy was just written: a child another test thread forks meanwhile
+    // holds its write descriptor until that child's exec closes it, and
+    // running the file then fails with "Text file busy". Try again shortly.
+    let mut tries = 0;
+    let output = loop {
+        let run = Command::new(&binary)
+            .args(["run", "-c"])
+            .arg(&config)
+            .env_remove("JETRUN_CONFIG")
+            .env_remove("JETRUN_NATS_URL")
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .output();
+        match run {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            run => break run.expect("run jetrun as nobody"),
+        }
+    };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
