@@ -171,7 +171,7 @@ impl Reserved {
 
     /// Refuses `subject` when it is reserved and no pattern of `emits` names
     /// its space outright (its first token written out, not a wildcard).
-    pub(crate) fn check(&self, subject: &str, emits: Option<&[String]>) -> Result<(), String> {
+    pub(crate) fn check(&self, subject: &str, emits: Option<&[String]>) -> Result<(), IsReserved> {
         let Some(reserved) = self
             .patterns
             .iter()
@@ -188,12 +188,24 @@ impl Reserved {
         if allowed {
             return Ok(());
         }
-        Err(format!(
-            "subject {subject} is reserved ({reserved}): jetrun publishes there only when the \
-             function's emits names it outright, like emits = [\"{}.>\"]",
-            first(subject)
-        ))
+        Err(IsReserved {
+            subject: subject.to_string(),
+            pattern: reserved.clone(),
+            space: first(subject),
+        })
     }
+}
+
+/// Why [`Reserved::check`] refused a subject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "subject {subject} is reserved ({pattern}): jetrun publishes there only when the function's \
+     emits names it outright, like emits = [\"{space}.>\"]"
+)]
+pub(crate) struct IsReserved {
+    subject: String,
+    pattern: String,
+    space: String,
 }
 
 /// Publishes what one function emits: each event with its deterministic id
@@ -311,7 +323,7 @@ mod tests {
             "dlq.reserve-stock",
             "failed.orders",
         ] {
-            let why = reserved.check(subject, None).unwrap_err();
+            let why = reserved.check(subject, None).unwrap_err().to_string();
             assert!(
                 why.contains(&format!("subject {subject} is reserved")),
                 "{why}"

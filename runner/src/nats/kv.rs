@@ -69,7 +69,9 @@ impl BucketSpec<'_> {
         };
         if let Ok(store) = js.get_key_value(self.name).await {
             if self.message_ttl {
-                self.allow_message_ttl(js).await.map_err(failed)?;
+                self.allow_message_ttl(js)
+                    .await
+                    .map_err(|err| failed(err.to_string()))?;
             }
             return Ok(store);
         }
@@ -100,20 +102,15 @@ impl BucketSpec<'_> {
     }
 
     /// Lets a bucket made before values carried a TTL take them.
-    async fn allow_message_ttl(&self, js: &Context) -> Result<(), String> {
-        let stream = js
-            .get_stream(format!("KV_{}", self.name))
-            .await
-            .map_err(|err| err.to_string())?;
+    async fn allow_message_ttl(&self, js: &Context) -> Result<(), async_nats::Error> {
+        let stream = js.get_stream(format!("KV_{}", self.name)).await?;
         let mut config = stream.cached_info().config.clone();
         if config.allow_message_ttl {
             return Ok(());
         }
         config.allow_message_ttl = true;
         config.subject_delete_marker_ttl = Some(TTL_MARKERS);
-        js.update_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|err| err.to_string())
+        js.update_stream(config).await?;
+        Ok(())
     }
 }
