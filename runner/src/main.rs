@@ -12,6 +12,7 @@ mod eventsourcing;
 mod handler;
 mod headers;
 mod layers;
+mod logging;
 mod metrics;
 mod nats;
 mod readiness;
@@ -34,7 +35,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logging(cli.log_format);
+    logging::init(cli.log_format);
     // A panic is contained where it happens (the event is retried, the task
     // started again); its report goes to the log like anything else.
     std::panic::set_hook(Box::new(|panic| {

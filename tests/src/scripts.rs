@@ -21,6 +21,8 @@ pub fn record_then(rest: &str) -> String {
 /// and this is attempt n, it dies mid-event instead (exit 3, no reply). It
 /// answers a retryable failure for an event whose data has `"poison": true`,
 /// and for every event while the file `$DOWN` exists (a downstream outage).
+/// An event whose data has `"block": true` waits while the file `$BLOCK`
+/// exists.
 pub const WORKER_PY: &str = r#"import json
 import os
 import sys
@@ -29,6 +31,7 @@ import time
 ledger = os.environ["LEDGER"]
 pace = float(os.environ.get("PACE_MS", "0")) / 1000
 down = os.environ.get("DOWN")
+block = os.environ.get("BLOCK")
 for line in sys.stdin:
     request = json.loads(line)
     event = request["event"]
@@ -40,6 +43,9 @@ for line in sys.stdin:
         os._exit(3)
     if pace:
         time.sleep(pace)
+    if block and isinstance(data, dict) and data.get("block"):
+        while os.path.exists(block):
+            time.sleep(0.05)
     if isinstance(data, dict) and data.get("poison"):
         reply = {"ok": False, "error": "poison event"}
     elif down and os.path.exists(down):

@@ -19,7 +19,6 @@ mod status;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 use args::ConfigArg;
 
@@ -121,24 +120,6 @@ const INIT_EXAMPLES: &str = "\
 Examples:
   jetrun init                        # writes ./jetrun.toml
   jetrun init /etc/jetrun/jetrun.toml --force";
-
-pub(crate) fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("JETRUN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,async_nats::connector=off"));
-    // Colours only for a person at a terminal, not for journald or a file.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
-    }
-}
 
 pub(crate) async fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {

@@ -55,6 +55,7 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
         let name = &shared.unit.name;
         let mut in_flight = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency));
+        let pace = Arc::new(pull::Pace::default());
         // The floor last seen: none until the first bind.
         let seen: Arc<Mutex<Option<Floor>>> = Arc::default();
         while !shutdown.is_draining() {
@@ -85,6 +86,7 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
                 consumer: &consumer,
                 stream_created,
                 permits: &permits,
+                pace: &pace,
                 shutdown: &shutdown,
                 lost: &lost,
             };

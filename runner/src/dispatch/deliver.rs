@@ -14,62 +14,82 @@ use tracing::Instrument;
 use super::retry::Attempt;
 use super::{settle, Shared};
 use crate::envelope::{self, Origin};
+use crate::logging::{self, EventFields};
 use crate::shutdown::Shutdown;
 use crate::tasks;
+
+/// What the pull read from a message's reply subject, once.
+pub(super) struct Delivery {
+    /// The delivery count, from 1.
+    pub(super) attempt: u64,
+    pub(super) stream: String,
+    /// When the stream was created (see [`crate::nats::Floor`]).
+    pub(super) stream_created: u64,
+    pub(super) sequence: u64,
+    pub(super) published: std::time::SystemTime,
+}
+
+impl Delivery {
+    /// Reads `message`'s metadata; also what the server still holds for
+    /// the consumer. `None` (logged) for a message without it.
+    pub(super) fn of(
+        message: &jetstream::Message,
+        stream_created: u64,
+        function: &str,
+    ) -> Option<(Delivery, u64)> {
+        match message.info() {
+            Ok(info) => Some((
+                Delivery {
+                    attempt: info.delivered.max(1) as u64,
+                    stream: info.stream.to_string(),
+                    stream_created,
+                    sequence: info.stream_sequence,
+                    published: info.published.into(),
+                },
+                info.pending,
+            )),
+            Err(err) => {
+                tracing::error!(function = %function, %err, "A delivery without JetStream metadata; leaving it to redelivery.");
+                None
+            }
+        }
+    }
+}
 
 /// Handles one delivery from start to settlement.
 pub(super) async fn deliver(
     shared: &Shared,
     message: jetstream::Message,
-    stream_created: u64,
+    delivery: Delivery,
     shutdown: &Shutdown,
 ) {
     let metrics = &shared.metrics;
     let name = &shared.unit.name;
     metrics.received.inc();
-    let info = match message.info() {
-        Ok(info) => info,
-        Err(err) => {
-            tracing::error!(function = %name, %err, "A delivery without JetStream metadata; leaving it to redelivery.");
-            return;
-        }
-    };
-    let (attempt, stream, sequence) = (
-        info.delivered.max(1) as u64,
-        info.stream.to_string(),
-        info.stream_sequence,
-    );
+    let Delivery {
+        attempt,
+        stream,
+        stream_created,
+        sequence,
+        published,
+    } = delivery;
     let origin = Origin {
         subject: message.subject.as_str(),
         stream: &stream,
         sequence,
-        published: info.published.into(),
+        published,
     };
     let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload);
-    // Every field at creation, and strings as Display: the log formatter
-    // renders a span's fields when the span is made, logged in it or not,
-    // and Debug escapes every character of a string.
-    use tracing::field::display;
-    let (event_id, event_type, correlation_id, causation_id) = match &event {
-        Ok(e) => (
-            Some(display(e.id.as_str())),
-            Some(display(e.event_type.as_str())),
-            e.correlationid.as_deref().map(display),
-            e.causationid.as_deref().map(display),
-        ),
-        Err(_) => (None, None, None, None),
-    };
-    let span = tracing::info_span!(
-        "event",
-        function = %name,
-        event_id,
-        event_type,
-        correlation_id,
-        causation_id,
+    let span = logging::event_span(EventFields {
+        function: name.clone(),
+        event_id: event.as_ref().ok().map(|e| e.id.clone()),
+        event_type: event.as_ref().ok().map(|e| e.event_type.clone()),
+        correlation_id: event.as_ref().ok().and_then(|e| e.correlationid.clone()),
+        causation_id: event.as_ref().ok().and_then(|e| e.causationid.clone()),
         attempt,
-        stream = %stream,
+        stream: stream.clone(),
         sequence,
-    );
+    });
     let ctx = Context {
         function: name.clone(),
         attempt,
@@ -83,21 +103,26 @@ pub(super) async fn deliver(
             Ok(event) => {
                 // Boxed, like the dead-letter path: the task that carries
                 // each delivery stays small, so spawning it copies little.
-                let run = AssertUnwindSafe(Box::pin(call_and_emit(
+                let mut run = AssertUnwindSafe(Box::pin(call_and_emit(
                     shared, &event, &ctx, &message,
                 )))
                 .catch_unwind();
-                tokio::select! {
-                    result = run => match result {
-                        Ok(Ok(())) => Attempt::Handled,
-                        Ok(Err(failure)) => Attempt::Failed(failure),
-                        Err(panic) => Attempt::Panicked(tasks::panic_message(panic.as_ref())),
+                // A handler done at its first poll never waits on the drain.
+                let result = match (&mut run).now_or_never() {
+                    Some(result) => result,
+                    None => tokio::select! {
+                        result = run => result,
+                        () = shutdown.abandoned() => {
+                            tracing::warn!("Shutdown timeout reached; NAKing the event for redelivery.");
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            return;
+                        }
                     },
-                    () = shutdown.abandoned() => {
-                        tracing::warn!("Shutdown timeout reached; NAKing the event for redelivery.");
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                        return;
-                    }
+                };
+                match result {
+                    Ok(Ok(())) => Attempt::Handled,
+                    Ok(Err(failure)) => Attempt::Failed(failure),
+                    Err(panic) => Attempt::Panicked(tasks::panic_message(panic.as_ref())),
                 }
             }
             Err(failure) => Attempt::Failed(failure),

@@ -1,19 +1,37 @@
-//! Pulling a consumer's messages as handler slots free up: a pull asks for
-//! one message per free slot, so a saturated function leaves its messages on
-//! the server, for other replicas to take, and a pulled message is never
-//! left waiting for a slot past its ack wait.
+//! Pulling a consumer's messages: as many as there are free handler slots,
+//! plus, while the server says more are waiting and the handler is quick, a
+//! bounded buffer of messages pulled ahead (the prefetch), so a fast
+//! function at a small `concurrency` does not wait for a pull round trip
+//! between events. The next pull goes out before the current one is used
+//! up.
+//!
+//! A pulled message is never left unseen: every pull asks for no more than
+//! the free slots and the buffer's room, and the loop reads every message as
+//! it arrives. A buffered message is started as soon as a slot frees, and
+//! sent an in-progress ack every half ack wait while it waits, so a handler
+//! that suddenly blocks never lets one be redelivered behind its back. The
+//! buffer is small when the handler is slow (sized so that what waits in it
+//! would start within [`BUFFER_WAIT`] at the pace measured), and empty when
+//! the server reported no backlog, so a blocked handler holds on to the
+//! events that were already waiting, never to new ones.
 
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use futures::stream::{self, SelectAll, Stream};
 use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::consumer::Lost;
-use super::{deliver, Shared};
-use crate::shutdown::{retry_until, Shutdown};
+use super::deliver::{self, Delivery};
+use super::Shared;
+use crate::shutdown::Shutdown;
 
 /// How long one pull request waits on the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -21,6 +39,50 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 const PAUSE_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// The most messages asked for in one pull request.
 const MAX_BATCH: usize = 256;
+/// The most messages pulled ahead of a free slot.
+const MAX_BUFFER: usize = 512;
+/// How long a buffered message should wait for a slot, at the handler's
+/// measured pace: what sizes the buffer.
+const BUFFER_WAIT: Duration = Duration::from_millis(100);
+/// Pull requests out at once.
+const MAX_PULLS: usize = 4;
+
+/// The handler's pace: how long a delivery holds its slot, as a moving
+/// average, shared by every delivery of the unit.
+#[derive(Debug, Default)]
+pub(super) struct Pace {
+    /// Nanoseconds; 0 until the first delivery ends.
+    average_ns: AtomicU64,
+}
+
+impl Pace {
+    fn record(&self, held: Duration) {
+        let held = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        // An exponential moving average over about the last 16 deliveries;
+        // a lost update between two deliveries ending at once costs nothing.
+        let before = self.average_ns.load(Ordering::Relaxed);
+        let now = if before == 0 {
+            held
+        } else {
+            before - before / 16 + held / 16
+        };
+        self.average_ns.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// How many buffered messages `concurrency` slots would start within
+    /// [`BUFFER_WAIT`], at most [`MAX_BUFFER`]; none before any delivery
+    /// ended.
+    fn buffer_size(&self, concurrency: usize) -> usize {
+        let average = self.average_ns.load(Ordering::Relaxed);
+        if average == 0 {
+            return 0;
+        }
+        let per_slot = BUFFER_WAIT.as_nanos() as u64 / average;
+        (per_slot as usize)
+            .saturating_mul(concurrency)
+            .min(MAX_BUFFER)
+    }
+}
 
 /// One bound consumer being pulled.
 pub(super) struct Pulling<'a> {
@@ -29,116 +91,290 @@ pub(super) struct Pulling<'a> {
     /// When the consumer's stream was created (see [`crate::nats::Floor`]).
     pub(super) stream_created: u64,
     pub(super) permits: &'a Arc<Semaphore>,
+    pub(super) pace: &'a Arc<Pace>,
     pub(super) shutdown: &'a Shutdown,
     pub(super) lost: &'a Lost,
 }
 
+/// A message pulled ahead of a free slot.
+struct Buffered {
+    message: Message,
+    delivery: Delivery,
+    /// When it arrived, or was last sent an in-progress ack.
+    kept_alive: Instant,
+}
+
+/// What the pull requests out yield: a message of pull `id`, or its end.
+// All but one item of a pull are messages: boxing them would allocate per
+// message to save stack on the one end marker.
+#[allow(clippy::large_enum_variant)]
+enum Pulled {
+    Message(u64, Result<Message, async_nats::Error>),
+    Ended(u64),
+}
+
+type Pulls = SelectAll<Pin<Box<dyn Stream<Item = Pulled> + Send>>>;
+
+/// The pull requests out: what each asked for and has delivered.
+#[derive(Default)]
+struct Out {
+    pulls: Option<Pulls>,
+    /// Per pull: messages asked for, messages received.
+    counts: HashMap<u64, (usize, usize)>,
+    next_id: u64,
+}
+
+impl Out {
+    /// Messages asked for and not yet received.
+    fn outstanding(&self) -> usize {
+        self.counts.values().map(|(asked, got)| asked - got).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    fn add(&mut self, batch: async_nats::jetstream::consumer::pull::Batch, asked: usize) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.counts.insert(id, (asked, 0));
+        let pull = batch
+            .map(move |message| Pulled::Message(id, message))
+            .chain(stream::once(async move { Pulled::Ended(id) }));
+        self.pulls
+            .get_or_insert_with(SelectAll::new)
+            .push(Box::pin(pull));
+    }
+
+    fn received(&mut self, id: u64) {
+        if let Some((_, got)) = self.counts.get_mut(&id) {
+            *got += 1;
+        }
+    }
+
+    fn ended(&mut self, id: u64) {
+        self.counts.remove(&id);
+        if self.counts.is_empty() {
+            self.pulls = None;
+        }
+    }
+
+    /// Forgets every pull (after a reconnect the server may have too).
+    fn clear(&mut self) {
+        self.counts.clear();
+        self.pulls = None;
+    }
+
+    async fn next(&mut self) -> Option<Pulled> {
+        match &mut self.pulls {
+            Some(pulls) => pulls.next().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Pulling<'_> {
-    /// Pulls batches as slots free up, until draining or the consumer is lost.
+    /// Pulls and starts deliveries until draining (and what was pulled is
+    /// started), the consumer is lost, or the drain is abandoned.
     pub(super) async fn run(
         &self,
         in_flight: &mut JoinSet<()>,
         mut connections: watch::Receiver<u64>,
     ) {
+        let concurrency = self.shared.unit.concurrency;
+        let ack_wait = self.shared.unit.binding.ack_wait;
+        let mut buffer: VecDeque<Buffered> = VecDeque::new();
+        let mut out = Out::default();
+        // What the last message said was still waiting on the server.
+        let mut backlog = 0u64;
+        let mut paused_until: Option<Instant> = None;
+        let mut keep_alive = tokio::time::interval((ack_wait / 4).max(Duration::from_millis(50)));
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Reap finished deliveries so the set does not grow.
             while in_flight.try_join_next().is_some() {}
-            let first = tokio::select! {
-                biased;
-                () = self.shutdown.draining() => return,
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-            };
+            while !buffer.is_empty() {
+                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                if let Some(next) = buffer.pop_front() {
+                    self.start(next.message, next.delivery, permit, in_flight);
+                }
+            }
+            let draining = self.shutdown.is_draining();
+            if draining && out.is_empty() && buffer.is_empty() {
+                return;
+            }
             if self.lost.is_lost() {
                 return;
             }
-            let mut slots = take_free_slots(self.permits, first, self.shared.unit.concurrency);
-            let batch = retry_until("pull", self.shutdown, || {
-                self.consumer
-                    .batch()
-                    .max_messages(slots.len())
-                    .expires(PULL_EXPIRES)
-                    .messages()
-            })
-            .await;
-            let Some(mut batch) = batch else { return };
-            // Once a pull request is out, the server may deliver up to its size
-            // until it expires: handle every message it sends, even while
-            // draining (a slot is held for each), so none waits out the ack wait
-            // unseen and a drain (a reload, a shutdown) makes no redelivery.
-            loop {
-                let next = tokio::select! {
-                    next = batch.next() => next,
-                    // A deleted consumer sends nothing more: stop waiting on it.
-                    () = self.lost.notified() => return,
-                    // After a reconnect the server may have forgotten the pull
-                    // (a restarted nats-server has): pull again rather than wait
-                    // for the client to give up on it (its expiry plus 5 s).
-                    // Should it still be live (a cluster), what it would still
-                    // deliver is redelivered after the ack wait.
-                    Ok(()) = connections.changed() => {
-                        tracing::debug!("Reconnected to NATS; pulling again.");
-                        break;
-                    }
+            if paused_until.is_some_and(|until| Instant::now() >= until) {
+                paused_until = None;
+            }
+            if !draining && paused_until.is_none() && out.counts.len() < MAX_PULLS {
+                let room = if backlog > 0 {
+                    self.pace
+                        .buffer_size(concurrency)
+                        .saturating_sub(buffer.len())
+                } else {
+                    0
                 };
-                let Some(next) = next else { break };
-                match next {
-                    Ok(message) => {
-                        // The server sends at most what the pull asked for: one
-                        // slot each. Should it ever send more, wait for a slot.
-                        let permit = match slots.pop() {
-                            Some(permit) => permit,
-                            None => match self.permits.clone().acquire_owned().await {
-                                Ok(permit) => permit,
-                                Err(_) => return,
-                            },
-                        };
-                        let shared = self.shared.clone();
-                        let shutdown = self.shutdown.clone();
-                        let stream_created = self.stream_created;
-                        let mut delivery = Box::pin(async move {
-                            deliver::deliver(&shared, message, stream_created, &shutdown).await;
-                            drop(permit);
-                        });
-                        // A delivery that completes at its first poll (a quick
-                        // built-in, say) needs no task of its own; one that waits
-                        // goes on in one, from where it stopped.
-                        if futures::FutureExt::now_or_never(&mut delivery).is_none() {
-                            in_flight.spawn(delivery);
+                let want = self.permits.available_permits() + room;
+                let missing = want.saturating_sub(out.outstanding());
+                // A new pull once a good part of what could start is not
+                // asked for yet: the next one is out before this one is used up.
+                if missing > 0 && missing >= (want / 2).max(1) {
+                    let asked = missing.min(MAX_BATCH);
+                    match self
+                        .consumer
+                        .batch()
+                        .max_messages(asked)
+                        .expires(PULL_EXPIRES)
+                        .messages()
+                        .await
+                    {
+                        Ok(batch) => out.add(batch, asked),
+                        Err(err) => {
+                            tracing::warn!(%err, "Cannot pull yet; retrying.");
+                            paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "Pull request ended with an error; pulling again.");
-                        tokio::select! {
-                            () = self.shutdown.draining() => {}
-                            () = tokio::time::sleep(PAUSE_AFTER_ERROR) => {}
-                        }
-                        break;
-                    }
+                    continue;
                 }
             }
+            let pause = async {
+                match paused_until {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.shutdown.abandoned(), if draining => {
+                    // What never started goes back, like what is in flight.
+                    for buffered in buffer.drain(..) {
+                        let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
+                    }
+                    return;
+                }
+                // A deleted consumer sends nothing more: stop waiting on it.
+                () = self.lost.notified() => return,
+                // After a reconnect the server may have forgotten the pulls (a
+                // restarted nats-server has): pull again rather than wait for
+                // the client to give up on them (their expiry plus 5 s). Should
+                // one still be live (a cluster), what it would still deliver is
+                // redelivered after the ack wait.
+                Ok(()) = connections.changed() => {
+                    tracing::debug!("Reconnected to NATS; pulling again.");
+                    out.clear();
+                }
+                () = self.shutdown.draining(), if !draining => {}
+                _ = keep_alive.tick(), if !buffer.is_empty() => {
+                    keep_buffer_alive(&mut buffer, ack_wait / 2).await;
+                }
+                pulled = out.next() => {
+                    let mut pulled = pulled;
+                    // Then whatever else has arrived, without another turn
+                    // of this select.
+                    loop {
+                        match pulled {
+                            Some(Pulled::Message(id, Ok(message))) => {
+                                out.received(id);
+                                self.receive(message, &mut buffer, &mut backlog, in_flight);
+                            }
+                            Some(Pulled::Message(id, Err(err))) => {
+                                tracing::warn!(%err, "Pull request ended with an error; pulling again.");
+                                out.ended(id);
+                                paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+                            }
+                            Some(Pulled::Ended(id)) => out.ended(id),
+                            None => out.clear(),
+                        }
+                        match futures::FutureExt::now_or_never(out.next()) {
+                            Some(next) => pulled = next,
+                            None => break,
+                        }
+                    }
+                }
+                permit = self.permits.clone().acquire_owned(), if !buffer.is_empty() => {
+                    if let (Ok(permit), Some(next)) = (permit, buffer.pop_front()) {
+                        self.start(next.message, next.delivery, permit, in_flight);
+                    }
+                }
+                // A slot freed with nothing buffered or asked for: pull again.
+                _ = self.permits.acquire(),
+                    if buffer.is_empty() && out.is_empty() && !draining && paused_until.is_none() => {}
+                () = pause => {}
+            }
+        }
+    }
+
+    /// A message as it arrives: started when a slot is free and nothing
+    /// waits before it, else buffered (the pull asked for no more than the
+    /// free slots and the buffer's room).
+    fn receive(
+        &self,
+        message: Message,
+        buffer: &mut VecDeque<Buffered>,
+        backlog: &mut u64,
+        in_flight: &mut JoinSet<()>,
+    ) {
+        let Some((delivery, pending)) =
+            Delivery::of(&message, self.stream_created, &self.shared.unit.name)
+        else {
+            return;
+        };
+        *backlog = pending;
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) if buffer.is_empty() => self.start(message, delivery, permit, in_flight),
+            permit => {
+                drop(permit);
+                buffer.push_back(Buffered {
+                    message,
+                    delivery,
+                    kept_alive: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Starts one delivery holding `permit`. One that completes at its first
+    /// poll (a quick built-in, say) needs no task of its own; one that waits
+    /// goes on in one, from where it stopped.
+    fn start(
+        &self,
+        message: Message,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        in_flight: &mut JoinSet<()>,
+    ) {
+        let shared = self.shared.clone();
+        let shutdown = self.shutdown.clone();
+        let pace = self.pace.clone();
+        let mut delivery = Box::pin(async move {
+            let started = Instant::now();
+            deliver::deliver(&shared, message, delivery, &shutdown).await;
+            pace.record(started.elapsed());
+            drop(permit);
+        });
+        if futures::FutureExt::now_or_never(&mut delivery).is_none() {
+            in_flight.spawn(delivery);
         }
     }
 }
 
-/// The slots one pull takes: `first`, plus every other slot free now, up to
-/// `concurrency` and [`MAX_BATCH`]; the pull asks for one message per slot.
-fn take_free_slots(
-    permits: &Arc<Semaphore>,
-    first: OwnedSemaphorePermit,
-    concurrency: usize,
-) -> Vec<OwnedSemaphorePermit> {
-    let most = concurrency.min(MAX_BATCH);
-    let mut slots = vec![first];
-    while slots.len() < most {
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => slots.push(permit),
-            Err(_) => break,
+/// Sends an in-progress ack for each buffered message that has waited
+/// `every` since it arrived or was last kept alive.
+async fn keep_buffer_alive(buffer: &mut VecDeque<Buffered>, every: Duration) {
+    let now = Instant::now();
+    for buffered in buffer.iter_mut() {
+        if now.duration_since(buffered.kept_alive) >= every {
+            if let Err(err) = buffered.message.ack_with(AckKind::Progress).await {
+                tracing::debug!(%err, "In-progress ack of a buffered message failed.");
+            }
+            buffered.kept_alive = now;
         }
     }
-    slots
 }
 
 #[cfg(test)]
@@ -146,19 +382,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pull_asks_for_the_free_slots_only() {
-        let permits = Arc::new(Semaphore::new(16));
-        let first = permits.clone().try_acquire_owned().unwrap();
-        let slots = take_free_slots(&permits, first, 16);
-        assert_eq!(slots.len(), 16, "one slot held, 15 free");
-        drop(slots);
-        let held = permits.clone().try_acquire_many_owned(9).unwrap();
-        let first = permits.clone().try_acquire_owned().unwrap();
-        // 9 slots busy, the first held: 6 more free.
-        assert_eq!(take_free_slots(&permits, first, 16).len(), 7);
-        drop(held);
-        let many = Arc::new(Semaphore::new(999));
-        let first = many.clone().try_acquire_owned().unwrap();
-        assert_eq!(take_free_slots(&many, first, 1000).len(), MAX_BATCH);
+    fn the_buffer_follows_the_handlers_pace() {
+        let pace = Pace::default();
+        assert_eq!(pace.buffer_size(16), 0, "nothing measured yet: no prefetch");
+        pace.record(Duration::from_micros(10));
+        assert_eq!(
+            pace.buffer_size(16),
+            MAX_BUFFER,
+            "a quick handler: a full buffer"
+        );
+        let slow = Pace::default();
+        slow.record(Duration::from_millis(40));
+        assert_eq!(slow.buffer_size(1), 2, "100 ms of work at 40 ms each");
+        assert_eq!(slow.buffer_size(16), 32);
+        let blocked = Pace::default();
+        blocked.record(Duration::from_secs(5));
+        assert_eq!(
+            blocked.buffer_size(16),
+            0,
+            "slower than the wait: no prefetch"
+        );
+    }
+
+    #[test]
+    fn the_pace_moves_towards_what_deliveries_take() {
+        let pace = Pace::default();
+        pace.record(Duration::from_millis(1));
+        for _ in 0..100 {
+            pace.record(Duration::from_millis(50));
+        }
+        assert_eq!(pace.buffer_size(1), 2, "{pace:?}");
     }
 }
