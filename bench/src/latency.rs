@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::backlog::{self, Target};
 use crate::contenders::baseline::{self, BareConsumer};
-use crate::contenders::jetrun::{no_dead_letters, Function};
+use crate::contenders::jetrun::{no_dead_letters, Function, Tuning};
 use crate::harness::Harness;
 use crate::measure;
 use crate::runner::Runner;
@@ -46,33 +46,64 @@ pub(crate) struct Percentiles {
 pub(crate) struct LatencyReport {
     pub(crate) rate: u64,
     pub(crate) seconds: u64,
+    /// One per `--latency-samples`, each measured on fresh streams.
+    pub(crate) samples: Vec<LatencySample>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct LatencySample {
     /// Baseline, publish → received by the consumer.
     pub(crate) baseline_receive: Percentiles,
     /// Baseline, publish → its ack seen on `$JS.ACK`.
     pub(crate) baseline_ack: Percentiles,
-    /// jetrun `noop`, publish → its ack seen on `$JS.ACK`.
+    /// jetrun `noop` (default config), publish → its ack seen on `$JS.ACK`.
     pub(crate) jetrun_ack: Percentiles,
+    /// jetrun with the Python worker (default config), publish → ack seen.
+    pub(crate) python_ack: Percentiles,
 }
 
-/// Measures the baseline, then jetrun, each on a fresh stream.
+impl LatencyReport {
+    /// Median over the samples of jetrun-noop's percentile ÷ the baseline's.
+    pub(crate) fn median_ratio(&self, of: fn(&Percentiles) -> f64) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| of(&s.jetrun_ack) / of(&s.baseline_ack))
+            .filter(|r| r.is_finite())
+            .collect();
+        crate::report::median(&ratios)
+    }
+}
+
+/// Measures `--latency-samples` samples, each: the baseline, jetrun `noop`,
+/// then jetrun's Python worker, each on a fresh stream.
 pub(crate) async fn run(harness: &Harness) -> anyhow::Result<LatencyReport> {
     let epoch = Instant::now();
-    let (baseline_receive, baseline_ack) = baseline_latency(harness, epoch).await?;
-    let jetrun_ack = jetrun_latency(harness, epoch).await?;
+    let mut samples = Vec::new();
+    for sample in 1..=harness.options.latency_samples.max(1) {
+        let (baseline_receive, baseline_ack) = baseline_latency(harness, sample, epoch).await?;
+        let jetrun_ack = jetrun_latency(harness, sample, Function::Noop, epoch).await?;
+        let python_ack = jetrun_latency(harness, sample, Function::PythonWorker, epoch).await?;
+        samples.push(LatencySample {
+            baseline_receive,
+            baseline_ack,
+            jetrun_ack,
+            python_ack,
+        });
+    }
     Ok(LatencyReport {
         rate: harness.options.rate,
         seconds: harness.options.seconds,
-        baseline_receive,
-        baseline_ack,
-        jetrun_ack,
+        samples,
     })
 }
 
 async fn baseline_latency(
     harness: &Harness,
+    sample: usize,
     epoch: Instant,
 ) -> anyhow::Result<(Percentiles, Percentiles)> {
-    let target = Target::new("latency-baseline", 1);
+    let target = Target::new("latency-baseline", sample);
     let stream = target.create(&harness.js).await?;
     let observer = AckObserver::start(harness, &target.stream, baseline::DURABLE, epoch).await?;
     // (sent, received) per message that carried a send time.
@@ -117,15 +148,17 @@ async fn baseline_latency(
     ))
 }
 
-async fn jetrun_latency(harness: &Harness, epoch: Instant) -> anyhow::Result<Percentiles> {
-    let target = Target::new("latency-jetrun", 1);
+async fn jetrun_latency(
+    harness: &Harness,
+    sample: usize,
+    function: Function,
+    epoch: Instant,
+) -> anyhow::Result<Percentiles> {
+    let name = format!("latency-{}", function.name());
+    let target = Target::new(&name, sample);
     let stream = target.create(&harness.js).await?;
-    let function = Function::Noop;
-    let mut runner = Runner::start(
-        harness,
-        "latency-jetrun",
-        &function.config(harness, &target)?,
-    )?;
+    let config = function.config(harness, &target, Tuning::default())?;
+    let mut runner = Runner::start(harness, &format!("{name}-{sample}"), &config)?;
     runner.wait_ready().await?;
     let observer = AckObserver::start(harness, &target.stream, function.name(), epoch).await?;
     let published = publish_at_rate(harness, &target.subject, epoch).await?;
@@ -316,18 +349,22 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Fails when the consumer saw nothing at all: the method is broken, not slow.
+/// Fails when a consumer saw nothing at all: the method is broken, not slow.
 pub(crate) fn check(report: &LatencyReport) -> anyhow::Result<()> {
-    for (name, p) in [
-        ("baseline publish → receive", &report.baseline_receive),
-        ("baseline publish → ack", &report.baseline_ack),
-        ("jetrun-noop publish → ack", &report.jetrun_ack),
-    ] {
-        if p.samples == 0 {
-            bail!(
-                "latency: no sample for {name} ({} events missing)",
-                p.missing
-            );
+    for (n, sample) in report.samples.iter().enumerate() {
+        for (name, p) in [
+            ("baseline publish → receive", &sample.baseline_receive),
+            ("baseline publish → ack", &sample.baseline_ack),
+            ("jetrun-noop publish → ack", &sample.jetrun_ack),
+            ("jetrun-python-worker publish → ack", &sample.python_ack),
+        ] {
+            if p.samples == 0 {
+                bail!(
+                    "latency sample {}: no sample for {name} ({} events missing)",
+                    n + 1,
+                    p.missing
+                );
+            }
         }
     }
     Ok(())

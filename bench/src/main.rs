@@ -142,8 +142,9 @@ async fn measure_all(
     }
     if selection.latency {
         progress(format_args!(
-            "latency: {}/s for 1 + {} s, baseline then jetrun-noop ...",
-            options.rate, options.seconds
+            "latency: {}/s for 1 + {} s, {} sample(s) of the baseline, jetrun-noop and the \
+             Python worker ...",
+            options.rate, options.seconds, options.latency_samples
         ));
         let started = Instant::now();
         let report = latency::run(&harness).await.context("latency")?;
@@ -153,7 +154,7 @@ async fn measure_all(
     }
     if selection.rss {
         progress(format_args!(
-            "rss: idle with 10 functions, then backlogs up to {} ...",
+            "rss: idle with 10 and 100 functions, then backlogs up to {} ...",
             options.backlog
         ));
         let started = Instant::now();

@@ -27,8 +27,9 @@ pub(crate) struct Options {
     /// Runs of every throughput contender, interleaved; the table gives medians and min-max.
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
-    /// Only these, comma-separated: baseline, baseline-1000, jetrun-noop, jetrun-emit,
-    /// jetrun-python-worker, jetrun-exec-per-event, faststream-noop, latency, rss.
+    /// Only these, comma-separated: baseline, baseline-1000, baseline-emit, jetrun-noop,
+    /// jetrun-noop-256, jetrun-emit, jetrun-python-worker, jetrun-python-worker-2,
+    /// jetrun-exec-per-event, faststream-noop, latency, rss.
     /// The baseline always runs: ratios need it.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
@@ -46,13 +47,13 @@ pub(crate) struct Options {
     /// Also write every measurement as JSON to this file (`-` for stdout, after the table).
     #[arg(long, value_name = "PATH")]
     pub(crate) json: Option<PathBuf>,
-    /// `concurrency` of the jetrun functions (built-ins and the Python worker).
+    /// `concurrency` of jetrun-noop-256 (the other jetrun contenders keep the default, 16).
     #[arg(long, default_value_t = 256)]
     pub(crate) concurrency: usize,
     /// `concurrency` of the per-event exec function (one process per event in flight).
     #[arg(long, default_value_t = 16)]
     pub(crate) exec_concurrency: usize,
-    /// `workers` of the Python worker-mode function.
+    /// `workers` of jetrun-python-worker-2 (jetrun-python-worker keeps the default, 1).
     #[arg(long, default_value_t = 2)]
     pub(crate) workers: usize,
     /// Latency: events per second.
@@ -61,8 +62,12 @@ pub(crate) struct Options {
     /// Latency: seconds measured per consumer (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
     pub(crate) seconds: u64,
+    /// Latency: samples, each of the baseline, jetrun-noop and the Python worker; the
+    /// targets take the median ratio (and every sample, for the Python worker's tail).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) latency_samples: usize,
     /// RSS: events waiting behind a blocked function.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     pub(crate) backlog: u64,
     /// The Python venv holding FastStream; made (python3 -m venv, pip install
     /// 'faststream[nats]==0.7.*') when missing, except with --smoke or --no-install.
@@ -105,6 +110,7 @@ impl Options {
             self.runs = 1;
             self.rate = 500;
             self.seconds = 2;
+            self.latency_samples = 1;
             self.backlog = 5_000;
             self.no_install = true;
         }

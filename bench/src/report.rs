@@ -45,8 +45,10 @@ pub(crate) struct Summary {
     pub(crate) max_events_per_second: f64,
     /// Median over runs of (this run's events/s ÷ the baseline's in the same run).
     pub(crate) ratio_to_baseline: Option<f64>,
-    /// The same against faststream-noop (jetrun-python-worker only).
+    /// The same against faststream-noop (the Python workers only).
     pub(crate) ratio_to_faststream: Option<f64>,
+    /// The same against baseline-emit (jetrun-emit only).
+    pub(crate) ratio_to_baseline_emit: Option<f64>,
     pub(crate) median_server_cpu_us: Option<f64>,
     pub(crate) median_consumer_cpu_us: Option<f64>,
     pub(crate) max_peak_rss_kib: Option<u64>,
@@ -86,6 +88,7 @@ impl Results {
         };
         let baseline = measured(Contender::Baseline);
         let faststream = measured(Contender::FaststreamNoop);
+        let baseline_emit = measured(Contender::BaselineEmit);
         self.contenders
             .iter()
             .map(|(contender, outcomes)| {
@@ -105,8 +108,14 @@ impl Results {
                     min_events_per_second: rates.iter().copied().fold(f64::NAN, f64::min),
                     max_events_per_second: rates.iter().copied().fold(f64::NAN, f64::max),
                     ratio_to_baseline: paired_ratio(&mine, &baseline),
-                    ratio_to_faststream: (*contender == Contender::JetrunPythonWorker)
-                        .then(|| paired_ratio(&mine, &faststream))
+                    ratio_to_faststream: matches!(
+                        contender,
+                        Contender::JetrunPythonWorker | Contender::JetrunPythonWorker2
+                    )
+                    .then(|| paired_ratio(&mine, &faststream))
+                    .flatten(),
+                    ratio_to_baseline_emit: (*contender == Contender::JetrunEmit)
+                        .then(|| paired_ratio(&mine, &baseline_emit))
                         .flatten(),
                     median_server_cpu_us: median(
                         &runs
@@ -134,59 +143,96 @@ impl Results {
             .collect()
     }
 
-    /// The targets of issue 5, with what this run reached.
+    /// The targets (issue 15), with what this run reached.
     pub(crate) fn targets(&self, summaries: &[Summary]) -> Vec<TargetCheck> {
-        let ratio = |contender: Contender, faststream: bool| {
-            summaries
-                .iter()
-                .find(|s| s.contender == contender)
-                .and_then(|s| match faststream {
-                    true => s.ratio_to_faststream,
-                    false => s.ratio_to_baseline,
-                })
-        };
+        let find = |contender: Contender| summaries.iter().find(|s| s.contender == contender);
         let at_least = |target: &str, value: Option<f64>, floor: f64| TargetCheck {
             target: target.to_string(),
             reached: value.map_or("not measured".into(), |v| format!("{v:.2}x")),
             met: value.map(|v| v >= floor),
         };
+        let at_most = |target: &str, value: Option<f64>, ceiling: f64, unit: &str| TargetCheck {
+            target: target.to_string(),
+            reached: value.map_or("not measured".into(), |v| format!("{v:.2}{unit}")),
+            met: value.map(|v| v <= ceiling),
+        };
         let mut checks = vec![
             at_least(
-                "jetrun-noop >= 0.90x baseline",
-                ratio(Contender::JetrunNoop, false),
+                "jetrun-noop (default config) >= 0.90x baseline",
+                find(Contender::JetrunNoop).and_then(|s| s.ratio_to_baseline),
                 0.90,
             ),
             at_least(
-                "jetrun-emit >= 0.45x baseline",
-                ratio(Contender::JetrunEmit, false),
-                0.45,
+                "jetrun-noop-256 >= 0.95x baseline",
+                find(Contender::JetrunNoop256).and_then(|s| s.ratio_to_baseline),
+                0.95,
             ),
             at_least(
-                "jetrun-python-worker >= 3x faststream-noop",
-                ratio(Contender::JetrunPythonWorker, true),
+                "jetrun-emit >= 0.85x baseline-emit",
+                find(Contender::JetrunEmit).and_then(|s| s.ratio_to_baseline_emit),
+                0.85,
+            ),
+            at_least(
+                "jetrun-python-worker (1 worker) >= 3x faststream-noop",
+                find(Contender::JetrunPythonWorker).and_then(|s| s.ratio_to_faststream),
+                3.0,
+            ),
+            at_least(
+                "jetrun-python-worker-2 >= 3x faststream-noop",
+                find(Contender::JetrunPythonWorker2).and_then(|s| s.ratio_to_faststream),
                 3.0,
             ),
         ];
-        let p99 = self
-            .latency
-            .as_ref()
-            .map(|l| l.jetrun_ack.p99_ms / l.baseline_ack.p99_ms);
-        checks.push(TargetCheck {
-            target: "jetrun-noop latency p99 <= 1.5x baseline's".into(),
-            reached: p99.map_or("not measured".into(), |v| format!("{v:.2}x")),
-            met: p99.map(|v| v <= 1.5),
-        });
-        let idle = self.rss.as_ref().and_then(|r| r.idle_kib);
-        checks.push(TargetCheck {
-            target: "runner RSS idle with 10 functions < 30 MiB".into(),
-            reached: idle.map_or("not measured".into(), mib),
-            met: idle.map(|kib| kib < 30 * 1024),
-        });
-        let backlogs = self
-            .rss
-            .as_ref()
-            .map(|r| r.backlogs.as_slice())
-            .unwrap_or(&[]);
+        let latency = self.latency.as_ref();
+        checks.push(at_most(
+            "jetrun-noop latency p50 <= 1.2x baseline's (median)",
+            latency.and_then(|l| l.median_ratio(|p| p.p50_ms)),
+            1.2,
+            "x",
+        ));
+        checks.push(at_most(
+            "jetrun-noop latency p99 <= 1.5x baseline's (median)",
+            latency.and_then(|l| l.median_ratio(|p| p.p99_ms)),
+            1.5,
+            "x",
+        ));
+        let worst = |of: fn(&Percentiles) -> f64| {
+            latency.filter(|l| !l.samples.is_empty()).map(|l| {
+                l.samples
+                    .iter()
+                    .map(|s| of(&s.python_ack))
+                    .fold(0.0, f64::max)
+            })
+        };
+        checks.push(at_most(
+            "python worker latency p99 <= 3 ms (every sample)",
+            worst(|p| p.p99_ms),
+            3.0,
+            " ms (worst)",
+        ));
+        checks.push(at_most(
+            "python worker latency p99.9 <= 10 ms (every sample)",
+            worst(|p| p.p999_ms),
+            10.0,
+            " ms (worst)",
+        ));
+        let rss = self.rss.as_ref();
+        let below = |target: &str, kib: Option<u64>, mib_limit: u64| TargetCheck {
+            target: target.to_string(),
+            reached: kib.map_or("not measured".into(), mib),
+            met: kib.map(|kib| kib < mib_limit * 1024),
+        };
+        checks.push(below(
+            "runner RSS idle with 10 functions < 30 MiB",
+            rss.and_then(|r| r.idle_kib),
+            30,
+        ));
+        checks.push(below(
+            "runner RSS idle with 100 functions < 40 MiB",
+            rss.and_then(|r| r.idle_100_kib),
+            40,
+        ));
+        let backlogs = rss.map(|r| r.backlogs.as_slice()).unwrap_or(&[]);
         let bounded = match backlogs {
             [small, .., large] => match (small.rss_kib, large.rss_kib) {
                 // Bounded: the large backlog costs at most 2 MiB and 20 % more.
@@ -205,7 +251,7 @@ impl Results {
             _ => None,
         };
         checks.push(TargetCheck {
-            target: "runner RSS bounded with a backlog (issue: 1,000,000 waiting)".into(),
+            target: "runner RSS bounded with a backlog (1,000,000 waiting)".into(),
             reached: bounded
                 .as_ref()
                 .map_or("not measured".into(), |b| b.0.clone()),
@@ -220,9 +266,10 @@ impl Results {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "jetrun-bench{}: {} events per contender (python-worker and faststream a tenth, \
-             exec-per-event a hundredth), {} run(s), nats-server {}, jetrun concurrency {} \
-             (exec per event {}, Python workers {})\n",
+            "jetrun-bench{}: {} events per contender (the Python workers and faststream a \
+             tenth, exec-per-event a hundredth), {} run(s), nats-server {}; jetrun contenders \
+             run the default config, but jetrun-noop-256 (concurrency {}), exec-per-event \
+             (concurrency {}) and python-worker-2 (workers {})\n",
             if setup.smoke { " --smoke" } else { "" },
             thousands(setup.events),
             setup.runs,
@@ -237,6 +284,7 @@ impl Results {
             "events/s",
             "spread (min-max)",
             "x baseline",
+            "x baseline-emit",
             "x faststream",
             "server µs/ev",
             "consumer µs/ev",
@@ -268,6 +316,7 @@ impl Results {
                     thousands(s.max_events_per_second.round() as u64)
                 ),
                 optional(s.ratio_to_baseline, |r| format!("{r:.2}")),
+                optional(s.ratio_to_baseline_emit, |r| format!("{r:.2}")),
                 optional(s.ratio_to_faststream, |r| format!("{r:.2}")),
                 optional(s.median_server_cpu_us, |v| format!("{v:.1}")),
                 optional(s.median_consumer_cpu_us, |v| format!("{v:.1}")),
@@ -292,23 +341,39 @@ impl Results {
         if let Some(latency) = &self.latency {
             let _ = writeln!(
                 out,
-                "\nlatency at {}/s for {} s after 1 s of warm-up (ms: p50 / p99 / p99.9 / max):",
+                "\nlatency at {}/s for {} s after 1 s of warm-up, {} sample(s) (ms: p50 / p99 / \
+                 p99.9 / max):",
                 thousands(latency.rate),
-                latency.seconds
+                latency.seconds,
+                latency.samples.len()
             );
-            for (name, p) in [
-                ("baseline    publish -> receive", &latency.baseline_receive),
-                ("baseline    publish -> ack", &latency.baseline_ack),
-                ("jetrun-noop publish -> ack", &latency.jetrun_ack),
-            ] {
-                let _ = writeln!(out, "  {name:<31} {}", percentile_line(p));
+            for (n, sample) in latency.samples.iter().enumerate() {
+                for (name, p) in [
+                    ("baseline      publish -> receive", &sample.baseline_receive),
+                    ("baseline      publish -> ack", &sample.baseline_ack),
+                    ("jetrun-noop   publish -> ack", &sample.jetrun_ack),
+                    ("python worker publish -> ack", &sample.python_ack),
+                ] {
+                    let _ = writeln!(out, "  {}: {name:<33} {}", n + 1, percentile_line(p));
+                }
+            }
+            if let (Some(p50), Some(p99)) = (
+                latency.median_ratio(|p| p.p50_ms),
+                latency.median_ratio(|p| p.p99_ms),
+            ) {
+                let _ = writeln!(
+                    out,
+                    "  jetrun-noop / baseline publish -> ack, median over samples: p50 {p50:.2}x, \
+                     p99 {p99:.2}x"
+                );
             }
         }
         if let Some(rss) = &self.rss {
             let _ = write!(
                 out,
-                "\nrunner RSS: idle with 10 noop functions {}",
-                rss.idle_kib.map_or("?".into(), mib)
+                "\nrunner RSS: idle with 10 noop functions {}, with 100 {}",
+                rss.idle_kib.map_or("?".into(), mib),
+                rss.idle_100_kib.map_or("?".into(), mib)
             );
             for b in &rss.backlogs {
                 let _ = write!(
@@ -322,16 +387,16 @@ impl Results {
             }
             out.push('\n');
         }
-        let _ = writeln!(out, "\ntargets (issue 5, medians of this run):");
+        let _ = writeln!(out, "\ntargets (issue 15, medians of this run):");
         for check in targets {
             let verdict = match check.met {
-                Some(true) => "met",
+                Some(true) => "MET",
                 Some(false) => "MISSED",
                 None => "-",
             };
             let _ = writeln!(
                 out,
-                "  {:<62} {:<40} {verdict}",
+                "  {:<56} {:<42} {verdict}",
                 check.target, check.reached
             );
         }
@@ -371,7 +436,7 @@ fn paired_ratio(mine: &[Option<&Throughput>], theirs: &[Option<&Throughput>]) ->
     median(&ratios)
 }
 
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return None;

@@ -1,6 +1,7 @@
-//! The runner's memory: resident set with 10 idle `noop` functions bound, and
-//! with a backlog waiting behind a function that never finishes (a worker
-//! that sleeps), small and large, to show it does not grow with the backlog.
+//! The runner's memory: resident set with 10 and with 100 idle `noop`
+//! functions bound, and with a backlog waiting behind a function that never
+//! finishes (a worker that sleeps), small and large, to show it does not
+//! grow with the backlog.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use crate::contenders::jetrun::toml_string;
 use crate::harness::Harness;
 use crate::runner::Runner;
 
-/// Idle functions bound for the idle reading.
-const IDLE_FUNCTIONS: usize = 10;
+/// Idle functions bound for the idle readings.
+const IDLE_FUNCTIONS: [usize; 2] = [10, 100];
 /// How long the idle runner sits before the reading.
 const IDLE_WAIT: Duration = Duration::from_secs(2);
 /// How long the blocked runner sits on its backlog before the reading.
@@ -27,6 +28,8 @@ const SMALL_BACKLOG: u64 = 1_000;
 pub(crate) struct RssReport {
     /// VmRSS with 10 noop functions bound, idle.
     pub(crate) idle_kib: Option<u64>,
+    /// VmRSS with 100 noop functions bound, idle.
+    pub(crate) idle_100_kib: Option<u64>,
     pub(crate) backlogs: Vec<BacklogRss>,
 }
 
@@ -43,7 +46,8 @@ pub(crate) struct BacklogRss {
 }
 
 pub(crate) async fn run(harness: &Harness) -> anyhow::Result<RssReport> {
-    let idle_kib = idle(harness).await?;
+    let idle_kib = idle(harness, IDLE_FUNCTIONS[0]).await?;
+    let idle_100_kib = idle(harness, IDLE_FUNCTIONS[1]).await?;
     let mut backlogs = Vec::new();
     let mut sizes = vec![
         SMALL_BACKLOG.min(harness.options.backlog),
@@ -53,28 +57,31 @@ pub(crate) async fn run(harness: &Harness) -> anyhow::Result<RssReport> {
     for events in sizes {
         backlogs.push(blocked(harness, events).await?);
     }
-    Ok(RssReport { idle_kib, backlogs })
+    Ok(RssReport {
+        idle_kib,
+        idle_100_kib,
+        backlogs,
+    })
 }
 
-async fn idle(harness: &Harness) -> anyhow::Result<Option<u64>> {
-    let base = Target::new("rss-idle", 1);
+async fn idle(harness: &Harness, functions: usize) -> anyhow::Result<Option<u64>> {
+    let name = format!("rss-idle-{functions}");
+    let base = Target::new(&name, 1);
     let stream = Target {
         stream: base.stream.clone(),
         subject: format!("{}.*", base.subject),
     };
     stream.create(&harness.js).await?;
     let mut config = String::new();
-    for n in 0..IDLE_FUNCTIONS {
+    for n in 0..functions {
         let _ = writeln!(
             config,
-            "[functions.idle-{n}]\nstream = {}\nsubjects = [{}]\nbuiltin = \"noop\"\n\
-             concurrency = {}\n",
+            "[functions.idle-{n}]\nstream = {}\nsubjects = [{}]\nbuiltin = \"noop\"\n",
             toml_string(&stream.stream),
             toml_string(&format!("{}.{n}", base.subject)),
-            harness.options.concurrency,
         );
     }
-    let mut runner = Runner::start(harness, "rss-idle", &config)?;
+    let mut runner = Runner::start(harness, &name, &config)?;
     runner.wait_ready().await?;
     tokio::time::sleep(IDLE_WAIT).await;
     runner.check_alive()?;

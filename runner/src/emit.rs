@@ -240,9 +240,19 @@ impl Emitter {
     /// Publishes what handling `input` emitted, once every emit passes the
     /// checks (a bad emit publishes none); how many the target streams
     /// already held (dropped as duplicates).
+    ///
+    /// All are sent before any ack is awaited (in order, on one connection),
+    /// so emitting several costs about one round trip; a failure of any
+    /// fails the input, whose retry the ids make safe.
     pub(crate) async fn publish(&self, input: &Event, emits: &[Emit]) -> Result<usize, Failure> {
         self.check(emits)?;
-        let mut duplicates = 0;
+        let failed = |emit: &Emit, err: &dyn std::fmt::Display| {
+            Failure::retryable(format!(
+                "cannot publish emitted event {}: {err}",
+                emit.event_type
+            ))
+        };
+        let mut sent = Vec::with_capacity(emits.len());
         for (index, emit) in emits.iter().enumerate() {
             let headers =
                 envelope::emitted_headers(&self.function, input, index, emit).map_err(|err| {
@@ -250,14 +260,18 @@ impl Emitter {
                 })?;
             let body = serde_json::to_vec(&emit.data).unwrap_or_default();
             let subject = emit.subject();
-            let ack = publish(&self.js, subject, headers, body.into())
+            let ack = self
+                .js
+                .publish_with_headers(subject.to_string(), headers, body.into())
                 .await
-                .map_err(|err| {
-                    Failure::retryable(format!(
-                        "cannot publish emitted event {}: {err}",
-                        emit.event_type
-                    ))
-                })?;
+                .map_err(|err| failed(emit, &PublishError::of(subject, err.kind(), &err)))?;
+            sent.push((emit, ack));
+        }
+        let mut duplicates = 0;
+        for (emit, ack) in sent {
+            let ack = ack
+                .await
+                .map_err(|err| failed(emit, &PublishError::of(emit.subject(), err.kind(), &err)))?;
             if ack.duplicate {
                 duplicates += 1;
             }

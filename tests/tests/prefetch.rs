@@ -1,7 +1,8 @@
 //! Messages pulled ahead of a free handler slot (the prefetch): a quick
 //! function with a backlog pulls ahead, and when its handler then blocks,
 //! what waits in the buffer is kept alive with in-progress acks, so none is
-//! redelivered behind the runner's back, however long the block.
+//! redelivered behind the runner's back, however long the block. At
+//! `concurrency = 1` the events are still handled in stream order.
 
 use std::time::Duration;
 
@@ -103,6 +104,12 @@ timeout = "60s"
     .await;
     let entries = ledger.entries();
     assert_eq!(entries.len() as u64, EVENTS, "{}", runner.log());
+    let order: Vec<u64> = entries.iter().map(|e| e.sequence()).collect();
+    assert_eq!(
+        order,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "one slot: handled in stream order"
+    );
     assert!(
         entries.iter().all(|e| e.attempt == 1),
         "each event handled once, at its first attempt: {entries:?}"

@@ -59,6 +59,134 @@ pub(crate) async fn run(
     measured
 }
 
+/// The most inputs `jetrun-emit` may hold at once at the default
+/// `concurrency` of 16: 16 handler slots, a 512-message prefetch buffer and a
+/// 256-input window waiting for emits (`held_at_most` in
+/// runner/src/dispatch/pull.rs). `baseline-emit` keeps as many in flight.
+pub(crate) const EMIT_IN_FLIGHT: usize = 16 + 512 + 256;
+
+/// Fills a fresh stream with `events` events and times the bare client doing
+/// what `echo` makes the server do: for each input, publish one event with a
+/// `Nats-Msg-Id` to a second stream and wait for its ack, then ack the
+/// input; [`EMIT_IN_FLIGHT`] inputs at once.
+pub(crate) async fn run_emit(
+    harness: &Harness,
+    name: &str,
+    run: usize,
+    events: u64,
+) -> anyhow::Result<Throughput> {
+    let target = Target::new(name, run);
+    let stream = target.fill(&harness.js, events).await?;
+    let emitted = Target {
+        stream: crate::contenders::jetrun::echoed_stream(&target),
+        subject: crate::contenders::jetrun::echoed_subject(&target),
+    };
+    let emitted_stream = emitted.create(&harness.js).await?;
+    let js = jetstream::new(harness.connect().await?);
+    let consumer = js
+        .get_stream(&target.stream)
+        .await
+        .with_context(|| format!("get stream {}", target.stream))?
+        .create_consumer(pull::Config {
+            durable_name: Some(DURABLE.to_string()),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: MAX_ACK_PENDING,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create consumer {DURABLE} on {}", target.stream))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(RUNNER_BATCH)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .context("start pulling")?;
+    let (first_tx, first_rx) = oneshot::channel();
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let failed = failure.clone();
+    let subject = emitted.subject.clone();
+    let task = tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(EMIT_IN_FLIGHT));
+        let mut first_tx = Some(first_tx);
+        let mut in_flight = tokio::task::JoinSet::new();
+        let problem = loop {
+            while let Some(done) = in_flight.try_join_next() {
+                if let Ok(Err(problem)) = done {
+                    if let Ok(mut failure) = failed.lock() {
+                        *failure = Some(problem);
+                    }
+                }
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break "the slots closed".to_string();
+            };
+            let message = match messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break format!("pull failed: {err}"),
+                None => break "the message stream ended".to_string(),
+            };
+            if let Some(first) = first_tx.take() {
+                let _ = first.send(SystemTime::now());
+            }
+            let (js, subject) = (js.clone(), subject.clone());
+            in_flight.spawn(async move {
+                let id = message
+                    .info()
+                    .map(|info| format!("emit-{}", info.stream_sequence))
+                    .map_err(|err| format!("no metadata: {err}"))?;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.as_str());
+                let ack = js
+                    .publish_with_headers(subject, headers, message.payload.clone())
+                    .await
+                    .map_err(|err| format!("publish failed: {err}"))?;
+                ack.await
+                    .map_err(|err| format!("publish ack failed: {err}"))?;
+                message
+                    .ack()
+                    .await
+                    .map_err(|err| format!("ack failed: {err}"))?;
+                drop(slot);
+                Ok::<(), String>(())
+            });
+        };
+        if let Ok(mut failure) = failed.lock() {
+            failure.get_or_insert(problem);
+        }
+    });
+    let cpu = harness.cpu_probe(ConsumerCpu::Process(std::process::id()));
+    let check = || -> anyhow::Result<()> {
+        if let Some(problem) = failure.lock().ok().and_then(|f| f.clone()) {
+            bail!("the baseline-emit consumer stopped: {problem}");
+        }
+        Ok(())
+    };
+    let measured = measure::throughput(
+        &stream,
+        DURABLE,
+        events,
+        Start::Reported(first_rx),
+        &cpu,
+        &mut || check(),
+    )
+    .await;
+    task.abort();
+    let measured = measured?;
+    let held = emitted_stream
+        .clone()
+        .get_info()
+        .await
+        .context("info of the emitted stream")?
+        .state
+        .messages;
+    if held != events {
+        bail!("baseline-emit handled {events} events but its stream holds {held} emitted ones");
+    }
+    Ok(measured)
+}
+
 /// The consumer task: pulls with `consumer.stream()` (a continuous pull,
 /// refilled as batches drain) and acks every message after handing it to
 /// `on_message`.

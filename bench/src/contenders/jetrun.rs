@@ -27,6 +27,14 @@ for line in sys.stdin:
 /// The per-event function: reads the event from stdin, succeeds.
 const SHELL_NOOP: &str = "#!/bin/sh\ncat >/dev/null\nexit 0\n";
 
+/// What a contender sets beyond the function itself; `None` keeps jetrun's
+/// default (`concurrency` 16, one worker).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tuning {
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) workers: Option<usize>,
+}
+
 /// The function a jetrun contender runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Function {
@@ -49,27 +57,32 @@ impl Function {
 
     /// Its `[functions.NAME]` section, on `target`, preceded by the stream
     /// its emitted events go to when it emits.
-    pub(crate) fn config(self, harness: &Harness, target: &Target) -> anyhow::Result<String> {
-        let options = &harness.options;
-        let (handler, concurrency) = match self {
-            Function::Noop => ("builtin = \"noop\"".to_string(), options.concurrency),
-            Function::Echo => ("builtin = \"echo\"".to_string(), options.concurrency),
+    pub(crate) fn config(
+        self,
+        harness: &Harness,
+        target: &Target,
+        tuning: Tuning,
+    ) -> anyhow::Result<String> {
+        let handler = match self {
+            Function::Noop => "builtin = \"noop\"".to_string(),
+            Function::Echo => "builtin = \"echo\"".to_string(),
             Function::PythonWorker => {
                 let python = programs::on_path("python3")
                     .context("python3 is not on PATH; the Python worker needs it")?;
                 let script = write_script(harness, "worker.py", PYTHON_WORKER)?;
-                let handler = format!(
-                    "exec = {{ command = [{}, {}], mode = \"worker\", workers = {} }}",
+                let workers = tuning
+                    .workers
+                    .map(|n| format!(", workers = {n}"))
+                    .unwrap_or_default();
+                format!(
+                    "exec = {{ command = [{}, {}], mode = \"worker\"{workers} }}",
                     toml_string(&python.display().to_string()),
                     toml_string(&script.display().to_string()),
-                    options.workers
-                );
-                (handler, options.concurrency)
+                )
             }
             Function::ExecPerEvent => {
                 let script = write_script(harness, "noop.sh", SHELL_NOOP)?;
-                let handler = format!("exec = [{}]", toml_string(&script.display().to_string()));
-                (handler, options.exec_concurrency)
+                format!("exec = [{}]", toml_string(&script.display().to_string()))
             }
         };
         let mut text = String::new();
@@ -83,11 +96,14 @@ impl Function {
         }
         let _ = writeln!(
             text,
-            "[functions.{}]\nstream = {}\nsubjects = [{}]\n{handler}\nconcurrency = {concurrency}",
+            "[functions.{}]\nstream = {}\nsubjects = [{}]\n{handler}",
             self.name(),
             toml_string(&target.stream),
             toml_string(&target.subject),
         );
+        if let Some(concurrency) = tuning.concurrency {
+            let _ = writeln!(text, "concurrency = {concurrency}");
+        }
         Ok(text)
     }
 }
@@ -101,10 +117,11 @@ pub(crate) async fn run(
     run: usize,
     events: u64,
     function: Function,
+    tuning: Tuning,
 ) -> anyhow::Result<Throughput> {
     let target = Target::new(name, run);
     let stream = target.fill(&harness.js, events).await?;
-    let config = function.config(harness, &target)?;
+    let config = function.config(harness, &target, tuning)?;
     let mut runner = Runner::start(harness, &format!("{name}-{run}"), &config)?;
     let cpu = harness.cpu_probe(ConsumerCpu::Tree(runner.pid()));
     let mut measured = measure::throughput(
@@ -141,7 +158,7 @@ pub(crate) async fn run(
 pub(crate) fn echo_available(harness: &Harness) -> Result<(), String> {
     let target = Target::new("echo-check", 0);
     let config = Function::Echo
-        .config(harness, &target)
+        .config(harness, &target, Tuning::default())
         .map_err(|err| err.to_string())?;
     let path = harness.path("echo-check.toml");
     std::fs::write(&path, config).map_err(|err| format!("write {}: {err}", path.display()))?;
@@ -170,13 +187,13 @@ pub(crate) async fn no_dead_letters(harness: &Harness) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn echoed_stream(target: &Target) -> String {
+pub(crate) fn echoed_stream(target: &Target) -> String {
     format!("{}_ECHOED", target.stream)
 }
 
 /// Where `echo` emits: the input's type (its subject, for a bare message)
 /// plus `.echoed`.
-fn echoed_subject(target: &Target) -> String {
+pub(crate) fn echoed_subject(target: &Target) -> String {
     format!("{}.echoed", target.subject)
 }
 

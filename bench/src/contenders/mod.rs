@@ -22,12 +22,22 @@ pub(crate) enum Contender {
     Baseline,
     /// The same with a pull batch of 1,000.
     Baseline1000,
-    /// `jetrun run` with the `noop` built-in.
+    /// The bare client doing `echo`'s server work: consume, publish one event
+    /// with a `Nats-Msg-Id` and wait for its ack, then ack the input, with as
+    /// many inputs in flight as jetrun may hold at its default concurrency.
+    BaselineEmit,
+    /// `jetrun run` with the `noop` built-in and the default config.
     JetrunNoop,
-    /// `jetrun run` with the `echo` built-in: one emitted event per input.
+    /// The same with `concurrency = --concurrency` (256).
+    JetrunNoop256,
+    /// `jetrun run` with the `echo` built-in, default config: one emitted
+    /// event per input.
     JetrunEmit,
-    /// `jetrun run` with a no-op Python function in exec worker mode.
+    /// `jetrun run` with a no-op Python function in exec worker mode, default
+    /// config (one worker).
     JetrunPythonWorker,
+    /// The same with `workers = --workers` (2).
+    JetrunPythonWorker2,
     /// `jetrun run` with a no-op shell script, one process per event.
     JetrunExecPerEvent,
     /// A FastStream 0.7 no-op JetStream pull subscriber.
@@ -43,12 +53,15 @@ pub(crate) enum Outcome {
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 7] = [
+    pub(crate) const ALL: [Contender; 10] = [
         Contender::Baseline,
         Contender::Baseline1000,
+        Contender::BaselineEmit,
         Contender::JetrunNoop,
+        Contender::JetrunNoop256,
         Contender::JetrunEmit,
         Contender::JetrunPythonWorker,
+        Contender::JetrunPythonWorker2,
         Contender::JetrunExecPerEvent,
         Contender::FaststreamNoop,
     ];
@@ -57,9 +70,12 @@ impl Contender {
         match self {
             Contender::Baseline => "baseline",
             Contender::Baseline1000 => "baseline-1000",
+            Contender::BaselineEmit => "baseline-emit",
             Contender::JetrunNoop => "jetrun-noop",
+            Contender::JetrunNoop256 => "jetrun-noop-256",
             Contender::JetrunEmit => "jetrun-emit",
             Contender::JetrunPythonWorker => "jetrun-python-worker",
+            Contender::JetrunPythonWorker2 => "jetrun-python-worker-2",
             Contender::JetrunExecPerEvent => "jetrun-exec-per-event",
             Contender::FaststreamNoop => "faststream-noop",
         }
@@ -68,10 +84,14 @@ impl Contender {
     /// Its durable consumer's name.
     pub(crate) fn durable(self) -> &'static str {
         match self {
-            Contender::Baseline | Contender::Baseline1000 => baseline::DURABLE,
-            Contender::JetrunNoop => jetrun::Function::Noop.name(),
+            Contender::Baseline | Contender::Baseline1000 | Contender::BaselineEmit => {
+                baseline::DURABLE
+            }
+            Contender::JetrunNoop | Contender::JetrunNoop256 => jetrun::Function::Noop.name(),
             Contender::JetrunEmit => jetrun::Function::Echo.name(),
-            Contender::JetrunPythonWorker => jetrun::Function::PythonWorker.name(),
+            Contender::JetrunPythonWorker | Contender::JetrunPythonWorker2 => {
+                jetrun::Function::PythonWorker.name()
+            }
             Contender::JetrunExecPerEvent => jetrun::Function::ExecPerEvent.name(),
             Contender::FaststreamNoop => faststream::DURABLE,
         }
@@ -84,7 +104,9 @@ impl Contender {
     /// Its share of `--events`: the slow ones take fewer, so a run stays short.
     pub(crate) fn events(self, events: u64) -> u64 {
         let share = match self {
-            Contender::JetrunPythonWorker | Contender::FaststreamNoop => events / 10,
+            Contender::JetrunPythonWorker
+            | Contender::JetrunPythonWorker2
+            | Contender::FaststreamNoop => events / 10,
             Contender::JetrunExecPerEvent => events / 100,
             _ => events,
         };
@@ -163,24 +185,56 @@ async fn run_once(
 ) -> anyhow::Result<Outcome> {
     let events = contender.events(harness.options.events);
     let name = contender.name();
+    let tuned = jetrun::Tuning {
+        concurrency: Some(harness.options.concurrency),
+        workers: Some(harness.options.workers),
+    };
+    let default = jetrun::Tuning::default();
     let measured = match contender {
         Contender::Baseline => {
             baseline::run(harness, name, run, events, baseline::RUNNER_BATCH).await?
         }
         Contender::Baseline1000 => baseline::run(harness, name, run, events, 1000).await?,
+        Contender::BaselineEmit => baseline::run_emit(harness, name, run, events).await?,
         Contender::JetrunNoop => {
-            jetrun::run(harness, name, run, events, jetrun::Function::Noop).await?
+            jetrun::run(harness, name, run, events, jetrun::Function::Noop, default).await?
+        }
+        Contender::JetrunNoop256 => {
+            jetrun::run(harness, name, run, events, jetrun::Function::Noop, tuned).await?
         }
         Contender::JetrunEmit => match &prepared.echo {
-            Some(Ok(())) => jetrun::run(harness, name, run, events, jetrun::Function::Echo).await?,
+            Some(Ok(())) => {
+                jetrun::run(harness, name, run, events, jetrun::Function::Echo, default).await?
+            }
             Some(Err(reason)) => return Ok(Outcome::Skipped(reason.clone())),
             None => return Ok(Outcome::Skipped(NOT_PREPARED.into())),
         },
         Contender::JetrunPythonWorker => {
-            jetrun::run(harness, name, run, events, jetrun::Function::PythonWorker).await?
+            let function = jetrun::Function::PythonWorker;
+            jetrun::run(harness, name, run, events, function, default).await?
+        }
+        Contender::JetrunPythonWorker2 => {
+            let function = jetrun::Function::PythonWorker;
+            let two = jetrun::Tuning {
+                concurrency: None,
+                workers: Some(harness.options.workers),
+            };
+            jetrun::run(harness, name, run, events, function, two).await?
         }
         Contender::JetrunExecPerEvent => {
-            jetrun::run(harness, name, run, events, jetrun::Function::ExecPerEvent).await?
+            let exec = jetrun::Tuning {
+                concurrency: Some(harness.options.exec_concurrency),
+                workers: None,
+            };
+            jetrun::run(
+                harness,
+                name,
+                run,
+                events,
+                jetrun::Function::ExecPerEvent,
+                exec,
+            )
+            .await?
         }
         Contender::FaststreamNoop => match &prepared.faststream {
             Some(Ok(python)) => faststream::run(harness, python, name, run, events).await?,

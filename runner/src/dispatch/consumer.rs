@@ -56,6 +56,9 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
         let mut in_flight = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency));
         let pace = Arc::new(pull::Pace::default());
+        let held = Arc::new(tokio::sync::Semaphore::new(pull::held_at_most(
+            shared.unit.concurrency,
+        )));
         // The floor last seen: none until the first bind.
         let seen: Arc<Mutex<Option<Floor>>> = Arc::default();
         while !shutdown.is_draining() {
@@ -86,6 +89,7 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
                 consumer: &consumer,
                 stream_created,
                 permits: &permits,
+                held: &held,
                 pace: &pace,
                 shutdown: &shutdown,
                 lost: &lost,

@@ -11,6 +11,7 @@ use futures::FutureExt as _;
 use jetrun_functions::{Context, Event, Failure};
 use tracing::Instrument;
 
+use super::pull::Slot;
 use super::retry::Attempt;
 use super::{settle, Shared};
 use crate::envelope::{self, Origin};
@@ -61,6 +62,7 @@ pub(super) async fn deliver(
     shared: &Shared,
     message: jetstream::Message,
     delivery: Delivery,
+    slot: Slot,
     shutdown: &Shutdown,
 ) {
     let metrics = &shared.metrics;
@@ -104,7 +106,7 @@ pub(super) async fn deliver(
                 // Boxed, like the dead-letter path: the task that carries
                 // each delivery stays small, so spawning it copies little.
                 let mut run = AssertUnwindSafe(Box::pin(call_and_emit(
-                    shared, &event, &ctx, &message,
+                    shared, &event, &ctx, &message, slot,
                 )))
                 .catch_unwind();
                 // A handler done at its first poll never waits on the drain.
@@ -133,13 +135,15 @@ pub(super) async fn deliver(
     .await
 }
 
-/// Calls the handler (keeping the message alive with in-progress acks while
-/// it runs), then publishes what it emitted.
+/// Calls the handler holding `slot` (keeping the message alive with
+/// in-progress acks while it runs), gives the slot back, then publishes
+/// what it emitted: waiting for those to be stored holds no handler slot.
 async fn call_and_emit(
     shared: &Shared,
     event: &Event,
     ctx: &Context,
     message: &jetstream::Message,
+    slot: Slot,
 ) -> Result<(), Failure> {
     let call = shared.handler.call(event, ctx);
     tokio::pin!(call);
@@ -160,6 +164,7 @@ async fn call_and_emit(
             }
         },
     };
+    drop(slot);
     let emits = outcome?.emits;
     match &shared.emitter {
         Some(emitter) => emitter.publish(event, &emits).await.map(|_| ()),

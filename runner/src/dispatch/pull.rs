@@ -15,15 +15,14 @@
 //! the server reported no backlog, so a blocked handler holds on to the
 //! events that were already waiting, never to new ones.
 
-use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{AckKind, Message};
-use futures::stream::{self, SelectAll, Stream};
+use async_nats::jetstream::{self, AckKind, Message};
+use async_nats::{StatusCode, Subject, Subscriber};
 use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -44,11 +43,32 @@ const MAX_BUFFER: usize = 512;
 /// How long a buffered message should wait for a slot, at the handler's
 /// measured pace: what sizes the buffer.
 const BUFFER_WAIT: Duration = Duration::from_millis(100);
-/// Pull requests out at once.
-const MAX_PULLS: usize = 4;
+/// Deliveries past their handler, waiting for what it emitted to be stored
+/// before the input is acked, beyond the handler slots: they hold no slot.
+const EMIT_WINDOW: usize = 256;
 
-/// The handler's pace: how long a delivery holds its slot, as a moving
-/// average, shared by every delivery of the unit.
+/// The most messages one unit holds at once (handling, buffered, or waiting
+/// for their emits): `concurrency` plus the buffer and the emit window.
+pub(super) fn held_at_most(concurrency: usize) -> usize {
+    concurrency + MAX_BUFFER + EMIT_WINDOW
+}
+
+/// A handler slot, held while the handler runs; giving it back records how
+/// long it was held.
+pub(super) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    pace: Arc<Pace>,
+    taken: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pace.record(self.taken.elapsed());
+    }
+}
+
+/// The handler's pace: how long a delivery holds its handler slot, as a
+/// moving average, shared by every delivery of the unit.
 #[derive(Debug, Default)]
 pub(super) struct Pace {
     /// Nanoseconds; 0 until the first delivery ends.
@@ -91,6 +111,8 @@ pub(super) struct Pulling<'a> {
     /// When the consumer's stream was created (see [`crate::nats::Floor`]).
     pub(super) stream_created: u64,
     pub(super) permits: &'a Arc<Semaphore>,
+    /// What the unit may hold at once ([`held_at_most`]).
+    pub(super) held: &'a Arc<Semaphore>,
     pub(super) pace: &'a Arc<Pace>,
     pub(super) shutdown: &'a Shutdown,
     pub(super) lost: &'a Lost,
@@ -100,75 +122,144 @@ pub(super) struct Pulling<'a> {
 struct Buffered {
     message: Message,
     delivery: Delivery,
+    held: Option<OwnedSemaphorePermit>,
     /// When it arrived, or was last sent an in-progress ack.
     kept_alive: Instant,
 }
 
-/// What the pull requests out yield: a message of pull `id`, or its end.
-// All but one item of a pull are messages: boxing them would allocate per
-// message to save stack on the one end marker.
-#[allow(clippy::large_enum_variant)]
-enum Pulled {
-    Message(u64, Result<Message, async_nats::Error>),
-    Ended(u64),
-}
-
-type Pulls = SelectAll<Pin<Box<dyn Stream<Item = Pulled> + Send>>>;
-
-/// The pull requests out: what each asked for and has delivered.
-#[derive(Default)]
+/// The pull requests out, all answered on one inbox. The server shares the
+/// messages out among the requests waiting, so with an inbox per request
+/// they would arrive out of order; on one inbox they arrive in the order it
+/// sent them (a function at `concurrency = 1` handles its events in order,
+/// prefetch or not).
 struct Out {
-    pulls: Option<Pulls>,
-    /// Per pull: messages asked for, messages received.
-    counts: HashMap<u64, (usize, usize)>,
-    next_id: u64,
+    js: jetstream::Context,
+    request_subject: String,
+    inbox: Subject,
+    subscription: Option<Subscriber>,
+    /// Messages asked for and neither received nor given up by the server.
+    outstanding: usize,
+    /// When the last request expires: past it (and a grace for the server's
+    /// answer), nothing asked for is still coming.
+    expires_at: Option<Instant>,
 }
+
+/// How long after a request's expiry its answer may still arrive.
+const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 
 impl Out {
-    /// Messages asked for and not yet received.
-    fn outstanding(&self) -> usize {
-        self.counts.values().map(|(asked, got)| asked - got).sum()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.counts.is_empty()
-    }
-
-    fn add(&mut self, batch: async_nats::jetstream::consumer::pull::Batch, asked: usize) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.counts.insert(id, (asked, 0));
-        let pull = batch
-            .map(move |message| Pulled::Message(id, message))
-            .chain(stream::once(async move { Pulled::Ended(id) }));
-        self.pulls
-            .get_or_insert_with(SelectAll::new)
-            .push(Box::pin(pull));
-    }
-
-    fn received(&mut self, id: u64) {
-        if let Some((_, got)) = self.counts.get_mut(&id) {
-            *got += 1;
+    fn new(js: &jetstream::Context, consumer: &PullConsumer) -> Out {
+        let info = consumer.cached_info();
+        Out {
+            js: js.clone(),
+            request_subject: format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                info.stream_name, info.name
+            ),
+            inbox: Subject::from(js.client().new_inbox()),
+            subscription: None,
+            outstanding: 0,
+            expires_at: None,
         }
     }
 
-    fn ended(&mut self, id: u64) {
-        self.counts.remove(&id);
-        if self.counts.is_empty() {
-            self.pulls = None;
+    /// Messages asked for and still coming.
+    fn outstanding(&mut self) -> usize {
+        if self
+            .expires_at
+            .is_some_and(|at| Instant::now() > at + EXPIRY_GRACE)
+        {
+            self.outstanding = 0;
+            self.expires_at = None;
         }
+        self.outstanding
     }
 
-    /// Forgets every pull (after a reconnect the server may have too).
+    /// Asks for `asked` more messages, for [`PULL_EXPIRES`].
+    async fn pull(&mut self, asked: usize) -> Result<(), async_nats::Error> {
+        let client = self.js.client();
+        if self.subscription.is_none() {
+            self.subscription = Some(client.subscribe(self.inbox.clone()).await?);
+        }
+        let request = serde_json::json!({
+            "batch": asked,
+            "expires": u64::try_from(PULL_EXPIRES.as_nanos()).unwrap_or(u64::MAX),
+        });
+        client
+            .publish_with_reply(
+                self.request_subject.clone(),
+                self.inbox.clone(),
+                serde_json::to_vec(&request)?.into(),
+            )
+            .await?;
+        self.outstanding += asked;
+        self.expires_at = Some(Instant::now() + PULL_EXPIRES);
+        Ok(())
+    }
+
+    /// Forgets every request (after a reconnect the server may have too):
+    /// what they would still deliver goes to an inbox no longer read, and
+    /// is redelivered after the ack wait.
     fn clear(&mut self) {
-        self.counts.clear();
-        self.pulls = None;
+        self.subscription = None;
+        self.inbox = Subject::from(self.js.client().new_inbox());
+        self.outstanding = 0;
+        self.expires_at = None;
     }
 
-    async fn next(&mut self) -> Option<Pulled> {
-        match &mut self.pulls {
-            Some(pulls) => pulls.next().await,
-            None => std::future::pending().await,
+    /// When every request out has surely been answered, if any is out.
+    fn answered_by(&self) -> Option<Instant> {
+        self.expires_at
+            .filter(|_| self.outstanding > 0)
+            .map(|at| at + EXPIRY_GRACE)
+    }
+
+    /// The next message; the server's status notes (a request expired or
+    /// ended with messages left, a heartbeat) are accounted for on the way.
+    /// Pending while nothing was asked for. Cancel-safe: nothing changes
+    /// across an await.
+    async fn next(&mut self) -> Result<Message, async_nats::Error> {
+        loop {
+            let Some(subscription) = self.subscription.as_mut() else {
+                return std::future::pending().await;
+            };
+            let Some(message) = subscription.next().await else {
+                self.clear();
+                return Err("the pull inbox's subscription ended".into());
+            };
+            match message.status.unwrap_or(StatusCode::OK) {
+                StatusCode::OK => {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    return Ok(Message {
+                        message,
+                        context: self.js.clone(),
+                    });
+                }
+                StatusCode::IDLE_HEARTBEAT => {}
+                StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED => {
+                    if message.description.as_deref() == Some("Consumer Deleted") {
+                        self.outstanding = 0;
+                        return Err("the consumer was deleted".into());
+                    }
+                    // What the request that ended had still asked for; a
+                    // note without the count ends the accounting (nothing
+                    // more is counted on; what comes is still handled).
+                    let left = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok())
+                        .unwrap_or(self.outstanding);
+                    self.outstanding = self.outstanding.saturating_sub(left);
+                }
+                status => {
+                    return Err(format!(
+                        "the pull request failed: {status} {}",
+                        message.description.as_deref().unwrap_or_default()
+                    )
+                    .into())
+                }
+            }
         }
     }
 }
@@ -184,7 +275,7 @@ impl Pulling<'_> {
         let concurrency = self.shared.unit.concurrency;
         let ack_wait = self.shared.unit.binding.ack_wait;
         let mut buffer: VecDeque<Buffered> = VecDeque::new();
-        let mut out = Out::default();
+        let mut out = Out::new(&self.shared.js, self.consumer);
         // What the last message said was still waiting on the server.
         let mut backlog = 0u64;
         let mut paused_until: Option<Instant> = None;
@@ -198,11 +289,11 @@ impl Pulling<'_> {
                     break;
                 };
                 if let Some(next) = buffer.pop_front() {
-                    self.start(next.message, next.delivery, permit, in_flight);
+                    self.start(next, permit, in_flight);
                 }
             }
             let draining = self.shutdown.is_draining();
-            if draining && out.is_empty() && buffer.is_empty() {
+            if draining && out.outstanding() == 0 && buffer.is_empty() {
                 return;
             }
             if self.lost.is_lost() {
@@ -211,7 +302,7 @@ impl Pulling<'_> {
             if paused_until.is_some_and(|until| Instant::now() >= until) {
                 paused_until = None;
             }
-            if !draining && paused_until.is_none() && out.counts.len() < MAX_PULLS {
+            if !draining && paused_until.is_none() {
                 let room = if backlog > 0 {
                     self.pace
                         .buffer_size(concurrency)
@@ -219,35 +310,23 @@ impl Pulling<'_> {
                 } else {
                     0
                 };
-                let want = self.permits.available_permits() + room;
+                let want = (self.permits.available_permits() + room)
+                    .min(self.held.available_permits());
                 let missing = want.saturating_sub(out.outstanding());
                 // A new pull once a good part of what could start is not
                 // asked for yet: the next one is out before this one is used up.
                 if missing > 0 && missing >= (want / 2).max(1) {
                     let asked = missing.min(MAX_BATCH);
-                    match self
-                        .consumer
-                        .batch()
-                        .max_messages(asked)
-                        .expires(PULL_EXPIRES)
-                        .messages()
-                        .await
-                    {
-                        Ok(batch) => out.add(batch, asked),
-                        Err(err) => {
-                            tracing::warn!(%err, "Cannot pull yet; retrying.");
-                            paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
-                        }
+                    if let Err(err) = out.pull(asked).await {
+                        tracing::warn!(%err, "Cannot pull yet; retrying.");
+                        paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
                     }
                     continue;
                 }
             }
-            let pause = async {
-                match paused_until {
-                    Some(until) => tokio::time::sleep_until(until.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let nothing_out = out.outstanding() == 0;
+            let pause = until(paused_until);
+            let answered = until(out.answered_by());
             tokio::select! {
                 biased;
                 () = self.shutdown.abandoned(), if draining => {
@@ -278,17 +357,14 @@ impl Pulling<'_> {
                     // of this select.
                     loop {
                         match pulled {
-                            Some(Pulled::Message(id, Ok(message))) => {
-                                out.received(id);
+                            Ok(message) => {
                                 self.receive(message, &mut buffer, &mut backlog, in_flight);
                             }
-                            Some(Pulled::Message(id, Err(err))) => {
+                            Err(err) => {
                                 tracing::warn!(%err, "Pull request ended with an error; pulling again.");
-                                out.ended(id);
                                 paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+                                break;
                             }
-                            Some(Pulled::Ended(id)) => out.ended(id),
-                            None => out.clear(),
                         }
                         match futures::FutureExt::now_or_never(out.next()) {
                             Some(next) => pulled = next,
@@ -298,12 +374,13 @@ impl Pulling<'_> {
                 }
                 permit = self.permits.clone().acquire_owned(), if !buffer.is_empty() => {
                     if let (Ok(permit), Some(next)) = (permit, buffer.pop_front()) {
-                        self.start(next.message, next.delivery, permit, in_flight);
+                        self.start(next, permit, in_flight);
                     }
                 }
                 // A slot freed with nothing buffered or asked for: pull again.
                 _ = self.permits.acquire(),
-                    if buffer.is_empty() && out.is_empty() && !draining && paused_until.is_none() => {}
+                    if buffer.is_empty() && nothing_out && !draining && paused_until.is_none() => {}
+                () = answered => {}
                 () = pause => {}
             }
         }
@@ -325,15 +402,19 @@ impl Pulling<'_> {
             return;
         };
         *backlog = pending;
+        // Pulls ask for no more than may be held: this never waits.
+        let held = self.held.clone().try_acquire_owned().ok();
+        let buffered = Buffered {
+            message,
+            delivery,
+            held,
+            kept_alive: Instant::now(),
+        };
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) if buffer.is_empty() => self.start(message, delivery, permit, in_flight),
+            Ok(permit) if buffer.is_empty() => self.start(buffered, permit, in_flight),
             permit => {
                 drop(permit);
-                buffer.push_back(Buffered {
-                    message,
-                    delivery,
-                    kept_alive: Instant::now(),
-                });
+                buffer.push_back(buffered);
             }
         }
     }
@@ -341,25 +422,35 @@ impl Pulling<'_> {
     /// Starts one delivery holding `permit`. One that completes at its first
     /// poll (a quick built-in, say) needs no task of its own; one that waits
     /// goes on in one, from where it stopped.
-    fn start(
-        &self,
-        message: Message,
-        delivery: Delivery,
-        permit: OwnedSemaphorePermit,
-        in_flight: &mut JoinSet<()>,
-    ) {
+    fn start(&self, next: Buffered, permit: OwnedSemaphorePermit, in_flight: &mut JoinSet<()>) {
         let shared = self.shared.clone();
         let shutdown = self.shutdown.clone();
-        let pace = self.pace.clone();
+        let slot = Slot {
+            _permit: permit,
+            pace: self.pace.clone(),
+            taken: Instant::now(),
+        };
+        let Buffered {
+            message,
+            delivery,
+            held,
+            ..
+        } = next;
         let mut delivery = Box::pin(async move {
-            let started = Instant::now();
-            deliver::deliver(&shared, message, delivery, &shutdown).await;
-            pace.record(started.elapsed());
-            drop(permit);
+            deliver::deliver(&shared, message, delivery, slot, &shutdown).await;
+            drop(held);
         });
         if futures::FutureExt::now_or_never(&mut delivery).is_none() {
             in_flight.spawn(delivery);
         }
+    }
+}
+
+/// Resolves at `at`; never without it.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
