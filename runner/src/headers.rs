@@ -1,10 +1,12 @@
 //! Building NATS headers from values that came from events, handlers or the
-//! config, without ever panicking. async-nats' `HeaderMap::insert` and
-//! `append` assert that a `&str` or `String` holds no CR or LF; a correlation
-//! id with a newline in it once killed a function's delivery task that way.
-//! Every header jetrun builds goes through [`Put`], which refuses such a
-//! value with an error instead (`runner/clippy.toml` forbids the asserting
-//! calls everywhere else).
+//! config, without ever panicking or changing them. async-nats'
+//! `HeaderMap::insert` and `append` assert that a `&str` or `String` header
+//! name is printable ASCII without `:`, and turn each CR or LF of a string
+//! value into a space (before 0.52 they asserted on those too: a correlation
+//! id with a newline in it once killed a function's delivery task). Every
+//! header jetrun builds goes through [`Put`], which refuses such a name or
+//! value with an error instead (`runner/clippy.toml` forbids the raw calls
+//! everywhere else).
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 

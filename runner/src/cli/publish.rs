@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn defaults_type_is_the_subject_and_no_correlation_id() {
         let args = parse(&["user.registered", "not json"]).unwrap();
-        let id = HeaderValue::from("x");
+        let id = HeaderValue::from_lossy("x");
         let headers = event_headers(&args, &id, b"not json", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(get(&headers, "ce-type").as_deref(), Some("user.registered"));
         assert_eq!(get(&headers, "ce-source").as_deref(), Some("jetrun/cli"));
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn a_header_replaces_one_jetrun_sets() {
         let args = parse(&["a.b", "--header", "ce-time=2024-01-01T00:00:00Z"]).unwrap();
-        let id = HeaderValue::from("x");
+        let id = HeaderValue::from_lossy("x");
         let headers = event_headers(&args, &id, b"", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(headers.get_all("ce-time").count(), 1);
         assert_eq!(
