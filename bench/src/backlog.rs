@@ -57,10 +57,16 @@ impl Target {
 
 /// Event `n`'s body: a JSON object padded to exactly [`BODY_LEN`] bytes.
 pub(crate) fn body(n: u64) -> Bytes {
+    body_of_len(n, BODY_LEN)
+}
+
+/// Event `n`'s body padded to `len` bytes (longer only when `len` is too
+/// short for the number).
+pub(crate) fn body_of_len(n: u64, len: usize) -> Bytes {
     let head = format!(r#"{{"seq":{n},"kind":"bench","pad":""#);
     let tail = r#""}"#;
-    let pad = BODY_LEN.saturating_sub(head.len() + tail.len());
-    let mut text = String::with_capacity(BODY_LEN);
+    let pad = len.saturating_sub(head.len() + tail.len());
+    let mut text = String::with_capacity(len);
     text.push_str(&head);
     text.extend(std::iter::repeat_n('x', pad));
     text.push_str(tail);
@@ -74,6 +80,18 @@ pub(crate) async fn publish(
     subject: &str,
     events: u64,
 ) -> anyhow::Result<()> {
+    publish_spread(js, &[subject.to_string()], events, BODY_LEN).await
+}
+
+/// Publishes `events` bodies of `len` bytes, event `n` to `subjects[n %
+/// subjects.len()]`, keeping up to [`PUBLISH_WINDOW`] JetStream acks
+/// outstanding, and checks every one of them.
+pub(crate) async fn publish_spread(
+    js: &jetstream::Context,
+    subjects: &[String],
+    events: u64,
+    len: usize,
+) -> anyhow::Result<()> {
     let mut pending: VecDeque<PublishAckFuture> = VecDeque::with_capacity(PUBLISH_WINDOW);
     for n in 1..=events {
         if pending.len() == PUBLISH_WINDOW {
@@ -81,8 +99,9 @@ pub(crate) async fn publish(
                 ack.await.context("publish ack")?;
             }
         }
+        let subject = &subjects[(n % subjects.len() as u64) as usize];
         let ack = js
-            .publish(subject.to_string(), body(n))
+            .publish(subject.clone(), body_of_len(n, len))
             .await
             .with_context(|| format!("publish to {subject}"))?;
         pending.push_back(ack);
@@ -94,7 +113,7 @@ pub(crate) async fn publish(
 }
 
 /// Waits until the stream holds `events` messages.
-async fn wait_held(stream: &stream::Stream, events: u64) -> anyhow::Result<()> {
+pub(crate) async fn wait_held(stream: &stream::Stream, events: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + HELD_TIMEOUT;
     loop {
         let info = stream.get_info().await.context("stream info")?;
@@ -121,6 +140,7 @@ mod tests {
         for n in [1, 99_999, u64::MAX] {
             let body = body(n);
             assert_eq!(body.len(), BODY_LEN);
+            assert_eq!(body_of_len(n, 65_536).len(), 65_536);
             let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(value["seq"], n);
         }

@@ -18,6 +18,7 @@ mod pulls;
 mod report;
 mod rss;
 mod runner;
+mod scaling;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -109,6 +110,7 @@ async fn measure_all(
             .collect(),
         latency: None,
         rss: None,
+        scaling: None,
         notes: prepared.notes(),
     };
     for note in &results.notes {
@@ -160,6 +162,11 @@ async fn measure_all(
         let started = Instant::now();
         results.rss = Some(rss::run(&harness).await.context("rss")?);
         eprintln!(" done in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    if selection.scaling {
+        let started = Instant::now();
+        results.scaling = Some(scaling::run(&harness).await.context("scaling")?);
+        eprintln!("scaling: done in {:.1} s", started.elapsed().as_secs_f64());
     }
     Ok(results)
 }

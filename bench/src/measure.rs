@@ -64,7 +64,7 @@ pub(crate) enum ConsumerCpu {
 }
 
 impl CpuProbe {
-    fn read(&self) -> (Option<Duration>, Option<Duration>) {
+    pub(crate) fn read(&self) -> (Option<Duration>, Option<Duration>) {
         let consumer = match self.consumer {
             ConsumerCpu::Process(pid) => process_stats::cpu_of(pid),
             ConsumerCpu::Tree(pid) => process_stats::cpu_of_tree(pid),
@@ -95,27 +95,108 @@ pub(crate) async fn throughput(
     let cpu_before = cpu.read();
     let (ended, info) = ack_floor_reaches(stream, durable, events, check).await?;
     let cpu_after = cpu.read();
-    let elapsed = ended
-        .duration_since(started)
-        .unwrap_or_else(|_| clock.elapsed())
-        .max(Duration::from_micros(1));
-    let per_event = |before: Option<Duration>, after: Option<Duration>| {
-        let used = after?.checked_sub(before?)?;
-        Some(used.as_secs_f64() * 1e6 / events as f64)
-    };
-    Ok(Throughput {
+    Ok(Timed {
         events,
-        seconds: elapsed.as_secs_f64(),
-        events_per_second: events as f64 / elapsed.as_secs_f64(),
-        server_cpu_us: per_event(cpu_before.0, cpu_after.0),
-        consumer_cpu_us: per_event(cpu_before.1, cpu_after.1),
-        redelivered: info
-            .delivered
-            .consumer_sequence
-            .saturating_sub(info.delivered.stream_sequence),
-        peak_rss_kib: None,
-        pulls: None,
-    })
+        started,
+        ended,
+        clock,
+        cpu: (cpu_before, cpu_after),
+        redelivered: redeliveries(&info),
+    }
+    .throughput())
+}
+
+/// Times several durables on `stream` sharing `events` events between them,
+/// from the first delivery of the first one to the last ack of any: done
+/// when each has nothing pending and nothing waiting for an ack. The CPU
+/// counts from `cpu_before`, read before the consumers started: with a
+/// hundred of them, many events are handled while the last ones bind.
+pub(crate) async fn throughput_of_all(
+    stream: &stream::Stream,
+    durables: &[String],
+    events: u64,
+    cpu: &CpuProbe,
+    cpu_before: CpuReading,
+    check: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Throughput> {
+    let Some(first) = durables.first() else {
+        bail!("no consumer to time");
+    };
+    let started = first_delivery(stream, first, check).await?;
+    let clock = Instant::now();
+    let mut ended = started;
+    let mut redelivered = 0;
+    // One at a time: a drained consumer stays drained, and the server is not
+    // asked about a hundred consumers every poll.
+    for durable in durables {
+        let (at, info) = settle(stream, durable, check, |info| {
+            info.num_pending == 0 && info.num_ack_pending == 0 && info.ack_floor.stream_sequence > 0
+        })
+        .await?;
+        ended = ended.max(at);
+        redelivered += redeliveries(&info);
+    }
+    let cpu_after = cpu.read();
+    Ok(Timed {
+        events,
+        started,
+        ended,
+        clock,
+        cpu: (cpu_before, cpu_after),
+        redelivered,
+    }
+    .throughput())
+}
+
+/// nats-server's CPU and the consumer's, so far.
+pub(crate) type CpuReading = (Option<Duration>, Option<Duration>);
+
+/// What a measurement saw, before it is turned into rates.
+struct Timed {
+    events: u64,
+    /// The server's time of the first delivery.
+    started: SystemTime,
+    /// The server's time of the last ack.
+    ended: SystemTime,
+    /// When the bench saw the first delivery: the fallback for a clock that
+    /// went backwards.
+    clock: Instant,
+    /// The CPU read at the first delivery and at the last ack.
+    cpu: (CpuReading, CpuReading),
+    redelivered: u64,
+}
+
+impl Timed {
+    fn throughput(self) -> Throughput {
+        let elapsed = self
+            .ended
+            .duration_since(self.started)
+            .unwrap_or_else(|_| self.clock.elapsed())
+            .max(Duration::from_micros(1));
+        let events = self.events;
+        let per_event = |before: Option<Duration>, after: Option<Duration>| {
+            let used = after?.checked_sub(before?)?;
+            Some(used.as_secs_f64() * 1e6 / events as f64)
+        };
+        let (before, after) = self.cpu;
+        Throughput {
+            events,
+            seconds: elapsed.as_secs_f64(),
+            events_per_second: events as f64 / elapsed.as_secs_f64(),
+            server_cpu_us: per_event(before.0, after.0),
+            consumer_cpu_us: per_event(before.1, after.1),
+            redelivered: self.redelivered,
+            peak_rss_kib: None,
+            pulls: None,
+        }
+    }
+}
+
+/// Deliveries beyond one per event.
+fn redeliveries(info: &consumer::Info) -> u64 {
+    info.delivered
+        .consumer_sequence
+        .saturating_sub(info.delivered.stream_sequence)
 }
 
 /// Reads consumer info until it shows a first delivery (the consumer may not
@@ -156,6 +237,21 @@ pub(crate) async fn ack_floor_reaches(
     last: u64,
     check: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<(SystemTime, consumer::Info)> {
+    settle(stream, durable, check, |info| {
+        info.ack_floor.stream_sequence >= last
+    })
+    .await
+}
+
+/// Reads consumer info until `done` says so; returns the server's time of
+/// the last ack and the final consumer info. Fails when the ack floor does
+/// not move for [`STALL_TIMEOUT`].
+async fn settle(
+    stream: &stream::Stream,
+    durable: &str,
+    check: &mut dyn FnMut() -> anyhow::Result<()>,
+    done: impl Fn(&consumer::Info) -> bool,
+) -> anyhow::Result<(SystemTime, consumer::Info)> {
     let name = &stream.cached_info().config.name;
     let mut progress = (0u64, Instant::now());
     loop {
@@ -165,7 +261,7 @@ pub(crate) async fn ack_floor_reaches(
             .await
             .with_context(|| format!("consumer info of {durable} on {name}"))?;
         let floor = info.ack_floor.stream_sequence;
-        if floor >= last {
+        if done(&info) {
             let at = info
                 .ack_floor
                 .last_active
@@ -177,9 +273,9 @@ pub(crate) async fn ack_floor_reaches(
             progress = (floor, Instant::now());
         } else if progress.1.elapsed() > STALL_TIMEOUT {
             bail!(
-                "events lost or stuck: the ack floor of {durable} on {name} stayed at {floor} of \
-                 {last} for {STALL_TIMEOUT:?} (ack pending {}, pending {}, redelivered {}, \
-                 delivered up to {})",
+                "events lost or stuck: the ack floor of {durable} on {name} stayed at {floor} \
+                 for {STALL_TIMEOUT:?} (ack pending {}, pending {}, redelivered {}, delivered up \
+                 to {})",
                 info.num_ack_pending,
                 info.num_pending,
                 info.num_redelivered,

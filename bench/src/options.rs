@@ -11,6 +11,7 @@ use crate::programs::repo_root;
 /// What `--only` accepts besides the throughput contenders' names.
 const LATENCY: &str = "latency";
 const RSS: &str = "rss";
+const SCALING: &str = "scaling";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,8 +30,9 @@ pub(crate) struct Options {
     pub(crate) runs: usize,
     /// Only these, comma-separated: baseline, baseline-1000, baseline-emit, jetrun-noop,
     /// jetrun-noop-256, jetrun-emit, jetrun-python-worker, jetrun-python-worker-2,
-    /// jetrun-exec-per-event, faststream-noop, latency, rss.
-    /// The baseline always runs: ratios need it.
+    /// jetrun-exec-per-event, faststream-noop, latency, rss, scaling (how cost grows with
+    /// functions, payload and concurrency; not part of the default run).
+    /// The baseline runs whenever a contender does: ratios need it.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
     /// For CI: 2,000 events, 1 run, 2 s of latency at 500/s, a 5,000-event backlog, no
@@ -92,6 +94,8 @@ Examples:
   target/release/jetrun-bench                          # everything, 100,000 events, 3 runs
   target/release/jetrun-bench --only jetrun-noop --runs 5
   target/release/jetrun-bench --smoke                  # what CI runs
+  target/release/jetrun-bench --only scaling --runs 5 --json scaling.json
+  .jetrun/bench-venv/bin/python bench/plot.py scaling.json bench/scaling.png
   target/release/jetrun-bench --json bench.json";
 
 /// What to run.
@@ -100,6 +104,7 @@ pub(crate) struct Selection {
     pub(crate) contenders: Vec<Contender>,
     pub(crate) latency: bool,
     pub(crate) rss: bool,
+    pub(crate) scaling: bool,
 }
 
 impl Options {
@@ -123,6 +128,7 @@ impl Options {
             contenders: Vec::new(),
             latency: self.only.is_empty(),
             rss: self.only.is_empty(),
+            scaling: false,
         };
         if self.only.is_empty() {
             selection.contenders = Contender::ALL.to_vec();
@@ -132,17 +138,19 @@ impl Options {
             match name.as_str() {
                 LATENCY => selection.latency = true,
                 RSS => selection.rss = true,
+                SCALING => selection.scaling = true,
                 other => match Contender::from_name(other) {
                     Some(contender) => selection.contenders.push(contender),
                     None => bail!(
                         "--only {other:?} is not a contender; expected some of {}, {LATENCY}, \
-                         {RSS}",
+                         {RSS}, {SCALING}",
                         Contender::ALL.map(Contender::name).join(", ")
                     ),
                 },
             }
         }
-        if !selection.contenders.contains(&Contender::Baseline) {
+        if !selection.contenders.is_empty() && !selection.contenders.contains(&Contender::Baseline)
+        {
             selection.contenders.insert(0, Contender::Baseline);
         }
         selection.contenders.sort();
@@ -163,7 +171,7 @@ mod tests {
     fn everything_runs_by_default() {
         let selection = parse(&[]).selection().unwrap();
         assert_eq!(selection.contenders, Contender::ALL.to_vec());
-        assert!(selection.latency && selection.rss);
+        assert!(selection.latency && selection.rss && !selection.scaling);
     }
 
     #[test]
@@ -177,8 +185,11 @@ mod tests {
                 contenders: vec![Contender::Baseline, Contender::JetrunNoop],
                 latency: true,
                 rss: false,
+                scaling: false,
             }
         );
+        let alone = parse(&["--only", "scaling"]).selection().unwrap();
+        assert!(alone.scaling && alone.contenders.is_empty(), "{alone:?}");
         let err = parse(&["--only", "nope"]).selection().unwrap_err();
         assert!(err
             .to_string()

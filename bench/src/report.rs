@@ -10,6 +10,7 @@ use crate::contenders::{Contender, Outcome};
 use crate::latency::{LatencyReport, Percentiles};
 use crate::measure::Throughput;
 use crate::rss::RssReport;
+use crate::scaling::{self, ScalingReport};
 
 /// Everything one bench run measured.
 pub(crate) struct Results {
@@ -19,6 +20,7 @@ pub(crate) struct Results {
     pub(crate) contenders: Vec<(Contender, Vec<Outcome>)>,
     pub(crate) latency: Option<LatencyReport>,
     pub(crate) rss: Option<RssReport>,
+    pub(crate) scaling: Option<ScalingReport>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -73,6 +75,7 @@ struct Json<'a> {
     contenders: &'a [Summary],
     latency: &'a Option<LatencyReport>,
     rss: &'a Option<RssReport>,
+    scaling: &'a Option<ScalingReport>,
     targets: &'a [TargetCheck],
     notes: &'a [String],
 }
@@ -329,7 +332,9 @@ impl Results {
                 }
             }
         }
-        out.push_str(&table(&rows));
+        if rows.len() > 1 {
+            out.push_str(&table(&rows));
+        }
         for s in summaries.iter().filter(|s| s.redelivered > 0) {
             let _ = writeln!(
                 out,
@@ -387,8 +392,14 @@ impl Results {
             }
             out.push('\n');
         }
-        let _ = writeln!(out, "\ntargets (issue 15, medians of this run):");
-        for check in targets {
+        if let Some(report) = &self.scaling {
+            out.push_str(&scaling::render(report));
+        }
+        let measured = targets.iter().filter(|t| t.met.is_some());
+        if measured.clone().next().is_some() {
+            let _ = writeln!(out, "\ntargets (issue 15, medians of this run):");
+        }
+        for check in measured {
             let verdict = match check.met {
                 Some(true) => "MET",
                 Some(false) => "MISSED",
@@ -412,6 +423,7 @@ impl Results {
             contenders: summaries,
             latency: &self.latency,
             rss: &self.rss,
+            scaling: &self.scaling,
             targets,
             notes: &self.notes,
         })

@@ -235,7 +235,7 @@ fn structured(body: &Bytes) -> Result<Event, Failure> {
 fn hand_written_envelope(origin: &Origin<'_>, body: &Bytes) -> Option<Event> {
     // Most bodies are not the envelope: look for its key before parsing.
     const KEY: &[u8] = b"\"event_type\"";
-    if body.first() != Some(&b'{') || !body.windows(KEY.len()).any(|w| w == KEY) {
+    if body.first() != Some(&b'{') || memchr::memmem::find(body, KEY).is_none() {
         return None;
     }
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {

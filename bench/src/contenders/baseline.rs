@@ -202,30 +202,44 @@ impl BareConsumer {
         harness: &Harness,
         stream: &stream::Stream,
         batch: usize,
-        mut on_message: impl FnMut(&jetstream::Message) + Send + 'static,
+        on_message: impl FnMut(&jetstream::Message) + Send + 'static,
     ) -> anyhow::Result<Self> {
         let js = jetstream::new(harness.connect().await?);
+        Self::start_on(&js, stream, DURABLE, None, batch, on_message).await
+    }
+
+    /// Creates the durable consumer `durable` on `stream`, on `subject`
+    /// only when given, and starts consuming on `js`'s connection.
+    pub(crate) async fn start_on(
+        js: &jetstream::Context,
+        stream: &stream::Stream,
+        durable: &str,
+        subject: Option<&str>,
+        batch: usize,
+        mut on_message: impl FnMut(&jetstream::Message) + Send + 'static,
+    ) -> anyhow::Result<Self> {
         let name = &stream.cached_info().config.name;
         let consumer = js
             .get_stream(name)
             .await
             .with_context(|| format!("get stream {name}"))?
             .create_consumer(pull::Config {
-                durable_name: Some(DURABLE.to_string()),
+                durable_name: Some(durable.to_string()),
+                filter_subject: subject.unwrap_or_default().to_string(),
                 ack_policy: AckPolicy::Explicit,
                 max_ack_pending: MAX_ACK_PENDING,
                 max_deliver: -1,
                 ..Default::default()
             })
             .await
-            .with_context(|| format!("create consumer {DURABLE} on {name}"))?;
+            .with_context(|| format!("create consumer {durable} on {name}"))?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(batch)
             .expires(PULL_EXPIRES)
             .messages()
             .await
-            .with_context(|| format!("start pulling from {DURABLE} on {name}"))?;
+            .with_context(|| format!("start pulling from {durable} on {name}"))?;
         let failure = Arc::new(Mutex::new(None));
         let failed = failure.clone();
         let task = tokio::spawn(async move {

@@ -302,6 +302,9 @@ impl Pulling<'_> {
             if paused_until.is_some_and(|until| Instant::now() >= until) {
                 paused_until = None;
             }
+            // When a pull is due but the unit holds all it may: how many
+            // places to wait for.
+            let mut held_short = None;
             if !draining && paused_until.is_none() {
                 let room = if backlog > 0 {
                     self.pace
@@ -310,21 +313,34 @@ impl Pulling<'_> {
                 } else {
                     0
                 };
-                let want = (self.permits.available_permits() + room)
-                    .min(self.held.available_permits());
-                let missing = want.saturating_sub(out.outstanding());
-                // A new pull once a good part of what could start is not
-                // asked for yet: the next one is out before this one is used up.
-                if missing > 0 && missing >= (want / 2).max(1) {
-                    let asked = missing.min(MAX_BATCH);
-                    if let Err(err) = out.pull(asked).await {
-                        tracing::warn!(%err, "Cannot pull yet; retrying.");
-                        paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+                let plan = Plan {
+                    wanted: self.permits.available_permits() + room,
+                    allowed: self.held.available_permits(),
+                    outstanding: out.outstanding(),
+                };
+                match plan.next() {
+                    Next::Pull(asked) => {
+                        if let Err(err) = out.pull(asked).await {
+                            tracing::warn!(%err, "Cannot pull yet; retrying.");
+                            paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+                        }
+                        continue;
                     }
-                    continue;
+                    Next::WaitForHeld(more) => held_short = Some(more),
+                    Next::Wait => {}
                 }
             }
             let nothing_out = out.outstanding() == 0;
+            let held_back = async {
+                match held_short {
+                    Some(more) => {
+                        // Permits come back one by one as emits are stored; a
+                        // pull waits until a chunk of them has.
+                        let _ = self.held.acquire_many(more).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let pause = until(paused_until);
             let answered = until(out.answered_by());
             tokio::select! {
@@ -379,7 +395,12 @@ impl Pulling<'_> {
                 }
                 // A slot freed with nothing buffered or asked for: pull again.
                 _ = self.permits.acquire(),
-                    if buffer.is_empty() && nothing_out && !draining && paused_until.is_none() => {}
+                    if buffer.is_empty()
+                        && nothing_out
+                        && held_short.is_none()
+                        && !draining
+                        && paused_until.is_none() => {}
+                () = held_back => {}
                 () = answered => {}
                 () = pause => {}
             }
@@ -446,6 +467,65 @@ impl Pulling<'_> {
     }
 }
 
+/// The smallest pull worth a request while what the unit may hold is the
+/// limit: messages waiting for their emits to be stored give their place
+/// back one at a time, and a pull per place would cost the server a request
+/// per message.
+const HELD_CHUNK: usize = 32;
+
+/// What the pull loop does next, from what it would like to have coming
+/// and what it may still hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    /// Free handler slots plus the buffer's room.
+    wanted: usize,
+    /// Messages the unit may still take on ([`held_at_most`] less what it holds).
+    allowed: usize,
+    /// Messages asked for and still coming.
+    outstanding: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Ask for this many.
+    Pull(usize),
+    /// A pull is due but the unit holds too much: wait until this many
+    /// places are free.
+    WaitForHeld(u32),
+    /// Nothing to ask for yet.
+    Wait,
+}
+
+impl Plan {
+    fn next(self) -> Next {
+        let Plan {
+            wanted,
+            allowed,
+            outstanding,
+        } = self;
+        // A new pull once a good part of what could start is not asked for
+        // yet: the next one is out before this one is used up.
+        let due = |want: usize| {
+            let missing = want.saturating_sub(outstanding);
+            (missing > 0 && missing >= (want / 2).max(1)).then_some(missing)
+        };
+        let Some(unbounded) = due(wanted) else {
+            return Next::Wait;
+        };
+        let chunk = HELD_CHUNK.min(unbounded);
+        match due(wanted.min(allowed)) {
+            Some(missing) if missing >= chunk => Next::Pull(missing.min(MAX_BATCH)),
+            // Short of places with nothing coming: until a chunk is free.
+            // (With messages coming, each arrival is a turn of the loop; a
+            // waiter would also take the places they need as they free.)
+            _ if outstanding == 0 && allowed < chunk => {
+                Next::WaitForHeld(u32::try_from(chunk).unwrap_or(u32::MAX))
+            }
+            _ => Next::Wait,
+        }
+    }
+}
+
 /// Resolves at `at`; never without it.
 async fn until(at: Option<Instant>) {
     match at {
@@ -492,6 +572,33 @@ mod tests {
             blocked.buffer_size(16),
             0,
             "slower than the wait: no prefetch"
+        );
+    }
+
+    #[test]
+    fn pulls_come_in_chunks_when_what_is_held_is_the_limit() {
+        let plan = |wanted, allowed, outstanding| {
+            Plan {
+                wanted,
+                allowed,
+                outstanding,
+            }
+            .next()
+        };
+        assert_eq!(plan(16, 784, 0), Next::Pull(16), "free slots, nothing out");
+        assert_eq!(plan(528, 784, 0), Next::Pull(MAX_BATCH));
+        assert_eq!(plan(528, 784, 400), Next::Wait, "enough already asked for");
+        assert_eq!(plan(528, 784, 200), Next::Pull(328.min(MAX_BATCH)));
+        assert_eq!(plan(0, 784, 0), Next::Wait, "no slot and no room");
+        // Every place taken by inputs waiting for their emits: no spinning,
+        // no pull per freed place, but a wait for a chunk of them.
+        assert_eq!(plan(16, 0, 0), Next::WaitForHeld(16));
+        assert_eq!(plan(528, 5, 0), Next::WaitForHeld(HELD_CHUNK as u32));
+        assert_eq!(plan(528, 40, 0), Next::Pull(40));
+        assert_eq!(
+            plan(528, 40, 20),
+            Next::Wait,
+            "the messages coming wake the loop"
         );
     }
 
