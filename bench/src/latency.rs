@@ -170,6 +170,9 @@ async fn jetrun_latency(
     runner.stop().await?;
     no_dead_letters(harness).await?;
     let acks = observer.finish();
+    if harness.options.keep {
+        published.write_csv(&acks, &harness.path(&format!("{name}-{sample}.csv")))?;
+    }
     Ok(percentiles(published.join(&acks), published.counted()))
 }
 
@@ -190,6 +193,25 @@ impl Published {
             .iter()
             .filter(|s| s.1 >= self.counted_from)
             .count()
+    }
+
+    /// With `--keep`: `sequence,sent_ns,latency_ns` per event (latency empty
+    /// when no ack was seen), to see when the slow ones were sent.
+    fn write_csv(&self, acks: &[(u64, u64)], path: &std::path::Path) -> anyhow::Result<()> {
+        use std::fmt::Write as _;
+        let mut first_ack = std::collections::HashMap::with_capacity(acks.len());
+        for &(sequence, at) in acks {
+            first_ack.entry(sequence).or_insert(at);
+        }
+        let mut text = String::from("sequence,sent_ns,latency_ns\n");
+        for (sequence, at) in &self.sent {
+            let latency = first_ack
+                .get(sequence)
+                .map(|ack: &u64| ack.saturating_sub(*at).to_string())
+                .unwrap_or_default();
+            let _ = writeln!(text, "{sequence},{at},{latency}");
+        }
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
     }
 
     /// Latencies of counted events: ack seen − sent, by stream sequence; the
