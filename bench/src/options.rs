@@ -94,8 +94,8 @@ Examples:
   target/release/jetrun-bench                          # everything, 100,000 events, 3 runs
   target/release/jetrun-bench --only jetrun-noop --runs 5
   target/release/jetrun-bench --smoke                  # what CI runs
-  target/release/jetrun-bench --only scaling --runs 5 --json scaling.json
-  .jetrun/bench-venv/bin/python bench/plot.py scaling.json bench/scaling.png
+  target/release/jetrun-bench --only scaling --runs 5 --json bench/scaling.json
+  .jetrun/bench-venv/bin/python bench/plot.py bench/scaling.json bench/scaling.png
   target/release/jetrun-bench --json bench.json";
 
 /// What to run.
