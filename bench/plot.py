@@ -1,7 +1,7 @@
 """Draws the "how cost grows" section of a jetrun-bench JSON file as a PNG.
 
-    target/release/jetrun-bench --only scaling --runs 5 --json scaling.json
-    python bench/plot.py scaling.json bench/scaling.png
+    target/release/jetrun-bench --only scaling --runs 5 --json bench/scaling.json
+    python bench/plot.py bench/scaling.json bench/scaling.png
 
 Needs matplotlib (`pip install matplotlib`, in the bench venv say). Three
 columns, one per axis (functions sharing the load, payload size, the
