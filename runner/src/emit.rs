@@ -62,14 +62,27 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<PublishAck, PublishError> {
-    let sent: Result<PublishAckFuture, _> = js
-        .publish_with_headers(subject.to_string(), headers, body)
-        .await;
-    let ack = match sent {
-        Ok(ack) => ack.await,
-        Err(err) => Err(err),
-    };
-    ack.map_err(|err| PublishError::of(subject, err.kind(), &err))
+    let ack = send(js, subject, headers, body).await?;
+    acked(subject, ack).await
+}
+
+/// Sends one message to a stream; what it returns resolves to the stream's
+/// ack. Several can be sent before their acks are awaited.
+async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<PublishAckFuture, PublishError> {
+    js.publish_with_headers(subject.to_string(), headers, body)
+        .await
+        .map_err(|err| PublishError::of(subject, err.kind(), &err))
+}
+
+/// The stream's ack of a message [`send`] sent to `subject`.
+async fn acked(subject: &str, ack: PublishAckFuture) -> Result<PublishAck, PublishError> {
+    ack.await
+        .map_err(|err| PublishError::of(subject, err.kind(), &err))
 }
 
 /// Publishes `messages` as one atomic batch (nats-server 2.12: all stored or
@@ -246,7 +259,7 @@ impl Emitter {
     /// fails the input, whose retry the ids make safe.
     pub(crate) async fn publish(&self, input: &Event, emits: &[Emit]) -> Result<usize, Failure> {
         self.check(emits)?;
-        let failed = |emit: &Emit, err: &dyn std::fmt::Display| {
+        let failed = |emit: &Emit, err: PublishError| {
             Failure::retryable(format!(
                 "cannot publish emitted event {}: {err}",
                 emit.event_type
@@ -260,18 +273,16 @@ impl Emitter {
                 })?;
             let body = serde_json::to_vec(&emit.data).unwrap_or_default();
             let subject = emit.subject();
-            let ack = self
-                .js
-                .publish_with_headers(subject.to_string(), headers, body.into())
+            let ack = send(&self.js, subject, headers, body.into())
                 .await
-                .map_err(|err| failed(emit, &PublishError::of(subject, err.kind(), &err)))?;
+                .map_err(|err| failed(emit, err))?;
             sent.push((emit, ack));
         }
         let mut duplicates = 0;
         for (emit, ack) in sent {
-            let ack = ack
+            let ack = acked(emit.subject(), ack)
                 .await
-                .map_err(|err| failed(emit, &PublishError::of(emit.subject(), err.kind(), &err)))?;
+                .map_err(|err| failed(emit, err))?;
             if ack.duplicate {
                 duplicates += 1;
             }

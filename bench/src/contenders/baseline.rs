@@ -83,26 +83,7 @@ pub(crate) async fn run_emit(
     };
     let emitted_stream = emitted.create(&harness.js).await?;
     let js = jetstream::new(harness.connect().await?);
-    let consumer = js
-        .get_stream(&target.stream)
-        .await
-        .with_context(|| format!("get stream {}", target.stream))?
-        .create_consumer(pull::Config {
-            durable_name: Some(DURABLE.to_string()),
-            ack_policy: AckPolicy::Explicit,
-            max_ack_pending: MAX_ACK_PENDING,
-            max_deliver: -1,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("create consumer {DURABLE} on {}", target.stream))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(RUNNER_BATCH)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await
-        .context("start pulling")?;
+    let mut messages = pull_from(&js, &stream, DURABLE, None, RUNNER_BATCH).await?;
     let (first_tx, first_rx) = oneshot::channel();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let failed = failure.clone();
@@ -187,6 +168,37 @@ pub(crate) async fn run_emit(
     Ok(measured)
 }
 
+/// Creates the durable consumer `durable` on `stream` (on `subject` only,
+/// when given) and starts pulling from it, `batch` at a time.
+async fn pull_from(
+    js: &jetstream::Context,
+    stream: &stream::Stream,
+    durable: &str,
+    subject: Option<&str>,
+    batch: usize,
+) -> anyhow::Result<pull::Stream> {
+    let name = &stream.cached_info().config.name;
+    js.get_stream(name)
+        .await
+        .with_context(|| format!("get stream {name}"))?
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_string()),
+            filter_subject: subject.unwrap_or_default().to_string(),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: MAX_ACK_PENDING,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create consumer {durable} on {name}"))?
+        .stream()
+        .max_messages_per_batch(batch)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .with_context(|| format!("start pulling from {durable} on {name}"))
+}
+
 /// The consumer task: pulls with `consumer.stream()` (a continuous pull,
 /// refilled as batches drain) and acks every message after handing it to
 /// `on_message`.
@@ -218,28 +230,7 @@ impl BareConsumer {
         batch: usize,
         mut on_message: impl FnMut(&jetstream::Message) + Send + 'static,
     ) -> anyhow::Result<Self> {
-        let name = &stream.cached_info().config.name;
-        let consumer = js
-            .get_stream(name)
-            .await
-            .with_context(|| format!("get stream {name}"))?
-            .create_consumer(pull::Config {
-                durable_name: Some(durable.to_string()),
-                filter_subject: subject.unwrap_or_default().to_string(),
-                ack_policy: AckPolicy::Explicit,
-                max_ack_pending: MAX_ACK_PENDING,
-                max_deliver: -1,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("create consumer {durable} on {name}"))?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-            .with_context(|| format!("start pulling from {durable} on {name}"))?;
+        let mut messages = pull_from(js, stream, durable, subject, batch).await?;
         let failure = Arc::new(Mutex::new(None));
         let failed = failure.clone();
         let task = tokio::spawn(async move {

@@ -289,7 +289,7 @@ impl Pulling<'_> {
                     break;
                 };
                 if let Some(next) = buffer.pop_front() {
-                    self.start(next, permit, in_flight);
+                    self.start(next.message, next.delivery, next.held, permit, in_flight);
                 }
             }
             let draining = self.shutdown.is_draining();
@@ -355,10 +355,10 @@ impl Pulling<'_> {
                 // A deleted consumer sends nothing more: stop waiting on it.
                 () = self.lost.notified() => return,
                 // After a reconnect the server may have forgotten the pulls (a
-                // restarted nats-server has): pull again rather than wait for
-                // the client to give up on them (their expiry plus 5 s). Should
-                // one still be live (a cluster), what it would still deliver is
-                // redelivered after the ack wait.
+                // restarted nats-server has): pull again, on a new inbox,
+                // rather than wait out their expiry. Should one still be live
+                // (a cluster), what it would still deliver goes to the old
+                // inbox, unread, and is redelivered after the ack wait.
                 Ok(()) = connections.changed() => {
                     tracing::debug!("Reconnected to NATS; pulling again.");
                     out.clear();
@@ -390,7 +390,7 @@ impl Pulling<'_> {
                 }
                 permit = self.permits.clone().acquire_owned(), if !buffer.is_empty() => {
                     if let (Ok(permit), Some(next)) = (permit, buffer.pop_front()) {
-                        self.start(next, permit, in_flight);
+                        self.start(next.message, next.delivery, next.held, permit, in_flight);
                     }
                 }
                 // A slot freed with nothing buffered or asked for: pull again.
@@ -425,17 +425,18 @@ impl Pulling<'_> {
         *backlog = pending;
         // Pulls ask for no more than may be held: this never waits.
         let held = self.held.clone().try_acquire_owned().ok();
-        let buffered = Buffered {
-            message,
-            delivery,
-            held,
-            kept_alive: Instant::now(),
-        };
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) if buffer.is_empty() => self.start(buffered, permit, in_flight),
+            Ok(permit) if buffer.is_empty() => {
+                self.start(message, delivery, held, permit, in_flight);
+            }
             permit => {
                 drop(permit);
-                buffer.push_back(buffered);
+                buffer.push_back(Buffered {
+                    message,
+                    delivery,
+                    held,
+                    kept_alive: Instant::now(),
+                });
             }
         }
     }
@@ -443,7 +444,14 @@ impl Pulling<'_> {
     /// Starts one delivery holding `permit`. One that completes at its first
     /// poll (a quick built-in, say) needs no task of its own; one that waits
     /// goes on in one, from where it stopped.
-    fn start(&self, next: Buffered, permit: OwnedSemaphorePermit, in_flight: &mut JoinSet<()>) {
+    fn start(
+        &self,
+        message: Message,
+        delivery: Delivery,
+        held: Option<OwnedSemaphorePermit>,
+        permit: OwnedSemaphorePermit,
+        in_flight: &mut JoinSet<()>,
+    ) {
         let shared = self.shared.clone();
         let shutdown = self.shutdown.clone();
         let slot = Slot {
@@ -451,12 +459,6 @@ impl Pulling<'_> {
             pace: self.pace.clone(),
             taken: Instant::now(),
         };
-        let Buffered {
-            message,
-            delivery,
-            held,
-            ..
-        } = next;
         let mut delivery = Box::pin(async move {
             deliver::deliver(&shared, message, delivery, slot, &shutdown).await;
             drop(held);
