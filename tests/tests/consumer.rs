@@ -222,6 +222,8 @@ async fn a_consumer_made_first_keeps_its_start() {
             filter_subject: "ev.ok".into(),
             deliver_policy: DeliverPolicy::New,
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            // Not jetrun's (it counts attempts itself): updated from the config.
+            max_deliver: 5,
             ..Default::default()
         })
         .await

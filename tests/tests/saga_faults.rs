@@ -341,7 +341,6 @@ async fn a_restart_over_many_instances_fires_every_running_deadline() {
         .expect("create the saga bucket");
     let now_ms = (jetrun_e2e::unix_now() * 1000.0) as u64;
     let deadline = now_ms + 15_000;
-    let client = bed.client().await;
     let mut acks = futures::stream::FuturesUnordered::new();
     for n in 0..ended + running {
         let (key, value) = if n < ended {
@@ -369,13 +368,23 @@ async fn a_restart_over_many_instances_fires_every_running_deadline() {
         }
     }
     while acks.next().await.is_some() {}
-    drop(client);
 
     let started = Instant::now();
     let runner = Runner::start(&config);
     wait_ready(bed.metrics).await;
     let ready_after = started.elapsed();
     let text = scrape(bed.metrics).await;
+    // Ready means every instance was read: each is counted in some state.
+    let counted: f64 = text
+        .lines()
+        .filter(|line| line.starts_with(r#"jetrun_saga_instances{saga="fulfil","#))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        counted as u64,
+        ended + running,
+        "ready before every instance was read: {text}"
+    );
     let rss = metric(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0);
     let kv = &kv;
     wait_until(

@@ -84,7 +84,7 @@ impl Durable<'_> {
     pub(crate) async fn bind(&self, js: &Context, seen: Option<Floor>) -> anyhow::Result<Bound> {
         let binding = self.binding;
         let (stream_name, name) = (&binding.stream, &binding.consumer);
-        let mut stream = js
+        let stream = js
             .get_stream(stream_name)
             .await
             .with_context(|| format!("cannot find stream {stream_name} for {}", self.serves))?;
@@ -147,7 +147,7 @@ impl Durable<'_> {
             // Made anew with no floor seen by this process: a new function's,
             // or one deleted while no runner was running. Both start at the
             // stream's beginning; say how much that is.
-            let held = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+            let held = stream.cached_info().state.messages;
             if held > 0 {
                 tracing::warn!(
                     stream = %stream_name,

@@ -645,7 +645,8 @@ async fn watch_instances(saga: Arc<Saga>, loaded: Loaded, shutdown: Shutdown) {
         else {
             return;
         };
-        if held == 0 {
+        let mut loading = held > 0;
+        if !loading {
             loaded.done();
         }
         let steps = step_names(&saga.config);
@@ -655,6 +656,12 @@ async fn watch_instances(saga: Arc<Saga>, loaded: Loaded, shutdown: Shutdown) {
                 entry = entries.next() => entry,
             };
             let Some(Ok(entry)) = entry else { break };
+            // Caught up with the bucket, whatever the last entry was (a
+            // correlation index entry or its expiry's marker included).
+            if loading && entry.delta == 0 {
+                loading = false;
+                loaded.done();
+            }
             if entry.key.starts_with("corr_") {
                 continue;
             }
@@ -679,7 +686,6 @@ async fn watch_instances(saga: Arc<Saga>, loaded: Loaded, shutdown: Shutdown) {
             // replays the bucket's history, once at its end.
             if entry.delta == 0 {
                 saga.metrics.set_states(&known.counts);
-                loaded.done();
             }
         }
     }
