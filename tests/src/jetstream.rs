@@ -106,6 +106,18 @@ pub async fn wait_for_consumer(js: &Context, stream: &str, consumer: &str) {
     .await;
 }
 
+/// Waits (up to 20 s) until the KV bucket `name` exists (made by the
+/// runner), and opens it.
+pub async fn wait_for_bucket(js: &Context, name: &str) -> async_nats::jetstream::kv::Store {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("KV bucket {name} exists"),
+        || async move { js.get_key_value(name).await.is_ok() },
+    )
+    .await;
+    js.get_key_value(name).await.expect("the bucket just seen")
+}
+
 /// Waits (up to 20 s) until `consumer` on `stream` has acked everything up
 /// to stream sequence `last`, with nothing left pending or unacked.
 pub async fn wait_acked(js: &Context, stream: &str, consumer: &str, last: u64) {

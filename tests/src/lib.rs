@@ -33,7 +33,7 @@ pub use http_server::{HttpServer, Reply, Request};
 pub use jetstream::{
     connect, consumer_info, header, publish_bare, publish_bare_burst, publish_raw_block,
     publish_raw_headers, publish_with_headers, stream_len, stream_messages, wait_acked,
-    wait_for_consumer,
+    wait_for_bucket, wait_for_consumer,
 };
 pub use jwt::JwtAuth;
 pub use ledger::{Entry, Ledger};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use jetrun_e2e::{
-    consumer_info, holds_for, publish_bare, record_then, stream_messages, wait_for_consumer,
-    wait_until, Runner, TestBed,
+    consumer_info, holds_for, publish_bare, record_then, stream_messages, wait_acked,
+    wait_for_consumer, wait_until, Runner, TestBed,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,12 +30,7 @@ async fn a_deleted_consumer_is_recreated_where_it_was() {
         publish_bare(&client, "ev.ok", format!(r#"{{"n":{n}}}"#)).await;
     }
     let (js, ledger) = (&js, &bed.ledger);
-    wait_until(Duration::from_secs(20), "10 events acked", || async move {
-        consumer_info(js, TestBed::STREAM, "record")
-            .await
-            .is_some_and(|i| i.ack_floor.stream_sequence == 10)
-    })
-    .await;
+    wait_acked(js, TestBed::STREAM, "record", 10).await;
     // The runner reads the ack floor every 2s; give it time to see 10.
     holds_for(
         Duration::from_secs(3),
@@ -113,16 +108,7 @@ async fn a_stream_made_again_is_read_from_its_beginning() {
         publish_bare(&client, "ev.ok", format!(r#"{{"n":{n}}}"#)).await;
     }
     let (js, ledger) = (&js, &bed.ledger);
-    wait_until(
-        Duration::from_secs(20),
-        "10 events settled",
-        || async move {
-            consumer_info(js, TestBed::STREAM, "record")
-                .await
-                .is_some_and(|i| i.ack_floor.stream_sequence == 10)
-        },
-    )
-    .await;
+    wait_acked(js, TestBed::STREAM, "record", 10).await;
     // The runner reads the ack floor every 2s; give it time to see 10.
     holds_for(
         Duration::from_secs(3),

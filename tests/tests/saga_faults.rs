@@ -80,15 +80,7 @@ timeout = "60s"
 }
 
 async fn bucket(bed: &TestBed) -> async_nats::jetstream::kv::Store {
-    let js = bed.jetstream().await;
-    let js = &js;
-    wait_until(
-        Duration::from_secs(20),
-        "the saga bucket exists",
-        || async move { js.get_key_value("jetrun_saga_fulfil").await.is_ok() },
-    )
-    .await;
-    js.get_key_value("jetrun_saga_fulfil").await.unwrap()
+    jetrun_e2e::wait_for_bucket(&bed.jetstream().await, "jetrun_saga_fulfil").await
 }
 
 async fn state(kv: &async_nats::jetstream::kv::Store, key: &str) -> Option<String> {
