@@ -5,7 +5,7 @@
 //! deleted and made again (its sequences started over).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -60,26 +60,21 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
             shared.unit.concurrency,
         )));
         // The floor last seen: none until the first bind.
-        let seen: Arc<Mutex<Option<Floor>>> = Arc::default();
+        let mut last: Option<Floor> = None;
         while !shutdown.is_draining() {
-            let last = *seen.lock().unwrap_or_else(|e| e.into_inner());
             let Some(Bound { consumer, floor }) = bind(&shared, last, &shutdown).await else {
                 break;
             };
             let stream_created = floor.stream_created;
+            // The highest ack floor seen, raised by the monitor.
             let ack_floor = Arc::new(AtomicU64::new(floor.ack_floor));
-            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(floor);
             readiness.set_bound(name, true);
             let lost = Arc::new(Lost::default());
             let monitor = tokio::spawn(
                 monitor(
                     consumer.clone(),
                     shared.clone(),
-                    Seen {
-                        seen: seen.clone(),
-                        stream_created,
-                        ack_floor: ack_floor.clone(),
-                    },
+                    ack_floor.clone(),
                     lost.clone(),
                 )
                 .in_current_span(),
@@ -97,6 +92,10 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
             pulling.run(&mut in_flight, readiness.connections()).await;
             monitor.abort();
             readiness.set_bound(name, false);
+            last = Some(Floor {
+                stream_created,
+                ack_floor: ack_floor.load(Ordering::Relaxed),
+            });
             if lost.is_lost() {
                 tracing::warn!(
                     last_ack_floor = ack_floor.load(Ordering::Relaxed),
@@ -137,36 +136,21 @@ async fn bind(shared: &Shared, seen: Option<Floor>, shutdown: &Shutdown) -> Opti
     Some(bound)
 }
 
-/// Where the monitor records the floor it reads.
-struct Seen {
-    seen: Arc<Mutex<Option<Floor>>>,
-    stream_created: u64,
-    ack_floor: Arc<AtomicU64>,
-}
-
-impl Seen {
-    fn record(&self, ack_floor: u64) {
-        let ack_floor = self
-            .ack_floor
-            .fetch_max(ack_floor, Ordering::Relaxed)
-            .max(ack_floor);
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Floor {
-            stream_created: self.stream_created,
-            ack_floor,
-        });
-    }
-}
-
 /// Reads the consumer's state now and then: backlog gauges, the ack floor (so
 /// a consumer recreated after a deletion resumes where this one was), and
 /// whether it still exists.
-async fn monitor(mut consumer: PullConsumer, shared: Arc<Shared>, seen: Seen, lost: Arc<Lost>) {
+async fn monitor(
+    mut consumer: PullConsumer,
+    shared: Arc<Shared>,
+    ack_floor: Arc<AtomicU64>,
+    lost: Arc<Lost>,
+) {
     loop {
         match consumer.info().await {
             Ok(info) => {
                 shared.metrics.pending.set(info.num_pending as i64);
                 shared.metrics.ack_pending.set(info.num_ack_pending as i64);
-                seen.record(info.ack_floor.stream_sequence);
+                ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
             }
             Err(err) if nats::is_consumer_not_found(&err) => {
                 lost.set();
