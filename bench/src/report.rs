@@ -49,8 +49,11 @@ pub(crate) struct Summary {
     pub(crate) ratio_to_baseline: Option<f64>,
     /// The same against faststream-noop (the Python workers only).
     pub(crate) ratio_to_faststream: Option<f64>,
-    /// The same against baseline-emit (jetrun-emit only).
+    /// The same against baseline-emit (jetrun-emit and baseline-emit-ce).
     pub(crate) ratio_to_baseline_emit: Option<f64>,
+    /// The same against baseline-emit-ce (jetrun-emit only): jetrun's own
+    /// overhead, the CloudEvents headers written by both.
+    pub(crate) ratio_to_baseline_emit_ce: Option<f64>,
     pub(crate) median_server_cpu_us: Option<f64>,
     pub(crate) median_consumer_cpu_us: Option<f64>,
     pub(crate) max_peak_rss_kib: Option<u64>,
@@ -92,6 +95,7 @@ impl Results {
         let baseline = measured(Contender::Baseline);
         let faststream = measured(Contender::FaststreamNoop);
         let baseline_emit = measured(Contender::BaselineEmit);
+        let baseline_emit_ce = measured(Contender::BaselineEmitCe);
         self.contenders
             .iter()
             .map(|(contender, outcomes)| {
@@ -117,8 +121,14 @@ impl Results {
                     )
                     .then(|| paired_ratio(&mine, &faststream))
                     .flatten(),
-                    ratio_to_baseline_emit: (*contender == Contender::JetrunEmit)
-                        .then(|| paired_ratio(&mine, &baseline_emit))
+                    ratio_to_baseline_emit: matches!(
+                        contender,
+                        Contender::JetrunEmit | Contender::BaselineEmitCe
+                    )
+                    .then(|| paired_ratio(&mine, &baseline_emit))
+                    .flatten(),
+                    ratio_to_baseline_emit_ce: (*contender == Contender::JetrunEmit)
+                        .then(|| paired_ratio(&mine, &baseline_emit_ce))
                         .flatten(),
                     median_server_cpu_us: median(
                         &runs
@@ -288,6 +298,7 @@ impl Results {
             "spread (min-max)",
             "x baseline",
             "x baseline-emit",
+            "x baseline-emit-ce",
             "x faststream",
             "server µs/ev",
             "consumer µs/ev",
@@ -320,6 +331,7 @@ impl Results {
                 ),
                 optional(s.ratio_to_baseline, |r| format!("{r:.2}")),
                 optional(s.ratio_to_baseline_emit, |r| format!("{r:.2}")),
+                optional(s.ratio_to_baseline_emit_ce, |r| format!("{r:.2}")),
                 optional(s.ratio_to_faststream, |r| format!("{r:.2}")),
                 optional(s.median_server_cpu_us, |v| format!("{v:.1}")),
                 optional(s.median_consumer_cpu_us, |v| format!("{v:.1}")),

@@ -391,7 +391,8 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeade
             "tracestate",
         ),
     ];
-    let mut headers = HeaderMap::new();
+    // Room for every header below, so the map never grows while it is built.
+    let mut headers = HeaderMap::with_capacity(12);
     headers.put(SPECVERSION, "1.0")?;
     let id = headers::value(&ID, event.id)?;
     headers.set(ID, id.clone());

@@ -65,15 +65,50 @@ pub(crate) async fn run(
 /// runner/src/dispatch/pull.rs). `baseline-emit` keeps as many in flight.
 pub(crate) const EMIT_IN_FLIGHT: usize = 16 + 512 + 256;
 
+/// The headers `baseline-emit` writes on each event it publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EmitHeaders {
+    /// `Nats-Msg-Id` alone: the server work of an emit and nothing more.
+    MsgId,
+    /// The CloudEvents binary-mode block jetrun writes on an event `echo`
+    /// emits for a bare input (runner/src/envelope.rs `binary_headers`): the
+    /// same nine names, values of the same sizes, the time formatted per
+    /// event.
+    CloudEvents,
+}
+
+impl EmitHeaders {
+    /// The headers of the event emitted for input `sequence` of `stream`.
+    fn of(self, stream: &str, sequence: u64) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        let id = format!("5f0c4b2a-9d1e-5c3b-8a7f-{sequence:012x}");
+        headers.insert("Nats-Msg-Id", id.as_str());
+        if self == EmitHeaders::CloudEvents {
+            let input = format!("{stream}:{sequence}");
+            let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+            headers.insert("ce-specversion", "1.0");
+            headers.insert("ce-id", id.as_str());
+            headers.insert("ce-type", "bench.echoed");
+            headers.insert("ce-source", "jetrun/echo");
+            headers.insert("ce-time", time.as_str());
+            headers.insert("ce-datacontenttype", "application/json");
+            headers.insert("ce-correlationid", input.as_str());
+            headers.insert("ce-causationid", input.as_str());
+        }
+        headers
+    }
+}
+
 /// Fills a fresh stream with `events` events and times the bare client doing
-/// what `echo` makes the server do: for each input, publish one event with a
-/// `Nats-Msg-Id` to a second stream and wait for its ack, then ack the
-/// input; [`EMIT_IN_FLIGHT`] inputs at once.
+/// what `echo` makes the server do: for each input, publish one event with
+/// `headers` to a second stream and wait for its ack, then ack the input;
+/// [`EMIT_IN_FLIGHT`] inputs at once.
 pub(crate) async fn run_emit(
     harness: &Harness,
     name: &str,
     run: usize,
     events: u64,
+    headers: EmitHeaders,
 ) -> anyhow::Result<Throughput> {
     let target = Target::new(name, run);
     let stream = target.fill(&harness.js, events).await?;
@@ -113,12 +148,10 @@ pub(crate) async fn run_emit(
             }
             let (js, subject) = (js.clone(), subject.clone());
             in_flight.spawn(async move {
-                let id = message
+                let headers = message
                     .info()
-                    .map(|info| format!("emit-{}", info.stream_sequence))
+                    .map(|info| headers.of(info.stream, info.stream_sequence))
                     .map_err(|err| format!("no metadata: {err}"))?;
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id.as_str());
                 let ack = js
                     .publish_with_headers(subject, headers, message.payload.clone())
                     .await

@@ -26,6 +26,9 @@ pub(crate) enum Contender {
     /// with a `Nats-Msg-Id` and wait for its ack, then ack the input, with as
     /// many inputs in flight as jetrun may hold at its default concurrency.
     BaselineEmit,
+    /// The same writing the CloudEvents headers jetrun writes on each emit,
+    /// so that `jetrun-emit` against it is jetrun's own overhead alone.
+    BaselineEmitCe,
     /// `jetrun run` with the `noop` built-in and the default config.
     JetrunNoop,
     /// The same with `concurrency = --concurrency` (256).
@@ -53,10 +56,11 @@ pub(crate) enum Outcome {
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 10] = [
+    pub(crate) const ALL: [Contender; 11] = [
         Contender::Baseline,
         Contender::Baseline1000,
         Contender::BaselineEmit,
+        Contender::BaselineEmitCe,
         Contender::JetrunNoop,
         Contender::JetrunNoop256,
         Contender::JetrunEmit,
@@ -71,6 +75,7 @@ impl Contender {
             Contender::Baseline => "baseline",
             Contender::Baseline1000 => "baseline-1000",
             Contender::BaselineEmit => "baseline-emit",
+            Contender::BaselineEmitCe => "baseline-emit-ce",
             Contender::JetrunNoop => "jetrun-noop",
             Contender::JetrunNoop256 => "jetrun-noop-256",
             Contender::JetrunEmit => "jetrun-emit",
@@ -84,9 +89,10 @@ impl Contender {
     /// Its durable consumer's name.
     pub(crate) fn durable(self) -> &'static str {
         match self {
-            Contender::Baseline | Contender::Baseline1000 | Contender::BaselineEmit => {
-                baseline::DURABLE
-            }
+            Contender::Baseline
+            | Contender::Baseline1000
+            | Contender::BaselineEmit
+            | Contender::BaselineEmitCe => baseline::DURABLE,
             Contender::JetrunNoop | Contender::JetrunNoop256 => jetrun::Function::Noop.name(),
             Contender::JetrunEmit => jetrun::Function::Echo.name(),
             Contender::JetrunPythonWorker | Contender::JetrunPythonWorker2 => {
@@ -195,7 +201,14 @@ async fn run_once(
             baseline::run(harness, name, run, events, baseline::RUNNER_BATCH).await?
         }
         Contender::Baseline1000 => baseline::run(harness, name, run, events, 1000).await?,
-        Contender::BaselineEmit => baseline::run_emit(harness, name, run, events).await?,
+        Contender::BaselineEmit => {
+            let headers = baseline::EmitHeaders::MsgId;
+            baseline::run_emit(harness, name, run, events, headers).await?
+        }
+        Contender::BaselineEmitCe => {
+            let headers = baseline::EmitHeaders::CloudEvents;
+            baseline::run_emit(harness, name, run, events, headers).await?
+        }
         Contender::JetrunNoop => {
             jetrun::run(harness, name, run, events, jetrun::Function::Noop, default).await?
         }

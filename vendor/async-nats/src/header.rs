@@ -131,6 +131,14 @@ impl HeaderMap {
         HeaderMap::default()
     }
 
+    /// An empty map with room for `capacity` header names, so that building
+    /// a known set of headers never grows (and rehashes) the map.
+    pub fn with_capacity(capacity: usize) -> Self {
+        HeaderMap {
+            inner: HashMap::with_capacity(capacity),
+        }
+    }
+
     /// Returns true if the map contains no elements.
     ///
     /// # Examples
@@ -273,7 +281,7 @@ impl HeaderMap {
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut buf = vec![];
+        let mut buf = Vec::with_capacity(self.wire_len());
         buf.extend_from_slice(b"NATS/1.0\r\n");
         for (k, vs) in &self.inner {
             for v in vs.iter() {
