@@ -61,6 +61,62 @@ fn init_writes_a_config_check_accepts_and_never_overwrites_without_force() {
     );
 }
 
+/// Runs `jetrun ARGS...` in `dir`, with no `JETRUN_CONFIG` from outside.
+fn jetrun_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(jetrun_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("JETRUN_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run jetrun")
+}
+
+#[test]
+fn check_reads_what_init_wrote_from_any_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let before = jetrun_in(dir.path(), &["check"]);
+    assert_eq!(before.status.code(), Some(2), "{before:?}");
+    let stderr = String::from_utf8_lossy(&before.stderr);
+    assert!(
+        stderr.contains("cannot read config file jetrun.toml"),
+        "{stderr}"
+    );
+
+    let written = init(dir.path(), &[]);
+    let stdout = String::from_utf8_lossy(&written.stdout);
+    assert!(
+        stdout.contains("Next: `jetrun check`, then `jetrun dev`."),
+        "{stdout}"
+    );
+    let checked = jetrun_in(dir.path(), &["check"]);
+    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).starts_with("jetrun.toml: ok"),
+        "{checked:?}"
+    );
+
+    // A file given as the argument, like `promtool check config FILE`; it
+    // wins over JETRUN_CONFIG.
+    std::fs::write(dir.path().join("bad.toml"), "[functions.x]\nbuiltin = 1\n").unwrap();
+    let positional = jetrun_in(dir.path(), &["check", "bad.toml"]);
+    assert_eq!(positional.status.code(), Some(2), "{positional:?}");
+    let over_env = Command::new(jetrun_bin())
+        .args(["check", "jetrun.toml"])
+        .current_dir(dir.path())
+        .env("JETRUN_CONFIG", "bad.toml")
+        .output()
+        .expect("run jetrun check");
+    assert_eq!(over_env.status.code(), Some(0), "{over_env:?}");
+    let by_env = Command::new(jetrun_bin())
+        .arg("check")
+        .current_dir(dir.path())
+        .env("JETRUN_CONFIG", "bad.toml")
+        .output()
+        .expect("run jetrun check");
+    assert_eq!(by_env.status.code(), Some(2), "{by_env:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_starter_config_sends_a_welcome_email() {
     let bed = TestBed::new();

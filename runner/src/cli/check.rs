@@ -3,20 +3,33 @@
 //! stderr), 2 (every error printed, each with its key path and line) when
 //! it is not.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::args::ConfigArg;
 use super::session;
 
-pub(crate) fn check(arg: &ConfigArg) -> ExitCode {
-    match session::load(&arg.config) {
+/// The arguments of `jetrun check`.
+#[derive(clap::Args)]
+pub(crate) struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The config file, like `promtool check config FILE`; it wins over -c
+    /// and JETRUN_CONFIG.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+pub(crate) fn check(args: &CheckArgs) -> ExitCode {
+    let path = args.file.as_ref().unwrap_or(&args.config.config);
+    match session::load(path) {
         Ok(loaded) => {
             for warning in &loaded.config.warnings {
                 eprintln!("jetrun: warning: {warning}");
             }
             println!(
                 "{}: ok ({} functions, {} streams)",
-                arg.config.display(),
+                path.display(),
                 loaded.config.functions.len(),
                 loaded.config.streams.len()
             );

@@ -75,7 +75,12 @@ retry = { max_attempts = 3 }    # the other retry keys come from [defaults]
 pub(crate) fn init(args: &InitArgs) -> anyhow::Result<()> {
     write_template(&args.path, args.force)?;
     let path = args.path.display();
-    println!("Wrote {path}. Next: `jetrun check -c {path}`, then `jetrun dev -c {path}`.");
+    // Every verb reads ./jetrun.toml by default: no -c for the default path.
+    let config = match args.path == Path::new(super::args::DEFAULT_CONFIG) {
+        true => String::new(),
+        false => format!(" -c {path}"),
+    };
+    println!("Wrote {path}. Next: `jetrun check{config}`, then `jetrun dev{config}`.");
     Ok(())
 }
 

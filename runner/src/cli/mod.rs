@@ -61,7 +61,7 @@ enum Command {
     Dev(RunArgs),
     /// Validate the config file: exit 0 when it is good, 2 when it is not.
     #[command(after_help = CHECK_EXAMPLES)]
-    Check(ConfigArg),
+    Check(check::CheckArgs),
     /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
     #[command(after_help = PUBLISH_EXAMPLES)]
     Publish(publish::PublishArgs),
@@ -103,7 +103,8 @@ Examples:
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
-  jetrun check -c /etc/jetrun/jetrun.toml
+  jetrun check                       # ./jetrun.toml
+  jetrun check /etc/jetrun/jetrun.toml
   jetrun check -c jetrun.toml && systemctl reload jetrun";
 
 const PUBLISH_EXAMPLES: &str = "\
