@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The saga's participants for config/examples/ecommerce-saga.toml, one
-jetrun exec worker answering every step command and every undo. Each
-answer carries the order id, which is how the saga matches it to its
-instance.
+jetrun exec worker (written with the jetrun Python SDK, sdk/python)
+answering every step command and every undo. Each answer carries the order
+id, which is how the saga matches it to its instance.
 
   inventory.reserve  -> inventory.reserved | inventory.insufficient (stock below)
   payment.charge     -> payment.completed  | payment.failed (total over 1000)
@@ -16,18 +16,25 @@ the saga's timeout and compensation. Undos are idempotent: releasing twice
 or refunding twice changes nothing the second time.
 """
 
-import json
+import os
 import sys
+
+try:
+    import jetrun
+except ImportError:  # run from the repository, without `pip install ./sdk/python`
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sdk", "python"))
+    import jetrun
 
 STOCK = {"book": 10, "laptop": 1, "mug": 5, "pen": 100}
 reserved = {}   # order_id -> items
 charged = {}    # order_id -> amount
 
 
+@jetrun.handler
 def answer(event):
-    kind, data = event["type"], event.get("data") or {}
+    kind, data = event["type"], jetrun.data(event) or {}
     order = data.get("order_id")
-    reply = lambda t, **extra: [{"type": t, "data": dict({"order_id": order}, **extra)}]
+    reply = lambda t, **extra: [jetrun.emit(t, dict({"order_id": order}, **extra))]
     step = {"inventory.reserve": "reserve", "payment.charge": "payment", "shipping.ship": "ship"}
     if kind in step and data.get("hang_at") == step[kind]:
         return []
@@ -58,8 +65,5 @@ def answer(event):
     return []
 
 
-for line in sys.stdin:
-    request = json.loads(line)
-    reply = {"id": request["id"], "ok": True, "emit": answer(request["event"])}
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
+if __name__ == "__main__":
+    answer.run()

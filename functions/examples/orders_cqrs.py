@@ -1,53 +1,51 @@
 #!/usr/bin/env python3
 """The order aggregate, its read models and their queries, for
-config/examples/orders-cqrs.toml: one jetrun exec worker per role, chosen by
-the first argument.
+config/examples/orders-cqrs.toml, written with the jetrun Python SDK
+(sdk/python): one jetrun exec worker per role, chosen by the first argument.
 
-Command handlers (request functions with aggregate = "order") get
-{"command": <CloudEvent>, "aggregate": {"id", "version", "history", "snapshot"}}
-and answer {"append": [{"type", "data"}], "reply": ...}:
+Command handlers (request functions with aggregate = "order") get the
+command and the order as jetrun loaded it (jetrun.Aggregate: id, version,
+history, snapshot) and return a jetrun.Decision: the events to append, the
+reply, the snapshot.
 
   place     {"order_id", "user_id", "items": [{"sku", "qty"}]}  -> order_placed
   add_item  {"order_id", "sku", "qty"}                         -> item_added
   confirm   {"order_id"}                                       -> order_confirmed
 
-A bad command is a permanent failure: the requester gets error 400.
+A command that breaks a rule raises jetrun.Permanent: the requester gets
+error 400 and the message.
 
-Projections (stream functions with projection = {...}) get
-{"event": <CloudEvent>, "key", "state"} and answer {"state": ...}:
+Projections (stream functions with projection = {...}) get the event, its
+key and the stored state, and return the new state:
 
   summary   order_summaries[order_id] = {"order_id", "user_id", "status", "items", "quantity"}
   by_user   orders_by_user[user_id]   = {"user_id", "orders": {order_id: status}}
 
-Queries (request functions with projection = {...}) get
-{"request": <CloudEvent>, "key", "state"} and answer with the reply itself:
+Queries (request functions with projection = {...}) get the request, its key
+and the stored state, and return the reply:
 
-  get_order     the order's summary, or 404-like {"found": false}
-  user_orders   the user's orders
+  get_order     the order's summary, or {"found": false, "key": ...}
+  user_orders   the user's orders, or {"found": false, "key": ...}
 """
 
-import json
+import os
 import sys
 
-
-class Rejected(Exception):
-    """A command that breaks a rule: never retried."""
-
-
-def state_of(aggregate):
-    """The order as its events made it (a snapshot, then the events after it)."""
-    order = aggregate["snapshot"]
-    for event in aggregate["history"]:
-        order = apply(order, event["type"], event["data"])
-    return order
+try:
+    import jetrun
+except ImportError:  # run from the repository, without `pip install ./sdk/python`
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sdk", "python"))
+    import jetrun
 
 
-def apply(order, event_type, data):
-    if event_type == "order_placed":
+def apply(order, event):
+    """The order after one of its events (None before the first)."""
+    data = event["data"]
+    if event["type"] == "order_placed":
         return {"user_id": data["user_id"], "status": "placed", "items": data["items"]}
-    if event_type == "item_added":
+    if event["type"] == "item_added":
         return dict(order, items=order["items"] + [{"sku": data["sku"], "qty": data["qty"]}])
-    if event_type == "order_confirmed":
+    if event["type"] == "order_confirmed":
         return dict(order, status="confirmed")
     return order
 
@@ -55,101 +53,102 @@ def apply(order, event_type, data):
 def item(data):
     sku, qty = data.get("sku"), data.get("qty")
     if not isinstance(sku, str) or not sku:
-        raise Rejected("sku must be a non-empty string")
-    if not isinstance(qty, int) or qty < 1:
-        raise Rejected("qty must be a positive integer")
+        raise jetrun.Permanent("sku must be a non-empty string")
+    if isinstance(qty, bool) or not isinstance(qty, int) or qty < 1:
+        raise jetrun.Permanent("qty must be a positive integer")
     return {"sku": sku, "qty": qty}
 
 
-def handle_command(kind, document):
-    data = document["command"]["data"]
-    aggregate = document["aggregate"]
-    order_id = aggregate["id"]
-    order = state_of(aggregate)
-    if kind == "place":
-        if order is not None:
-            raise Rejected(f"order {order_id} already exists")
-        if not isinstance(data.get("user_id"), (str, int)):
-            raise Rejected("user_id is required")
-        items = [item(i) for i in data.get("items", [])]
-        new = [{"type": "order_placed",
-                "data": {"order_id": order_id, "user_id": data["user_id"], "items": items}}]
-    else:
-        if order is None:
-            raise Rejected(f"order {order_id} does not exist")
-        if order["status"] != "placed":
-            raise Rejected(f"order {order_id} is {order['status']}")
-        if kind == "add_item":
-            added = item(data)
-            new = [{"type": "item_added",
-                    "data": dict(added, order_id=order_id, user_id=order["user_id"])}]
-        elif kind == "confirm":
-            if not order["items"]:
-                raise Rejected(f"order {order_id} has no items")
-            new = [{"type": "order_confirmed",
-                    "data": {"order_id": order_id, "user_id": order["user_id"]}}]
-        else:
-            raise Rejected(f"unknown command {kind}")
-    after = order
+def decided(instance, order, new):
+    """The decision to append `new` to the order: the reply says the
+    order's version and status after it, and the snapshot is that state."""
     for event in new:
-        after = apply(after, event["type"], event["data"])
-    return {"append": new,
-            "reply": {"order_id": order_id, "version": aggregate["version"] + len(new),
-                      "status": after["status"]},
-            "snapshot": after}
+        order = apply(order, event)
+    reply = {"order_id": instance.id, "version": instance.version + len(new), "status": order["status"]}
+    return jetrun.Decision(append=new, reply=reply, snapshot=order)
 
 
-def handle_projection(kind, document):
-    event, state = document["event"], document["state"]
+def placed_order(instance):
+    """The order as its events made it; it must exist and not be confirmed."""
+    order = instance.state(apply)
+    if order is None:
+        raise jetrun.Permanent(f"order {instance.id} does not exist")
+    if order["status"] != "placed":
+        raise jetrun.Permanent(f"order {instance.id} is {order['status']}")
+    return order
+
+
+@jetrun.aggregate
+def place(command, instance):
+    data = jetrun.data(command) or {}
+    if instance.state(apply) is not None:
+        raise jetrun.Permanent(f"order {instance.id} already exists")
+    if not isinstance(data.get("user_id"), (str, int)):
+        raise jetrun.Permanent("user_id is required")
+    items = [item(i) for i in data.get("items", [])]
+    new = jetrun.emit("order_placed", {"order_id": instance.id, "user_id": data["user_id"], "items": items})
+    return decided(instance, None, [new])
+
+
+@jetrun.aggregate
+def add_item(command, instance):
+    order = placed_order(instance)
+    added = item(jetrun.data(command) or {})
+    new = jetrun.emit("item_added", dict(added, order_id=instance.id, user_id=order["user_id"]))
+    return decided(instance, order, [new])
+
+
+@jetrun.aggregate
+def confirm(command, instance):
+    order = placed_order(instance)
+    if not order["items"]:
+        raise jetrun.Permanent(f"order {instance.id} has no items")
+    new = jetrun.emit("order_confirmed", {"order_id": instance.id, "user_id": order["user_id"]})
+    return decided(instance, order, [new])
+
+
+@jetrun.projection
+def summary(event, key, state):
     data = event["data"]
-    if kind == "summary":
-        summary = state or {"order_id": data["order_id"], "user_id": data["user_id"],
-                            "status": "placed", "items": []}
-        if event["type"] == "order_placed":
-            summary["items"] = data["items"]
-        elif event["type"] == "item_added":
-            summary["items"] = summary["items"] + [{"sku": data["sku"], "qty": data["qty"]}]
-        elif event["type"] == "order_confirmed":
-            summary["status"] = "confirmed"
-        summary["quantity"] = sum(i["qty"] for i in summary["items"])
-        return {"state": summary}
-    if kind == "by_user":
-        mine = state or {"user_id": data["user_id"], "orders": {}}
+    summary = state or {"order_id": data["order_id"], "user_id": data["user_id"], "status": "placed", "items": []}
+    if event["type"] == "order_placed":
+        summary["items"] = data["items"]
+    elif event["type"] == "item_added":
+        summary["items"] = summary["items"] + [{"sku": data["sku"], "qty": data["qty"]}]
+    elif event["type"] == "order_confirmed":
+        summary["status"] = "confirmed"
+    summary["quantity"] = sum(i["qty"] for i in summary["items"])
+    return summary
+
+
+@jetrun.projection
+def by_user(event, key, state):
+    data = event["data"]
+    mine = state or {"user_id": data["user_id"], "orders": {}}
+    if event["type"] != "item_added":
         status = "confirmed" if event["type"] == "order_confirmed" else "placed"
-        if event["type"] != "item_added":
-            mine["orders"][str(data["order_id"])] = status
-        return {"state": mine}
-    raise Rejected(f"unknown projection {kind}")
+        mine["orders"][str(data["order_id"])] = status
+    return mine
 
 
-def handle_query(kind, document):
-    state = document["state"]
+def found(request, key, state):
     if state is None:
-        return {"found": False, "key": document["key"]}
+        return {"found": False, "key": key}
     return dict(state, found=True)
 
 
-def main():
-    kind = sys.argv[1]
-    for line in sys.stdin:
-        request = json.loads(line)
-        document = request["input"]
-        try:
-            if "command" in document:
-                result = handle_command(kind, document)
-            elif "event" in document:
-                result = handle_projection(kind, document)
-            else:
-                result = handle_query(kind, document)
-            reply = {"ok": True, "result": result}
-        except Rejected as rejected:
-            reply = {"ok": False, "error": str(rejected), "retryable": False}
-        except (KeyError, TypeError, ValueError) as bad:
-            reply = {"ok": False, "error": f"malformed input: {bad!r}", "retryable": False}
-        reply["id"] = request["id"]  # each reply answers its request by id
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+get_order = jetrun.query(found)
+user_orders = jetrun.query(found)
 
+ROLES = {
+    "place": place,
+    "add_item": add_item,
+    "confirm": confirm,
+    "summary": summary,
+    "by_user": by_user,
+    "get_order": get_order,
+    "user_orders": user_orders,
+}
 
 if __name__ == "__main__":
-    main()
+    ROLES[sys.argv[1]].run()

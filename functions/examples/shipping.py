@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """shipping: the shipping service of the order choreography
-(config/examples/ecommerce.toml), as a jetrun exec function in worker mode.
-Standard library only.
+(config/examples/ecommerce.toml), as a jetrun exec function in worker mode,
+written with the jetrun Python SDK (sdk/python). Standard library only.
 
 It listens to the outcomes of payment and inventory, which arrive in any
 order and independently of each other:
@@ -12,10 +12,11 @@ order and independently of each other:
 An order is decided once: the first failure cancels it; otherwise the second
 success ships it. Later outcomes of a decided order emit nothing.
 
-Worker mode: jetrun keeps this process running and writes one request per
-line on stdin, `{"event": {...}, "attempt": n}` (the event in CloudEvents
-structured JSON), reading one reply per line on stdout:
-`{"ok": true, "emit": [...]}` or `{"ok": false, "error": "...", "retryable": bool}`.
+Worker mode: jetrun keeps this process running and sends it one event after
+another; the SDK speaks the line protocol and calls `handle` for each. An
+event that can never be handled (not a payment or inventory outcome, no
+order_id) raises jetrun.Permanent and is dead-lettered at once; an error of
+the state database is an ordinary exception, and the event is retried.
 
 State: what arrived for each order, and the decision, live in a SQLite file
 (env SHIPPING_DB, default shipping.db in the working directory, which jetrun
@@ -37,24 +38,20 @@ it (a payment function listening to order.cancelled); this example stops at
 the notification.
 """
 
-import base64
 import hashlib
 import json
 import os
 import sqlite3
 import sys
 
+try:
+    import jetrun
+except ImportError:  # run from the repository, without `pip install ./sdk/python`
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sdk", "python"))
+    import jetrun
+
 SUCCESSES = ("payment.completed", "inventory.reserved")
 FAILURES = ("payment.failed", "inventory.insufficient")
-
-
-class BadEvent(Exception):
-    """The event can never be handled as sent: retrying would not help."""
-
-
-def log(message):
-    function = os.environ.get("JETRUN_FUNCTION", "shipping")
-    print(f"{function}: {message}", file=sys.stderr, flush=True)
 
 
 def open_db():
@@ -76,18 +73,6 @@ def open_db():
     return db
 
 
-def event_data(event):
-    """The event's data as a JSON value: `data`, or `data_base64` decoded."""
-    if "data" in event:
-        return event["data"]
-    if "data_base64" in event:
-        try:
-            return json.loads(base64.b64decode(event["data_base64"]))
-        except ValueError as err:
-            raise BadEvent(f"data is not JSON: {err}") from None
-    raise BadEvent("the event has no data")
-
-
 def tracking_number(order_key):
     """Derived from the order, so a repeated decision gives the same one."""
     return "TRK" + hashlib.sha256(order_key.encode()).hexdigest()[:12].upper()
@@ -100,89 +85,78 @@ def cancel_reason(event_type, data):
     return f"out of stock: {missing}" if missing else "out of stock"
 
 
-def handle(db, event):
+_db = None
+
+
+def db():
+    """The state database, opened by the first event a worker handles."""
+    global _db
+    if _db is None:
+        _db = open_db()
+    return _db
+
+
+@jetrun.handler
+def handle(event):
     """The events to emit for one payment.* or inventory.* event."""
     event_type, event_id = event.get("type"), event.get("id")
     if event_type not in SUCCESSES + FAILURES:
-        raise BadEvent(f"shipping does not handle {event_type!r} events")
+        raise jetrun.Permanent(f"shipping does not handle {event_type!r} events")
     if not event_id:
-        raise BadEvent("the event has no id")
-    data = event_data(event)
+        raise jetrun.Permanent("the event has no id")
+    data = jetrun.data(event)
     if not isinstance(data, dict) or "order_id" not in data:
-        raise BadEvent("event data has no order_id")
+        raise jetrun.Permanent("event data has no order_id")
     order_id = data["order_id"]
     order_key = json.dumps(order_id)
 
-    db.execute("BEGIN IMMEDIATE")
+    state = db()
+    state.execute("BEGIN IMMEDIATE")
     try:
-        emit = decide(db, event_type, event_id, order_id, order_key, data)
-        db.execute("COMMIT")
+        emit = decide(state, event_type, event_id, order_id, order_key, data)
+        state.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        state.execute("ROLLBACK")
         raise
     return emit
 
 
-def decide(db, event_type, event_id, order_id, order_key, data):
+def decide(state, event_type, event_id, order_id, order_key, data):
     """Within the transaction: record the event, and decide the order if it can be."""
-    decided = db.execute(
+    decided = state.execute(
         "SELECT decided_by, emit FROM decisions WHERE order_id = ?", (order_key,)
     ).fetchone()
     if decided is not None:
         decided_by, emit = decided
         if decided_by == event_id:
-            log(f"order {order_id}: {event_type} {event_id} again; repeating its decision")
+            print(f"order {order_id}: {event_type} {event_id} again; repeating its decision")
             return json.loads(emit)
-        log(f"order {order_id}: {event_type} after the order was decided; nothing to do")
+        print(f"order {order_id}: {event_type} after the order was decided; nothing to do")
         return []
-    db.execute(
+    state.execute(
         "INSERT OR IGNORE INTO arrivals (order_id, type, event_id) VALUES (?, ?, ?)",
         (order_key, event_type, event_id),
     )
     arrived = {
-        row[0] for row in db.execute("SELECT type FROM arrivals WHERE order_id = ?", (order_key,))
+        row[0] for row in state.execute("SELECT type FROM arrivals WHERE order_id = ?", (order_key,))
     }
     if event_type in FAILURES:
         reason = cancel_reason(event_type, data)
-        emit = [{"type": "order.cancelled", "data": {"order_id": order_id, "reason": reason}}]
-        log(f"order {order_id}: cancelled ({reason})")
+        emit = [jetrun.emit("order.cancelled", {"order_id": order_id, "reason": reason})]
+        print(f"order {order_id}: cancelled ({reason})")
     elif all(kind in arrived for kind in SUCCESSES):
         tracking = tracking_number(order_key)
-        emit = [{"type": "order.shipped", "data": {"order_id": order_id, "tracking": tracking}}]
-        log(f"order {order_id}: paid and reserved; shipped as {tracking}")
+        emit = [jetrun.emit("order.shipped", {"order_id": order_id, "tracking": tracking})]
+        print(f"order {order_id}: paid and reserved; shipped as {tracking}")
     else:
-        log(f"order {order_id}: {event_type}; waiting for the rest")
+        print(f"order {order_id}: {event_type}; waiting for the rest")
         return []
-    db.execute(
+    state.execute(
         "INSERT INTO decisions (order_id, decided_by, emit) VALUES (?, ?, ?)",
         (order_key, event_id, json.dumps(emit)),
     )
     return emit
 
 
-def reply_to(db, request):
-    try:
-        return {"ok": True, "emit": handle(db, request["event"])}
-    except (BadEvent, ValueError, KeyError, TypeError, AttributeError) as err:
-        log(f"permanent failure: {err}")
-        return {"ok": False, "error": str(err), "retryable": False}
-    except sqlite3.Error as err:
-        log(f"cannot use the state database: {err}")
-        return {"ok": False, "error": f"state database: {err}", "retryable": True}
-
-
-def main():
-    db = open_db()
-    log(f"worker {os.getpid()} ready")
-    for line in sys.stdin:
-        if line.strip():
-            request = json.loads(line)
-            reply = reply_to(db, request)
-            reply["id"] = request["id"]  # each reply answers its request by id
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    handle.run()
