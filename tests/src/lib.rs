@@ -42,7 +42,9 @@ pub use nats_server::{nats_server_bin, NatsServer};
 pub use ports::free_port;
 pub use prometheus::{scrape_config_for, tool_or_skip, Prometheus, INSTALL_PROMETHEUS};
 pub use repo::repo_root;
-pub use runner::{jetrun_bin, run_check, run_command, run_command_with_env, Runner};
+pub use runner::{
+    jetrun_bin, run_check, run_command, run_command_with_env, without_outside_settings, Runner,
+};
 pub use scripts::{record_then, LEDGER_LINE, WORKER_PY};
 pub use testbed::TestBed;
 pub use wait::{holds_for, wait_until};

@@ -75,10 +75,8 @@ pub fn run_command(args: &[&str]) -> (i32, String, String) {
 
 /// [`run_command`] with extra environment variables (`JETRUN_NATS_URL`, say).
 pub fn run_command_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = Command::new(jetrun_bin())
+    let output = without_outside_settings(&mut Command::new(jetrun_bin()))
         .args(args)
-        .env_remove("JETRUN_CONFIG")
-        .env_remove("JETRUN_NATS_URL")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
@@ -88,6 +86,29 @@ pub fn run_command_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// The environment that would make jetrun read a config file or a NATS
+/// connection from outside the test: `JETRUN_CONFIG`, `JETRUN_NATS_URL`,
+/// the `nats` CLI's `NATS_*` variables, and a `nats` context selected on
+/// this machine (`XDG_CONFIG_HOME` points nowhere).
+pub fn without_outside_settings(command: &mut Command) -> &mut Command {
+    for name in [
+        "JETRUN_CONFIG",
+        "JETRUN_NATS_URL",
+        "NATS_URL",
+        "NATS_CONTEXT",
+        "NATS_CREDS",
+        "NATS_NKEY",
+        "NATS_USER",
+        "NATS_PASSWORD",
+        "NATS_CERT",
+        "NATS_KEY",
+        "NATS_CA",
+    ] {
+        command.env_remove(name);
+    }
+    command.env("XDG_CONFIG_HOME", "/nonexistent/jetrun-tests")
 }
 
 /// A `jetrun run -c CONFIG` process owned by a test; killed on drop.
@@ -104,8 +125,8 @@ impl Runner {
     }
 
     /// Starts `jetrun run -c config` with extra environment variables. The
-    /// test's own `JETRUN_CONFIG` and `JETRUN_NATS_URL` are not passed on, so
-    /// the config file says where NATS is.
+    /// test's own connection settings are not passed on
+    /// ([`without_outside_settings`]), so the config file says where NATS is.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         Self::start_with(config, &[], env)
     }
@@ -119,13 +140,11 @@ impl Runner {
             .expect("create temp dir for the runner log");
         let log = File::create(log_dir.path().join("jetrun.log")).expect("create runner log");
         let mut command = Command::new(jetrun_bin());
-        command
+        without_outside_settings(&mut command)
             .arg("run")
             .arg("-c")
             .arg(config)
             .args(args)
-            .env_remove("JETRUN_CONFIG")
-            .env_remove("JETRUN_NATS_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log file handle"))
             .stderr(log);

@@ -74,9 +74,9 @@ while [ ! -f "{dir}/release" ]; do sleep 0.05; done"#
     );
     let config = bed.write_config(&format!("{}{functions}", bed.base_config()));
 
-    // Before the runner: no consumer at all, exit 1 naming each function.
+    // Before the runner: no consumer at all, exit 3 naming each function.
     let (code, rows, stderr) = status_json(&config);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     assert_eq!(
         stderr,
         "jetrun: function mixed has no consumer on stream EVENTS; is `jetrun run` running with \
@@ -196,7 +196,7 @@ while [ ! -f "{dir}/release" ]; do sleep 0.05; done"#
     let ghost = bed.sh_function("ghost", &["ev.ghost"], &mixed, "");
     let wider = write_config(&other, &format!("{}{functions}{ghost}", bed.base_config()));
     let (code, rows, stderr) = status_json(&wider);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     assert_eq!(
         stderr,
         "jetrun: function ghost has no consumer on stream EVENTS; is `jetrun run` running with \

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::nats::settings::Given;
+
 /// The config file.
 #[derive(clap::Args)]
 pub(crate) struct ConfigArg {
@@ -35,6 +37,63 @@ pub(crate) fn default_config(dir: &Path) -> PathBuf {
 pub(crate) const DEFAULT_CONFIG: &str = "jetrun.toml";
 /// The quick start's config, in a clone of the repository.
 const REPOSITORY_CONFIG: &str = "config/jetrun.toml";
+
+/// How to reach NATS, as the `nats` CLI takes it; each flag wins over the
+/// environment, the environment over a `nats` context, and a context over
+/// the config file's `[nats]` (see `nats::settings`).
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct ConnectArgs {
+    /// NATS server URLs, comma-separated [env: JETRUN_NATS_URL, then NATS_URL].
+    #[arg(short, long, global = true, value_name = "URLS")]
+    pub(crate) server: Option<String>,
+    /// A `.creds` file (user JWT and nkey seed).
+    #[arg(long, global = true, env = "NATS_CREDS", value_name = "FILE")]
+    pub(crate) creds: Option<PathBuf>,
+    /// A file holding an nkey seed.
+    #[arg(long, global = true, env = "NATS_NKEY", value_name = "FILE")]
+    pub(crate) nkey: Option<PathBuf>,
+    /// User name (a token, without --password).
+    #[arg(long, global = true, env = "NATS_USER")]
+    pub(crate) user: Option<String>,
+    /// Password.
+    #[arg(long, global = true, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub(crate) password: Option<String>,
+    /// TLS client certificate.
+    #[arg(long, global = true, env = "NATS_CERT", value_name = "FILE")]
+    pub(crate) tlscert: Option<PathBuf>,
+    /// TLS client key.
+    #[arg(long, global = true, env = "NATS_KEY", value_name = "FILE")]
+    pub(crate) tlskey: Option<PathBuf>,
+    /// TLS certificate authority.
+    #[arg(long, global = true, env = "NATS_CA", value_name = "FILE")]
+    pub(crate) tlsca: Option<PathBuf>,
+    /// A `nats` CLI context: a name (`~/.config/nats/context/NAME.json`) or a
+    /// path to its `.json` file. One-shot verbs also follow the context
+    /// `nats context select` chose; `jetrun run` only a named one.
+    #[arg(long, global = true, env = "NATS_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The command line and environment level of the connection settings.
+    pub(crate) fn given(&self, env: &dyn crate::nats::settings::Environment) -> Given {
+        let server = self
+            .server
+            .clone()
+            .or_else(|| env.var("JETRUN_NATS_URL").or_else(|| env.var("NATS_URL")));
+        Given {
+            server,
+            creds: self.creds.clone(),
+            nkey: self.nkey.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            tls_cert: self.tlscert.clone(),
+            tls_key: self.tlskey.clone(),
+            tls_ca: self.tlsca.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
 
 /// The config file and one of its functions.
 #[derive(clap::Args)]

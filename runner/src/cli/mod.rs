@@ -32,6 +32,8 @@ pub(crate) struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub(crate) log_format: LogFormat,
+    #[command(flatten)]
+    connection: args::ConnectArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,14 +125,16 @@ Examples:
   jetrun init /etc/jetrun/jetrun.toml --force";
 
 pub(crate) async fn execute(cli: Cli) -> ExitCode {
+    let connection = cli.connection.given(&crate::nats::settings::Process);
+    session::connect_with(connection.clone());
     let result = match cli.command {
         Command::Check(arg) => return check::check(&arg),
         Command::Run(arg) => match session::load(&arg.config.config) {
-            Ok(loaded) => crate::runtime::run(loaded, reload_source(&arg)).await,
+            Ok(loaded) => crate::runtime::run(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
         Command::Dev(arg) => match session::load(&arg.config.config) {
-            Ok(loaded) => crate::runtime::dev(loaded, reload_source(&arg)).await,
+            Ok(loaded) => crate::runtime::dev(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
         Command::Publish(args) => {
@@ -160,9 +164,13 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
     }
 }
 
-fn reload_source(arg: &RunArgs) -> crate::runtime::Source {
+fn reload_source(
+    arg: &RunArgs,
+    connection: crate::nats::settings::Given,
+) -> crate::runtime::Source {
     crate::runtime::Source {
         path: arg.config.config.clone(),
         watch: arg.watch,
+        connection,
     }
 }

@@ -21,12 +21,9 @@ pub(crate) struct PublishArgs {
     subject: String,
     /// The data; `-` reads it from stdin; none sends an empty body.
     data: Option<String>,
-    /// The NATS server [default: the config's `[nats] url` with --config,
-    /// else nats://127.0.0.1:4222].
-    #[arg(long, env = "JETRUN_NATS_URL")]
-    server: Option<String>,
     /// A config file whose `[nats]` table (URLs, credentials, TLS) to connect
-    /// with; --server replaces its URLs.
+    /// with, under the connection flags, the environment and a `nats`
+    /// context [default: none: nats://127.0.0.1:4222].
     #[arg(short, long, env = "JETRUN_CONFIG")]
     pub(crate) config: Option<std::path::PathBuf>,
     /// The CloudEvents source.
@@ -79,9 +76,6 @@ fn header(text: &str) -> Result<(HeaderName, HeaderValue), InvalidValue> {
     Ok((name, value))
 }
 
-/// Where `publish` connects when there is no config and no --server.
-const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
-
 /// Publishes the event and prints `published <id> to stream <S> at sequence
 /// <n>`; `nats` is the config's `[nats]` when --config names one.
 pub(crate) async fn publish(
@@ -104,23 +98,8 @@ pub(crate) async fn publish(
         None => attribute(&uuid::Uuid::new_v4().to_string())?,
     };
     let headers = event_headers(&args, &id, &body, SystemTime::now())?;
-    let client = match nats {
-        Some(mut nats) => {
-            if let Some(server) = &args.server {
-                nats.urls = vec![server.clone()];
-            }
-            crate::nats::connect_once(&nats).await?
-        }
-        None => {
-            let server = args.server.as_deref().unwrap_or(DEFAULT_SERVER);
-            async_nats::connect(server).await.with_context(|| {
-                format!(
-                    "cannot reach NATS at {}; is nats-server running? try `jetrun dev`",
-                    crate::redact::url(server)
-                )
-            })?
-        }
-    };
+    let connection = super::session::connection(nats.as_ref())?;
+    let client = crate::nats::connect_once(&connection).await?;
     let js = async_nats::jetstream::new(client);
     let subject = &args.subject;
     match emit::publish(&js, subject, headers, body.into()).await {

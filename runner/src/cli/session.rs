@@ -4,10 +4,12 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use async_nats::jetstream;
 use jetrun_config::{Config, NatsConfig};
 
+use crate::nats::settings::{self, Given, Selected};
 use crate::runtime::config_file::{self, Loaded};
 
 /// Exit status for a usage or config error.
@@ -38,9 +40,29 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
     })
 }
 
+/// The connection the command line and environment gave, set once by
+/// [`connect_with`] before any verb runs.
+static CONNECTION: OnceLock<Given> = OnceLock::new();
+
+/// Sets what every [`connect`] of this process lays over the config's
+/// `[nats]`.
+pub(crate) fn connect_with(given: Given) {
+    let _ = CONNECTION.set(given);
+}
+
+/// Where and as whom a one-shot command connects: the command line and
+/// environment, over a `nats` context (named, or the one `nats context
+/// select` chose), over `nats` (the config's `[nats]`, when there is a
+/// config).
+pub(crate) fn connection(nats: Option<&NatsConfig>) -> anyhow::Result<NatsConfig> {
+    let given = CONNECTION.get().cloned().unwrap_or_default();
+    settings::resolve(nats, &given, Selected::Follow, &settings::Process)
+        .map_err(anyhow::Error::msg)
+}
+
 /// A connection for one command, which gives up after a bounded wait.
 pub(crate) async fn connect(nats: &NatsConfig) -> anyhow::Result<jetstream::Context> {
-    let client = crate::nats::connect_once(nats).await?;
+    let client = crate::nats::connect_once(&connection(Some(nats))?).await?;
     Ok(jetstream::new(client))
 }
 

@@ -1,7 +1,8 @@
 //! `jetrun status`: one row per configured function, read from the live
 //! durable consumer and the dead-letter stream: pending, ack pending,
 //! redelivered, dead letters, last activity. A function with no consumer
-//! is named on stderr and makes the exit status 1.
+//! is named on stderr and makes the exit status 3; NATS unreachable (or any
+//! other failure to read) is 1, a bad config 2.
 
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -21,8 +22,13 @@ Examples:
   jetrun status -c config/jetrun.toml
   jetrun status --json | jq '.[] | select(.dead_letters > 0)'
 
-Exit status 1 when a configured function has no consumer (is `jetrun run`
-running with this config?), else 0.";
+Exit status: 0 when every function's consumer is there; 3 when one has no
+consumer (is `jetrun run` running with this config?); 1 when NATS cannot be
+reached or read; 2 for a bad config.";
+
+/// Exit status when a configured function has no consumer: not the 1 of
+/// NATS unreachable, so a probe can tell "not running" from "cannot see".
+const EXIT_NO_CONSUMER: u8 = 3;
 
 /// The arguments of `jetrun status`.
 #[derive(clap::Args)]
@@ -130,7 +136,7 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
              this config?",
             row.function, row.stream
         );
-        code = ExitCode::FAILURE;
+        code = ExitCode::from(EXIT_NO_CONSUMER);
     }
     code
 }

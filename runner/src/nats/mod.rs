@@ -1,4 +1,5 @@
-//! Everything that talks to NATS to set up and to read: the connection, the
+//! Everything that talks to NATS to set up and to read: the connection (and
+//! where and as whom to connect: [`settings`]), the
 //! streams, every consumer jetrun makes, the KV buckets it keeps, and the
 //! readers of a stream's history.
 
@@ -6,6 +7,7 @@ mod connect;
 mod consumer;
 mod history;
 mod kv;
+pub(crate) mod settings;
 mod streams;
 
 pub(crate) use connect::{connect, connect_once};

@@ -47,6 +47,11 @@ pub(crate) async fn dev(mut loaded: Loaded, source: super::Source) -> anyhow::Re
         config.metrics.listen
     );
     config.nats.urls = vec![url];
+    // dev's own nats-server, whatever the command line or a context says.
+    let source = super::Source {
+        connection: Default::default(),
+        ..source
+    };
     let result = super::run(loaded, source).await;
     stop(&mut server).await;
     result

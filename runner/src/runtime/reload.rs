@@ -24,6 +24,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct Source {
     pub(crate) path: PathBuf,
     pub(crate) watch: bool,
+    /// The connection the command line and environment give, over the
+    /// file's `[nats]` (a `nats` context only when named).
+    pub(crate) connection: crate::nats::settings::Given,
 }
 
 /// What asks for a reload: SIGHUP, and the file changing under `--watch`.

@@ -45,10 +45,17 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         .collect();
     let readiness = Readiness::new(&parts);
     metrics::serve(config.metrics.listen, metrics.clone(), readiness.clone()).await?;
-    let client = nats::connect(&config.nats, &metrics, &readiness).await?;
+    let connection = nats::settings::resolve(
+        Some(&config.nats),
+        &source.connection,
+        nats::settings::Selected::Ignore,
+        &nats::settings::Process,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let client = nats::connect(&connection, &metrics, &readiness).await?;
     let js = async_nats::jetstream::new(client.clone());
 
-    let urls = crate::redact::urls(&config.nats.urls);
+    let urls = crate::redact::urls(&connection.urls);
     let what =
         format!("set up the streams at {urls} (is nats-server running there with JetStream, -js?)");
     let setup = retry_until(&what, &shutdown, || async {
