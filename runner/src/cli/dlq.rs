@@ -58,13 +58,13 @@ enum Verb {
     /// One row per dead letter: its sequence in the dead-letter stream, when
     /// it failed, the reason, the attempts made, the original subject and
     /// the first line of the error (all of it with --json).
-    #[command(after_help = LIST_EXAMPLES)]
+    #[command(after_help = LIST_EXAMPLES, visible_alias = "ls")]
     List(ListArgs),
     /// Show one dead letter: every header, and the body.
     ///
     /// The body is printed as text when it is UTF-8, else as a hex dump
     /// (base64 with --json); the line before it says which.
-    #[command(after_help = SHOW_EXAMPLES)]
+    #[command(after_help = SHOW_EXAMPLES, visible_alias = "info")]
     Show(ShowArgs),
     /// Send dead letters back to their original subject.
     ///

@@ -88,7 +88,19 @@ enum Command {
     /// A saga's instances: list them, or show one's timeline, state and data.
     #[command(after_help = saga::EXAMPLES)]
     Saga(saga::SagaArgs),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  jetrun completions bash > ~/.local/share/bash-completion/completions/jetrun
+  jetrun completions zsh > \"${fpath[1]}/_jetrun\"
+  jetrun completions fish > ~/.config/fish/completions/jetrun.fish";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -154,6 +166,20 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
         Command::Replay(args) => return replay::replay(args).await,
         Command::Events(args) => return events::events(args).await,
         Command::Saga(args) => return saga::saga(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: clap_complete panics when its writer
+            // fails (a closed pipe), and writing it ourselves does not.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "jetrun", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(err).context("cannot write the completion script"))
+                }
+                _ => Ok(()),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

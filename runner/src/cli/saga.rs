@@ -68,14 +68,14 @@ enum Verb {
     ///
     /// One row per instance: its key, state, current step, when it started
     /// and when it last changed (RFC 3339).
-    #[command(after_help = LIST_EXAMPLES)]
+    #[command(after_help = LIST_EXAMPLES, visible_alias = "ls")]
     List(ListArgs),
     /// Show one instance: its timeline, then its state and data.
     ///
     /// One transition per line: when, what (command, reply, timeout,
     /// compensate, compensated, completed, failed), the step, and the type
     /// and id of the event published or received.
-    #[command(after_help = SHOW_EXAMPLES)]
+    #[command(after_help = SHOW_EXAMPLES, visible_alias = "info")]
     Show(ShowArgs),
 }
 
