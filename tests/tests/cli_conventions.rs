@@ -58,3 +58,66 @@ fn a_reader_closing_the_pipe_early_is_no_panic() {
     assert!(!stderr.contains("panic"), "{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+/// `--json` gives one JSON object on stdout, for scripts.
+fn json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_publish_and_replay_speak_json() {
+    let bed = jetrun_e2e::TestBed::new();
+    bed.jetstream()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: jetrun_e2e::TestBed::STREAM.into(),
+            subjects: vec!["ev.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+    let config = bed.write_config(&format!(
+        "{}\n[functions.hello]\nsubjects = [\"ev.hello\"]\nbuiltin = \"noop\"\n",
+        bed.base_config()
+    ));
+    let config = config.to_str().expect("UTF-8");
+
+    let (code, stdout, stderr) = run_command(&["check", "--json", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let checked = json(&stdout);
+    assert_eq!(
+        (checked["ok"].as_bool(), checked["functions"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let bad = bed.path("bad.toml");
+    std::fs::write(&bad, "[functions.x]\nbuiltin = 1\n").expect("write bad.toml");
+    let (code, stdout, _) = run_command(&["check", "--json", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    let refused = json(&stdout);
+    assert_eq!(refused["ok"], false);
+    assert!(
+        !refused["errors"].as_array().expect("errors").is_empty(),
+        "{refused}"
+    );
+
+    let url = bed.nats.url();
+    let (code, stdout, stderr) = run_command(&[
+        "publish", "--json", "-s", &url, "--id", "e-1", "ev.hello", "{}",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let published = json(&stdout);
+    assert_eq!(published["id"], "e-1");
+    assert_eq!(published["stream"], "EVENTS");
+    assert_eq!(published["sequence"], 1);
+    assert_eq!(published["duplicate"], false);
+
+    let (code, stdout, stderr) =
+        run_command(&["replay", "hello", "--from-seq", "1", "--json", "-c", config]);
+    assert_eq!(code, 0, "{stderr}");
+    let replayed = json(&stdout);
+    assert_eq!(replayed["function"], "hello");
+    assert_eq!(
+        (replayed["events"].as_u64(), replayed["succeeded"].as_u64()),
+        (Some(1), Some(1))
+    );
+}

@@ -445,6 +445,23 @@ async fn queries_see_the_old_model_or_the_new_one_through_a_rebuild() {
         },
     )
     .await;
+
+    // Again, for a script: one JSON object on stdout, progress on stderr.
+    let (code, stdout, stderr) = run(
+        &["projection", "rebuild", PROJECTOR, "--json", "--keep-old"],
+        &config,
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let outcome: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("rebuild --json printed no JSON object ({e}): {stdout}"));
+    assert_eq!(outcome["bucket"], "orders_by_user_2", "{outcome}");
+    assert_eq!(outcome["old_bucket"], "orders_by_user_1", "{outcome}");
+    assert_eq!(outcome["kept_old"], true, "{outcome}");
+    assert!(outcome["stored"].as_u64() >= Some(2 * ORDERS), "{outcome}");
+    assert!(
+        stderr.contains("Readers now use bucket orders_by_user_2"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

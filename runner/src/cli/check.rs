@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use super::args::ConfigArg;
 use super::session;
+use crate::runtime::config_file;
 
 /// The arguments of `jetrun check`.
 #[derive(clap::Args)]
@@ -18,10 +19,35 @@ pub(crate) struct CheckArgs {
     /// and JETRUN_CONFIG.
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Print `{"config", "ok", "functions", "streams", "warnings", "errors"}`
+    /// on stdout instead of lines (the exit status is the same).
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn check(args: &CheckArgs) -> ExitCode {
     let path = args.file.as_ref().unwrap_or(&args.config.config);
+    if args.json {
+        let (code, verdict) = match config_file::read(path) {
+            Ok(loaded) => (
+                ExitCode::SUCCESS,
+                serde_json::json!({
+                    "config": path,
+                    "ok": true,
+                    "functions": loaded.config.functions.len(),
+                    "streams": loaded.config.streams.len(),
+                    "warnings": loaded.config.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "errors": [],
+                }),
+            ),
+            Err(errors) => (
+                ExitCode::from(session::EXIT_USAGE),
+                serde_json::json!({ "config": path, "ok": false, "warnings": [], "errors": errors }),
+            ),
+        };
+        println!("{verdict}");
+        return code;
+    }
     match session::load(path) {
         Ok(loaded) => {
             for warning in &loaded.config.warnings {

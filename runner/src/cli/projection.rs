@@ -97,6 +97,41 @@ struct RebuildArgs {
     /// Keep the bucket readers used before (it is deleted otherwise).
     #[arg(long)]
     keep_old: bool,
+    /// Print the outcome as a JSON object on stdout (progress goes to
+    /// stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where a rebuild's progress lines go: stdout, or stderr under `--json`.
+#[derive(Debug, Clone, Copy)]
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(self, text: std::fmt::Arguments<'_>) {
+        match self.json {
+            true => eprintln!("{text}"),
+            false => println!("{text}"),
+        }
+    }
+}
+
+/// A progress line of a rebuild, through [`Say`].
+macro_rules! say {
+    ($say:expr, $($arg:tt)*) => {
+        $say.line(format_args!($($arg)*))
+    };
+}
+
+/// What a finished rebuild did.
+struct Rebuilt {
+    bucket: String,
+    /// The bucket readers used before, when there was one.
+    old: Option<String>,
+    kept_old: bool,
+    counts: Counts,
 }
 
 /// Runs `jetrun projection VERB`.
@@ -129,7 +164,27 @@ pub(crate) async fn projection(args: ProjectionArgs) -> ExitCode {
                 binding,
                 projection,
             };
-            rebuild(&js, &target, handler.clone(), rebuild_args.keep_old).await?;
+            let say = Say {
+                json: rebuild_args.json,
+            };
+            let rebuilt =
+                rebuild(&js, &target, handler.clone(), rebuild_args.keep_old, say).await?;
+            if say.json {
+                let counts = rebuilt.counts;
+                let outcome = json!({
+                    "function": function.name,
+                    "projection": target.projection.bucket,
+                    "bucket": rebuilt.bucket,
+                    "old_bucket": rebuilt.old,
+                    "kept_old": rebuilt.kept_old,
+                    "events": counts.events(),
+                    "stored": counts.stored,
+                    "deleted": counts.deleted,
+                    "skipped": counts.skipped,
+                    "failed": counts.failed,
+                });
+                println!("{outcome}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -257,6 +312,7 @@ struct Applier {
     counts: Counts,
     /// When the stream read was created, as live deliveries tell it.
     stream_created: u64,
+    say: Say,
 }
 
 impl Applier {
@@ -267,6 +323,7 @@ impl Applier {
         target: &Target<'_>,
         bucket: &str,
         inner: Arc<dyn Function>,
+        say: Say,
     ) -> Self {
         let mut config = target.function.clone();
         config.role = Role::Projection(ProjectionConfig {
@@ -282,6 +339,7 @@ impl Applier {
             binding: target.binding.clone(),
             counts: Counts::default(),
             stream_created: 0,
+            say,
         }
     }
 
@@ -311,7 +369,7 @@ impl Applier {
                 }
             }
             if self.counts.events() % PROGRESS_EVERY == 0 {
-                println!("  {} events", self.counts.events());
+                say!(self.say, "  {} events", self.counts.events());
             }
         }
         Ok(())
@@ -472,7 +530,8 @@ async fn rebuild(
     target: &Target<'_>,
     handler: Arc<dyn Function>,
     keep_old: bool,
-) -> anyhow::Result<()> {
+    say: Say,
+) -> anyhow::Result<Rebuilt> {
     let pointers = projection::pointers(js).await?;
     let logical = &target.projection.bucket;
     let key = lock_key(logical);
@@ -496,7 +555,7 @@ async fn rebuild(
             projection::POINTERS
         ),
     }
-    let rebuilt = rebuild_alone(js, &pointers, target, handler, keep_old).await;
+    let rebuilt = rebuild_alone(js, &pointers, target, handler, keep_old, say).await;
     if let Err(err) = pointers.delete(&key).await {
         eprintln!(
             "jetrun: cannot clear {}.{key}; `nats kv del {} {key}` before the next rebuild: {err}",
@@ -514,7 +573,8 @@ async fn rebuild_alone(
     target: &Target<'_>,
     handler: Arc<dyn Function>,
     keep_old: bool,
-) -> anyhow::Result<()> {
+    say: Say,
+) -> anyhow::Result<Rebuilt> {
     let Target {
         function,
         binding,
@@ -536,18 +596,22 @@ async fn rebuild_alone(
         Err(_) => None,
     };
     if js.get_key_value(&new).await.is_ok() {
-        println!("Deleting bucket {new}, left by a rebuild that did not finish.");
+        say!(
+            say,
+            "Deleting bucket {new}, left by a rebuild that did not finish."
+        );
         js.delete_key_value(&new)
             .await
             .with_context(|| format!("cannot delete bucket {new}"))?;
     }
     projection::create_bucket(js, &new, old_config.as_ref()).await?;
-    println!(
+    say!(
+        say,
         "Rebuilding projection {logical} of function {} into bucket {new}; readers use {old} \
          until it has caught up.",
         function.name
     );
-    let mut applier = Applier::new(js, target, &new, handler);
+    let mut applier = Applier::new(js, target, &new, handler, say);
     let switched = async {
         let mut done = 0;
         for pass in 1..=MAX_PASSES {
@@ -558,7 +622,8 @@ async fn rebuild_alone(
             }
             let before = applier.counts;
             applier.apply(done + 1, last).await?;
-            println!(
+            say!(
+                say,
                 "Applied sequences {}..={last} of stream {}: {}.",
                 done + 1,
                 binding.stream,
@@ -567,23 +632,27 @@ async fn rebuild_alone(
             done = last;
         }
         let Some(paused) = Paused::pause(js, binding).await? else {
-            println!(
+            say!(
+                say,
                 "Function {} has no consumer: no live writer to wait for.",
                 function.name
             );
             projection::switch(pointers, logical, pointer_revision, &new).await?;
             return anyhow::Ok(None);
         };
-        println!(
+        say!(
+            say,
             "Paused consumer {} (delivered up to sequence {}).",
-            function.name, paused.delivered
+            function.name,
+            paused.delivered
         );
         let settle = projection::POINTER_TTL * 2;
         let caught_up = async {
             let before = applier.counts;
             applier.apply(done + 1, paused.delivered).await?;
             if paused.delivered > done {
-                println!(
+                say!(
+                    say,
                     "Applied sequences {}..={}, which the live function handled meanwhile: {}.",
                     done + 1,
                     paused.delivered,
@@ -616,32 +685,42 @@ async fn rebuild_alone(
             )));
         }
     };
-    println!(
+    say!(
+        say,
         "Readers now use bucket {new} (pointer {}.{logical}).",
         projection::POINTERS
     );
     if let Some(paused) = paused {
         let settle = projection::POINTER_TTL * 2;
-        println!("Waiting {settle:?} for every reader to follow before resuming the consumer.");
+        say!(
+            say,
+            "Waiting {settle:?} for every reader to follow before resuming the consumer."
+        );
         tokio::time::sleep(settle).await;
         paused.resume().await;
-        println!("Resumed consumer {}.", function.name);
+        say!(say, "Resumed consumer {}.", function.name);
     }
     if old_config.is_some() {
         if keep_old {
-            println!("Kept the old bucket {old} (--keep-old).");
+            say!(say, "Kept the old bucket {old} (--keep-old).");
         } else {
             js.delete_key_value(&old)
                 .await
                 .with_context(|| format!("cannot delete the old bucket {old}"))?;
-            println!("Deleted the old bucket {old}.");
+            say!(say, "Deleted the old bucket {old}.");
         }
     }
-    println!(
+    say!(
+        say,
         "Rebuilt projection {logical} into bucket {new}: {}.",
         applier.counts
     );
-    Ok(())
+    Ok(Rebuilt {
+        bucket: new,
+        old: old_config.is_some().then_some(old),
+        kept_old: keep_old,
+        counts: applier.counts,
+    })
 }
 
 #[cfg(test)]

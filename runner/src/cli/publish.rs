@@ -44,6 +44,9 @@ pub(crate) struct PublishArgs {
     /// jetrun sets (`ce-time`, say) replaces it.
     #[arg(long = "header", value_name = "KEY=VALUE", value_parser = header)]
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Print `{"id", "stream", "sequence", "duplicate"}` instead of a line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// A CloudEvents attribute given on the command line: not empty, and fit
@@ -104,6 +107,16 @@ pub(crate) async fn publish(
     let subject = &args.subject;
     match emit::publish(&js, subject, headers, body.into()).await {
         Ok(ack) => {
+            if args.json {
+                let ack = serde_json::json!({
+                    "id": id.as_str(),
+                    "stream": ack.stream,
+                    "sequence": ack.sequence,
+                    "duplicate": ack.duplicate,
+                });
+                println!("{ack}");
+                return Ok(());
+            }
             println!(
                 "published {id} to stream {} at sequence {}",
                 ack.stream, ack.sequence

@@ -68,6 +68,9 @@ pub(crate) struct ReplayArgs {
     /// last sequence when the replay starts.
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
     until_seq: Option<u64>,
+    /// Print the summary as a JSON object instead of a line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `--since` as given, and the time it means.
@@ -131,7 +134,8 @@ pub(crate) async fn replay(args: ReplayArgs) -> ExitCode {
                 since: args.since.map(|s| s.text),
                 until: args.until_seq,
             };
-            Ok(run(&loaded.config, function, handler, range).await?)
+            let json = args.json;
+            Ok(run(&loaded.config, function, handler, range, json).await?)
         }
         .await,
     )
@@ -170,6 +174,7 @@ async fn run(
     function: FunctionConfig,
     handler: Arc<dyn Function>,
     range: Range,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let js = session::connect(&config.nats).await?;
     let Some(binding) = function.binding().cloned() else {
@@ -285,7 +290,25 @@ async fn run(
     };
     progress.clear();
     tally.emitted = handles.emitted.get();
-    println!("{}", summary(&function.name, stream, &range, last, &tally));
+    match json {
+        true => println!(
+            "{}",
+            serde_json::json!({
+                "function": function.name,
+                "stream": stream,
+                "from_seq": first,
+                "since": range.since,
+                "until_seq": last,
+                "events": tally.events,
+                "succeeded": tally.succeeded,
+                "failed": tally.failed,
+                "emitted": tally.emitted,
+                "duplicates": tally.duplicates,
+                "interrupted": interrupted,
+            })
+        ),
+        false => println!("{}", summary(&function.name, stream, &range, last, &tally)),
+    }
     if interrupted {
         let resume = match resume_at {
             Some(at) => format!("; resume with --from-seq {at}"),
