@@ -2,7 +2,7 @@
 //! (JetStream on, data under `.jetrun/dev`, port 4222 when free), stopped
 //! when jetrun stops. For a laptop with no NATS running.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -42,8 +42,19 @@ pub(crate) async fn dev(mut loaded: Loaded, source: super::Source) -> anyhow::Re
     wait_for_port(port, &mut server).await?;
     let url = format!("nats://127.0.0.1:{port}");
     tracing::info!(%url, data = DATA_DIR, "Started nats-server for development.");
+    let wanted = config.metrics.listen;
+    config.metrics.listen = free_metrics_address(wanted)?;
+    if config.metrics.listen != wanted {
+        tracing::warn!(
+            %wanted,
+            listen = %config.metrics.listen,
+            "The metrics address is taken (another jetrun?); serving metrics on a free port."
+        );
+    }
+    let (subject, data) = example_event(config);
     eprintln!(
-        "\n  nats-server: {url}\n  publish:     jetrun publish --server {url} order.placed '{{\"order_id\":1,\"total\":25,\"items\":[{{\"sku\":\"book\",\"qty\":1}}]}}'\n  or:          nats -s {url} pub user.registered '{{\"user_id\":1,\"email\":\"ada@example.com\"}}'\n  metrics:     http://{}/metrics\n",
+        "\n  nats-server: {url}\n  publish:     jetrun publish --server {url} {subject} '{data}'\n  \
+         or:          nats -s {url} pub {subject} '{data}'\n  metrics:     http://{}/metrics\n",
         config.metrics.listen
     );
     config.nats.urls = vec![url];
@@ -100,6 +111,51 @@ async fn wait_for_port(port: u16, server: &mut Child) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("nats-server did not listen on port {port} within 10s")
+}
+
+/// `wanted` when it is free, else a free port on the same address: a
+/// second `jetrun dev` (or anything on 9600) must not stop the first.
+fn free_metrics_address(wanted: SocketAddr) -> anyhow::Result<SocketAddr> {
+    match TcpListener::bind(wanted) {
+        Ok(_) => Ok(wanted),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener =
+                TcpListener::bind(SocketAddr::new(wanted.ip(), 0)).with_context(|| {
+                    format!("cannot find a free port for metrics on {}", wanted.ip())
+                })?;
+            Ok(listener.local_addr()?)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot serve metrics on {wanted}")),
+    }
+}
+
+/// An event the banner suggests publishing: to the first subject a function
+/// of this config listens on (a wildcard filled in), with data for the
+/// quick start's subjects and `{}` for any other.
+fn example_event(config: &jetrun_config::Config) -> (String, String) {
+    let subject = config
+        .functions
+        .values()
+        .filter_map(|f| f.binding())
+        .flat_map(|b| b.subjects.iter())
+        .next()
+        .map(|pattern| {
+            (pattern.split('.'))
+                .map(|token| match token {
+                    "*" => "1",
+                    ">" => "example",
+                    token => token,
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .unwrap_or_else(|| "example.event".into());
+    let data = match subject.as_str() {
+        "order.placed" => r#"{"order_id":1,"total":25,"items":[{"sku":"book","qty":1}]}"#,
+        "user.registered" => r#"{"user_id":1,"email":"ada@example.com"}"#,
+        _ => "{}",
+    };
+    (subject, data.to_string())
 }
 
 /// SIGTERM, so the server flushes its store, then SIGKILL if it lingers.
