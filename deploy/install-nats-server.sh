@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Prints the path of a usable nats-server (>= 2.10) on stdout, installing one
+# Prints the path of a usable nats-server (>= 2.12: the test suite runs
+# aggregates, which need atomic batch publish) on stdout, installing one
 # into the repo-local prefix .jetrun/tools when none is found. Idempotent.
 #
 # Order: $NATS_SERVER_BIN, then .jetrun/tools/bin/nats-server, then
@@ -13,11 +14,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 prefix="$repo/.jetrun/tools"
 local_bin="$prefix/bin/nats-server"
 min_major=2
-min_minor=10
+min_minor=12
 
 log() { echo "install-nats-server: $*" >&2; }
 
-# usable BIN: true when BIN runs and reports version >= 2.10.
+# usable BIN: true when BIN runs and reports version >= 2.12.
 usable() {
     local bin="$1" out version major minor
     out="$("$bin" --version 2>/dev/null)" || return 1
