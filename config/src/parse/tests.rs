@@ -1118,6 +1118,88 @@ builtin = "noop"
     assert_eq!(config.metrics.listen, "[::]:9100".parse().unwrap());
 }
 
+/// A config whose `[metrics] listen` is `listen`, on line 2.
+fn with_listen(listen: &str) -> String {
+    format!(
+        "[metrics]\nlisten = {listen:?}\n[streams.ORDERS]\nsubjects = [\"order.>\"]\n\
+         [functions.f]\nsubjects = [\"order.placed\"]\nbuiltin = \"noop\"\n"
+    )
+}
+
+#[test]
+fn metrics_listen_takes_an_ip_address_and_port() {
+    for (listen, addr) in [
+        ("127.0.0.1:9600", "127.0.0.1:9600"),
+        ("0.0.0.0:9600", "0.0.0.0:9600"),
+        ("[::]:9100", "[::]:9100"),
+        ("[::1]:9100", "[::1]:9100"),
+    ] {
+        let config = ok(&with_listen(listen));
+        assert_eq!(config.metrics.listen, addr.parse().unwrap(), "{listen}");
+    }
+}
+
+#[test]
+fn metrics_listen_port_alone_is_every_ipv4_interface() {
+    let config = ok(&with_listen(":9600"));
+    assert_eq!(config.metrics.listen, "0.0.0.0:9600".parse().unwrap());
+    let config = ok(&with_listen(":0"));
+    assert_eq!(config.metrics.listen, "0.0.0.0:0".parse().unwrap());
+}
+
+#[test]
+fn metrics_listen_localhost_is_the_ipv4_loopback() {
+    for listen in ["localhost:9600", "LOCALHOST:9600"] {
+        let config = ok(&with_listen(listen));
+        assert_eq!(config.metrics.listen, "127.0.0.1:9600".parse().unwrap());
+    }
+}
+
+#[test]
+fn metrics_listen_from_the_environment() {
+    let config = parse_env(
+        &with_listen("${METRICS_ADDR}"),
+        &[("METRICS_ADDR", ":9700")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.metrics.listen, "0.0.0.0:9700".parse().unwrap());
+}
+
+#[test]
+fn metrics_listen_refuses_other_forms() {
+    for listen in [
+        "example.internal:9600",
+        "localhost",
+        "localhost:",
+        "localhost:http",
+        ":",
+        ":+9600",
+        ":65536",
+        "9600",
+        "127.0.0.1",
+        "::1:9600",
+        "",
+    ] {
+        assert_eq!(
+            errors(&with_listen(listen)),
+            [format!(
+                "metrics.listen must be an address and port like 127.0.0.1:9600, [::]:9600, \
+                 localhost:9600 or :9600 (every interface), got {listen:?} (line 2)"
+            )],
+            "{listen:?}"
+        );
+    }
+    assert_eq!(
+        errors("[metrics]\nlisten = 9600\n[functions]\n"),
+        [
+            "metrics.listen must be an address and port like 127.0.0.1:9600, [::]:9600, \
+             localhost:9600 or :9600 (every interface), got 9600 (line 2)",
+            "functions must declare at least one function, like [functions.hello] with subjects \
+             and a handler (line 3)",
+        ]
+    );
+}
+
 #[test]
 fn errors_without_a_line_come_last() {
     let errors = errors(
