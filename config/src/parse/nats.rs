@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use super::section::{listed, Ctx, Field, Read, Reported, Section};
 use crate::model::{MetricsConfig, NatsAuth, NatsConfig, TlsConfig};
 
-const NATS_KEYS: &[&str] = &["url", "creds", "nkey", "user", "password", "token", "tls"];
-const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
-const METRICS_KEYS: &[&str] = &["listen"];
+pub(super) const NATS_KEYS: &[&str] = &["url", "creds", "nkey", "user", "password", "token", "tls"];
+pub(super) const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
+pub(super) const METRICS_KEYS: &[&str] = &["listen"];
 
 /// The server when neither `url` nor `JETRUN_NATS_URL` says otherwise.
 pub(super) const DEFAULT_URL: &str = "nats://127.0.0.1:4222";

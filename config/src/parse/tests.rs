@@ -1800,3 +1800,52 @@ ack_wait = \"1m\"
     );
     assert!(ok(&with_sagas(FULFIL_ORDER)).warnings.is_empty());
 }
+
+/// The schema for editors (`config/jetrun.schema.json`) has, table by table,
+/// exactly the keys the parser reads.
+#[test]
+fn the_schema_has_the_keys_of_the_parser() {
+    use super::{aggregates, function, handler, nats, retry, sagas, streams, TOP_KEYS};
+
+    let schema: serde_json::Value = serde_json::from_str(&crate::json_schema()).unwrap();
+    let keys_of = |properties: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = properties
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let sorted = |keys: &[&str]| -> Vec<String> {
+        let mut keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys_of(&schema["properties"]),
+        sorted(TOP_KEYS),
+        "the top level"
+    );
+    let tables: [(&str, &[&str]); 13] = [
+        ("Nats", nats::NATS_KEYS),
+        ("Tls", nats::TLS_KEYS),
+        ("Metrics", nats::METRICS_KEYS),
+        ("Defaults", function::DEFAULTS_KEYS),
+        ("Retry", retry::RETRY_KEYS),
+        ("Stream", streams::STREAM_KEYS),
+        ("Function", function::FUNCTION_KEYS),
+        ("ExecTable", handler::EXEC_KEYS),
+        ("HttpTable", handler::HTTP_KEYS),
+        ("Projection", function::PROJECTION_KEYS),
+        ("Aggregate", aggregates::AGGREGATE_KEYS),
+        ("Saga", sagas::SAGA_KEYS),
+        ("Step", sagas::STEP_KEYS),
+    ];
+    for (definition, keys) in tables {
+        let table = &schema["definitions"][definition];
+        assert_eq!(keys_of(&table["properties"]), sorted(keys), "{definition}");
+        assert_eq!(table["additionalProperties"], false, "{definition}");
+    }
+}
