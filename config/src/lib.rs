@@ -6,6 +6,7 @@ mod model;
 pub mod name;
 mod parse;
 mod retry;
+mod schema;
 mod subject;
 mod vars;
 
@@ -20,6 +21,7 @@ pub use model::{
     DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
+pub use schema::json_schema;
 
 /// Whether `subject` (no wildcards) is matched by the subject filter
 /// `pattern` (`*` one token, `>` the rest).

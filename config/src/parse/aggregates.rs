@@ -10,7 +10,7 @@ use crate::model::{AggregateConfig, SubjectTemplate};
 use crate::name;
 use crate::subject;
 
-const AGGREGATE_KEYS: &[&str] = &[
+pub(super) const AGGREGATE_KEYS: &[&str] = &[
     "stream",
     "subject",
     "id",

@@ -20,14 +20,14 @@ use crate::name;
 use crate::retry::RetryPolicy;
 use crate::subject;
 
-const DEFAULTS_KEYS: &[&str] = &[
+pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "concurrency",
     "timeout",
     "retry",
     "ack_wait",
     "max_ack_pending",
 ];
-const FUNCTION_KEYS: &[&str] = &[
+pub(super) const FUNCTION_KEYS: &[&str] = &[
     HANDLER_KEYS[0],
     HANDLER_KEYS[1],
     HANDLER_KEYS[2],
@@ -45,6 +45,7 @@ const FUNCTION_KEYS: &[&str] = &[
     "emits",
     "json",
 ];
+pub(super) const PROJECTION_KEYS: &[&str] = &["bucket", "key"];
 
 const CONCURRENCY: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -414,7 +415,7 @@ fn request(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<String> {
 
 /// `projection = { bucket = "orders_by_user", key = "/user_id" }`.
 fn projection(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<ProjectionConfig> {
-    let section = Section::of(field, &["bucket", "key"], ctx)?;
+    let section = Section::of(field, PROJECTION_KEYS, ctx)?;
     let bucket = match section.field("bucket") {
         Some(field) => {
             let name = field.non_empty_string(ctx)?;

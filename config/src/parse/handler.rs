@@ -11,8 +11,8 @@ use crate::model::{Account, AccountId, ExecConfig, ExecMode, Handler, HttpConfig
 
 /// The keys naming a handler, in the order messages list them.
 pub(super) const HANDLER_KEYS: [&str; 3] = ["builtin", "exec", "http"];
-const EXEC_KEYS: &[&str] = &["command", "env", "mode", "workers", "user", "group"];
-const HTTP_KEYS: &[&str] = &["url", "headers", "timeout"];
+pub(super) const EXEC_KEYS: &[&str] = &["command", "env", "mode", "workers", "user", "group"];
+pub(super) const HTTP_KEYS: &[&str] = &["url", "headers", "timeout"];
 const ARGV: &str = "an argv list of strings like [\"python3\", \"handler.py\"]";
 
 /// The one handler of the function in `section`.

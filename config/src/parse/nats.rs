@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use super::section::{listed, Ctx, Field, Read, Reported, Section};
 use crate::model::{MetricsConfig, NatsAuth, NatsConfig, TlsConfig};
 
-const NATS_KEYS: &[&str] = &["url", "creds", "nkey", "user", "password", "token", "tls"];
-const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
-const METRICS_KEYS: &[&str] = &["listen"];
+pub(super) const NATS_KEYS: &[&str] = &["url", "creds", "nkey", "user", "password", "token", "tls"];
+pub(super) const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
+pub(super) const METRICS_KEYS: &[&str] = &["listen"];
 
 /// The server when neither `url` nor `JETRUN_NATS_URL` says otherwise.
 pub(super) const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -170,9 +170,34 @@ pub(super) fn metrics(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Read<
     Ok(MetricsConfig { listen })
 }
 
+/// `listen`: an IP address and port (`127.0.0.1:9600`, `[::]:9600`),
+/// `localhost:9600` (127.0.0.1), or `:9600` (every IPv4 interface, as
+/// `0.0.0.0:9600`). No other host name is resolved: what a name resolves to
+/// may change under a running process, and the address bound must be the one
+/// the file says.
 fn listen(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<SocketAddr> {
-    const EXPECTED: &str = "an IP address and port like 127.0.0.1:9600 or [::]:9600";
+    const EXPECTED: &str =
+        "an address and port like 127.0.0.1:9600, [::]:9600, localhost:9600 or :9600 (every interface)";
     let text = field.string_or(ctx, EXPECTED)?;
-    text.parse()
-        .map_err(|_| field.error(ctx, format!("must be {EXPECTED}, got {text:?}")))
+    listen_addr(&text).ok_or_else(|| field.error(ctx, format!("must be {EXPECTED}, got {text:?}")))
+}
+
+/// The socket address `text` names, by the forms [`listen`] accepts.
+fn listen_addr(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    // A port as `SocketAddr` parses it: digits only, no sign.
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let port: u16 = port.parse().ok()?;
+    match host {
+        "" => Some(SocketAddr::from(([0, 0, 0, 0], port))),
+        _ if host.eq_ignore_ascii_case("localhost") => {
+            Some(SocketAddr::from(([127, 0, 0, 1], port)))
+        }
+        _ => None,
+    }
 }

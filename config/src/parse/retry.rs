@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::section::{join, Ctx, Field, Read, Section};
 use crate::retry::{InvalidRetry, RetryPolicy};
 
-const RETRY_KEYS: &[&str] = &[
+pub(super) const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_delay",
     "multiplier",

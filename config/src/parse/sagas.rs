@@ -16,7 +16,7 @@ use crate::model::{SagaConfig, SagaStep, StreamBinding};
 use crate::name;
 use crate::subject;
 
-const SAGA_KEYS: &[&str] = &[
+pub(super) const SAGA_KEYS: &[&str] = &[
     "start",
     "key",
     "timeout",
@@ -29,7 +29,7 @@ const SAGA_KEYS: &[&str] = &[
 
 /// How long an ended instance is kept when the saga says nothing.
 const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-const STEP_KEYS: &[&str] = &[
+pub(super) const STEP_KEYS: &[&str] = &[
     "name",
     "command",
     "success",

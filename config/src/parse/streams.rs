@@ -11,7 +11,7 @@ use crate::model::{Retention, Storage, StreamConfig, DLQ_STREAM, DLQ_SUBJECTS};
 use crate::name;
 use crate::subject;
 
-const STREAM_KEYS: &[&str] = &[
+pub(super) const STREAM_KEYS: &[&str] = &[
     "subjects",
     "storage",
     "replicas",

@@ -1118,6 +1118,88 @@ builtin = "noop"
     assert_eq!(config.metrics.listen, "[::]:9100".parse().unwrap());
 }
 
+/// A config whose `[metrics] listen` is `listen`, on line 2.
+fn with_listen(listen: &str) -> String {
+    format!(
+        "[metrics]\nlisten = {listen:?}\n[streams.ORDERS]\nsubjects = [\"order.>\"]\n\
+         [functions.f]\nsubjects = [\"order.placed\"]\nbuiltin = \"noop\"\n"
+    )
+}
+
+#[test]
+fn metrics_listen_takes_an_ip_address_and_port() {
+    for (listen, addr) in [
+        ("127.0.0.1:9600", "127.0.0.1:9600"),
+        ("0.0.0.0:9600", "0.0.0.0:9600"),
+        ("[::]:9100", "[::]:9100"),
+        ("[::1]:9100", "[::1]:9100"),
+    ] {
+        let config = ok(&with_listen(listen));
+        assert_eq!(config.metrics.listen, addr.parse().unwrap(), "{listen}");
+    }
+}
+
+#[test]
+fn metrics_listen_port_alone_is_every_ipv4_interface() {
+    let config = ok(&with_listen(":9600"));
+    assert_eq!(config.metrics.listen, "0.0.0.0:9600".parse().unwrap());
+    let config = ok(&with_listen(":0"));
+    assert_eq!(config.metrics.listen, "0.0.0.0:0".parse().unwrap());
+}
+
+#[test]
+fn metrics_listen_localhost_is_the_ipv4_loopback() {
+    for listen in ["localhost:9600", "LOCALHOST:9600"] {
+        let config = ok(&with_listen(listen));
+        assert_eq!(config.metrics.listen, "127.0.0.1:9600".parse().unwrap());
+    }
+}
+
+#[test]
+fn metrics_listen_from_the_environment() {
+    let config = parse_env(
+        &with_listen("${METRICS_ADDR}"),
+        &[("METRICS_ADDR", ":9700")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.metrics.listen, "0.0.0.0:9700".parse().unwrap());
+}
+
+#[test]
+fn metrics_listen_refuses_other_forms() {
+    for listen in [
+        "example.internal:9600",
+        "localhost",
+        "localhost:",
+        "localhost:http",
+        ":",
+        ":+9600",
+        ":65536",
+        "9600",
+        "127.0.0.1",
+        "::1:9600",
+        "",
+    ] {
+        assert_eq!(
+            errors(&with_listen(listen)),
+            [format!(
+                "metrics.listen must be an address and port like 127.0.0.1:9600, [::]:9600, \
+                 localhost:9600 or :9600 (every interface), got {listen:?} (line 2)"
+            )],
+            "{listen:?}"
+        );
+    }
+    assert_eq!(
+        errors("[metrics]\nlisten = 9600\n[functions]\n"),
+        [
+            "metrics.listen must be an address and port like 127.0.0.1:9600, [::]:9600, \
+             localhost:9600 or :9600 (every interface), got 9600 (line 2)",
+            "functions must declare at least one function, like [functions.hello] with subjects \
+             and a handler (line 3)",
+        ]
+    );
+}
+
 #[test]
 fn errors_without_a_line_come_last() {
     let errors = errors(
@@ -1717,4 +1799,53 @@ ack_wait = \"1m\"
         ]
     );
     assert!(ok(&with_sagas(FULFIL_ORDER)).warnings.is_empty());
+}
+
+/// The schema for editors (`config/jetrun.schema.json`) has, table by table,
+/// exactly the keys the parser reads.
+#[test]
+fn the_schema_has_the_keys_of_the_parser() {
+    use super::{aggregates, function, handler, nats, retry, sagas, streams, TOP_KEYS};
+
+    let schema: serde_json::Value = serde_json::from_str(&crate::json_schema()).unwrap();
+    let keys_of = |properties: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = properties
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let sorted = |keys: &[&str]| -> Vec<String> {
+        let mut keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys_of(&schema["properties"]),
+        sorted(TOP_KEYS),
+        "the top level"
+    );
+    let tables: [(&str, &[&str]); 13] = [
+        ("Nats", nats::NATS_KEYS),
+        ("Tls", nats::TLS_KEYS),
+        ("Metrics", nats::METRICS_KEYS),
+        ("Defaults", function::DEFAULTS_KEYS),
+        ("Retry", retry::RETRY_KEYS),
+        ("Stream", streams::STREAM_KEYS),
+        ("Function", function::FUNCTION_KEYS),
+        ("ExecTable", handler::EXEC_KEYS),
+        ("HttpTable", handler::HTTP_KEYS),
+        ("Projection", function::PROJECTION_KEYS),
+        ("Aggregate", aggregates::AGGREGATE_KEYS),
+        ("Saga", sagas::SAGA_KEYS),
+        ("Step", sagas::STEP_KEYS),
+    ];
+    for (definition, keys) in tables {
+        let table = &schema["definitions"][definition];
+        assert_eq!(keys_of(&table["properties"]), sorted(keys), "{definition}");
+        assert_eq!(table["additionalProperties"], false, "{definition}");
+    }
 }
