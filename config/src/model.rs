@@ -202,6 +202,10 @@ pub struct StreamConfig {
     /// `None`: JetStream's default (2 minutes).
     pub duplicate_window: Option<Duration>,
     pub retention: Retention,
+    /// `manage`: whether jetrun updates the stream when its settings differ
+    /// from these. `None`: only a stream jetrun created (its metadata says
+    /// so); another is reported with the differences and left alone.
+    pub manage: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

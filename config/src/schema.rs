@@ -380,6 +380,8 @@ struct Stream {
     /// When messages are removed: by the limits, once every consumer acked them (interest), or once one did (workqueue).
     #[schemars(extend("default" = "limits"))]
     retention: Option<RetentionPolicy>,
+    /// Whether jetrun updates the stream when its settings differ from these. Unset: only a stream jetrun created; any other is reported with the differences and left alone. false: never created nor updated by jetrun.
+    manage: Option<bool>,
 }
 
 /// `[functions.NAME]`: exactly one handler (builtin, exec or http), and subjects (it consumes a stream) or request (it answers requests).

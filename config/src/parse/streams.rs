@@ -18,6 +18,7 @@ pub(super) const STREAM_KEYS: &[&str] = &[
     "max_age",
     "duplicate_window",
     "retention",
+    "manage",
 ];
 
 /// The declared streams, as functions are bound to them.
@@ -135,16 +136,18 @@ fn stream(
             ],
         )
     });
+    let manage = section.read(ctx, "manage", Field::boolean);
     section.finish(ctx);
 
     let windows = window_within_age(ctx, &section, max_age, duplicate_window);
-    let config = match (&subjects, storage, replicas, windows, retention) {
+    let config = match (&subjects, storage, replicas, windows, retention, manage) {
         (
             Ok(subjects),
             Ok(storage),
             Ok(replicas),
             Ok((max_age, duplicate_window)),
             Ok(retention),
+            Ok(manage),
         ) => Ok(StreamConfig {
             subjects: subjects.iter().map(|s| s.get_ref().clone()).collect(),
             storage: storage.unwrap_or(Storage::File),
@@ -152,6 +155,7 @@ fn stream(
             max_age,
             duplicate_window,
             retention: retention.unwrap_or(Retention::Limits),
+            manage,
         }),
         _ => Err(Reported),
     };
