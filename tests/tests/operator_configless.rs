@@ -61,7 +61,6 @@ async fn status_dlq_and_events_need_only_a_connection_and_a_name() {
         Duration::from_secs(10),
         "the dead letter is counted",
         || {
-            let server = server;
             async move {
                 let (_, out, _) = jetrun_in(
                     dir,
