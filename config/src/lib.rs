@@ -18,7 +18,7 @@ pub use model::{
     Account, AccountId, AggregateConfig, Config, ExecConfig, ExecMode, FunctionConfig, Handler,
     HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role, SagaConfig,
     SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TlsConfig, Trigger,
-    DLQ_STREAM, DLQ_SUBJECTS,
+    DeadLetters, ServiceConfig, DLQ_PREFIX, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;

@@ -178,6 +178,10 @@ impl Reserved {
     /// The system spaces, `dlq.>` and every dead-letter subject of `config`.
     pub(crate) fn of(config: &Config) -> Reserved {
         let Reserved { mut patterns } = Reserved::default_spaces();
+        let dead_letters = config.dead_letters.subjects();
+        if !patterns.contains(&dead_letters) {
+            patterns.push(dead_letters);
+        }
         let bindings = (config.functions.values().filter_map(|f| f.binding()))
             .chain(config.sagas.values().flat_map(|s| &s.consumers));
         for binding in bindings {

@@ -23,7 +23,7 @@ use async_nats::{HeaderMap, HeaderName};
 use base64::prelude::{Engine, BASE64_STANDARD};
 use clap::Subcommand;
 use futures::TryStreamExt as _;
-use jetrun_config::{Config, FunctionConfig, DLQ_STREAM, DLQ_SUBJECTS};
+use jetrun_config::{Config, FunctionConfig, DLQ_STREAM};
 use serde_json::{json, Value};
 
 use super::args::{FunctionArg, InvalidValue};
@@ -251,8 +251,9 @@ impl Place {
     pub(super) fn of(config: &Config, function: &FunctionConfig) -> Place {
         let dead_letter = |f: &FunctionConfig| f.binding().map(|b| b.dead_letter.clone());
         let subject = dead_letter(function).unwrap_or_default();
-        let stream = if jetrun_config::subject_matches(DLQ_SUBJECTS, &subject) {
-            DLQ_STREAM.to_string()
+        let dead_letters = &config.dead_letters;
+        let stream = if jetrun_config::subject_matches(&dead_letters.subjects(), &subject) {
+            dead_letters.stream.clone()
         } else {
             config
                 .streams
@@ -262,7 +263,7 @@ impl Place {
                         .iter()
                         .any(|filter| jetrun_config::subject_matches(filter, &subject))
                 })
-                .map_or_else(|| DLQ_STREAM.to_string(), |(name, _)| name.clone())
+                .map_or_else(|| dead_letters.stream.clone(), |(name, _)| name.clone())
         };
         let shared = config
             .functions

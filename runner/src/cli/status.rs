@@ -150,13 +150,17 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         }
     } else {
         print!("{}", status_table(&rows));
-        let configured = loaded.iter().flat_map(|l| l.config.functions.values());
-        for function in configured.filter(|f| wanted(&f.name)) {
-            if let Some(subject) = function.request_subject() {
-                println!(
-                    "{} answers requests on {subject} (jetrun micro service; see `$SRV.STATS.jetrun`)",
-                    function.name
-                );
+        if let Some(loaded) = &loaded {
+            let service = &loaded.config.service.name;
+            let configured = loaded.config.functions.values();
+            for function in configured.filter(|f| wanted(&f.name)) {
+                if let Some(subject) = function.request_subject() {
+                    println!(
+                        "{} answers requests on {subject} ({service} micro service; see \
+                     `$SRV.STATS.{service}`)",
+                        function.name
+                    );
+                }
             }
         }
     }
