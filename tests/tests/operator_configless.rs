@@ -60,15 +60,13 @@ async fn status_dlq_and_events_need_only_a_connection_and_a_name() {
     wait_until(
         Duration::from_secs(10),
         "the dead letter is counted",
-        || {
-            async move {
-                let (_, out, _) = jetrun_in(
-                    dir,
-                    &[&["status", "refuse", "--json"][..], &server].concat(),
-                );
-                serde_json::from_str::<serde_json::Value>(&out)
-                    .is_ok_and(|rows| rows[0]["dead_letters"] == 1)
-            }
+        || async move {
+            let (_, out, _) = jetrun_in(
+                dir,
+                &[&["status", "refuse", "--json"][..], &server].concat(),
+            );
+            serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|rows| rows[0]["dead_letters"] == 1)
         },
     )
     .await;

@@ -132,7 +132,10 @@ fn dead_letter(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<Stri
     let explicit = draft.dead_letter.as_ref().map_err(|r| *r)?;
     let (subject, span) = match explicit {
         Some(s) => (s.get_ref().clone(), Some(s.span())),
-        None => (streams.dead_letters.subject(&draft.name), draft.span.clone()),
+        None => (
+            streams.dead_letters.subject(&draft.name),
+            draft.span.clone(),
+        ),
     };
     let path = join(&draft.path, "dead_letter");
     let dlq_subjects = streams.dead_letters.subjects();

@@ -109,17 +109,17 @@ pub(crate) fn parse(
             if !ctx.has_errors() =>
         {
             Ok(Config {
-            nats,
-            metrics,
-            shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
-            streams: streams.configs,
-            functions,
-            aggregates: aggregates.configs,
-            sagas,
-            dead_letters,
-            service,
-            warnings,
-        })
+                nats,
+                metrics,
+                shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+                streams: streams.configs,
+                functions,
+                aggregates: aggregates.configs,
+                sagas,
+                dead_letters,
+                service,
+                warnings,
+            })
         }
         _ => Err(ConfigErrors(ctx.into_errors())),
     }

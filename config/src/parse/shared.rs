@@ -18,7 +18,10 @@ pub(super) fn dead_letters(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> 
             true => Ok(name),
             false => Err(f.error(
                 ctx,
-                format!("{name:?} is not a valid stream name: {}", name::STREAM_NAME_RULE),
+                format!(
+                    "{name:?} is not a valid stream name: {}",
+                    name::STREAM_NAME_RULE
+                ),
             )),
         }
     });

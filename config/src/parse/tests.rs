@@ -1903,7 +1903,10 @@ builtin = "noop"
     ));
     let all = refused.join("\n");
     assert!(all.contains("dead_letters.prefix"), "{all}");
-    assert!(all.contains("service.name") && all.contains("not a micro service name"), "{all}");
+    assert!(
+        all.contains("service.name") && all.contains("not a micro service name"),
+        "{all}"
+    );
 
     let taken = errors(&with_streams(
         r#"
