@@ -35,6 +35,20 @@ pub fn is_publish_subject(subject: &str) -> bool {
     subject::check(subject, false).is_ok()
 }
 
+/// A subject the filter `pattern` matches, for examples: each `*` is `1`,
+/// a `>` is `example` (`order.*.placed` gives `order.1.placed`).
+pub fn subject_example(pattern: &str) -> String {
+    pattern
+        .split('.')
+        .map(|token| match token {
+            "*" => "1",
+            ">" => "example",
+            token => token,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Parses and validates a config file.
 ///
 /// - `text`: the file's contents.

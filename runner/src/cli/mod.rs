@@ -8,6 +8,7 @@ mod check;
 mod dlq;
 mod events;
 mod init;
+mod invoke;
 mod output;
 mod projection;
 mod publish;
@@ -88,6 +89,10 @@ enum Command {
     /// A saga's instances: list them, or show one's timeline, state and data.
     #[command(after_help = saga::EXAMPLES)]
     Saga(saga::SagaArgs),
+    /// Run one function of the config once on a payload, without NATS; print
+    /// its result, its emits and how it ended.
+    #[command(after_help = invoke::EXAMPLES)]
+    Invoke(invoke::InvokeArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -166,6 +171,7 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
         Command::Replay(args) => return replay::replay(args).await,
         Command::Events(args) => return events::events(args).await,
         Command::Saga(args) => return saga::saga(args).await,
+        Command::Invoke(args) => return invoke::invoke(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;
