@@ -17,8 +17,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     Account, AccountId, AggregateConfig, Config, ExecConfig, ExecMode, FunctionConfig, Handler,
     HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role, SagaConfig,
-    SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TlsConfig, Trigger,
-    DLQ_STREAM, DLQ_SUBJECTS,
+    SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TelemetryConfig, TlsConfig,
+    Trigger, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;

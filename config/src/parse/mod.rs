@@ -12,6 +12,7 @@ mod retry;
 mod sagas;
 mod section;
 mod streams;
+mod telemetry;
 
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use crate::model::Config;
 const TOP_KEYS: &[&str] = &[
     "nats",
     "metrics",
+    "telemetry",
     "defaults",
     "streams",
     "functions",
@@ -52,6 +54,7 @@ pub(crate) fn parse(
 
     let nats = nats::nats(&mut ctx, field("nats").as_ref(), base_dir);
     let metrics = nats::metrics(&mut ctx, field("metrics").as_ref());
+    let telemetry = telemetry::read(&mut ctx, field("telemetry").as_ref());
     let shutdown_timeout = top.read(&mut ctx, "shutdown_timeout", Field::duration);
     let streams = streams::read(&mut ctx, field("streams").as_ref());
     let defaults = function::defaults(&mut ctx, field("defaults").as_ref());
@@ -95,17 +98,20 @@ pub(crate) fn parse(
     clashes::check(&mut ctx, &places, &functions, &sagas);
     clashes::short_step_timeouts(&mut ctx, field("sagas").as_ref(), &functions, &sagas);
     let warnings = ctx.take_warnings();
-    match (nats, metrics, shutdown_timeout) {
-        (Ok(nats), Ok(metrics), Ok(shutdown_timeout)) if !ctx.has_errors() => Ok(Config {
-            nats,
-            metrics,
-            shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
-            streams: streams.configs,
-            functions,
-            aggregates: aggregates.configs,
-            sagas,
-            warnings,
-        }),
+    match (nats, metrics, telemetry, shutdown_timeout) {
+        (Ok(nats), Ok(metrics), Ok(telemetry), Ok(shutdown_timeout)) if !ctx.has_errors() => {
+            Ok(Config {
+                nats,
+                metrics,
+                telemetry,
+                shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+                streams: streams.configs,
+                functions,
+                aggregates: aggregates.configs,
+                sagas,
+                warnings,
+            })
+        }
         _ => Err(ConfigErrors(ctx.into_errors())),
     }
 }
