@@ -156,9 +156,9 @@ pub(crate) fn process(input: &Input<'_>) -> Option<Span> {
         messaging.message.conversation_id = input.correlation_id,
         cloudevents.event_type = input.event_type,
         jetrun.function = input.function,
-        jetrun.attempt = input.attempt,
+        jetrun.attempt = int(input.attempt),
         jetrun.stream = input.stream,
-        jetrun.stream.sequence = input.sequence,
+        jetrun.stream.sequence = int(input.sequence),
     );
     if let Some(traceparent) = input.traceparent {
         let carrier = Carrier {
@@ -169,6 +169,12 @@ pub(crate) fn process(input: &Input<'_>) -> Option<Span> {
         let _ = span.set_parent(parent);
     }
     Some(span)
+}
+
+/// `n` as OpenTelemetry's integer (an `i64`): the layer records a `u64` as
+/// text.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The span of the handler call, within `parent`'s.
