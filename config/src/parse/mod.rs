@@ -11,6 +11,7 @@ mod nats;
 mod retry;
 mod sagas;
 mod section;
+mod shared;
 mod streams;
 mod telemetry;
 
@@ -36,6 +37,8 @@ const TOP_KEYS: &[&str] = &[
     "functions",
     "aggregates",
     "sagas",
+    "dead_letters",
+    "service",
     "shutdown_timeout",
 ];
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,7 +59,13 @@ pub(crate) fn parse(
     let metrics = nats::metrics(&mut ctx, field("metrics").as_ref());
     let telemetry = telemetry::read(&mut ctx, field("telemetry").as_ref());
     let shutdown_timeout = top.read(&mut ctx, "shutdown_timeout", Field::duration);
-    let streams = streams::read(&mut ctx, field("streams").as_ref());
+    let dead_letters = shared::dead_letters(&mut ctx, field("dead_letters").as_ref());
+    let service = shared::service(&mut ctx, field("service").as_ref());
+    let streams = streams::read(
+        &mut ctx,
+        field("streams").as_ref(),
+        dead_letters.clone().unwrap_or_default(),
+    );
     let defaults = function::defaults(&mut ctx, field("defaults").as_ref());
     let drafts = function::read_all(
         &mut ctx,
@@ -98,20 +107,34 @@ pub(crate) fn parse(
     clashes::check(&mut ctx, &places, &functions, &sagas);
     clashes::short_step_timeouts(&mut ctx, field("sagas").as_ref(), &functions, &sagas);
     let warnings = ctx.take_warnings();
-    match (nats, metrics, telemetry, shutdown_timeout) {
-        (Ok(nats), Ok(metrics), Ok(telemetry), Ok(shutdown_timeout)) if !ctx.has_errors() => {
-            Ok(Config {
-                nats,
-                metrics,
-                telemetry,
-                shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
-                streams: streams.configs,
-                functions,
-                aggregates: aggregates.configs,
-                sagas,
-                warnings,
-            })
-        }
+    match (
+        nats,
+        metrics,
+        telemetry,
+        shutdown_timeout,
+        dead_letters,
+        service,
+    ) {
+        (
+            Ok(nats),
+            Ok(metrics),
+            Ok(telemetry),
+            Ok(shutdown_timeout),
+            Ok(dead_letters),
+            Ok(service),
+        ) if !ctx.has_errors() => Ok(Config {
+            nats,
+            metrics,
+            telemetry,
+            shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+            streams: streams.configs,
+            functions,
+            aggregates: aggregates.configs,
+            sagas,
+            dead_letters,
+            service,
+            warnings,
+        }),
         _ => Err(ConfigErrors(ctx.into_errors())),
     }
 }

@@ -1,10 +1,13 @@
 //! The streams of `[streams.*]`, created when missing and updated when they
-//! differ, and the `DLQ` stream for dead letters.
+//! differ, and the `DLQ` stream for dead letters. jetrun marks what it
+//! creates (the stream's metadata) and updates only those, or those whose
+//! config says `manage = true`: a stream someone else made is reported with
+//! its differences and left alone.
 
 use anyhow::Context as _;
 use async_nats::jetstream::stream::{Config as StreamSpec, RetentionPolicy, StorageType};
 use async_nats::jetstream::Context;
-use jetrun_config::{Config, Retention, Storage, StreamConfig, DLQ_STREAM, DLQ_SUBJECTS};
+use jetrun_config::{Config, Retention, Storage, StreamConfig};
 
 /// JetStream refused to change an existing stream to the config's settings
 /// (its storage type, say): retrying cannot help, a person has to choose.
@@ -25,7 +28,7 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
         let mut spec = desired(name, stream);
         // An aggregate appends a command's events as one atomic batch.
         spec.allow_atomic_publish = config.aggregates.values().any(|a| &a.stream == name);
-        ensure(js, spec).await?;
+        ensure(js, spec, stream.manage).await?;
     }
     let replicas = config
         .streams
@@ -34,13 +37,16 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
         .max()
         .unwrap_or(1);
     let dlq = StreamSpec {
-        name: DLQ_STREAM.to_string(),
-        subjects: vec![DLQ_SUBJECTS.to_string()],
+        name: config.dead_letters.stream.clone(),
+        subjects: vec![config.dead_letters.subjects()],
         num_replicas: replicas,
         ..Default::default()
     };
-    ensure(js, dlq).await
+    ensure(js, dlq, None).await
 }
+
+/// The metadata entry that marks a stream jetrun created.
+const MARK: (&str, &str) = ("jetrun.managed", "true");
 
 fn desired(name: &str, stream: &StreamConfig) -> StreamSpec {
     let mut spec = StreamSpec {
@@ -67,13 +73,21 @@ fn desired(name: &str, stream: &StreamConfig) -> StreamSpec {
     spec
 }
 
-/// Creates `want` if missing; otherwise updates the fields jetrun manages
-/// when they differ, leaving the rest of the stream's settings alone.
-async fn ensure(js: &Context, want: StreamSpec) -> anyhow::Result<()> {
+/// Creates `want` if missing (unless `manage = false`), marked as jetrun's;
+/// otherwise, when the fields jetrun sets differ, updates the stream if it
+/// manages it (`manage`, or unset and marked) and else says how it differs
+/// and leaves it alone. The rest of a stream's settings are never touched.
+async fn ensure(js: &Context, mut want: StreamSpec, manage: Option<bool>) -> anyhow::Result<()> {
     let name = want.name.clone();
     let existing = match js.get_stream(&name).await {
         Ok(stream) => stream.cached_info().config.clone(),
         Err(err) if is_stream_not_found(&err) => {
+            if manage == Some(false) {
+                anyhow::bail!(
+                    "stream {name} does not exist, and [streams.{name}] says manage = false:                      create it (`nats stream add {name}`), or let jetrun create it"
+                );
+            }
+            want.metadata.insert(MARK.0.into(), MARK.1.into());
             js.create_stream(want)
                 .await
                 .with_context(|| format!("cannot create stream {name}"))?;
@@ -96,24 +110,83 @@ async fn ensure(js: &Context, want: StreamSpec) -> anyhow::Result<()> {
     if want.allow_atomic_publish {
         updated.allow_atomic_publish = true;
     }
-    if updated != existing {
-        use async_nats::jetstream::context::CreateStreamErrorKind;
-        match js.update_stream(updated).await {
-            Ok(_) => {}
-            Err(err) => {
-                if let CreateStreamErrorKind::JetStream(refusal) = err.kind() {
-                    return Err(StreamConflict {
-                        stream: name,
-                        reason: refusal.to_string(),
-                    }
-                    .into());
-                }
-                return Err(err).with_context(|| format!("cannot update stream {name}"));
-            }
-        }
-        tracing::info!(stream = %name, "Updated stream to match the config.");
+    if updated == existing {
+        return Ok(());
     }
+    let marked = existing.metadata.get(MARK.0).map(String::as_str) == Some(MARK.1);
+    if !manage.unwrap_or(marked) {
+        let differences = differences(&existing, &updated).join("; ");
+        tracing::warn!(
+            stream = %name,
+            %differences,
+            "Stream {name} differs from the config, but jetrun did not create it: left as it is. \
+             Set manage = true under [streams.{name}] to let jetrun update it, or make the \
+             config match."
+        );
+        return Ok(());
+    }
+    if manage == Some(true) {
+        updated.metadata.insert(MARK.0.into(), MARK.1.into());
+    }
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    match js.update_stream(updated).await {
+        Ok(_) => {}
+        Err(err) => {
+            if let CreateStreamErrorKind::JetStream(refusal) = err.kind() {
+                return Err(StreamConflict {
+                    stream: name,
+                    reason: refusal.to_string(),
+                }
+                .into());
+            }
+            return Err(err).with_context(|| format!("cannot update stream {name}"));
+        }
+    }
+    tracing::info!(stream = %name, "Updated stream to match the config.");
     Ok(())
+}
+
+/// What jetrun would change: `field: now -> config`, for the fields it sets.
+fn differences(now: &StreamSpec, config: &StreamSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut differ = |field: &str, now: String, config: String| {
+        if now != config {
+            out.push(format!("{field}: {now} -> {config}"));
+        }
+    };
+    differ(
+        "subjects",
+        format!("{:?}", now.subjects),
+        format!("{:?}", config.subjects),
+    );
+    differ(
+        "storage",
+        format!("{:?}", now.storage),
+        format!("{:?}", config.storage),
+    );
+    differ(
+        "replicas",
+        now.num_replicas.to_string(),
+        config.num_replicas.to_string(),
+    );
+    differ(
+        "retention",
+        format!("{:?}", now.retention),
+        format!("{:?}", config.retention),
+    );
+    let duration = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    differ("max_age", duration(now.max_age), duration(config.max_age));
+    differ(
+        "duplicate_window",
+        duration(now.duplicate_window),
+        duration(config.duplicate_window),
+    );
+    differ(
+        "allow_atomic_publish",
+        now.allow_atomic_publish.to_string(),
+        config.allow_atomic_publish.to_string(),
+    );
+    out
 }
 
 fn is_stream_not_found(err: &async_nats::jetstream::context::GetStreamError) -> bool {
