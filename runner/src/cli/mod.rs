@@ -141,16 +141,23 @@ Examples:
   jetrun init                        # writes ./jetrun.toml
   jetrun init /etc/jetrun/jetrun.toml --force";
 
+impl Cli {
+    /// Whether the verb starts logging itself, after reading `[telemetry]`.
+    pub(crate) fn reads_telemetry(&self) -> bool {
+        matches!(self.command, Command::Run(_) | Command::Dev(_))
+    }
+}
+
 pub(crate) async fn execute(cli: Cli) -> ExitCode {
     let connection = cli.connection.given(&crate::nats::settings::Process);
     session::connect_with(connection.clone());
     let result = match cli.command {
         Command::Check(arg) => return check::check(&arg),
-        Command::Run(arg) => match session::load(&arg.config.path()) {
+        Command::Run(arg) => match session::load_logged(&arg.config.path(), cli.log_format) {
             Ok(loaded) => crate::runtime::run(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
-        Command::Dev(arg) => match session::load(&arg.config.path()) {
+        Command::Dev(arg) => match session::load_logged(&arg.config.path(), cli.log_format) {
             Ok(loaded) => crate::runtime::dev(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
