@@ -15,10 +15,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Account, AccountId, AggregateConfig, Config, ExecConfig, ExecMode, FunctionConfig, Handler,
-    HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role, SagaConfig,
-    SagaStep, Storage, StreamBinding, StreamConfig, SubjectTemplate, TlsConfig, Trigger,
-    DLQ_STREAM, DLQ_SUBJECTS,
+    Account, AccountId, AggregateConfig, Config, DeadLetters, ExecConfig, ExecMode, FunctionConfig,
+    Handler, HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
+    SagaConfig, SagaStep, ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate,
+    TlsConfig, Trigger, DLQ_PREFIX, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;

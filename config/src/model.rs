@@ -9,10 +9,59 @@ use std::time::Duration;
 
 use crate::retry::RetryPolicy;
 
-/// The name of the dead-letter stream jetrun creates when missing.
+/// The name of the dead-letter stream jetrun creates when missing, unless
+/// `[dead_letters] stream` names another.
 pub const DLQ_STREAM: &str = "DLQ";
-/// The subjects that stream captures.
+/// The subjects that stream captures, unless `[dead_letters] prefix` says
+/// otherwise.
 pub const DLQ_SUBJECTS: &str = "dlq.>";
+/// The prefix of those subjects.
+pub const DLQ_PREFIX: &str = "dlq";
+
+/// `[dead_letters]`: the stream jetrun keeps dead letters in, and the
+/// subjects it holds (`PREFIX.>`; a function's are `PREFIX.FUNCTION` unless
+/// it names its own). Two teams sharing a NATS account name theirs apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetters {
+    pub stream: String,
+    pub prefix: String,
+}
+
+impl Default for DeadLetters {
+    fn default() -> Self {
+        DeadLetters {
+            stream: DLQ_STREAM.to_string(),
+            prefix: DLQ_PREFIX.to_string(),
+        }
+    }
+}
+
+impl DeadLetters {
+    /// The subjects the dead-letter stream holds: `PREFIX.>`.
+    pub fn subjects(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// The dead-letter subject of a consumer whose config names none.
+    pub fn subject(&self, consumer: &str) -> String {
+        format!("{}.{consumer}", self.prefix)
+    }
+}
+
+/// `[service]`: the NATS micro service request functions are endpoints of,
+/// which is also its queue group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            name: crate::name::SERVICE.to_string(),
+        }
+    }
+}
 
 /// A whole, validated config file.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +78,10 @@ pub struct Config {
     pub aggregates: BTreeMap<String, AggregateConfig>,
     /// Declarative sagas by name (`[sagas.NAME]`).
     pub sagas: BTreeMap<String, SagaConfig>,
+    /// `[dead_letters]`.
+    pub dead_letters: DeadLetters,
+    /// `[service]`.
+    pub service: ServiceConfig,
     /// What is valid but likely not meant, each with its key path and line
     /// (`jetrun check` prints them; `jetrun run` logs them).
     pub warnings: Vec<crate::ConfigError>,

@@ -228,6 +228,15 @@ value_type!(
 /// A jetrun config file (jetrun.toml).
 #[derive(JsonSchema)]
 #[schemars(title = "jetrun configuration", deny_unknown_fields)]
+// Without [dead_letters] stream, the dead-letter stream is DLQ: no
+// [streams.*] entry may take that name.
+#[schemars(extend(
+    "if" = { "not": {
+        "required": ["dead_letters"],
+        "properties": { "dead_letters": { "required": ["stream"] } }
+    } },
+    "then" = { "properties": { "streams": { "propertyNames": { "not": { "const": "DLQ" } } } } }
+))]
 struct File {
     /// Where NATS is and how jetrun authenticates.
     nats: Option<Nats>,
@@ -235,8 +244,8 @@ struct File {
     metrics: Option<Metrics>,
     /// What every function gets unless it says otherwise: concurrency, timeout, retry, ack_wait, max_ack_pending.
     defaults: Option<Defaults>,
-    /// Streams jetrun creates when missing and updates when they differ, by name. Every function's subjects must be held by one of them; DLQ (dlq.>) is jetrun's own.
-    #[schemars(extend("propertyNames" = { "pattern": STREAM_NAME, "not": { "const": "DLQ" } }))]
+    /// Streams jetrun creates when missing and updates when they differ, by name. Every function's subjects must be held by one of them; the dead-letter stream (DLQ, holding dlq.>, unless [dead_letters] says otherwise) is jetrun's own.
+    #[schemars(extend("propertyNames" = { "pattern": STREAM_NAME }))]
     streams: Option<BTreeMap<String, Stream>>,
     /// The functions, by name: the name is also the durable JetStream consumer's (letters, digits, -, _). At least one.
     #[schemars(extend("propertyNames" = { "pattern": NAME }, "minProperties" = 1))]
@@ -247,9 +256,34 @@ struct File {
     /// Declarative sagas, by name (letters, digits, -, _).
     #[schemars(extend("propertyNames" = { "pattern": NAME }))]
     sagas: Option<BTreeMap<String, Saga>>,
+    /// Where dead letters are kept: the stream and the prefix of its subjects.
+    dead_letters: Option<DeadLettersTable>,
+    /// The NATS micro service request functions are endpoints of.
+    service: Option<Service>,
     /// How long the drain on SIGTERM/SIGINT may take before what is left is NAKed.
     #[schemars(extend("default" = "30s"))]
     shutdown_timeout: Option<Duration>,
+}
+
+/// `[dead_letters]`: two teams sharing a NATS account name theirs apart.
+#[derive(JsonSchema)]
+#[schemars(rename = "DeadLetters", deny_unknown_fields)]
+struct DeadLettersTable {
+    /// The stream jetrun creates for dead letters; no [streams.*] entry may take the name.
+    #[schemars(extend("default" = "DLQ", "pattern" = STREAM_NAME))]
+    stream: Option<String>,
+    /// The stream holds PREFIX.>; a function dead-letters to PREFIX.FUNCTION unless it names its own dead_letter.
+    #[schemars(extend("default" = "dlq", "pattern" = "^[^\\s*>]+$"))]
+    prefix: Option<String>,
+}
+
+/// `[service]`: the micro service of request functions (also their queue group).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Service {
+    /// Its name: letters, digits, - and _.
+    #[schemars(extend("default" = "jetrun", "pattern" = "^[A-Za-z0-9_-]+$"))]
+    name: Option<String>,
 }
 
 /// `[nats]`: servers, authentication (at most one of creds, nkey, user + password, token), TLS.

@@ -168,10 +168,20 @@ pub(crate) struct Reserved {
 const SYSTEM: [&str; 6] = ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>", "_INBOX.>"];
 
 impl Reserved {
-    /// The system spaces, `dlq.>` and every dead-letter subject of `config`.
-    pub(crate) fn of(config: &Config) -> Reserved {
+    /// The system spaces and `dlq.>`: what is reserved without a config.
+    pub(crate) fn default_spaces() -> Reserved {
         let mut patterns: Vec<String> = SYSTEM.iter().map(ToString::to_string).collect();
         patterns.push(DLQ_SUBJECTS.to_string());
+        Reserved { patterns }
+    }
+
+    /// The system spaces, `dlq.>` and every dead-letter subject of `config`.
+    pub(crate) fn of(config: &Config) -> Reserved {
+        let Reserved { mut patterns } = Reserved::default_spaces();
+        let dead_letters = config.dead_letters.subjects();
+        if !patterns.contains(&dead_letters) {
+            patterns.push(dead_letters);
+        }
         let bindings = (config.functions.values().filter_map(|f| f.binding()))
             .chain(config.sagas.values().flat_map(|s| &s.consumers));
         for binding in bindings {

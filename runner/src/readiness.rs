@@ -1,6 +1,8 @@
 //! Whether the runner is ready: NATS connected, every function's consumer
-//! bound, every saga's instances loaded, and no supervised task restarting. `/readyz` reads it; the
-//! connection, the consumers and `tasks` write it.
+//! bound, every saga's instances loaded, and no supervised task restarting.
+//! `/readyz` reads it, and `/metrics` exports it as `jetrun_ready` and
+//! `jetrun_function_bound`; the connection, the consumers and `tasks` write
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +101,15 @@ impl Readiness {
                 set.remove(what);
             }
         }
+    }
+
+    /// Every function, and whether its consumer (or endpoint) is bound now.
+    pub(crate) fn bound(&self) -> BTreeMap<String, bool> {
+        self.inner
+            .bound
+            .lock()
+            .map(|map| map.clone())
+            .unwrap_or_default()
     }
 
     /// The supervised tasks down now.

@@ -1,7 +1,8 @@
 //! Request functions: a function with `request = "subject"` answers core
 //! NATS requests on that subject instead of consuming a stream. Every
 //! request function of a runner is an endpoint (named after the function)
-//! of one NATS micro service, `jetrun`, in queue group `jetrun`: replicas
+//! of one NATS micro service, `jetrun` (`[service] name`), in a queue group
+//! of the same name: replicas
 //! share the requests, and `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` answer.
 //! The reply is the function's result; a failure is answered with the micro
 //! error headers (`Nats-Service-Error`, `Nats-Service-Error-Code`): never a
@@ -16,7 +17,6 @@ use std::panic::AssertUnwindSafe;
 
 use async_nats::service::{self, ServiceExt};
 use futures::{FutureExt as _, StreamExt};
-use jetrun_config::name::SERVICE;
 use jetrun_functions::{Context, Failure, Function};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
@@ -31,11 +31,13 @@ use crate::tasks;
 /// Requests an endpoint keeps waiting for a turn, beyond those running.
 const WAITING: usize = 1024;
 
-/// Where request functions register their endpoints: the `jetrun` micro
-/// service, registered on `client` by the first request function.
+/// Where request functions register their endpoints: the micro service
+/// `name` (`jetrun` unless `[service] name` says otherwise), registered on
+/// `client` by the first request function.
 #[derive(Clone)]
 pub(crate) struct Service {
     pub(crate) client: async_nats::Client,
+    pub(crate) name: String,
     pub(crate) registered: Arc<OnceCell<Arc<service::Service>>>,
 }
 
@@ -44,7 +46,9 @@ impl Service {
     async fn get(&self, shutdown: &Shutdown) -> Option<Arc<service::Service>> {
         retry_until("register the micro service", shutdown, || async {
             self.registered
-                .get_or_try_init(|| async { register(&self.client).await.map(Arc::new) })
+                .get_or_try_init(|| async {
+                    register(&self.client, &self.name).await.map(Arc::new)
+                })
                 .await
                 .cloned()
         })
@@ -52,15 +56,16 @@ impl Service {
     }
 }
 
-/// Registers the `jetrun` micro service on `client`.
-async fn register(client: &async_nats::Client) -> anyhow::Result<service::Service> {
+/// Registers the micro service `name` on `client`, in the queue group of
+/// the same name.
+async fn register(client: &async_nats::Client, name: &str) -> anyhow::Result<service::Service> {
     client
         .service_builder()
         .description("jetrun request functions: one endpoint per function")
-        .queue_group(SERVICE)
-        .start(SERVICE, env!("CARGO_PKG_VERSION"))
+        .queue_group(name)
+        .start(name, env!("CARGO_PKG_VERSION"))
         .await
-        .map_err(|err| anyhow::anyhow!("cannot register the {SERVICE} micro service: {err}"))
+        .map_err(|err| anyhow::anyhow!("cannot register the {name} micro service: {err}"))
 }
 
 /// One request function: its name, subject and concurrency.

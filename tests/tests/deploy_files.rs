@@ -126,7 +126,7 @@ fn the_grafana_dashboard_is_importable() {
     assert_eq!(variables["DS_PROMETHEUS"]["type"], "datasource");
     assert_eq!(
         variables["function"]["query"]["query"],
-        "label_values(jetrun_events_received_total, function)"
+        "label_values(jetrun_events_received_total{job=~\"$job\", instance=~\"$instance\"}, function)"
     );
     // Every panel (rows aside) reads from the dashboard's data source, and
     // panel ids are unique.

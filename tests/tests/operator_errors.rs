@@ -45,10 +45,15 @@ async fn a_stream_with_conflicting_settings_stops_the_runner_with_a_clear_error(
     })
     .await
     .expect("create EVENTS in memory");
-    // base_config declares EVENTS with file storage, which JetStream cannot switch to.
+    // base_config declares EVENTS with file storage, which JetStream cannot
+    // switch to; manage = true asks jetrun to update a stream it did not
+    // create (without it, jetrun leaves the stream alone: stream_manage.rs).
+    let base = bed.base_config().replace(
+        "subjects = [\"ev.>\"]\n",
+        "subjects = [\"ev.>\"]\nmanage = true\n",
+    );
     let config = bed.write_config(&format!(
-        "{}\n[functions.f]\nsubjects = [\"ev.x\"]\nbuiltin = \"noop\"\n",
-        bed.base_config()
+        "{base}\n[functions.f]\nsubjects = [\"ev.x\"]\nbuiltin = \"noop\"\n"
     ));
     let mut runner = Runner::start(&config);
     let status = runner.wait_exit(Duration::from_secs(20)).await;

@@ -7,7 +7,7 @@ use toml::Spanned;
 use super::function::Draft;
 use super::section::{join, Ctx, Read, Reported};
 use super::streams::Streams;
-use crate::model::{Retention, DLQ_SUBJECTS};
+use crate::model::Retention;
 use crate::subject;
 
 /// Where a function's consumer lives and where its dead letters go.
@@ -133,12 +133,13 @@ fn dead_letter(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<Stri
     let (subject, span) = match explicit {
         Some(s) => (s.get_ref().clone(), Some(s.span())),
         None => (
-            crate::name::dead_letter_subject(&draft.name),
+            streams.dead_letters.subject(&draft.name),
             draft.span.clone(),
         ),
     };
     let path = join(&draft.path, "dead_letter");
-    if !subject::captures(DLQ_SUBJECTS, &subject) && streams.capturing(&subject).is_none() {
+    let dlq_subjects = streams.dead_letters.subjects();
+    if !subject::captures(&dlq_subjects, &subject) && streams.capturing(&subject).is_none() {
         if !streams.complete {
             return Err(Reported);
         }
@@ -146,9 +147,10 @@ fn dead_letter(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<Stri
             path,
             span.as_ref(),
             format!(
-                "{subject:?} is not captured by {DLQ_SUBJECTS} or by any [streams.*] entry, so \
-                 dead letters would be lost; use a subject under dlq. or add it to a stream's \
-                 subjects"
+                "{subject:?} is not captured by {dlq_subjects} or by any [streams.*] entry, so \
+                 dead letters would be lost; use a subject under {}. or add it to a stream's \
+                 subjects",
+                streams.dead_letters.prefix
             ),
         ));
     }

@@ -11,6 +11,7 @@ mod nats;
 mod retry;
 mod sagas;
 mod section;
+mod shared;
 mod streams;
 
 #[cfg(test)]
@@ -34,6 +35,8 @@ const TOP_KEYS: &[&str] = &[
     "functions",
     "aggregates",
     "sagas",
+    "dead_letters",
+    "service",
     "shutdown_timeout",
 ];
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +56,13 @@ pub(crate) fn parse(
     let nats = nats::nats(&mut ctx, field("nats").as_ref(), base_dir);
     let metrics = nats::metrics(&mut ctx, field("metrics").as_ref());
     let shutdown_timeout = top.read(&mut ctx, "shutdown_timeout", Field::duration);
-    let streams = streams::read(&mut ctx, field("streams").as_ref());
+    let dead_letters = shared::dead_letters(&mut ctx, field("dead_letters").as_ref());
+    let service = shared::service(&mut ctx, field("service").as_ref());
+    let streams = streams::read(
+        &mut ctx,
+        field("streams").as_ref(),
+        dead_letters.clone().unwrap_or_default(),
+    );
     let defaults = function::defaults(&mut ctx, field("defaults").as_ref());
     let drafts = function::read_all(
         &mut ctx,
@@ -95,17 +104,23 @@ pub(crate) fn parse(
     clashes::check(&mut ctx, &places, &functions, &sagas);
     clashes::short_step_timeouts(&mut ctx, field("sagas").as_ref(), &functions, &sagas);
     let warnings = ctx.take_warnings();
-    match (nats, metrics, shutdown_timeout) {
-        (Ok(nats), Ok(metrics), Ok(shutdown_timeout)) if !ctx.has_errors() => Ok(Config {
-            nats,
-            metrics,
-            shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
-            streams: streams.configs,
-            functions,
-            aggregates: aggregates.configs,
-            sagas,
-            warnings,
-        }),
+    match (nats, metrics, shutdown_timeout, dead_letters, service) {
+        (Ok(nats), Ok(metrics), Ok(shutdown_timeout), Ok(dead_letters), Ok(service))
+            if !ctx.has_errors() =>
+        {
+            Ok(Config {
+                nats,
+                metrics,
+                shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+                streams: streams.configs,
+                functions,
+                aggregates: aggregates.configs,
+                sagas,
+                dead_letters,
+                service,
+                warnings,
+            })
+        }
         _ => Err(ConfigErrors(ctx.into_errors())),
     }
 }

@@ -195,7 +195,7 @@ fn saga(
             subjects,
             stream: stream.to_owned(),
             managed: true,
-            dead_letter: name::dead_letter_subject(&consumer),
+            dead_letter: streams.dead_letters.subject(&consumer),
             ack_wait,
             max_ack_pending,
         })

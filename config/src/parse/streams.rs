@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::section::{join, Ctx, Field, Read, Reported, Section};
-use crate::model::{Retention, Storage, StreamConfig, DLQ_STREAM, DLQ_SUBJECTS};
+use crate::model::{DeadLetters, Retention, Storage, StreamConfig};
 use crate::name;
 use crate::subject;
 
@@ -33,6 +33,9 @@ pub(super) struct Streams {
     /// subject no stream seems to capture may be captured by a broken one,
     /// so that is not reported.
     pub(super) complete: bool,
+    /// Where dead letters go (`[dead_letters]`), which no declared stream
+    /// may take.
+    pub(super) dead_letters: DeadLetters,
 }
 
 impl Streams {
@@ -50,20 +53,25 @@ impl Streams {
 }
 
 /// `[streams]`, absent or not.
-pub(super) fn read(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Streams {
+pub(super) fn read(
+    ctx: &mut Ctx<'_>,
+    field: Option<&Field<'_, '_>>,
+    dead_letters: DeadLetters,
+) -> Streams {
     let mut streams = Streams {
         names: BTreeSet::new(),
         subjects: BTreeMap::new(),
         configs: BTreeMap::new(),
         complete: true,
+        dead_letters,
     };
     let Ok(section) = Section::optional("streams", field, &[], ctx) else {
         streams.complete = false;
         return streams;
     };
     for (name, field) in section.entries() {
-        let named = stream_name(ctx, name, &field);
-        let (subjects, config) = stream(ctx, &field);
+        let named = stream_name(ctx, name, &field, &streams.dead_letters);
+        let (subjects, config) = stream(ctx, &field, &streams.dead_letters);
         if named.is_ok() {
             streams.names.insert(name.to_owned());
         }
@@ -81,14 +89,21 @@ pub(super) fn read(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Streams 
     streams
 }
 
-fn stream_name(ctx: &mut Ctx<'_>, name: &str, field: &Field<'_, '_>) -> Read<()> {
-    if name == DLQ_STREAM {
+fn stream_name(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    field: &Field<'_, '_>,
+    dead_letters: &DeadLetters,
+) -> Read<()> {
+    if name == dead_letters.stream {
         return Err(ctx.error(
             field.path.clone(),
             field.key_span.as_ref(),
             format!(
-                "is reserved: jetrun creates and manages the {DLQ_STREAM} stream for \
-                 dead letters ({DLQ_SUBJECTS}); pick another name"
+                "is reserved: jetrun creates and manages the {} stream for dead letters ({}); \
+                 pick another name",
+                dead_letters.stream,
+                dead_letters.subjects()
             ),
         ));
     }
@@ -107,13 +122,14 @@ fn stream_name(ctx: &mut Ctx<'_>, name: &str, field: &Field<'_, '_>) -> Read<()>
 fn stream(
     ctx: &mut Ctx<'_>,
     field: &Field<'_, '_>,
+    dead_letters: &DeadLetters,
 ) -> (Read<Vec<Spanned<String>>>, Read<StreamConfig>) {
     let section = match Section::of(field, STREAM_KEYS, ctx) {
         Ok(section) => section,
         Err(reported) => return (Err(reported), Err(reported)),
     };
     let subjects = match section.field("subjects") {
-        Some(field) => subjects(ctx, &field),
+        Some(field) => subjects(ctx, &field, dead_letters),
         None => Err(ctx.error(
             section.key_path("subjects"),
             section.span(),
@@ -187,17 +203,24 @@ fn window_within_age(
     Ok((max_age, duplicate_window))
 }
 
-/// A non-empty list of valid subjects, none reaching into `dlq.>`.
-fn subjects(ctx: &mut Ctx<'_>, field: &Field<'_, '_>) -> Read<Vec<Spanned<String>>> {
+/// A non-empty list of valid subjects, none reaching into the dead letters'
+/// (`dlq.>`).
+fn subjects(
+    ctx: &mut Ctx<'_>,
+    field: &Field<'_, '_>,
+    dead_letters: &DeadLetters,
+) -> Read<Vec<Spanned<String>>> {
+    let dlq_subjects = dead_letters.subjects();
     let subjects = field.strings(ctx, "a non-empty list of subjects, like [\"order.>\"]")?;
     let mut failed = false;
     for s in &subjects {
         let error = match subject::check(s.get_ref(), true) {
             Err(why) => Some(format!("{:?} is not a valid subject: {why}", s.get_ref())),
-            Ok(()) if subject::overlaps(s.get_ref(), DLQ_SUBJECTS) => Some(format!(
-                "{:?} overlaps {DLQ_SUBJECTS}, which the {DLQ_STREAM} stream holds for dead \
-                 letters; pick subjects outside it",
-                s.get_ref()
+            Ok(()) if subject::overlaps(s.get_ref(), &dlq_subjects) => Some(format!(
+                "{:?} overlaps {dlq_subjects}, which the {} stream holds for dead letters; \
+                 pick subjects outside it",
+                s.get_ref(),
+                dead_letters.stream
             )),
             Ok(()) => None,
         };

@@ -1805,7 +1805,7 @@ ack_wait = \"1m\"
 /// exactly the keys the parser reads.
 #[test]
 fn the_schema_has_the_keys_of_the_parser() {
-    use super::{aggregates, function, handler, nats, retry, sagas, streams, TOP_KEYS};
+    use super::{aggregates, function, handler, nats, retry, sagas, shared, streams, TOP_KEYS};
 
     let schema: serde_json::Value = serde_json::from_str(&crate::json_schema()).unwrap();
     let keys_of = |properties: &serde_json::Value| -> Vec<String> {
@@ -1828,7 +1828,7 @@ fn the_schema_has_the_keys_of_the_parser() {
         sorted(TOP_KEYS),
         "the top level"
     );
-    let tables: [(&str, &[&str]); 13] = [
+    let tables: [(&str, &[&str]); 15] = [
         ("Nats", nats::NATS_KEYS),
         ("Tls", nats::TLS_KEYS),
         ("Metrics", nats::METRICS_KEYS),
@@ -1842,10 +1842,102 @@ fn the_schema_has_the_keys_of_the_parser() {
         ("Aggregate", aggregates::AGGREGATE_KEYS),
         ("Saga", sagas::SAGA_KEYS),
         ("Step", sagas::STEP_KEYS),
+        ("DeadLetters", shared::DEAD_LETTERS_KEYS),
+        ("Service", shared::SERVICE_KEYS),
     ];
     for (definition, keys) in tables {
         let table = &schema["definitions"][definition];
         assert_eq!(keys_of(&table["properties"]), sorted(keys), "{definition}");
         assert_eq!(table["additionalProperties"], false, "{definition}");
     }
+}
+
+#[test]
+fn dead_letters_and_service_name_what_two_teams_keep_apart() {
+    let config = ok(&with_streams(
+        r#"
+[dead_letters]
+stream = "ORDERS_DLQ"
+prefix = "orders.dlq"
+
+[service]
+name = "orders-team"
+
+[streams.DLQ]
+subjects = ["dlq.>"]
+
+[functions.reserve]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    ));
+    assert_eq!(config.dead_letters.stream, "ORDERS_DLQ");
+    assert_eq!(config.dead_letters.subjects(), "orders.dlq.>");
+    let binding = config.functions["reserve"].binding().unwrap();
+    assert_eq!(binding.dead_letter, "orders.dlq.reserve");
+    assert_eq!(config.service.name, "orders-team");
+
+    let defaults = ok(&with_streams(
+        "\n[functions.reserve]\nsubjects = [\"order.placed\"]\nbuiltin = \"noop\"\n",
+    ));
+    assert_eq!(defaults.dead_letters.stream, "DLQ");
+    assert_eq!(
+        defaults.functions["reserve"].binding().unwrap().dead_letter,
+        "dlq.reserve"
+    );
+    assert_eq!(defaults.service.name, "jetrun");
+
+    let refused = errors(&with_streams(
+        r#"
+[dead_letters]
+stream = "ORDERS_DLQ"
+prefix = "orders.*"
+
+[service]
+name = "orders team"
+
+[functions.reserve]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    ));
+    let all = refused.join("\n");
+    assert!(all.contains("dead_letters.prefix"), "{all}");
+    assert!(
+        all.contains("service.name") && all.contains("not a micro service name"),
+        "{all}"
+    );
+
+    let taken = errors(&with_streams(
+        r#"
+[dead_letters]
+stream = "ORDERS_DLQ"
+
+[streams.ORDERS_DLQ]
+subjects = ["x.>"]
+
+[functions.reserve]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    ));
+    assert!(
+        taken.join("\n").contains("streams.ORDERS_DLQ is reserved"),
+        "{taken:?}"
+    );
+
+    let overlapping = errors(&with_streams(
+        r#"
+[dead_letters]
+prefix = "order.dlq"
+
+[functions.reserve]
+subjects = ["order.placed"]
+builtin = "noop"
+"#,
+    ));
+    assert!(
+        overlapping.join("\n").contains("overlaps order.dlq.>"),
+        "{overlapping:?}"
+    );
 }

@@ -9,14 +9,23 @@ use crate::nats::settings::Given;
 pub(crate) struct ConfigArg {
     /// The config file [default: ./jetrun.toml; in a clone of the jetrun
     /// repository without one, config/jetrun.toml].
-    #[arg(
-        short,
-        long,
-        env = "JETRUN_CONFIG",
-        default_value_os_t = default_config(Path::new(".")),
-        hide_default_value = true
-    )]
-    pub(crate) config: PathBuf,
+    #[arg(short, long, env = "JETRUN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The file: the one given, else [`default_config`] of the working folder.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| default_config(Path::new(".")))
+    }
+
+    /// Whether a verb that can do without the config goes without: none was
+    /// given (`-c` or `JETRUN_CONFIG`) and there is none by default.
+    pub(crate) fn absent(&self) -> bool {
+        self.config.is_none() && !self.path().is_file()
+    }
 }
 
 /// The config file a verb reads when neither `-c` nor `JETRUN_CONFIG` names

@@ -26,7 +26,7 @@ pub(crate) struct CheckArgs {
 }
 
 pub(crate) fn check(args: &CheckArgs) -> ExitCode {
-    let path = args.file.as_ref().unwrap_or(&args.config.config);
+    let path = &args.file.clone().unwrap_or_else(|| args.config.path());
     if args.json {
         let (code, verdict) = match config_file::read(path) {
             Ok(loaded) => (

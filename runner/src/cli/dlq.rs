@@ -23,7 +23,7 @@ use async_nats::{HeaderMap, HeaderName};
 use base64::prelude::{Engine, BASE64_STANDARD};
 use clap::Subcommand;
 use futures::TryStreamExt as _;
-use jetrun_config::{Config, FunctionConfig, DLQ_STREAM, DLQ_SUBJECTS};
+use jetrun_config::{Config, FunctionConfig, DLQ_STREAM};
 use serde_json::{json, Value};
 
 use super::args::{FunctionArg, InvalidValue};
@@ -186,33 +186,45 @@ pub(crate) async fn dlq(args: DlqArgs) -> ExitCode {
         Verb::Replay(a) => &a.target,
         Verb::Purge(a) => &a.target,
     };
-    let loaded = match session::load(&target.config.config) {
+    // Without a config file: the function's dead letters where they are by
+    // default (`dlq.FUNCTION` in `DLQ`), on the connection given.
+    let loaded = match session::load_if_any(&target.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     session::exit(
         async {
-            let config = &loaded.config;
-            let function = session::function(config, &target.config.config, &target.function)?;
-            if let Some(subject) = function.request_subject() {
-                return Err(Stopped::Usage(format!(
-                    "{} answers requests on {subject}: a failed request is answered with an \
-                     error, never dead-lettered",
-                    function.name
-                )));
-            }
-            let place = Place::of(config, function);
-            let js = session::connect(&config.nats).await?;
-            Ok(match &args.verb {
-                Verb::List(a) => list(&js, &place, a.json).await?,
-                Verb::Show(a) => show(&js, &place, a.seq, a.json).await?,
-                Verb::Replay(a) => {
+            let (place, guard, nats) = match &loaded {
+                Some(loaded) => {
+                    let config = &loaded.config;
+                    let function =
+                        session::function(config, &target.config.path(), &target.function)?;
+                    if let Some(subject) = function.request_subject() {
+                        return Err(Stopped::Usage(format!(
+                            "{} answers requests on {subject}: a failed request is answered \
+                             with an error, never dead-lettered",
+                            function.name
+                        )));
+                    }
                     let guard = Guard {
                         reserved: Reserved::of(config),
                         emits: function.emits.clone(),
                     };
-                    replay(&js, &place, &guard, a).await?
+                    (Place::of(config, function), guard, Some(&config.nats))
                 }
+                None => {
+                    let guard = Guard {
+                        reserved: Reserved::default_spaces(),
+                        emits: None,
+                    };
+                    (Place::by_default(&target.function), guard, None)
+                }
+            };
+            let js = session::connect_to(nats).await?;
+            Ok(match &args.verb {
+                Verb::List(a) => list(&js, &place, a.json).await?,
+                Verb::Show(a) => show(&js, &place, a.seq, a.json).await?,
+                Verb::Replay(a) => replay(&js, &place, &guard, a).await?,
                 Verb::Purge(a) => purge(&js, &place, a.older_than.as_ref()).await?,
             })
         }
@@ -239,8 +251,9 @@ impl Place {
     pub(super) fn of(config: &Config, function: &FunctionConfig) -> Place {
         let dead_letter = |f: &FunctionConfig| f.binding().map(|b| b.dead_letter.clone());
         let subject = dead_letter(function).unwrap_or_default();
-        let stream = if jetrun_config::subject_matches(DLQ_SUBJECTS, &subject) {
-            DLQ_STREAM.to_string()
+        let dead_letters = &config.dead_letters;
+        let stream = if jetrun_config::subject_matches(&dead_letters.subjects(), &subject) {
+            dead_letters.stream.clone()
         } else {
             config
                 .streams
@@ -250,7 +263,7 @@ impl Place {
                         .iter()
                         .any(|filter| jetrun_config::subject_matches(filter, &subject))
                 })
-                .map_or_else(|| DLQ_STREAM.to_string(), |(name, _)| name.clone())
+                .map_or_else(|| dead_letters.stream.clone(), |(name, _)| name.clone())
         };
         let shared = config
             .functions
@@ -261,6 +274,18 @@ impl Place {
             subject,
             stream,
             shared,
+        }
+    }
+
+    /// Where `function` dead-letters when no config says otherwise:
+    /// `dlq.FUNCTION` in `DLQ`, only the letters naming it
+    /// (`Jetrun-Function`).
+    pub(super) fn by_default(function: &str) -> Place {
+        Place {
+            function: function.to_string(),
+            subject: jetrun_config::name::dead_letter_subject(function),
+            stream: DLQ_STREAM.to_string(),
+            shared: true,
         }
     }
 

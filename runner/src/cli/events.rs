@@ -53,13 +53,15 @@ pub(crate) struct EventsArgs {
 
 /// Runs `jetrun events`.
 pub(crate) async fn events(args: EventsArgs) -> ExitCode {
-    let loaded = match session::load(&args.config.config) {
+    // Without a config file, the connection alone says where to read.
+    let loaded = match session::load_if_any(&args.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     session::exit(
         async {
-            let js = session::connect(&loaded.config.nats).await?;
+            let nats = loaded.as_ref().map(|l| &l.config.nats);
+            let js = session::connect_to(nats).await?;
             let stream = match &args.stream {
                 Some(stream) => stream.clone(),
                 None => match streams_storing(&js, &args.subject).await?.as_slice() {

@@ -141,11 +141,11 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
     session::connect_with(connection.clone());
     let result = match cli.command {
         Command::Check(arg) => return check::check(&arg),
-        Command::Run(arg) => match session::load(&arg.config.config) {
+        Command::Run(arg) => match session::load(&arg.config.path()) {
             Ok(loaded) => crate::runtime::run(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
-        Command::Dev(arg) => match session::load(&arg.config.config) {
+        Command::Dev(arg) => match session::load(&arg.config.path()) {
             Ok(loaded) => crate::runtime::dev(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
@@ -195,7 +195,7 @@ fn reload_source(
     connection: crate::nats::settings::Given,
 ) -> crate::runtime::Source {
     crate::runtime::Source {
-        path: arg.config.config.clone(),
+        path: arg.config.path(),
         watch: arg.watch,
         connection,
     }

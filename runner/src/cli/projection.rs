@@ -138,14 +138,14 @@ struct Rebuilt {
 pub(crate) async fn projection(args: ProjectionArgs) -> ExitCode {
     let Verb::Rebuild(rebuild_args) = &args.verb;
     let target = &rebuild_args.target;
-    let loaded = match session::load(&target.config.config) {
+    let loaded = match session::load(&target.config.path()) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
     session::exit(
         async {
             let config = &loaded.config;
-            session::function(config, &target.config.config, &target.function)?;
+            session::function(config, &target.config.path(), &target.function)?;
             let Some((function, handler)) = loaded
                 .functions
                 .iter()

@@ -108,7 +108,7 @@ fn since_at(text: &str, now: SystemTime) -> Result<Since, InvalidValue> {
 
 /// Runs `jetrun replay`.
 pub(crate) async fn replay(args: ReplayArgs) -> ExitCode {
-    let loaded = match session::load(&args.config.config) {
+    let loaded = match session::load(&args.config.path()) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -143,7 +143,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> ExitCode {
 
 /// What makes a replay impossible before NATS is asked anything.
 fn check(config: &Config, args: &ReplayArgs) -> Result<(), Stopped> {
-    let function = session::function(config, &args.config.config, &args.function)?;
+    let function = session::function(config, &args.config.path(), &args.function)?;
     if let Some(request) = function.request_subject() {
         return Err(Stopped::Usage(format!(
             "function {} answers requests on {request}: it has no stream, so there is no \

@@ -140,7 +140,7 @@ pub(crate) async fn saga(args: SagaArgs) -> ExitCode {
         Verb::List(a) => &a.target,
         Verb::Show(a) => &a.target,
     };
-    let loaded = match session::load(&target.config.config) {
+    let loaded = match session::load(&target.config.path()) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -149,14 +149,14 @@ pub(crate) async fn saga(args: SagaArgs) -> ExitCode {
             let Some(saga) = loaded.config.sagas.get(&target.saga) else {
                 return Err(Stopped::Usage(unknown_saga(
                     &target.saga,
-                    &target.config.config,
+                    &target.config.path(),
                     &loaded,
                 )));
             };
             let js = session::connect(&loaded.config.nats).await?;
             Ok(match &args.verb {
                 Verb::List(a) => list(&js, saga, a.state, a.json).await?,
-                Verb::Show(a) => show(&js, saga, &a.key, a.json, &target.config.config).await?,
+                Verb::Show(a) => show(&js, saga, &a.key, a.json, &target.config.path()).await?,
             })
         }
         .await,

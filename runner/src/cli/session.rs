@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use async_nats::jetstream;
 use jetrun_config::{Config, NatsConfig};
 
+use super::args::ConfigArg;
 use crate::nats::settings::{self, Given, Selected};
 use crate::runtime::config_file::{self, Loaded};
 
@@ -40,6 +41,17 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
     })
 }
 
+/// The config, for a verb that can also work without one: `None` when none
+/// was given and there is none by default (the verb then connects with the
+/// command line, the environment and a `nats` context, and derives names
+/// from the documented defaults).
+pub(crate) fn load_if_any(arg: &ConfigArg) -> Result<Option<Loaded>, ExitCode> {
+    match arg.absent() {
+        true => Ok(None),
+        false => load(&arg.path()).map(Some),
+    }
+}
+
 /// The connection the command line and environment gave, set once by
 /// [`connect_with`] before any verb runs.
 static CONNECTION: OnceLock<Given> = OnceLock::new();
@@ -62,7 +74,12 @@ pub(crate) fn connection(nats: Option<&NatsConfig>) -> anyhow::Result<NatsConfig
 
 /// A connection for one command, which gives up after a bounded wait.
 pub(crate) async fn connect(nats: &NatsConfig) -> anyhow::Result<jetstream::Context> {
-    let client = crate::nats::connect_once(&connection(Some(nats))?).await?;
+    connect_to(Some(nats)).await
+}
+
+/// The same, with or without a config's `[nats]`.
+pub(crate) async fn connect_to(nats: Option<&NatsConfig>) -> anyhow::Result<jetstream::Context> {
+    let client = crate::nats::connect_once(&connection(nats)?).await?;
     Ok(jetstream::new(client))
 }
 

@@ -35,6 +35,10 @@ const EXIT_NO_CONSUMER: u8 = 3;
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     config: ConfigArg,
+    /// Only these functions. Without a config file, the functions to look
+    /// for: each one's durable consumer (named after it) on whichever
+    /// stream has it, and its dead letters on `dlq.FUNCTION`.
+    functions: Vec<String>,
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -77,19 +81,45 @@ impl ConsumerState {
 
 /// Runs `jetrun status`.
 pub(crate) async fn status(args: StatusArgs) -> ExitCode {
-    let loaded = match session::load(&args.config.config) {
+    let loaded = match session::load_if_any(&args.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if loaded.is_none() && args.functions.is_empty() {
+        eprintln!(
+            "jetrun: no config file ({}): name the functions to look for (`jetrun status \
+             FUNCTION...`), or give one with -c",
+            args.config.path().display()
+        );
+        return ExitCode::from(session::EXIT_USAGE);
+    }
+    if let Some(loaded) = &loaded {
+        let path = args.config.path();
+        for function in &args.functions {
+            if let Err(why) = session::function(&loaded.config, &path, function) {
+                return session::exit(Err(why));
+            }
+        }
+    }
+    let wanted = |name: &str| args.functions.is_empty() || args.functions.iter().any(|f| f == name);
     let rows = async {
-        let js = session::connect(&loaded.config.nats).await?;
+        let js = session::connect_to(loaded.as_ref().map(|l| &l.config.nats)).await?;
         let mut rows = Vec::new();
+        let Some(loaded) = &loaded else {
+            for function in &args.functions {
+                rows.push(found(&js, function).await?);
+            }
+            return anyhow::Ok(rows);
+        };
         // Request functions have no consumer and no dead letters: listed
         // after the table.
         for function in loaded.config.functions.values() {
             let Some(binding) = function.binding() else {
                 continue;
             };
+            if !wanted(&function.name) {
+                continue;
+            }
             let place = Place::of(&loaded.config, function);
             rows.push(Row {
                 function: function.name.clone(),
@@ -120,12 +150,17 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         }
     } else {
         print!("{}", status_table(&rows));
-        for function in loaded.config.functions.values() {
-            if let Some(subject) = function.request_subject() {
-                println!(
-                    "{} answers requests on {subject} (jetrun micro service; see `$SRV.STATS.jetrun`)",
-                    function.name
-                );
+        if let Some(loaded) = &loaded {
+            let service = &loaded.config.service.name;
+            let configured = loaded.config.functions.values();
+            for function in configured.filter(|f| wanted(&f.name)) {
+                if let Some(subject) = function.request_subject() {
+                    println!(
+                        "{} answers requests on {subject} ({service} micro service; see \
+                     `$SRV.STATS.{service}`)",
+                        function.name
+                    );
+                }
             }
         }
     }
@@ -134,11 +169,44 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         eprintln!(
             "jetrun: function {} has no consumer on stream {}; is `jetrun run` running with \
              this config?",
-            row.function, row.stream
+            row.function,
+            if row.stream.is_empty() {
+                "any"
+            } else {
+                &row.stream
+            }
         );
         code = ExitCode::from(EXIT_NO_CONSUMER);
     }
     code
+}
+
+/// Function `name` found without a config: its durable consumer (named
+/// after it) on the first stream that has one, and its dead letters where
+/// they are by default.
+async fn found(js: &jetstream::Context, name: &str) -> anyhow::Result<Row> {
+    use futures::TryStreamExt;
+    let streams: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .context("cannot list the streams")?;
+    let place = Place::by_default(name);
+    let mut row = Row {
+        function: name.to_string(),
+        stream: String::new(),
+        consumer: None,
+        dead_letters: dlq::count_letters(js, &place).await?,
+        dead_letter_subject: place.subject,
+    };
+    for stream in streams {
+        if let Some(consumer) = consumer_state(js, &stream, name).await? {
+            row.stream = stream;
+            row.consumer = Some(consumer);
+            break;
+        }
+    }
+    Ok(row)
 }
 
 /// The durable consumer's state; `None` when it (or its stream) is missing.
@@ -169,7 +237,8 @@ fn status_table(rows: &[Row]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let mut cells = vec![r.function.clone(), r.stream.clone()];
+            let stream = if r.stream.is_empty() { "-" } else { &r.stream };
+            let mut cells = vec![r.function.clone(), stream.to_string()];
             match &r.consumer {
                 Some(c) => cells.extend([
                     "yes".to_string(),

@@ -6,12 +6,14 @@ mod server;
 
 pub(crate) use server::serve;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::readiness::Readiness;
 
 /// The registry and every metric family in it.
 #[derive(Clone)]
@@ -26,6 +28,11 @@ pub(crate) struct Metrics {
     pending: IntGaugeVec,
     ack_pending: IntGaugeVec,
     pub(crate) nats_connected: IntGauge,
+    ready: IntGauge,
+    function_bound: IntGaugeVec,
+    /// Held while the readiness gauges are set and the registry rendered,
+    /// so two scrapes at once never read each other's half-set gauges.
+    scraping: Arc<Mutex<()>>,
     config_reloads: IntCounterVec,
     requests: IntCounterVec,
     aggregate_conflicts: IntCounterVec,
@@ -183,6 +190,21 @@ impl Metrics {
         registry
             .register(Box::new(nats_connected.clone()))
             .expect("registered once");
+        let ready = IntGauge::new(
+            "jetrun_ready",
+            "1 while /readyz answers 200: connected to NATS, every consumer and endpoint bound, \
+             every saga's instances loaded, no supervised task restarting.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(ready.clone()))
+            .expect("registered once");
+        let function_bound = gauge(
+            "jetrun_function_bound",
+            "1 while the function's durable consumer (a request function's endpoint) is bound, \
+             0 while jetrun binds it again; saga consumers as CONSUMER@STREAM.",
+            &["function"],
+        );
         let build_info = Gauge::with_opts(
             Opts::new("jetrun_build_info", "jetrun's version; always 1.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -209,6 +231,9 @@ impl Metrics {
             pending,
             ack_pending,
             nats_connected,
+            ready,
+            function_bound,
+            scraping: Arc::default(),
             config_reloads,
             requests,
             aggregate_conflicts,
@@ -318,7 +343,24 @@ impl Metrics {
         }
     }
 
-    /// Everything in Prometheus text format.
+    /// Everything in Prometheus text format, with `jetrun_ready` and
+    /// `jetrun_function_bound` set from `readiness` first: what `/readyz`
+    /// knows at the moment of the scrape.
+    pub(crate) fn scrape(&self, readiness: &Readiness) -> String {
+        let _turn = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ready
+            .set(i64::from(readiness.not_ready_reason().is_none()));
+        self.function_bound.reset();
+        for (function, bound) in readiness.bound() {
+            self.function_bound
+                .with_label_values(&[&function])
+                .set(i64::from(bound));
+        }
+        self.render()
+    }
+
+    /// Everything in Prometheus text format, the readiness gauges as the
+    /// last [`scrape`](Self::scrape) set them.
     pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -439,6 +481,43 @@ pub(crate) struct FunctionMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scrape_exports_what_readyz_knows() {
+        let metrics = Metrics::new();
+        let readiness = Readiness::new(&["resize".to_string(), "quote".to_string()]);
+        let text = metrics.scrape(&readiness);
+        for series in [
+            "jetrun_ready 0",
+            r#"jetrun_function_bound{function="resize"} 0"#,
+            r#"jetrun_function_bound{function="quote"} 0"#,
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
+
+        readiness.set_connected(true);
+        readiness.set_bound("resize", true);
+        let text = metrics.scrape(&readiness);
+        for series in [
+            "jetrun_ready 0",
+            r#"jetrun_function_bound{function="resize"} 1"#,
+            r#"jetrun_function_bound{function="quote"} 0"#,
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
+
+        readiness.set_bound("quote", true);
+        assert!(metrics.scrape(&readiness).contains("jetrun_ready 1"));
+        readiness.set_down("consumer:resize", true);
+        assert!(metrics.scrape(&readiness).contains("jetrun_ready 0"));
+        readiness.set_down("consumer:resize", false);
+
+        // A function no longer run leaves no series behind.
+        readiness.remove("quote");
+        let text = metrics.scrape(&readiness);
+        assert!(text.contains("jetrun_ready 1"), "{text}");
+        assert!(!text.contains(r#"function="quote""#), "{text}");
+    }
 
     #[test]
     fn a_sagas_series_exist_at_zero_and_count_what_the_runtime_reports() {

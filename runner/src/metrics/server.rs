@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `GET /metrics` (Prometheus text format), `/healthz`
 //! (200 while the process runs) and `/readyz` (200 once NATS is connected and
-//! every consumer is bound, 503 otherwise). A connection that neither sends
+//! every consumer is bound, 503 otherwise; `/metrics` exports the same as
+//! `jetrun_ready` and `jetrun_function_bound`). A connection that neither sends
 //! nor takes a byte for [`IO_TIMEOUT`] is dropped, so slow or stuck clients
 //! cannot pile up.
 
@@ -79,7 +80,7 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.scrape(&state.readiness),
     )
 }
 

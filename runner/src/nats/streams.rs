@@ -7,7 +7,7 @@
 use anyhow::Context as _;
 use async_nats::jetstream::stream::{Config as StreamSpec, RetentionPolicy, StorageType};
 use async_nats::jetstream::Context;
-use jetrun_config::{Config, Retention, Storage, StreamConfig, DLQ_STREAM, DLQ_SUBJECTS};
+use jetrun_config::{Config, Retention, Storage, StreamConfig};
 
 /// JetStream refused to change an existing stream to the config's settings
 /// (its storage type, say): retrying cannot help, a person has to choose.
@@ -37,8 +37,8 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
         .max()
         .unwrap_or(1);
     let dlq = StreamSpec {
-        name: DLQ_STREAM.to_string(),
-        subjects: vec![DLQ_SUBJECTS.to_string()],
+        name: config.dead_letters.stream.clone(),
+        subjects: vec![config.dead_letters.subjects()],
         num_replicas: replicas,
         ..Default::default()
     };

@@ -110,9 +110,13 @@ pub(crate) async fn reload(
     for warning in &config.warnings {
         tracing::warn!(%warning, "The new config is valid, but likely not what is meant.");
     }
-    if config.nats != current.nats || config.metrics != current.metrics {
+    if config.nats != current.nats
+        || config.metrics != current.metrics
+        || config.service != current.service
+    {
         tracing::warn!(
-            "[nats] and [metrics] changes take effect at the next restart; the rest is reloaded."
+            "[nats], [metrics] and [service] changes take effect at the next restart; the rest \
+             is reloaded."
         );
     }
     if let Err(err) = nats::ensure_streams(js, &config).await {

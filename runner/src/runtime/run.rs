@@ -78,6 +78,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         metrics.clone(),
         readiness.clone(),
         config.shutdown_timeout,
+        &config.service.name,
     );
     supervisor.apply(&config, functions).await;
     tracing::info!(

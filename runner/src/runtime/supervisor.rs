@@ -74,10 +74,12 @@ impl Supervisor {
         metrics: Metrics,
         readiness: Readiness,
         drain_timeout: Duration,
+        service: &str,
     ) -> Self {
         Supervisor {
             service: request::Service {
                 client: js.client(),
+                name: service.to_string(),
                 registered: Arc::new(OnceCell::new()),
             },
             js,
