@@ -762,13 +762,23 @@ fn same_shape(shown: &[String], printed: &str) -> Result<(), String> {
     let is_header = shown_cols
         .iter()
         .all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == ' '));
-    let (want, got): (Vec<String>, Vec<String>) = if is_header {
+    // A table's header is compared as is; other lines by the kind of each
+    // column, and a sentence (one text column) by its first word too.
+    let shape = |cols: &[String]| -> Vec<String> {
+        match cols {
+            [only] if kind(only) == "text" => {
+                vec![format!(
+                    "text {}",
+                    only.split_whitespace().next().unwrap_or_default()
+                )]
+            }
+            _ => cols.iter().map(|c| kind(c).to_string()).collect(),
+        }
+    };
+    let (want, got) = if is_header {
         (shown_cols, printed_cols)
     } else {
-        (
-            shown_cols.iter().map(|c| kind(c).to_string()).collect(),
-            printed_cols.iter().map(|c| kind(c).to_string()).collect(),
-        )
+        (shape(&shown_cols), shape(&printed_cols))
     };
     if want == got {
         Ok(())
