@@ -459,6 +459,8 @@ fn doc_examples(doc: &str, text: &str) -> Vec<Example> {
         let first_in_block = examples.len();
         let mut j = 0;
         let mut found_command = false;
+        // The example the output lines of a `$ ` block belong to.
+        let mut prompted_example = None;
         while j < block.len() {
             let mut line = block[j].trim().to_string();
             let number = start + j + 1;
@@ -466,8 +468,9 @@ fn doc_examples(doc: &str, text: &str) -> Vec<Example> {
                 match line.strip_prefix("$ ") {
                     Some(rest) => line = rest.to_string(),
                     None => {
-                        if let Some(last) = examples.last_mut().filter(|_| found_command) {
-                            last.shown.push(block[j].to_string());
+                        if let Some(k) = prompted_example {
+                            let example: &mut Example = &mut examples[k];
+                            example.shown.push(block[j].to_string());
                         }
                         j += 1;
                         continue;
@@ -479,8 +482,10 @@ fn doc_examples(doc: &str, text: &str) -> Vec<Example> {
                 j += 1;
                 line = format!("{} {}", line.trim_end(), block[j].trim());
             }
+            prompted_example = None;
             if is_jetrun_command(&line) {
                 found_command = true;
+                prompted_example = prompted.then_some(examples.len());
                 examples.push(Example {
                     origin: format!("{doc}:{number}"),
                     line,
