@@ -18,7 +18,7 @@ pub use model::{
     Account, AccountId, AggregateConfig, Config, DeadLetters, ExecConfig, ExecMode, FunctionConfig,
     Handler, HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
     SagaConfig, SagaStep, ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate,
-    TlsConfig, Trigger, DLQ_PREFIX, DLQ_STREAM, DLQ_SUBJECTS,
+    TelemetryConfig, TlsConfig, Trigger, DLQ_PREFIX, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;
@@ -33,6 +33,20 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 /// wildcards.
 pub fn is_publish_subject(subject: &str) -> bool {
     subject::check(subject, false).is_ok()
+}
+
+/// A subject the filter `pattern` matches, for examples: each `*` is `1`,
+/// a `>` is `example` (`order.*.placed` gives `order.1.placed`).
+pub fn subject_example(pattern: &str) -> String {
+    pattern
+        .split('.')
+        .map(|token| match token {
+            "*" => "1",
+            ">" => "example",
+            token => token,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Parses and validates a config file.

@@ -68,6 +68,9 @@ impl Default for ServiceConfig {
 pub struct Config {
     pub nats: NatsConfig,
     pub metrics: MetricsConfig,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP; `None` (the section
+    /// absent): no traces, and no tracing cost.
+    pub telemetry: Option<TelemetryConfig>,
     /// How long the drain on SIGTERM/SIGINT may take before what is left is NAKed.
     pub shutdown_timeout: Duration,
     /// Streams jetrun creates when missing and updates when they differ, by name.
@@ -242,6 +245,22 @@ pub struct TlsConfig {
 pub struct MetricsConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub listen: SocketAddr,
+}
+
+/// `[telemetry]`: where and how jetrun exports its spans (OTLP/HTTP,
+/// protobuf).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The URL spans are posted to: `otlp_endpoint` with `/v1/traces`
+    /// appended, unless it already ends so.
+    pub traces_url: String,
+    /// The `service.name` resource attribute (`jetrun` unless set).
+    pub service_name: String,
+    /// The share of traces started here that are recorded, from 0 to 1; a
+    /// trace an input carries in keeps its sampled flag.
+    pub sampling_ratio: f64,
+    /// Headers sent with every export (an API key, say).
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[streams.NAME]`.

@@ -242,6 +242,8 @@ struct File {
     nats: Option<Nats>,
     /// Where Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) are served.
     metrics: Option<Metrics>,
+    /// OpenTelemetry traces over OTLP/HTTP: a span per handled event, with children for the handler call, each emit and the dead-letter write. Absent: no traces.
+    telemetry: Option<Telemetry>,
     /// What every function gets unless it says otherwise: concurrency, timeout, retry, ack_wait, max_ack_pending.
     defaults: Option<Defaults>,
     /// Streams jetrun creates when missing and updates when they differ, by name. Every function's subjects must be held by one of them; the dead-letter stream (DLQ, holding dlq.>, unless [dead_letters] says otherwise) is jetrun's own.
@@ -351,6 +353,29 @@ struct Metrics {
     /// The address to serve on: an IP address and port (127.0.0.1:9600, [::]:9600), localhost:PORT (127.0.0.1), or :PORT for every IPv4 interface (0.0.0.0:PORT). No other host name is resolved.
     #[schemars(extend("default" = "127.0.0.1:9600"))]
     listen: Option<Listen>,
+}
+
+value_type!(
+    /// `[telemetry] otlp_endpoint`.
+    OtlpEndpoint,
+    pattern(or_var!(r"https?://[^/?#\s]+[^\s]*"))
+);
+
+/// `[telemetry]`: where jetrun sends its spans (OTLP/HTTP, protobuf).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Telemetry {
+    /// The OTLP/HTTP receiver, like http://127.0.0.1:4318 (an OpenTelemetry Collector); spans go to its /v1/traces unless the URL ends with it.
+    otlp_endpoint: OtlpEndpoint,
+    /// The service.name of jetrun's spans.
+    #[schemars(extend("default" = "jetrun"))]
+    service_name: Option<NonEmpty>,
+    /// The share of traces started here that are recorded (0 to 1); an input's trace keeps its sampled flag.
+    #[schemars(range(min = 0.0, max = 1.0), extend("default" = 1.0))]
+    sampling_ratio: Option<f64>,
+    /// Headers sent with every export (an API key, say).
+    #[schemars(extend("propertyNames" = { "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }))]
+    headers: Option<BTreeMap<String, String>>,
 }
 
 /// `[defaults]`: what every function inherits.

@@ -64,7 +64,9 @@ fn schema_errors(validator: &Validator, text: &str) -> Vec<String> {
 
 fn env() -> BTreeMap<String, String> {
     [
+        ("KEY", "s3cret"),
         ("MODE", "worker"),
+        ("OTLP", "http://127.0.0.1:4318"),
         ("PORT", "9700"),
         ("STORAGE", "memory"),
         ("TIMEOUT", "5s"),
@@ -249,6 +251,17 @@ fn accepted() -> Vec<String> {
          compensate = \"order.refund\"\ncompensated = \"order.refunded\"\ntimeout = \"5s\"\n",
         function("subjects = [\"order.placed\"]\nbuiltin = \"noop\"")
     ));
+    for telemetry in [
+        "otlp_endpoint = \"http://127.0.0.1:4318\"",
+        "otlp_endpoint = \"https://otel.example/v1/traces\"\nservice_name = \"orders\"\n\
+         sampling_ratio = 0.5\nheaders = { x-api-key = \"${KEY}\" }",
+        "otlp_endpoint = \"${OTLP}\"\nsampling_ratio = 0",
+    ] {
+        cases.push(format!(
+            "[telemetry]\n{telemetry}\n{}",
+            function("subjects = [\"order.placed\"]\nbuiltin = \"noop\"")
+        ));
+    }
     cases
 }
 
@@ -281,6 +294,11 @@ fn refused() -> Vec<(String, &'static str)> {
         (format!("[nats]\nservers = [\"nats://a\"]\n{}", f("")), "is not a known key"),
         (format!("[nats]\ntls = {{ ca = \"a\", crt = \"b\" }}\n{}", f("")), "is not a known key"),
         (format!("[metrics]\nport = 9600\n{}", f("")), "is not a known key"),
+        (format!("[telemetry]\notlp_endpoint = \"http://c:4318\"\nexporter = \"otlp\"\n{}", f("")), "is not a known key"),
+        (format!("[telemetry]\nservice_name = \"x\"\n{}", f("")), "is required"),
+        (format!("[telemetry]\notlp_endpoint = \"127.0.0.1:4317\"\n{}", f("")), "must be an http:// or https:// URL"),
+        (format!("[telemetry]\notlp_endpoint = \"http://c\"\nsampling_ratio = 2\n{}", f("")), "must be from 0 to 1"),
+        (format!("[telemetry]\notlp_endpoint = \"http://c\"\nheaders = {{ \"a b\" = \"1\" }}\n{}", f("")), "not an HTTP header name"),
         (format!("[defaults]\njson = true\n{}", f("")), "is not a known key"),
         (format!("{BASE}replica = 3\n[functions.f]\nsubjects = [\"order.x\"]\nbuiltin = \"noop\"\n"), "is not a known key"),
         (function("subjects = [\"order.placed\"]\nexec = { command = [\"x\"], workerz = 2 }"), "is not a known key"),

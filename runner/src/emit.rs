@@ -14,9 +14,11 @@ use bytes::Bytes;
 use jetrun_config::{Config, FunctionConfig, DLQ_SUBJECTS};
 use jetrun_functions::{Emit, Event, Failure};
 use prometheus::IntCounter;
+use tracing::Span;
 
 use crate::envelope;
 use crate::headers::{self, Put};
+use crate::telemetry;
 
 /// Why a publish was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -268,8 +270,24 @@ impl Emitter {
     /// so emitting several costs about one round trip; a failure of any
     /// fails the input, whose retry the ids make safe.
     pub(crate) async fn publish(&self, input: &Event, emits: &[Emit]) -> Result<usize, Failure> {
+        self.publish_traced(input, emits, None).await
+    }
+
+    /// [`Emitter::publish`] within a delivery's span (`traced`, when
+    /// telemetry is on): each emit gets a span of its own, from its send to
+    /// its ack, whose context the emitted event carries instead of the
+    /// input's.
+    pub(crate) async fn publish_traced(
+        &self,
+        input: &Event,
+        emits: &[Emit],
+        traced: Option<&Span>,
+    ) -> Result<usize, Failure> {
         self.check(emits)?;
-        let failed = |emit: &Emit, err: PublishError| {
+        let failed = |emit: &Emit, span: &Option<Span>, err: String| {
+            if let Some(span) = span {
+                telemetry::failed(span, &err);
+            }
             Failure::retryable(format!(
                 "cannot publish emitted event {}: {err}",
                 emit.event_type
@@ -277,22 +295,33 @@ impl Emitter {
         };
         let mut sent = Vec::with_capacity(emits.len());
         for (index, emit) in emits.iter().enumerate() {
-            let headers =
-                envelope::emitted_headers(&self.function, input, index, emit).map_err(|err| {
-                    Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
-                })?;
-            let body = serde_json::to_vec(&emit.data).unwrap_or_default();
+            let id = envelope::emitted_id(&self.function, input, index);
             let subject = emit.subject();
-            let ack = send(&self.js, subject, headers, body.into())
-                .await
-                .map_err(|err| failed(emit, err))?;
-            sent.push((emit, ack));
+            let (span, trace) = match traced {
+                Some(parent) => {
+                    let (span, trace) = telemetry::send(parent, subject, &emit.event_type, &id);
+                    (Some(span), Some(trace))
+                }
+                None => (None, None),
+            };
+            let headers =
+                envelope::emitted_headers(&self.function, input, &id, emit, trace.as_ref())
+                    .map_err(|err| {
+                        Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
+                    })?;
+            let body = serde_json::to_vec(&emit.data).unwrap_or_default();
+            let ack = match send(&self.js, subject, headers, body.into()).await {
+                Ok(ack) => ack,
+                Err(err) => return Err(failed(emit, &span, err.to_string())),
+            };
+            sent.push((emit, ack, span));
         }
         let mut duplicates = 0;
-        for (emit, ack) in sent {
-            let ack = acked(emit.subject(), ack)
-                .await
-                .map_err(|err| failed(emit, err))?;
+        for (emit, ack, span) in sent {
+            let ack = match acked(emit.subject(), ack).await {
+                Ok(ack) => ack,
+                Err(err) => return Err(failed(emit, &span, err.to_string())),
+            };
             if ack.duplicate {
                 duplicates += 1;
             }

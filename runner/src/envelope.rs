@@ -379,18 +379,6 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeade
     const CONTENT_TYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
     const CORRELATION: HeaderName = HeaderName::from_static("ce-correlationid");
     const CAUSATION: HeaderName = HeaderName::from_static("ce-causationid");
-    const TRACE: [(HeaderName, HeaderName, &str); 2] = [
-        (
-            HeaderName::from_static("traceparent"),
-            HeaderName::from_static("ce-traceparent"),
-            "traceparent",
-        ),
-        (
-            HeaderName::from_static("tracestate"),
-            HeaderName::from_static("ce-tracestate"),
-            "tracestate",
-        ),
-    ];
     // Room for every header below, so the map never grows while it is built.
     let mut headers = HeaderMap::with_capacity(12);
     headers.put(SPECVERSION, "1.0")?;
@@ -411,36 +399,80 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeade
         headers.put(CAUSATION, causation)?;
     }
     if let Some(cause) = event.traced_from {
-        for (plain, prefixed, name) in TRACE {
-            if let Some(value) = cause.extensions.get(name) {
-                let value = headers::value(&plain, value)?;
-                headers.set(plain, value.clone());
-                headers.set(prefixed, value);
-            }
-        }
+        put_trace(
+            &mut headers,
+            cause.extensions.get("traceparent").map(String::as_str),
+            cause.extensions.get("tracestate").map(String::as_str),
+        )?;
     }
     Ok(headers)
 }
 
-/// The headers of an event a function emitted while handling `input`.
+/// A W3C trace context an event is published with: jetrun's own span's,
+/// when telemetry is on, instead of the input's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TraceContext {
+    pub(crate) traceparent: String,
+    pub(crate) tracestate: Option<String>,
+}
+
+/// Sets `traceparent` and `tracestate`, each plain and as `ce-*`.
+fn put_trace(
+    headers: &mut HeaderMap,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Result<(), BadHeader> {
+    use async_nats::header::HeaderName;
+    const TRACE: [(HeaderName, HeaderName); 2] = [
+        (
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("ce-traceparent"),
+        ),
+        (
+            HeaderName::from_static("tracestate"),
+            HeaderName::from_static("ce-tracestate"),
+        ),
+    ];
+    let [parent, state] = TRACE;
+    for ((plain, prefixed), value) in [(parent, traceparent), (state, tracestate)] {
+        if let Some(value) = value {
+            let value = headers::value(&plain, value)?;
+            headers.set(plain, value.clone());
+            headers.set(prefixed, value);
+        }
+    }
+    Ok(())
+}
+
+/// The headers of the `index`-th event a function emitted while handling
+/// `input`, with id `id` ([`emitted_id`]). It carries `trace` when given
+/// (the context of jetrun's span publishing it), else the input's.
 pub(crate) fn emitted_headers(
     function: &str,
     input: &Event,
-    index: usize,
+    id: &str,
     emit: &Emit,
+    trace: Option<&TraceContext>,
 ) -> Result<HeaderMap, BadHeader> {
-    let id = emitted_id(function, input, index);
     let mut source = String::with_capacity(7 + function.len());
     source.push_str("jetrun/");
     source.push_str(function);
-    binary_headers(&Outgoing {
-        id: &id,
+    let mut headers = binary_headers(&Outgoing {
+        id,
         event_type: &emit.event_type,
         source: &source,
         correlation_id: input.correlationid.as_deref(),
         causation_id: Some(&input.id),
-        traced_from: Some(input),
-    })
+        traced_from: trace.is_none().then_some(input),
+    })?;
+    if let Some(trace) = trace {
+        put_trace(
+            &mut headers,
+            Some(&trace.traceparent),
+            trace.tracestate.as_deref(),
+        )?;
+    }
+    Ok(headers)
 }
 
 #[cfg(test)]
@@ -565,9 +597,36 @@ mod tests {
             Some(parent)
         );
         let emit = Emit::new("inventory.reserved", serde_json::json!({}));
-        let out = emitted_headers("reserve-stock", &input, 0, &emit).unwrap();
+        let id = emitted_id("reserve-stock", &input, 0);
+        let out = emitted_headers("reserve-stock", &input, &id, &emit, None).unwrap();
         assert_eq!(out.get("traceparent").map(|v| v.as_str()), Some(parent));
         assert_eq!(out.get("ce-traceparent").map(|v| v.as_str()), Some(parent));
+    }
+
+    #[test]
+    fn jetrun_s_own_trace_context_replaces_the_input_s() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        headers.insert("tracestate", "congo=t61rcWkgMzE");
+        let input = read_event(&origin(), Some(&headers), &Bytes::from_static(b"{}")).unwrap();
+        let emit = Emit::new("inventory.reserved", serde_json::json!({}));
+        let own = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01".into(),
+            tracestate: None,
+        };
+        let id = emitted_id("reserve-stock", &input, 0);
+        let out = emitted_headers("reserve-stock", &input, &id, &emit, Some(&own)).unwrap();
+        for name in ["traceparent", "ce-traceparent"] {
+            assert_eq!(
+                out.get(name).map(|v| v.as_str()),
+                Some(own.traceparent.as_str())
+            );
+        }
+        assert_eq!(out.get("tracestate"), None);
+        assert_eq!(out.get("ce-tracestate"), None);
     }
 
     #[test]
@@ -640,7 +699,8 @@ mod tests {
     fn an_emitted_type_no_header_can_carry_is_refused() {
         let input = read_event(&origin(), None, &Bytes::from_static(b"{}")).unwrap();
         let emit = Emit::new("inventory\nreserved", serde_json::json!({}));
-        let err = emitted_headers("reserve-stock", &input, 0, &emit).unwrap_err();
+        let id = emitted_id("reserve-stock", &input, 0);
+        let err = emitted_headers("reserve-stock", &input, &id, &emit, None).unwrap_err();
         assert_eq!(err.name, "ce-type");
     }
 
@@ -648,7 +708,8 @@ mod tests {
     fn emitted_events_carry_correlation_and_causation_and_a_stable_id() {
         let input = read_event(&origin(), None, &Bytes::from_static(b"{}")).unwrap();
         let emit = Emit::new("inventory.reserved", serde_json::json!({}));
-        let headers = emitted_headers("reserve-stock", &input, 0, &emit).unwrap();
+        let id = emitted_id("reserve-stock", &input, 0);
+        let headers = emitted_headers("reserve-stock", &input, &id, &emit, None).unwrap();
         let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
         assert_eq!(get("ce-causationid"), Some("ORDERS:42".into()));
         assert_eq!(get("ce-correlationid"), input.correlationid);

@@ -10,6 +10,11 @@
 //! renders them, the way the formatter would have, just before the first
 //! line logged inside the span (or a span within it). A delivery that logs
 //! nothing never pays for them. The lines read the same either way.
+//!
+//! With `[telemetry]`, a second layer exports jetrun's spans
+//! ([`crate::telemetry`]); the log filter then applies to the log layers
+//! alone, and leaves those spans out of the lines. Without it, the
+//! subscriber is the one above and nothing else.
 
 use tracing::field::{display, DisplayValue, Empty, Value, ValueSet};
 use tracing::span::Record;
@@ -21,13 +26,72 @@ use tracing_subscriber::registry::{LookupSpan, Registry, SpanData as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
+use jetrun_config::TelemetryConfig;
+
 use crate::cli::LogFormat;
+use crate::telemetry;
+
+/// What is logged unless `JETRUN_LOG` says otherwise.
+const DEFAULT_FILTER: &str = "info,async_nats=warn,async_nats::connector=off";
+
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_env("JETRUN_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// Starts logging, and exporting spans when `telemetry` is given.
+pub(crate) fn init_with(
+    format: LogFormat,
+    telemetry: Option<&TelemetryConfig>,
+) -> Result<(), telemetry::CannotExport> {
+    let Some(config) = telemetry else {
+        init(format);
+        return Ok(());
+    };
+    let spans = telemetry::layer(config)?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // The exported spans are not logged; what the filter leaves out never
+    // reaches the log layers (nor their fields' rendering).
+    let filter = || {
+        filter().add_directive(
+            format!("{}=off", telemetry::SPAN_TARGET)
+                .parse()
+                .expect("a valid directive"),
+        )
+    };
+    let registry = tracing_subscriber::registry().with(spans);
+    match format {
+        LogFormat::Text => registry
+            .with(
+                LazyFields(DefaultFields::new())
+                    .and_then(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(ansi)
+                            .with_writer(std::io::stderr),
+                    )
+                    .with_filter(filter()),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                LazyFields(JsonFields::new())
+                    .and_then(
+                        tracing_subscriber::fmt::layer()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(true)
+                            .with_writer(std::io::stderr),
+                    )
+                    .with_filter(filter()),
+            )
+            .init(),
+    }
+    Ok(())
+}
 
 /// Starts logging to stderr: text (coloured only for a person at a
 /// terminal) or one JSON object per line.
 pub(crate) fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("JETRUN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn,async_nats::connector=off"));
+    let filter = filter();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     match format {

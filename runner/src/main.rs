@@ -22,6 +22,7 @@ mod runtime;
 mod saga;
 mod shutdown;
 mod tasks;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -35,7 +36,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(cli.log_format);
+    // `run` and `dev` start logging once their config is read: its
+    // [telemetry] adds the layer exporting spans.
+    if !cli.reads_telemetry() {
+        logging::init(cli.log_format);
+    }
     // A panic is contained where it happens (the event is retried, the task
     // started again); its report goes to the log like anything else.
     std::panic::set_hook(Box::new(|panic| {

@@ -13,6 +13,7 @@ mod sagas;
 mod section;
 mod shared;
 mod streams;
+mod telemetry;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use crate::model::Config;
 const TOP_KEYS: &[&str] = &[
     "nats",
     "metrics",
+    "telemetry",
     "defaults",
     "streams",
     "functions",
@@ -55,6 +57,7 @@ pub(crate) fn parse(
 
     let nats = nats::nats(&mut ctx, field("nats").as_ref(), base_dir);
     let metrics = nats::metrics(&mut ctx, field("metrics").as_ref());
+    let telemetry = telemetry::read(&mut ctx, field("telemetry").as_ref());
     let shutdown_timeout = top.read(&mut ctx, "shutdown_timeout", Field::duration);
     let dead_letters = shared::dead_letters(&mut ctx, field("dead_letters").as_ref());
     let service = shared::service(&mut ctx, field("service").as_ref());
@@ -104,23 +107,34 @@ pub(crate) fn parse(
     clashes::check(&mut ctx, &places, &functions, &sagas);
     clashes::short_step_timeouts(&mut ctx, field("sagas").as_ref(), &functions, &sagas);
     let warnings = ctx.take_warnings();
-    match (nats, metrics, shutdown_timeout, dead_letters, service) {
-        (Ok(nats), Ok(metrics), Ok(shutdown_timeout), Ok(dead_letters), Ok(service))
-            if !ctx.has_errors() =>
-        {
-            Ok(Config {
-                nats,
-                metrics,
-                shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
-                streams: streams.configs,
-                functions,
-                aggregates: aggregates.configs,
-                sagas,
-                dead_letters,
-                service,
-                warnings,
-            })
-        }
+    match (
+        nats,
+        metrics,
+        telemetry,
+        shutdown_timeout,
+        dead_letters,
+        service,
+    ) {
+        (
+            Ok(nats),
+            Ok(metrics),
+            Ok(telemetry),
+            Ok(shutdown_timeout),
+            Ok(dead_letters),
+            Ok(service),
+        ) if !ctx.has_errors() => Ok(Config {
+            nats,
+            metrics,
+            telemetry,
+            shutdown_timeout: shutdown_timeout.unwrap_or(SHUTDOWN_TIMEOUT),
+            streams: streams.configs,
+            functions,
+            aggregates: aggregates.configs,
+            sagas,
+            dead_letters,
+            service,
+            warnings,
+        }),
         _ => Err(ConfigErrors(ctx.into_errors())),
     }
 }

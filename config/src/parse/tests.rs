@@ -1852,6 +1852,117 @@ fn the_schema_has_the_keys_of_the_parser() {
     }
 }
 
+/// A config with `telemetry` as its `[telemetry]` table, from line 1.
+fn with_telemetry(telemetry: &str) -> String {
+    format!(
+        "[telemetry]\n{telemetry}\n[streams.ORDERS]\nsubjects = [\"order.>\"]\n\
+         [functions.f]\nsubjects = [\"order.placed\"]\nbuiltin = \"noop\"\n"
+    )
+}
+
+#[test]
+fn telemetry_is_off_without_its_section() {
+    let config = ok(&with_streams(
+        "[functions.f]\nsubjects = [\"order.placed\"]\nbuiltin = \"noop\"\n",
+    ));
+    assert_eq!(config.telemetry, None);
+}
+
+#[test]
+fn telemetry_defaults_and_the_traces_path() {
+    let config = ok(&with_telemetry("otlp_endpoint = \"http://collector:4318\""));
+    assert_eq!(
+        config.telemetry,
+        Some(crate::TelemetryConfig {
+            traces_url: "http://collector:4318/v1/traces".into(),
+            service_name: "jetrun".into(),
+            sampling_ratio: 1.0,
+            headers: BTreeMap::new(),
+        })
+    );
+    for (given, url) in [
+        (
+            "https://otel.example:4318/",
+            "https://otel.example:4318/v1/traces",
+        ),
+        (
+            "http://127.0.0.1:4318/v1/traces",
+            "http://127.0.0.1:4318/v1/traces",
+        ),
+        ("http://gateway/otlp", "http://gateway/otlp/v1/traces"),
+    ] {
+        let config = ok(&with_telemetry(&format!("otlp_endpoint = {given:?}")));
+        assert_eq!(config.telemetry.unwrap().traces_url, url, "{given}");
+    }
+}
+
+#[test]
+fn telemetry_settings() {
+    let config = parse_env(
+        &with_telemetry(
+            "otlp_endpoint = \"${OTLP}\"\nservice_name = \"orders\"\nsampling_ratio = 0.25\n\
+             headers = { x-api-key = \"${KEY}\" }",
+        ),
+        &[("OTLP", "http://127.0.0.1:4318"), ("KEY", "s3cret")],
+    )
+    .unwrap();
+    let telemetry = config.telemetry.unwrap();
+    assert_eq!(telemetry.traces_url, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(telemetry.service_name, "orders");
+    assert_eq!(telemetry.sampling_ratio, 0.25);
+    assert_eq!(telemetry.headers["x-api-key"], "s3cret");
+    let config = ok(&with_telemetry(
+        "otlp_endpoint = \"http://c:4318\"\nsampling_ratio = 0",
+    ));
+    assert_eq!(config.telemetry.unwrap().sampling_ratio, 0.0);
+}
+
+#[test]
+fn telemetry_errors_name_the_key_and_line() {
+    assert_eq!(
+        errors(&with_telemetry("service_name = \"jetrun\"")),
+        [
+            "telemetry.otlp_endpoint is required: the OTLP/HTTP receiver (a collector) to send \
+             traces to, like otlp_endpoint = \"http://127.0.0.1:4318\"; remove [telemetry] to \
+             send none (line 1)"
+        ]
+    );
+    assert_eq!(
+        errors(&with_telemetry("otlp_endpoint = \"127.0.0.1:4317\"")),
+        [
+            "telemetry.otlp_endpoint must be an http:// or https:// URL like \
+             http://127.0.0.1:4318, got \"127.0.0.1:4317\" (line 2)"
+        ]
+    );
+    assert_eq!(
+        errors(&with_telemetry("otlp_endpoint = \"http://\"")),
+        [
+            "telemetry.otlp_endpoint must be an http:// or https:// URL like \
+             http://127.0.0.1:4318, got \"http://\" (line 2)"
+        ]
+    );
+    assert_eq!(
+        errors(&with_telemetry(
+            "otlp_endpoint = \"http://c:4318\"\nsampling_ratio = 1.5\nservice_name = \"\"\n\
+             headers = { \"x y\" = \"1\" }\nexporter = \"otlp\""
+        )),
+        [
+            "telemetry.sampling_ratio must be from 0 to 1, got 1.5 (line 3)",
+            "telemetry.service_name must be a non-empty string, got \"\" (line 4)",
+            "telemetry.headers has \"x y\", which is not an HTTP header name (line 5)",
+            "telemetry.exporter is not a known key; expected one of: otlp_endpoint, \
+             service_name, sampling_ratio, headers (line 6)",
+        ]
+    );
+    assert_eq!(
+        errors(&with_telemetry("otlp_endpoint = 4318")),
+        [
+            "telemetry.otlp_endpoint must be an http:// or https:// URL like \
+             http://127.0.0.1:4318, got 4318 (line 2)"
+        ]
+    );
+}
+
 #[test]
 fn dead_letters_and_service_name_what_two_teams_keep_apart() {
     let config = ok(&with_streams(

@@ -8,6 +8,7 @@ mod check;
 mod dlq;
 mod events;
 mod init;
+mod invoke;
 mod output;
 mod projection;
 mod publish;
@@ -88,6 +89,10 @@ enum Command {
     /// A saga's instances: list them, or show one's timeline, state and data.
     #[command(after_help = saga::EXAMPLES)]
     Saga(saga::SagaArgs),
+    /// Run one function of the config once on a payload, without NATS; print
+    /// its result, its emits and how it ended.
+    #[command(after_help = invoke::EXAMPLES)]
+    Invoke(invoke::InvokeArgs),
     /// Print a shell completion script.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -136,16 +141,23 @@ Examples:
   jetrun init                        # writes ./jetrun.toml
   jetrun init /etc/jetrun/jetrun.toml --force";
 
+impl Cli {
+    /// Whether the verb starts logging itself, after reading `[telemetry]`.
+    pub(crate) fn reads_telemetry(&self) -> bool {
+        matches!(self.command, Command::Run(_) | Command::Dev(_))
+    }
+}
+
 pub(crate) async fn execute(cli: Cli) -> ExitCode {
     let connection = cli.connection.given(&crate::nats::settings::Process);
     session::connect_with(connection.clone());
     let result = match cli.command {
         Command::Check(arg) => return check::check(&arg),
-        Command::Run(arg) => match session::load(&arg.config.path()) {
+        Command::Run(arg) => match session::load_logged(&arg.config.path(), cli.log_format) {
             Ok(loaded) => crate::runtime::run(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
-        Command::Dev(arg) => match session::load(&arg.config.path()) {
+        Command::Dev(arg) => match session::load_logged(&arg.config.path(), cli.log_format) {
             Ok(loaded) => crate::runtime::dev(loaded, reload_source(&arg, connection)).await,
             Err(code) => return code,
         },
@@ -166,6 +178,7 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
         Command::Replay(args) => return replay::replay(args).await,
         Command::Events(args) => return events::events(args).await,
         Command::Saga(args) => return saga::saga(args).await,
+        Command::Invoke(args) => return invoke::invoke(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;

@@ -10,6 +10,7 @@ use async_nats::jetstream;
 use jetrun_config::{Config, NatsConfig};
 
 use super::args::ConfigArg;
+use super::LogFormat;
 use crate::nats::settings::{self, Given, Selected};
 use crate::runtime::config_file::{self, Loaded};
 
@@ -32,13 +33,36 @@ pub(crate) enum Stopped {
 /// Reads and validates the config file, printing every error: exit status
 /// 2 when it is not usable.
 pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
-    config_file::read(path).map_err(|errors| {
-        eprintln!("jetrun: {} is not valid:", path.display());
-        for error in &errors {
-            eprintln!("  {error}");
+    config_file::read(path).map_err(|errors| print_invalid(path, &errors))
+}
+
+/// [`load`] for a verb that runs the config (`run`, `dev`): logging starts
+/// once the config is read, with its `[telemetry]`; without a usable config
+/// it starts without. Exit status 1 when telemetry cannot start.
+pub(crate) fn load_logged(path: &Path, format: LogFormat) -> Result<Loaded, ExitCode> {
+    match config_file::read(path) {
+        Ok(loaded) => match crate::logging::init_with(format, loaded.config.telemetry.as_ref()) {
+            Ok(()) => Ok(loaded),
+            Err(err) => {
+                crate::logging::init(format);
+                eprintln!("jetrun: {}", crate::redact::text(&err.to_string()));
+                Err(ExitCode::FAILURE)
+            }
+        },
+        Err(errors) => {
+            crate::logging::init(format);
+            Err(print_invalid(path, &errors))
         }
-        ExitCode::from(EXIT_USAGE)
-    })
+    }
+}
+
+/// Prints why the config at `path` is not valid: exit status 2.
+fn print_invalid(path: &Path, errors: &[String]) -> ExitCode {
+    eprintln!("jetrun: {} is not valid:", path.display());
+    for error in errors {
+        eprintln!("  {error}");
+    }
+    ExitCode::from(EXIT_USAGE)
 }
 
 /// The config, for a verb that can also work without one: `None` when none

@@ -17,7 +17,7 @@ use super::{settle, Shared};
 use crate::envelope::{self, Origin};
 use crate::logging::{self, EventFields};
 use crate::shutdown::Shutdown;
-use crate::tasks;
+use crate::{tasks, telemetry};
 
 /// What the pull read from a message's reply subject, once.
 pub(super) struct Delivery {
@@ -82,6 +82,13 @@ pub(super) async fn deliver(
         published,
     };
     let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload);
+    let traced = traced(
+        name,
+        &origin,
+        message.headers.as_ref(),
+        event.as_ref().ok(),
+        attempt,
+    );
     let span = logging::event_span(EventFields {
         function: name.clone(),
         event_id: event.as_ref().ok().map(|e| e.id.clone()),
@@ -106,7 +113,12 @@ pub(super) async fn deliver(
                 // Boxed, like the dead-letter path: the task that carries
                 // each delivery stays small, so spawning it copies little.
                 let mut run = AssertUnwindSafe(Box::pin(call_and_emit(
-                    shared, &event, &ctx, &message, slot,
+                    shared,
+                    &event,
+                    &ctx,
+                    &message,
+                    slot,
+                    traced.as_ref(),
                 )))
                 .catch_unwind();
                 // A handler done at its first poll never waits on the drain.
@@ -116,6 +128,9 @@ pub(super) async fn deliver(
                         result = run => result,
                         () = shutdown.abandoned() => {
                             tracing::warn!("Shutdown timeout reached; NAKing the event for redelivery.");
+                            if let Some(traced) = &traced {
+                                telemetry::outcome(traced, "abandoned");
+                            }
                             let _ = message.ack_with(AckKind::Nak(None)).await;
                             return;
                         }
@@ -129,22 +144,56 @@ pub(super) async fn deliver(
             }
             Err(failure) => Attempt::Failed(failure),
         };
-        settle::settle(shared, &message, &ctx, outcome).await;
+        settle::settle(shared, &message, &ctx, outcome, traced.as_ref()).await;
     }
     .instrument(span)
     .await
 }
 
+/// The delivery's OpenTelemetry span, when telemetry is on: the input's
+/// trace context from the event, or from the headers of a message that is
+/// no event.
+fn traced(
+    function: &str,
+    origin: &Origin<'_>,
+    headers: Option<&async_nats::HeaderMap>,
+    event: Option<&Event>,
+    attempt: u64,
+) -> Option<tracing::Span> {
+    if !telemetry::enabled() {
+        return None;
+    }
+    let header = |name: &str| match event {
+        Some(event) => event.extensions.get(name).map(String::as_str),
+        None => headers.and_then(|h| h.get(name)).map(|v| v.as_str()),
+    };
+    telemetry::process(&telemetry::Input {
+        function,
+        subject: origin.subject,
+        stream: origin.stream,
+        sequence: origin.sequence,
+        attempt,
+        event_id: event.map(|e| e.id.as_str()),
+        event_type: event.map(|e| e.event_type.as_str()),
+        correlation_id: event.and_then(|e| e.correlationid.as_deref()),
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+    })
+}
+
 /// Calls the handler holding `slot` (keeping the message alive with
 /// in-progress acks while it runs), gives the slot back, then publishes
 /// what it emitted: waiting for those to be stored holds no handler slot.
+/// With telemetry, the call and each emit get a span within `traced`.
 async fn call_and_emit(
     shared: &Shared,
     event: &Event,
     ctx: &Context,
     message: &jetstream::Message,
     slot: Slot,
+    traced: Option<&tracing::Span>,
 ) -> Result<(), Failure> {
+    let call_span = traced.map(|parent| telemetry::call(parent, &ctx.function));
     let call = shared.handler.call(event, ctx);
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
@@ -165,9 +214,17 @@ async fn call_and_emit(
         },
     };
     drop(slot);
+    if let Some(span) = call_span {
+        if let Err(failure) = &outcome {
+            telemetry::failed(&span, &crate::redact::text(&failure.message));
+        }
+    }
     let emits = outcome?.emits;
     match &shared.emitter {
-        Some(emitter) => emitter.publish(event, &emits).await.map(|_| ()),
+        Some(emitter) => emitter
+            .publish_traced(event, &emits, traced)
+            .await
+            .map(|_| ()),
         None => Ok(()),
     }
 }

@@ -179,7 +179,8 @@ mod tests {
             let body = Bytes::from(body);
             if let Ok(event) = envelope::read_event(&origin, Some(&headers), &body) {
                 let emit = Emit::new(emitted_type, serde_json::json!({}));
-                if let Ok(out) = envelope::emitted_headers("f", &event, 0, &emit) {
+                let id = envelope::emitted_id("f", &event, 0);
+                if let Ok(out) = envelope::emitted_headers("f", &event, &id, &emit, None) {
                     prop_assert!(clean(&out), "{out:?}");
                 }
             }

@@ -1,16 +1,19 @@
 //! A delivery's outcome made final: acked, NAKed with the backoff delay, or
 //! dead-lettered and then terminated (`+TERM`). A dead letter that cannot be
-//! stored leaves the event in its stream, to be tried again.
+//! stored leaves the event in its stream, to be tried again. With
+//! telemetry, the delivery's span is given the outcome (and the error), and
+//! the dead letter's publish a span of its own.
 
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind};
 use jetrun_functions::Context;
+use tracing::Span;
 
 use super::dead_letter::{self, DeadLetter};
 use super::retry::{self, Action, Attempt, Reason};
 use super::Shared;
-use crate::redact;
+use crate::{redact, telemetry};
 
 /// Acks, NAKs with the backoff delay, or dead-letters then terminates.
 pub(super) async fn settle(
@@ -18,10 +21,23 @@ pub(super) async fn settle(
     message: &jetstream::Message,
     ctx: &Context,
     outcome: Attempt,
+    traced: Option<&Span>,
 ) {
     let metrics = &shared.metrics;
     let policy = &shared.unit.retry;
-    match retry::decide(&outcome, ctx.attempt, policy, fastrand::f64()) {
+    let action = retry::decide(&outcome, ctx.attempt, policy, fastrand::f64());
+    if let Some(span) = traced {
+        let name = match action {
+            Action::Ack => "handled",
+            Action::Retry(_) => "retried",
+            Action::DeadLetter(_) => "dead_lettered",
+        };
+        telemetry::outcome(span, name);
+        if !matches!(action, Action::Ack) {
+            telemetry::failed(span, &redact::text(&outcome.error()));
+        }
+    }
+    match action {
         Action::Ack => {
             metrics.success.inc();
             if let Err(err) = message.ack().await {
@@ -40,7 +56,7 @@ pub(super) async fn settle(
         }
         Action::DeadLetter(reason) => {
             let error = redact::text(&outcome.error());
-            Box::pin(dead_letter(shared, message, ctx, reason, &error)).await;
+            Box::pin(dead_letter(shared, message, ctx, reason, &error, traced)).await;
         }
     }
 }
@@ -51,9 +67,11 @@ async fn dead_letter(
     ctx: &Context,
     reason: Reason,
     error: &str,
+    traced: Option<&Span>,
 ) {
     let metrics = &shared.metrics;
     let subject = &shared.unit.binding.dead_letter;
+    let span = traced.map(|parent| telemetry::dead_letter(parent, subject, reason.as_str()));
     let letter = DeadLetter {
         function: &shared.unit.name,
         reason,
@@ -73,6 +91,9 @@ async fn dead_letter(
         message.payload.clone(),
     )
     .await;
+    if let (Some(span), Err(err)) = (span, &published) {
+        telemetry::failed(&span, &redact::text(&err.to_string()));
+    }
     match published {
         Ok(()) => {
             metrics.dead_letter.inc();
@@ -89,6 +110,9 @@ async fn dead_letter(
         Err(err) => {
             // Never drop an event: if the dead letter cannot be stored, the
             // original stays in its stream and is tried again later.
+            if let Some(traced) = traced {
+                telemetry::outcome(traced, "retried");
+            }
             metrics.retry.inc();
             let delay = shared.unit.retry.max_delay();
             tracing::error!(%err, %subject, "Cannot publish the dead letter; NAKing the event to try again in {}.", humantime::format_duration(delay));

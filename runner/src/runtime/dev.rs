@@ -139,17 +139,10 @@ fn example_event(config: &jetrun_config::Config) -> (String, String) {
         .filter_map(|f| f.binding())
         .flat_map(|b| b.subjects.iter())
         .next()
-        .map(|pattern| {
-            (pattern.split('.'))
-                .map(|token| match token {
-                    "*" => "1",
-                    ">" => "example",
-                    token => token,
-                })
-                .collect::<Vec<_>>()
-                .join(".")
-        })
-        .unwrap_or_else(|| "example.event".into());
+        .map_or_else(
+            || "example.event".into(),
+            |pattern| jetrun_config::subject_example(pattern),
+        );
     let data = match subject.as_str() {
         "order.placed" => r#"{"order_id":1,"total":25,"items":[{"sku":"book","qty":1}]}"#,
         "user.registered" => r#"{"user_id":1,"email":"ada@example.com"}"#,

@@ -113,10 +113,11 @@ pub(crate) async fn reload(
     if config.nats != current.nats
         || config.metrics != current.metrics
         || config.service != current.service
+        || config.telemetry != current.telemetry
     {
         tracing::warn!(
-            "[nats], [metrics] and [service] changes take effect at the next restart; the rest \
-             is reloaded."
+            "[nats], [metrics], [service] and [telemetry] changes take effect at the next \
+             restart; the rest is reloaded."
         );
     }
     if let Err(err) = nats::ensure_streams(js, &config).await {

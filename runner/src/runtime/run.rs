@@ -101,6 +101,8 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         humantime::format_duration(config.shutdown_timeout)
     );
     supervisor.stop_all().await;
+    // The spans of the last events, when telemetry is on.
+    crate::telemetry::shutdown().await;
     // The last acks are queued in the client: send them, unless NATS is gone
     // (then JetStream redelivers those events after their ack wait).
     match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
