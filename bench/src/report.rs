@@ -1,5 +1,5 @@
 //! The one table (medians, spread, ratios to the baseline of the same run),
-//! the latency and RSS lines, the issue's targets next to what was reached,
+//! the latency and RSS lines, the performance targets next to what was reached,
 //! and the same as JSON.
 
 use std::fmt::Write as _;
@@ -63,7 +63,7 @@ pub(crate) struct Summary {
     pub(crate) runs: Vec<Throughput>,
 }
 
-/// An issue-5 target next to what this run reached.
+/// A performance target next to what this run reached.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct TargetCheck {
     pub(crate) target: String,
@@ -156,7 +156,7 @@ impl Results {
             .collect()
     }
 
-    /// The targets (issue 15), with what this run reached.
+    /// The performance targets, with what this run reached.
     pub(crate) fn targets(&self, summaries: &[Summary]) -> Vec<TargetCheck> {
         let find = |contender: Contender| summaries.iter().find(|s| s.contender == contender);
         let at_least = |target: &str, value: Option<f64>, floor: f64| TargetCheck {
@@ -409,7 +409,7 @@ impl Results {
         }
         let measured = targets.iter().filter(|t| t.met.is_some());
         if measured.clone().next().is_some() {
-            let _ = writeln!(out, "\ntargets (issue 15, medians of this run):");
+            let _ = writeln!(out, "\ntargets (medians of this run):");
         }
         for check in measured {
             let verdict = match check.met {

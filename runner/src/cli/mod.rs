@@ -124,7 +124,7 @@ const CHECK_EXAMPLES: &str = "\
 Examples:
   jetrun check                       # ./jetrun.toml
   jetrun check /etc/jetrun/jetrun.toml
-  jetrun check -c jetrun.toml && systemctl reload jetrun";
+  jetrun check -c /etc/jetrun/jetrun.toml && systemctl reload jetrun";
 
 const PUBLISH_EXAMPLES: &str = "\
 Examples:

@@ -36,15 +36,15 @@ use crate::nats::{self, History, Item, Start};
 /// `jetrun projection --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
 Examples:
-  jetrun projection rebuild count-orders -c config/jetrun.toml
+  jetrun projection rebuild order_summary -c config/examples/orders-cqrs.toml
 
 `nats kv get jetrun_projections BUCKET` names the bucket a projection's
 readers use after a rebuild (none: the configured bucket itself).";
 
 const REBUILD_EXAMPLES: &str = "\
 Examples:
-  jetrun projection rebuild count-orders -c config/jetrun.toml
-  jetrun projection rebuild count-orders --keep-old
+  jetrun projection rebuild order_summary -c config/examples/orders-cqrs.toml
+  jetrun projection rebuild order_summary --keep-old -c config/examples/orders-cqrs.toml
 
 The function's events are applied in stream order to a new KV bucket,
 <bucket>_<n>, while readers (the running function and its queries) keep

@@ -31,8 +31,8 @@ pub(crate) const EXAMPLES: &str = "\
 Examples:
   jetrun replay reserve-stock --from-seq 1200 -c config/jetrun.toml
   jetrun replay reserve-stock --from-seq 1200 --until-seq 1300
-  jetrun replay order-summary --since 1h
-  jetrun replay order-summary --since 2024-05-01T08:00:00Z
+  jetrun replay order_summary --since 1h -c config/examples/orders-cqrs.toml
+  jetrun replay order_summary --since 2024-05-01T08:00:00Z -c config/examples/orders-cqrs.toml
 
 Each event in range on the function's subjects is run, one at a time and in
 order, through the function's handler as a live delivery runs it (JSON check,

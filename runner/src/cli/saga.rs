@@ -28,26 +28,27 @@ use crate::saga::machine::{Cause, Instance, Millis, State};
 /// `jetrun saga --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
 Examples:
-  jetrun saga list fulfil -c config/jetrun.toml
-  jetrun saga list fulfil --state stuck
-  jetrun saga show fulfil o-1001
+  jetrun saga list fulfil-order -c config/examples/ecommerce-saga.toml
+  jetrun saga list fulfil-order --state stuck -c config/examples/ecommerce-saga.toml
+  jetrun saga show fulfil-order o-1001 -c config/examples/ecommerce-saga.toml
 
 Instances are read from KV bucket jetrun_saga_<saga>, where `jetrun run`
 keeps them.";
 
 const LIST_EXAMPLES: &str = "\
 Examples:
-  jetrun saga list fulfil -c config/jetrun.toml
-  jetrun saga list fulfil --state stuck
-  jetrun saga list fulfil --json | jq -r '.[] | select(.state == \"running\") | .key'
+  jetrun saga list fulfil-order -c config/examples/ecommerce-saga.toml
+  jetrun saga list fulfil-order --state stuck -c config/examples/ecommerce-saga.toml
+  jetrun saga list fulfil-order --json -c config/examples/ecommerce-saga.toml \\
+    | jq -r '.[] | select(.state == \"running\") | .key'
 
 Exit status 2 when the config declares no such saga, 1 when an instance
 cannot be read (named on stderr; the others are listed), else 0.";
 
 const SHOW_EXAMPLES: &str = "\
 Examples:
-  jetrun saga show fulfil o-1001 -c config/jetrun.toml
-  jetrun saga show fulfil o-1001 --json | jq .transitions
+  jetrun saga show fulfil-order o-1001 -c config/examples/ecommerce-saga.toml
+  jetrun saga show fulfil-order o-1001 --json -c config/examples/ecommerce-saga.toml | jq .transitions
 
 Exit status 1 when the saga has no such instance, 2 when the config declares
 no such saga, else 0.";
