@@ -203,6 +203,22 @@ async fn saga_list_and_show_read_the_instances_the_runtime_stores() {
          3 instances of saga fulfil\n"
     );
 
+    // Without a config file, the saga's bucket by its name: steps by number.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let output = jetrun_e2e::without_outside_settings(&mut std::process::Command::new(
+        jetrun_e2e::jetrun_bin(),
+    ))
+    .args(["saga", "ls", "fulfil", "-s", &bed.nats.url()])
+    .current_dir(elsewhere.path())
+    .output()
+    .expect("run jetrun saga ls");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{listed}");
+    assert!(
+        listed.contains("o-1  stuck      #0") && listed.contains("3 instances of saga fulfil"),
+        "{listed}"
+    );
+
     let (code, stdout, _) = saga(&config, &["list", "fulfil", "--state", "stuck"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = stdout.lines().collect();

@@ -140,20 +140,22 @@ pub(crate) async fn saga(args: SagaArgs) -> ExitCode {
         Verb::List(a) => &a.target,
         Verb::Show(a) => &a.target,
     };
-    let loaded = match session::load(&target.config.path()) {
+    // Without a config file: the saga's bucket by its name, its steps shown
+    // by number (their names are in the config).
+    let loaded = match session::load_if_any(&target.config) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    let unconfigured = unconfigured(&target.saga);
     session::exit(
         async {
-            let Some(saga) = loaded.config.sagas.get(&target.saga) else {
-                return Err(Stopped::Usage(unknown_saga(
-                    &target.saga,
-                    &target.config.path(),
-                    &loaded,
-                )));
+            let saga = match &loaded {
+                Some(loaded) => loaded.config.sagas.get(&target.saga).ok_or_else(|| {
+                    Stopped::Usage(unknown_saga(&target.saga, &target.config.path(), loaded))
+                })?,
+                None => &unconfigured,
             };
-            let js = session::connect(&loaded.config.nats).await?;
+            let js = session::connect_to(loaded.as_ref().map(|l| &l.config.nats)).await?;
             Ok(match &args.verb {
                 Verb::List(a) => list(&js, saga, a.state, a.json).await?,
                 Verb::Show(a) => show(&js, saga, &a.key, a.json, &target.config.path()).await?,
@@ -161,6 +163,24 @@ pub(crate) async fn saga(args: SagaArgs) -> ExitCode {
         }
         .await,
     )
+}
+
+/// Saga `name` as known without its config: its name (which names its
+/// bucket), no steps.
+fn unconfigured(name: &str) -> SagaConfig {
+    SagaConfig {
+        name: name.to_string(),
+        start: String::new(),
+        key: String::new(),
+        timeout: None,
+        completed: String::new(),
+        failed: String::new(),
+        retry: jetrun_config::RetryPolicy::default(),
+        steps: Vec::new(),
+        consumers: Vec::new(),
+        concurrency: 1,
+        retention: Duration::ZERO,
+    }
 }
 
 fn unknown_saga(name: &str, path: &Path, loaded: &Loaded) -> String {
