@@ -72,16 +72,7 @@ pub(crate) async fn invoke(args: InvokeArgs) -> ExitCode {
                     function.name
                 )));
             }
-            let Some((_, handler)) = loaded
-                .functions
-                .iter()
-                .find(|(f, _)| f.name == function.name)
-            else {
-                return Err(Stopped::Usage(format!(
-                    "function {} has no handler",
-                    function.name
-                )));
-            };
+            let (_, handler) = session::handler(&loaded, &function.name)?;
             let subject = match &args.subject {
                 Some(subject) => subject.clone(),
                 None => {

@@ -146,16 +146,7 @@ pub(crate) async fn projection(args: ProjectionArgs) -> ExitCode {
         async {
             let config = &loaded.config;
             session::function(config, &target.config.path(), &target.function)?;
-            let Some((function, handler)) = loaded
-                .functions
-                .iter()
-                .find(|(function, _)| function.name == target.function)
-            else {
-                return Err(Stopped::Usage(format!(
-                    "function {} has no handler",
-                    target.function
-                )));
-            };
+            let (function, handler) = session::handler(&loaded, &target.function)?;
             let (projection, binding) = projection_of(config, function)
                 .map_err(|err| Stopped::Usage(format!("{err:#}")))?;
             let js = session::connect(&config.nats).await?;

@@ -115,16 +115,8 @@ pub(crate) async fn replay(args: ReplayArgs) -> ExitCode {
     session::exit(
         async {
             check(&loaded.config, &args)?;
-            let Some((function, handler)) = loaded
-                .functions
-                .into_iter()
-                .find(|(f, _)| f.name == args.function)
-            else {
-                return Err(Stopped::Usage(format!(
-                    "function {} has no handler",
-                    args.function
-                )));
-            };
+            let (function, handler) = session::handler(&loaded, &args.function)?;
+            let function = function.clone();
             let range = Range {
                 start: match (args.from_seq, &args.since) {
                     (Some(from), _) => Start::Sequence(from),

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use async_nats::jetstream;
 use jetrun_config::{Config, NatsConfig};
+use jetrun_functions::Function;
 
 use super::args::ConfigArg;
 use super::LogFormat;
@@ -122,6 +123,19 @@ pub(crate) fn function<'a>(
             known.join(", ")
         ))
     })
+}
+
+/// Function `name` of `loaded` and its handler, for a verb that runs it.
+pub(crate) fn handler<'a>(
+    loaded: &'a Loaded,
+    name: &str,
+) -> Result<(&'a jetrun_config::FunctionConfig, Arc<dyn Function>), Stopped> {
+    loaded
+        .functions
+        .iter()
+        .find(|(function, _)| function.name == name)
+        .map(|(function, handler)| (function, handler.clone()))
+        .ok_or_else(|| Stopped::Usage(format!("function {name} has no handler")))
 }
 
 /// The exit status of a verb's outcome, its error printed.
