@@ -12,11 +12,6 @@ pub const SERVICE: &str = "jetrun";
 /// bucket that holds its read model now (after `jetrun projection rebuild`).
 pub const PROJECTION_POINTERS: &str = "jetrun_projections";
 
-/// The dead-letter subject of a consumer whose config names none: `dlq.<consumer>`.
-pub fn dead_letter_subject(consumer: &str) -> String {
-    format!("dlq.{consumer}")
-}
-
 /// The durable consumer of saga `saga` on each stream holding its inputs.
 pub fn saga_consumer(saga: &str) -> String {
     format!("saga-{saga}")

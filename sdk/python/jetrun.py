@@ -361,7 +361,8 @@ def _serve_once(function: Function, out: IO[str]) -> int:
         _log(f"the input on stdin is not JSON: {err}")
         return EXIT_PERMANENT
     try:
-        answer = json.dumps(function.answer(document))
+        # NaN and Infinity are not JSON: a ValueError here, retried.
+        answer = json.dumps(function.answer(document), allow_nan=False)
     except Permanent as failure:
         _log(_one_line(str(failure)))
         return EXIT_PERMANENT
@@ -397,7 +398,7 @@ def _serve_worker(function: Function, out: IO[str]) -> int:
                 reply = {"id": request_id, "ok": True, "result": answer}
             else:
                 reply = {"id": request_id, "ok": True, "emit": answer["emit"]}
-            text = json.dumps(reply)
+            text = json.dumps(reply, allow_nan=False)
         except Permanent as failure:
             message = _one_line(str(failure))
             _log(message)

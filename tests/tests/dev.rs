@@ -37,6 +37,7 @@ async fn dev_moves_off_a_taken_metrics_port_and_its_banner_publish_works() {
         .spawn()
         .expect("start jetrun dev");
     let stderr = child.stderr.take().expect("stderr");
+    let mut child = Dev(child);
     let (lines, banner) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -80,14 +81,40 @@ async fn dev_moves_off_a_taken_metrics_port_and_its_banner_publish_works() {
     assert_eq!(code, 0, "{publish}: {stdout}{stderr}");
     assert!(stdout.contains("to stream ORDERS"), "{stdout}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    let status = child.wait().expect("wait for jetrun dev");
-    assert!(status.success(), "{status}");
+    let status = child.stop();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     drop(taken);
+}
+
+/// `jetrun dev`, stopped with SIGINT (so it stops its nats-server too) when
+/// the test ends, passed or not; killed if it does not stop within 20 s.
+struct Dev(std::process::Child);
+
+impl Dev {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        None
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
 }
 
 /// `a 'b c' d` as three words: the banner quotes the data in single quotes.

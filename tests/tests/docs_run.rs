@@ -312,9 +312,11 @@ impl Workspace {
         std::fs::write(&copy, with_metrics_on(&text, free_port())).map_err(|e| e.to_string())?;
         let runner = jetrun_e2e::Runner::start_with_env(&copy, &[("NATS_URL", url)]);
         let copy_str = copy.display().to_string();
+        // Shorter than wait_until's own limit, so that a runner that never
+        // binds ends here, where its log is printed, not in a bare panic.
         let ready = tokio::time::timeout(
             Duration::from_secs(30),
-            wait_until(Duration::from_secs(30), "jetrun run binds", || {
+            wait_until(Duration::from_secs(60), "jetrun run binds", || {
                 let (code, _, _) =
                     run_command_with_env(&["status", "-c", &copy_str], &[("NATS_URL", url)]);
                 async move { code == 0 }

@@ -102,7 +102,8 @@ async fn manage_false_never_creates_the_stream() {
             let log = runner.log();
             async move {
                 log.contains(
-                    "stream EVENTS does not exist, and [streams.EVENTS] says manage = false",
+                    "stream EVENTS does not exist, and [streams.EVENTS] says manage = false: \
+                     create it (`nats stream add EVENTS`), or let jetrun create it",
                 )
             }
         },

@@ -57,7 +57,10 @@ pub(super) fn check(
                 format!(
                     "is the name of saga {saga}'s durable consumer and takes its dead-letter \
                      subject ({}); rename the function",
-                    name::dead_letter_subject(&draft.name)
+                    sagas[saga]
+                        .consumers
+                        .first()
+                        .map_or("its own", |c| c.dead_letter.as_str())
                 ),
             );
         }

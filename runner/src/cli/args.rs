@@ -86,10 +86,13 @@ pub(crate) struct ConnectArgs {
 impl ConnectArgs {
     /// The command line and environment level of the connection settings.
     pub(crate) fn given(&self, env: &dyn crate::nats::settings::Environment) -> Given {
-        let server = self
-            .server
-            .clone()
-            .or_else(|| env.var("JETRUN_NATS_URL").or_else(|| env.var("NATS_URL")));
+        // A variable naming no URL (blank, or only commas) says nothing,
+        // as the config file's reading of JETRUN_NATS_URL has it.
+        let names_a_url = |urls: &String| urls.split(',').any(|url| !url.trim().is_empty());
+        let server = self.server.clone().or_else(|| {
+            (env.var("JETRUN_NATS_URL").filter(names_a_url))
+                .or_else(|| env.var("NATS_URL").filter(names_a_url))
+        });
         Given {
             server,
             creds: self.creds.clone(),

@@ -283,7 +283,7 @@ impl Place {
     pub(super) fn by_default(function: &str) -> Place {
         Place {
             function: function.to_string(),
-            subject: jetrun_config::name::dead_letter_subject(function),
+            subject: jetrun_config::DeadLetters::default().subject(function),
             stream: DLQ_STREAM.to_string(),
             shared: true,
         }

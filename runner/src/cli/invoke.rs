@@ -98,7 +98,7 @@ pub(crate) async fn invoke(args: InvokeArgs) -> ExitCode {
                 function: function.name.clone(),
                 attempt: args.attempt,
                 subject: subject.clone(),
-                stream: String::new(),
+                stream: origin.stream.to_string(),
                 stream_created: 0,
                 sequence: 0,
             };

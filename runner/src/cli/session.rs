@@ -39,7 +39,8 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, ExitCode> {
 
 /// [`load`] for a verb that runs the config (`run`, `dev`): logging starts
 /// once the config is read, with its `[telemetry]`; without a usable config
-/// it starts without. Exit status 1 when telemetry cannot start.
+/// it starts without. Exit status 2 when telemetry cannot start: its config
+/// is what is wrong (a service manager must not restart it forever).
 pub(crate) fn load_logged(path: &Path, format: LogFormat) -> Result<Loaded, ExitCode> {
     match config_file::read(path) {
         Ok(loaded) => match crate::logging::init_with(format, loaded.config.telemetry.as_ref()) {
@@ -47,7 +48,7 @@ pub(crate) fn load_logged(path: &Path, format: LogFormat) -> Result<Loaded, Exit
             Err(err) => {
                 crate::logging::init(format);
                 eprintln!("jetrun: {}", crate::redact::text(&err.to_string()));
-                Err(ExitCode::FAILURE)
+                Err(ExitCode::from(EXIT_USAGE))
             }
         },
         Err(errors) => {

@@ -42,7 +42,9 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
         num_replicas: replicas,
         ..Default::default()
     };
-    ensure(js, dlq, None).await
+    // The dead-letter stream is jetrun's by its reserved name, marked or not
+    // (one made before the mark existed).
+    ensure(js, dlq, Some(true)).await
 }
 
 /// The metadata entry that marks a stream jetrun created.
@@ -84,7 +86,8 @@ async fn ensure(js: &Context, mut want: StreamSpec, manage: Option<bool>) -> any
         Err(err) if is_stream_not_found(&err) => {
             if manage == Some(false) {
                 anyhow::bail!(
-                    "stream {name} does not exist, and [streams.{name}] says manage = false:                      create it (`nats stream add {name}`), or let jetrun create it"
+                    "stream {name} does not exist, and [streams.{name}] says manage = false: \
+                     create it (`nats stream add {name}`), or let jetrun create it"
                 );
             }
             want.metadata.insert(MARK.0.into(), MARK.1.into());
