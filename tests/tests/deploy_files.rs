@@ -187,8 +187,8 @@ fn nats_server_accepts_every_nats_config() {
 fn default_log_filter() -> String {
     let source = read(&repo_root().join("runner/src/logging.rs"));
     let (_, rest) = source
-        .split_once("EnvFilter::new(\"")
-        .expect("runner/src/logging.rs sets the default filter with EnvFilter::new(\"...\")");
+        .split_once("const DEFAULT_FILTER: &str = \"")
+        .expect("runner/src/logging.rs sets the default filter in const DEFAULT_FILTER");
     rest.split_once('"').expect("a closing quote").0.to_string()
 }
 
