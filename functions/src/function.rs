@@ -21,6 +21,18 @@ pub struct Context {
     pub stream_created: u64,
     /// Its sequence in that stream.
     pub sequence: u64,
+    /// The W3C trace context of the runner's span around this call, when
+    /// it exports traces: what the call's own publishes and requests carry,
+    /// so the next hop is a child of this call. `None` without traces (they
+    /// carry the event's own trace context then).
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context: `traceparent`, and `tracestate` when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 /// A function: called once per delivery of an event. Every handler kind

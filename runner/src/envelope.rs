@@ -410,14 +410,10 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeade
 
 /// A W3C trace context an event is published with: jetrun's own span's,
 /// when telemetry is on, instead of the input's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TraceContext {
-    pub(crate) traceparent: String,
-    pub(crate) tracestate: Option<String>,
-}
+pub(crate) use jetrun_functions::TraceContext;
 
 /// Sets `traceparent` and `tracestate`, each plain and as `ce-*`.
-fn put_trace(
+pub(crate) fn put_trace(
     headers: &mut HeaderMap,
     traceparent: Option<&str>,
     tracestate: Option<&str>,

@@ -182,6 +182,7 @@ async fn answer(
                 stream: String::new(),
                 stream_created: 0,
                 sequence: 0,
+                trace: None,
             };
             let call = AssertUnwindSafe(handler.call(&event, &ctx)).catch_unwind();
             call.await.unwrap_or_else(|panic| {

@@ -7,7 +7,9 @@
 //! the input's W3C `traceparent` when it has one, with children for the
 //! handler call (`call FUNCTION`), each emit (`send TYPE`, kind producer,
 //! whose context the emitted event carries on) and the dead-letter write
-//! (`send SUBJECT`). Without `[telemetry]` no layer is installed and none of
+//! (`send SUBJECT`). The call's own context reaches the handler as
+//! `Context::trace`, so what the call sends itself (an HTTP request, an
+//! aggregate's appends, a saga's commands) continues the `call` span. Without `[telemetry]` no layer is installed and none of
 //! these spans is made: [`enabled`] is one atomic load.
 //!
 //! The spans are made with explicit parents and never entered, so a
@@ -242,7 +244,7 @@ pub(crate) fn failed(span: &Span, error: &str) {
 }
 
 /// `span`'s context as W3C headers.
-fn trace_context(span: &Span) -> TraceContext {
+pub(crate) fn trace_context(span: &Span) -> TraceContext {
     let mut carrier = Injected::default();
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
     TraceContext {

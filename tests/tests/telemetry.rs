@@ -8,7 +8,9 @@
 //! dead-lettered event's span has a dead-letter-write child. The spans
 //! reach the receiver by the drain on SIGTERM at the latest. Without
 //! `[telemetry]`, nothing is sent and emitted events carry the input's
-//! `traceparent` unchanged.
+//! `traceparent` unchanged. What a call sends itself (an HTTP function's
+//! request, a saga's command, an aggregate's appended event) continues the
+//! call's span.
 
 use std::time::Duration;
 
@@ -305,4 +307,171 @@ async fn without_telemetry_nothing_is_sent_and_emits_carry_the_input_s_tracepare
     assert_eq!(header(&emitted, "traceparent"), Some(input.clone()));
     assert_eq!(header(&emitted, "ce-traceparent"), Some(input));
     assert_eq!(receiver.calls(), 0, "{:?}", receiver.requests());
+}
+
+/// What an HTTP function's call sends on continues jetrun's `call` span:
+/// the endpoint gets a `traceparent` whose parent is that span, so the
+/// service behind it joins the trace under the call (without telemetry it
+/// gets the input's own, as `http.rs` shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_function_s_request_continues_the_call_span() {
+    let bed = TestBed::new();
+    let receiver = HttpServer::always(Reply::status(200)).await;
+    let endpoint_server = HttpServer::always(Reply::status(200)).await;
+    let config = bed.write_config(&format!(
+        "[telemetry]\notlp_endpoint = {}\n{}\n[functions.h]\nsubjects = [\"ev.h\"]\nhttp = {}\n",
+        toml_str(endpoint(&receiver)),
+        bed.base_config(),
+        toml_str(endpoint_server.url()),
+    ));
+    let mut runner = Runner::start(&config);
+    let js = &bed.jetstream().await;
+    wait_for_consumer(js, TestBed::STREAM, "h").await;
+    publish_traced(&bed, "ev.h", &traceparent(TRACE_ID, INPUT_SPAN_ID)).await;
+    wait_acked(js, TestBed::STREAM, "h", 1).await;
+    drain(&mut runner).await;
+
+    let (spans, _) = received(&receiver);
+    let process = named(&spans, "process h");
+    let call = named(&spans, "call h");
+    assert_child_of(call, process);
+    let requests = endpoint_server.requests();
+    assert_eq!(requests.len(), 1, "{}", runner.log());
+    assert_eq!(
+        requests[0].header("traceparent"),
+        Some(traceparent(TRACE_ID, &hex(&call.span_id))),
+        "the request continues the call span"
+    );
+}
+
+/// A saga's command, published while its start event is handled,
+/// continues that handling's `call` span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_s_command_continues_the_call_span() {
+    let bed = TestBed::new();
+    let receiver = HttpServer::always(Reply::status(200)).await;
+    let config = bed.write_config(&format!(
+        "[telemetry]\notlp_endpoint = {}\n{}\n{}",
+        toml_str(endpoint(&receiver)),
+        bed.base_config(),
+        r#"
+[functions.noop]
+subjects = ["ev.noop"]
+builtin = "noop"
+
+[sagas.idle]
+start = "ev.idle.started"
+key = "id"
+completed = "ev.idle.completed"
+failed = "ev.idle.failed"
+
+[[sagas.idle.steps]]
+name = "wait"
+command = "ev.idle.wait"
+success = "ev.idle.waited"
+"#
+    ));
+    let mut runner = Runner::start(&config);
+    let js = &bed.jetstream().await;
+    wait_for_consumer(js, TestBed::STREAM, "saga-idle").await;
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent(TRACE_ID, INPUT_SPAN_ID).as_str());
+    publish_with_headers(
+        &bed.client().await,
+        "ev.idle.started",
+        headers,
+        r#"{"id":"1"}"#,
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the command is stored",
+        || async move {
+            stream_messages(js, TestBed::STREAM)
+                .await
+                .iter()
+                .any(|m| m.subject.as_str() == "ev.idle.wait")
+        },
+    )
+    .await;
+    let stored = stream_messages(js, TestBed::STREAM).await;
+    let command = stored
+        .iter()
+        .find(|m| m.subject.as_str() == "ev.idle.wait")
+        .expect("the command");
+    let command_trace = header(&command.headers, "traceparent");
+    drain(&mut runner).await;
+
+    let (spans, _) = received(&receiver);
+    let call = named(&spans, "call saga-idle@EVENTS");
+    assert_eq!(hex(&call.trace_id), TRACE_ID);
+    assert_eq!(
+        command_trace,
+        Some(traceparent(TRACE_ID, &hex(&call.span_id))),
+        "the command continues the call span"
+    );
+}
+
+/// An aggregate's appended events, when its command arrives on a stream,
+/// continue the command handling's `call` span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_s_appended_events_continue_the_call_span() {
+    let bed = TestBed::new();
+    let receiver = HttpServer::always(Reply::status(200)).await;
+    let script = bed.write_script(
+        "append.sh",
+        r#"cat > /dev/null; echo '{"append": [{"type": "item.added", "data": {"sku": "book"}}]}'"#,
+    );
+    let config = bed.write_config(&format!(
+        "[telemetry]\notlp_endpoint = {}\n{}\n{}",
+        toml_str(endpoint(&receiver)),
+        bed.base_config(),
+        format_args!(
+            r#"
+[streams.ORDERS]
+subjects = ["order.>"]
+
+[aggregates.order]
+stream = "ORDERS"
+subject = "order.{{id}}"
+id = "order_id"
+
+[functions.add_item]
+subjects = ["ev.order.add"]
+aggregate = "order"
+exec = ["sh", {script}]
+"#,
+            script = toml_str(script.display().to_string())
+        )
+    ));
+    let mut runner = Runner::start(&config);
+    let js = &bed.jetstream().await;
+    wait_for_consumer(js, TestBed::STREAM, "add_item").await;
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent(TRACE_ID, INPUT_SPAN_ID).as_str());
+    publish_with_headers(
+        &bed.client().await,
+        "ev.order.add",
+        headers,
+        r#"{"order_id":"o-1"}"#,
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the event is appended",
+        || async move { stream_messages(js, "ORDERS").await.len() == 1 },
+    )
+    .await;
+    let appended = stream_messages(js, "ORDERS").await;
+    let appended_trace = header(&appended[0].headers, "traceparent");
+    drain(&mut runner).await;
+
+    let (spans, _) = received(&receiver);
+    let call = named(&spans, "call add_item");
+    assert_eq!(hex(&call.trace_id), TRACE_ID);
+    assert_eq!(
+        appended_trace,
+        Some(traceparent(TRACE_ID, &hex(&call.span_id))),
+        "the appended event continues the call span"
+    );
 }

@@ -36,6 +36,7 @@ mod tests {
             stream: "ORDERS".into(),
             stream_created: 1,
             sequence: 1,
+            trace: None,
         };
         let out = Echo.call(&event, &ctx).await.unwrap().emits;
         assert_eq!(

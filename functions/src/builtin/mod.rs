@@ -48,6 +48,7 @@ mod testing {
             stream: "ORDERS".into(),
             stream_created: 1,
             sequence: 1,
+            trace: None,
         }
     }
 

@@ -101,6 +101,7 @@ pub(crate) async fn invoke(args: InvokeArgs) -> ExitCode {
                 stream: origin.stream.to_string(),
                 stream_created: 0,
                 sequence: 0,
+                trace: None,
             };
             let outcome = match envelope::read_event(&origin, None, &body) {
                 Ok(event) => {

@@ -385,6 +385,7 @@ impl Applier {
                 stream: self.binding.stream.clone(),
                 stream_created: self.stream_created,
                 sequence,
+                trace: None,
             };
             let outcome = match &event {
                 Ok(event) => self.handler.call(event, &ctx).await,

@@ -334,6 +334,7 @@ async fn replay_one(
         stream: binding.stream.clone(),
         stream_created,
         sequence: stored.sequence,
+        trace: None,
     };
     let span = tracing::info_span!(
         "replay",

@@ -106,6 +106,7 @@ pub(super) async fn deliver(
         stream,
         stream_created,
         sequence,
+        trace: None,
     };
     async {
         let outcome = match event {
@@ -194,7 +195,16 @@ async fn call_and_emit(
     traced: Option<&tracing::Span>,
 ) -> Result<(), Failure> {
     let call_span = traced.map(|parent| telemetry::call(parent, &ctx.function));
-    let call = shared.handler.call(event, ctx);
+    // With traces, what the call itself publishes or requests (an HTTP
+    // function's request, an aggregate's appends, a saga's commands)
+    // continues the call's span.
+    let traced_ctx = call_span.as_ref().map(|span| Context {
+        trace: Some(telemetry::trace_context(span)),
+        ..ctx.clone()
+    });
+    let call = shared
+        .handler
+        .call(event, traced_ctx.as_ref().unwrap_or(ctx));
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
     // A handler that finishes at its first poll never touches the timer.

@@ -252,6 +252,7 @@ impl CommandHandler {
         instance: &Instance,
         events: &[NewEvent],
         command: &Event,
+        trace: Option<&envelope::TraceContext>,
     ) -> Result<(u64, u64), AppendError> {
         let mut subjects = Vec::with_capacity(events.len());
         for new in events {
@@ -269,7 +270,7 @@ impl CommandHandler {
             // The guard goes on the first event: in a batch it holds for all.
             let guard = (index == 0).then_some(instance.last_sequence);
             let headers = self
-                .headers(id, index, new, command, guard)
+                .headers(id, index, new, command, guard, trace)
                 .map_err(|err| {
                     AppendError::Failed(Failure::permanent(format!(
                         "appended event {}: {err}",
@@ -303,6 +304,7 @@ impl CommandHandler {
         new: &NewEvent,
         command: &Event,
         guard: Option<u64>,
+        trace: Option<&envelope::TraceContext>,
     ) -> Result<HeaderMap, BadHeader> {
         // The command's source and id (what a requester sends again), the
         // instance and the place in what it appends: a command sent again is
@@ -323,8 +325,17 @@ impl CommandHandler {
             source: &source,
             correlation_id: Some(command.correlationid.as_deref().unwrap_or(&command.id)),
             causation_id: Some(&command.id),
-            traced_from: Some(command),
+            // With traces, the appended events continue the handler call's
+            // span (`Context::trace`); else the command's trace context.
+            traced_from: trace.is_none().then_some(command),
         })?;
+        if let Some(trace) = trace {
+            envelope::put_trace(
+                &mut headers,
+                Some(&trace.traceparent),
+                trace.tracestate.as_deref(),
+            )?;
+        }
         if let Some(expected) = guard {
             headers.put_number(
                 HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),
@@ -407,7 +418,11 @@ impl Function for CommandHandler {
             let appended = if decision.append.is_empty() {
                 (instance.version, instance.last_sequence)
             } else {
-                match self.append(&id, &instance, &decision.append, command).await {
+                let trace = ctx.trace.as_ref();
+                match self
+                    .append(&id, &instance, &decision.append, command, trace)
+                    .await
+                {
                     Ok(appended) => appended,
                     Err(AppendError::Conflict) => {
                         self.metrics.conflicts.inc();

@@ -200,10 +200,16 @@ fn request_headers(
         };
         headers.insert(CONTENT_TYPE, value);
     }
+    // The runner's call span's trace context when it exports traces, else
+    // the event's own.
+    let trace = |name: &str| match &ctx.trace {
+        Some(trace) if name == "traceparent" => Some(trace.traceparent.as_str()),
+        Some(trace) => trace.tracestate.as_deref(),
+        None => event.extensions.get(name).map(String::as_str),
+    };
     for name in ["traceparent", "tracestate"] {
         // A malformed trace header is left out; `ce-<name>` still carries it.
-        let value = event.extensions.get(name).map(|v| HeaderValue::from_str(v));
-        if let Some(Ok(value)) = value {
+        if let Some(Ok(value)) = trace(name).map(HeaderValue::from_str) {
             headers.insert(HeaderName::from_static(name), value);
         }
     }
@@ -444,6 +450,7 @@ mod tests {
             stream: "ORDERS".into(),
             stream_created: 1,
             sequence: 7,
+            trace: None,
         }
     }
 

@@ -26,7 +26,9 @@ use async_nats::{HeaderMap, HeaderName};
 use async_trait::async_trait;
 use futures::StreamExt;
 use jetrun_config::{name, SagaConfig, StreamBinding};
-use jetrun_functions::{Context, Event, Failure, Function, Outcome as Handled, Output};
+use jetrun_functions::{
+    Context, Event, Failure, Function, Outcome as Handled, Output, TraceContext,
+};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -334,7 +336,7 @@ struct Inputs {
 impl Function for Inputs {
     async fn call(&self, event: &Event, ctx: &Context) -> Handled {
         let saga = &self.saga;
-        match handle(saga, event).await {
+        match handle(saga, event, ctx.trace.as_ref()).await {
             Ok(()) => Ok(Output::default()),
             Err(err @ SagaError::TooBig { .. }) => {
                 saga.metrics.too_big();
@@ -352,8 +354,9 @@ impl Function for Inputs {
     }
 }
 
-/// Applies one input: a start event or a reply.
-async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
+/// Applies one input: a start event or a reply. What it publishes carries
+/// `trace` (the handler call's span, with traces) when given, else none.
+async fn handle(saga: &Saga, event: &Event, trace: Option<&TraceContext>) -> Result<(), SagaError> {
     let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap_or_default();
     let received = Received {
         id: &event.id,
@@ -393,6 +396,7 @@ async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
                 key: &key,
                 event: received,
             },
+            trace,
         )
         .await?;
         return Ok(());
@@ -403,7 +407,7 @@ async fn handle(saga: &Saga, event: &Event) -> Result<(), SagaError> {
     let key = instance_of(saga, &data, event)
         .await
         .ok_or_else(no_instance)?;
-    match apply(saga, &key, Input::Reply(received)).await? {
+    match apply(saga, &key, Input::Reply(received), trace).await? {
         Applied::Unknown => Err(no_instance()),
         Applied::Changed | Applied::Unchanged => Ok(()),
     }
@@ -434,7 +438,12 @@ async fn instance_of(saga: &Saga, data: &serde_json::Value, event: &Event) -> Op
 
 /// Feeds `input` to instance `key` with compare-and-set, then publishes what
 /// the machine decided.
-async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<Applied, SagaError> {
+async fn apply(
+    saga: &Saga,
+    key: &str,
+    input: Input<'_>,
+    trace: Option<&TraceContext>,
+) -> Result<Applied, SagaError> {
     if !valid_key(key) {
         return Ok(Applied::Unknown);
     }
@@ -500,7 +509,7 @@ async fn apply(saga: &Saga, key: &str, input: Input<'_>) -> Result<Applied, Saga
             let step = transition.step.as_deref().unwrap_or("");
             saga.metrics.transition(step, transition.kind.label());
         }
-        publish_outbox(saga, key, stored, revision).await?;
+        publish_outbox(saga, key, stored, revision, trace).await?;
         return Ok(Applied::Changed);
     }
     Err(SagaError::Contended {
@@ -596,12 +605,13 @@ async fn publish_outbox(
     key: &str,
     mut stored: Stored,
     revision: u64,
+    trace: Option<&TraceContext>,
 ) -> Result<(), SagaError> {
     if stored.outbox.is_empty() {
         return Ok(());
     }
     for event in &stored.outbox {
-        publish(saga, event).await?;
+        publish(saga, event, trace).await?;
     }
     stored.outbox.clear();
     // Lost to a newer change: that one's outbox is its writer's to publish.
@@ -611,7 +621,11 @@ async fn publish_outbox(
 
 /// One event the machine decided on, in CloudEvents binary mode, with its
 /// id as `Nats-Msg-Id` so a republish is dropped by the stream.
-async fn publish(saga: &Saga, event: &Publish) -> Result<(), SagaError> {
+async fn publish(
+    saga: &Saga,
+    event: &Publish,
+    trace: Option<&TraceContext>,
+) -> Result<(), SagaError> {
     let source = format!("jetrun/saga/{}", saga.config.name);
     let mut headers = envelope::binary_headers(&envelope::Outgoing {
         id: &event.event_id,
@@ -621,6 +635,13 @@ async fn publish(saga: &Saga, event: &Publish) -> Result<(), SagaError> {
         causation_id: event.causation_id.as_deref(),
         traced_from: None,
     })?;
+    if let Some(trace) = trace {
+        envelope::put_trace(
+            &mut headers,
+            Some(&trace.traceparent),
+            trace.tracestate.as_deref(),
+        )?;
+    }
     for (name, value) in &event.extensions {
         headers.put(headers::name(&format!("ce-{name}"))?, value)?;
     }
@@ -721,7 +742,7 @@ async fn clock(saga: Arc<Saga>, shutdown: Shutdown) {
             .unwrap_or_else(|e| e.into_inner())
             .due(saga.clock.now_ms());
         for key in due {
-            if let Err(err) = apply(&saga, &key, Input::Tick).await {
+            if let Err(err) = apply(&saga, &key, Input::Tick, None).await {
                 tracing::warn!(%key, %err, "Cannot apply a timeout; trying again.");
             }
         }
@@ -729,7 +750,9 @@ async fn clock(saga: Arc<Saga>, shutdown: Shutdown) {
             if let Ok(Some(entry)) = saga.kv.entry(&key).await {
                 if let Ok(stored) = serde_json::from_slice::<Stored>(&entry.value) {
                     tracing::info!(%key, "Publishing what a stopped writer left unpublished.");
-                    if let Err(err) = publish_outbox(&saga, &key, stored, entry.revision).await {
+                    if let Err(err) =
+                        publish_outbox(&saga, &key, stored, entry.revision, None).await
+                    {
                         tracing::warn!(%key, %err, "Cannot publish the outbox yet.");
                     }
                 }
