@@ -18,7 +18,7 @@ pub use model::{
     Account, AccountId, AggregateConfig, Config, DeadLetters, ExecConfig, ExecMode, FunctionConfig,
     Handler, HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
     SagaConfig, SagaStep, ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate,
-    TelemetryConfig, TlsConfig, Trigger, DLQ_PREFIX, DLQ_STREAM, DLQ_SUBJECTS,
+    TelemetryConfig, TlsConfig, Trigger, DEFAULT_NATS_URL, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;

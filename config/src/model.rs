@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use crate::retry::RetryPolicy;
 
+/// The server when neither `[nats] url` nor anything else says otherwise.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// The name of the dead-letter stream jetrun creates when missing, unless
 /// `[dead_letters] stream` names another.
 pub const DLQ_STREAM: &str = "DLQ";
@@ -16,7 +19,7 @@ pub const DLQ_STREAM: &str = "DLQ";
 /// otherwise.
 pub const DLQ_SUBJECTS: &str = "dlq.>";
 /// The prefix of those subjects.
-pub const DLQ_PREFIX: &str = "dlq";
+pub(crate) const DLQ_PREFIX: &str = "dlq";
 
 /// `[dead_letters]`: the stream jetrun keeps dead letters in, and the
 /// subjects it holds (`PREFIX.>`; a function's are `PREFIX.FUNCTION` unless

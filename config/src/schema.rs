@@ -490,7 +490,7 @@ struct Function {
     /// Events delivered and not yet acked; at least concurrency.
     #[schemars(range(min = 1), extend("default" = 10000))]
     max_ack_pending: Option<u64>,
-    /// Where events that failed for good go: a subject without wildcards, captured by dlq.> or a declared stream (default: dlq.NAME).
+    /// Where events that failed for good go: a subject without wildcards, captured by the dead-letter stream (dlq.>, or [dead_letters] prefix then .>) or a declared stream (default: dlq.NAME, or PREFIX.NAME).
     dead_letter: Option<Subject>,
     /// The subjects (wildcards allowed) the function may emit to; an emit outside is a permanent failure (default: any subject).
     #[schemars(length(min = 1))]

@@ -361,8 +361,12 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) source: &'a str,
     pub(crate) correlation_id: Option<&'a str>,
     pub(crate) causation_id: Option<&'a str>,
-    /// The event it answers, whose trace context it carries on.
+    /// The event it answers, whose trace context it carries on unless
+    /// `trace` is given.
     pub(crate) traced_from: Option<&'a Event>,
+    /// The context of jetrun's span publishing it (with `[telemetry]`),
+    /// carried instead of the answered event's.
+    pub(crate) trace: Option<&'a TraceContext>,
 }
 
 /// The headers of an event jetrun publishes, in CloudEvents binary mode,
@@ -398,12 +402,18 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeade
     if let Some(causation) = event.causation_id {
         headers.put(CAUSATION, causation)?;
     }
-    if let Some(cause) = event.traced_from {
-        put_trace(
+    match (event.trace, event.traced_from) {
+        (Some(trace), _) => put_trace(
+            &mut headers,
+            Some(&trace.traceparent),
+            trace.tracestate.as_deref(),
+        )?,
+        (None, Some(cause)) => put_trace(
             &mut headers,
             cause.extensions.get("traceparent").map(String::as_str),
             cause.extensions.get("tracestate").map(String::as_str),
-        )?;
+        )?,
+        (None, None) => {}
     }
     Ok(headers)
 }
@@ -413,7 +423,7 @@ pub(crate) fn binary_headers(event: &Outgoing<'_>) -> Result<HeaderMap, BadHeade
 pub(crate) use jetrun_functions::TraceContext;
 
 /// Sets `traceparent` and `tracestate`, each plain and as `ce-*`.
-pub(crate) fn put_trace(
+fn put_trace(
     headers: &mut HeaderMap,
     traceparent: Option<&str>,
     tracestate: Option<&str>,
@@ -453,22 +463,15 @@ pub(crate) fn emitted_headers(
     let mut source = String::with_capacity(7 + function.len());
     source.push_str("jetrun/");
     source.push_str(function);
-    let mut headers = binary_headers(&Outgoing {
+    binary_headers(&Outgoing {
         id,
         event_type: &emit.event_type,
         source: &source,
         correlation_id: input.correlationid.as_deref(),
         causation_id: Some(&input.id),
-        traced_from: trace.is_none().then_some(input),
-    })?;
-    if let Some(trace) = trace {
-        put_trace(
-            &mut headers,
-            Some(&trace.traceparent),
-            trace.tracestate.as_deref(),
-        )?;
-    }
-    Ok(headers)
+        traced_from: Some(input),
+        trace,
+    })
 }
 
 #[cfg(test)]

@@ -48,7 +48,6 @@ pub(crate) fn init_with(
         return Ok(());
     };
     let spans = telemetry::layer(config)?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // The exported spans are not logged; what the filter leaves out never
     // reaches the log layers (nor their fields' rendering).
     let filter = || {
@@ -60,30 +59,8 @@ pub(crate) fn init_with(
     };
     let registry = tracing_subscriber::registry().with(spans);
     match format {
-        LogFormat::Text => registry
-            .with(
-                LazyFields(DefaultFields::new())
-                    .and_then(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(ansi)
-                            .with_writer(std::io::stderr),
-                    )
-                    .with_filter(filter()),
-            )
-            .init(),
-        LogFormat::Json => registry
-            .with(
-                LazyFields(JsonFields::new())
-                    .and_then(
-                        tracing_subscriber::fmt::layer()
-                            .json()
-                            .flatten_event(true)
-                            .with_current_span(true)
-                            .with_writer(std::io::stderr),
-                    )
-                    .with_filter(filter()),
-            )
-            .init(),
+        LogFormat::Text => registry.with(text_layer().with_filter(filter())).init(),
+        LogFormat::Json => registry.with(json_layer().with_filter(filter())).init(),
     }
     Ok(())
 }
@@ -91,29 +68,40 @@ pub(crate) fn init_with(
 /// Starts logging to stderr: text (coloured only for a person at a
 /// terminal) or one JSON object per line.
 pub(crate) fn init(format: LogFormat) {
-    let filter = filter();
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter());
     match format {
-        LogFormat::Text => registry
-            .with(LazyFields(DefaultFields::new()))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        LogFormat::Json => registry
-            .with(LazyFields(JsonFields::new()))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
+        LogFormat::Text => registry.with(text_layer()).init(),
+        LogFormat::Json => registry.with(json_layer()).init(),
     }
+}
+
+/// Text lines on stderr, coloured only for a person at a terminal, with a
+/// delivery's fields rendered lazily.
+fn text_layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    LazyFields(DefaultFields::new()).and_then(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr),
+    )
+}
+
+/// One JSON object per line on stderr, with a delivery's fields rendered
+/// lazily.
+fn json_layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    LazyFields(JsonFields::new()).and_then(
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr),
+    )
 }
 
 /// The fields of a delivery's span, rendered only when something is logged

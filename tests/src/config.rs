@@ -12,6 +12,22 @@ pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
     path
 }
 
+/// A one-step saga on `ev.idle.*` (key `/id`, on the bed's `ev.>` stream):
+/// started by `ev.idle.started`, it publishes the command `ev.idle.wait` and
+/// waits for `ev.idle.waited`.
+pub const IDLE_SAGA: &str = r#"
+[sagas.idle]
+start = "ev.idle.started"
+key = "id"
+completed = "ev.idle.completed"
+failed = "ev.idle.failed"
+
+[[sagas.idle.steps]]
+name = "wait"
+command = "ev.idle.wait"
+success = "ev.idle.waited"
+"#;
+
 /// `text` as a TOML basic string, quotes included, escaped as TOML requires.
 pub fn toml_str(text: impl AsRef<str>) -> String {
     let mut quoted = String::from("\"");

@@ -28,7 +28,7 @@ mod wait;
 
 pub use clock::{parse_rfc3339, unix_now};
 pub use cluster::NatsCluster;
-pub use config::{toml_str, write_config};
+pub use config::{toml_str, write_config, IDLE_SAGA};
 pub use http_server::{HttpServer, Reply, Request};
 pub use jetstream::{
     connect, consumer_info, header, publish_bare, publish_bare_burst, publish_raw_block,
@@ -43,7 +43,8 @@ pub use ports::free_port;
 pub use prometheus::{scrape_config_for, tool_or_skip, Prometheus, INSTALL_PROMETHEUS};
 pub use repo::repo_root;
 pub use runner::{
-    jetrun_bin, run_check, run_command, run_command_with_env, without_outside_settings, Runner,
+    jetrun_bin, run_check, run_command, run_command_in, run_command_with_env,
+    without_outside_settings, Runner,
 };
 pub use scripts::{record_then, LEDGER_LINE, WORKER_PY};
 pub use testbed::TestBed;

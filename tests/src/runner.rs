@@ -75,10 +75,25 @@ pub fn run_command(args: &[&str]) -> (i32, String, String) {
 
 /// [`run_command`] with extra environment variables (`JETRUN_NATS_URL`, say).
 pub fn run_command_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = without_outside_settings(&mut Command::new(jetrun_bin()))
+    run_command_in(None, args, env)
+}
+
+/// [`run_command_with_env`] in folder `dir` (one with no `jetrun.toml`,
+/// say) instead of the test's.
+pub fn run_command_in(
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut command = Command::new(jetrun_bin());
+    without_outside_settings(&mut command)
         .args(args)
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
         .output()
         .unwrap_or_else(|e| panic!("run jetrun {args:?}: {e}"));
     (

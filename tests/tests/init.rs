@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use jetrun_e2e::{
-    jetrun_bin, publish_bare, run_check, stream_messages, toml_str, wait_until, Runner, TestBed,
+    jetrun_bin, publish_bare, run_check, run_command_in, stream_messages, toml_str, wait_until,
+    Runner, TestBed,
 };
 
 /// Runs `jetrun init ARGS...` in `dir`.
@@ -61,23 +62,16 @@ fn init_writes_a_config_check_accepts_and_never_overwrites_without_force() {
     );
 }
 
-/// Runs `jetrun ARGS...` in `dir`, with no `JETRUN_CONFIG` from outside.
-fn jetrun_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(jetrun_bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("JETRUN_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run jetrun")
+/// Runs `jetrun ARGS...` in `dir`: exit code, stdout, stderr.
+fn jetrun_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    run_command_in(Some(dir), args, &[])
 }
 
 #[test]
 fn check_reads_what_init_wrote_from_any_folder() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let before = jetrun_in(dir.path(), &["check"]);
-    assert_eq!(before.status.code(), Some(2), "{before:?}");
-    let stderr = String::from_utf8_lossy(&before.stderr);
+    let (code, _, stderr) = jetrun_in(dir.path(), &["check"]);
+    assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("cannot read config file jetrun.toml"),
         "{stderr}"
@@ -89,32 +83,20 @@ fn check_reads_what_init_wrote_from_any_folder() {
         stdout.contains("Next: `jetrun check`, then `jetrun dev`."),
         "{stdout}"
     );
-    let checked = jetrun_in(dir.path(), &["check"]);
-    assert_eq!(checked.status.code(), Some(0), "{checked:?}");
-    assert!(
-        String::from_utf8_lossy(&checked.stdout).starts_with("jetrun.toml: ok"),
-        "{checked:?}"
-    );
+    let (code, stdout, stderr) = jetrun_in(dir.path(), &["check"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("jetrun.toml: ok"), "{stdout}");
 
     // A file given as the argument, like `promtool check config FILE`; it
     // wins over JETRUN_CONFIG.
     std::fs::write(dir.path().join("bad.toml"), "[functions.x]\nbuiltin = 1\n").unwrap();
-    let positional = jetrun_in(dir.path(), &["check", "bad.toml"]);
-    assert_eq!(positional.status.code(), Some(2), "{positional:?}");
-    let over_env = Command::new(jetrun_bin())
-        .args(["check", "jetrun.toml"])
-        .current_dir(dir.path())
-        .env("JETRUN_CONFIG", "bad.toml")
-        .output()
-        .expect("run jetrun check");
-    assert_eq!(over_env.status.code(), Some(0), "{over_env:?}");
-    let by_env = Command::new(jetrun_bin())
-        .arg("check")
-        .current_dir(dir.path())
-        .env("JETRUN_CONFIG", "bad.toml")
-        .output()
-        .expect("run jetrun check");
-    assert_eq!(by_env.status.code(), Some(2), "{by_env:?}");
+    let (code, _, stderr) = jetrun_in(dir.path(), &["check", "bad.toml"]);
+    assert_eq!(code, 2, "{stderr}");
+    let bad = [("JETRUN_CONFIG", "bad.toml")];
+    let (code, _, stderr) = run_command_in(Some(dir.path()), &["check", "jetrun.toml"], &bad);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run_command_in(Some(dir.path()), &["check"], &bad);
+    assert_eq!(code, 2, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

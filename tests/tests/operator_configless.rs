@@ -4,27 +4,15 @@
 //! named after the function, `dlq.FUNCTION` in `DLQ`).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use jetrun_e2e::{
-    jetrun_bin, publish_bare, wait_acked, wait_for_consumer, wait_until, without_outside_settings,
-    Runner, TestBed,
+    publish_bare, run_command_in, wait_acked, wait_for_consumer, wait_until, Runner, TestBed,
 };
 
 /// `jetrun ARGS...` in `dir` (no config file there): exit code, stdout, stderr.
 fn jetrun_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let output = without_outside_settings(&mut Command::new(jetrun_bin()))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run jetrun");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    run_command_in(Some(dir), args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

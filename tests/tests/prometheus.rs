@@ -40,18 +40,7 @@ fn read(path: &str) -> String {
 
 /// A saga no event starts: its metric series (at 0) are what the
 /// dashboard's and the alerts' saga queries read.
-const SAGA: &str = r#"
-[sagas.idle]
-start = "ev.idle.started"
-key = "id"
-completed = "ev.idle.completed"
-failed = "ev.idle.failed"
-
-[[sagas.idle.steps]]
-name = "wait"
-command = "ev.idle.wait"
-success = "ev.idle.waited"
-"#;
+const SAGA: &str = jetrun_e2e::IDLE_SAGA;
 
 /// A request function per answer: `$1` says which (the input document, a
 /// CloudEvent, is on stdin).

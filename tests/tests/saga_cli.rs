@@ -205,15 +205,13 @@ async fn saga_list_and_show_read_the_instances_the_runtime_stores() {
 
     // Without a config file, the saga's bucket by its name: steps by number.
     let elsewhere = tempfile::tempdir().expect("temp dir");
-    let output = jetrun_e2e::without_outside_settings(&mut std::process::Command::new(
-        jetrun_e2e::jetrun_bin(),
-    ))
-    .args(["saga", "ls", "fulfil", "-s", &bed.nats.url()])
-    .current_dir(elsewhere.path())
-    .output()
-    .expect("run jetrun saga ls");
-    let listed = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{listed}");
+    let url = bed.nats.url();
+    let (code, listed, stderr) = jetrun_e2e::run_command_in(
+        Some(elsewhere.path()),
+        &["saga", "ls", "fulfil", "-s", &url],
+        &[],
+    );
+    assert_eq!(code, 0, "{listed}{stderr}");
     assert!(
         listed.contains("o-1  stuck      #0") && listed.contains("3 instances of saga fulfil"),
         "{listed}"

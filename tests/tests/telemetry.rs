@@ -351,25 +351,11 @@ async fn a_saga_s_command_continues_the_call_span() {
     let bed = TestBed::new();
     let receiver = HttpServer::always(Reply::status(200)).await;
     let config = bed.write_config(&format!(
-        "[telemetry]\notlp_endpoint = {}\n{}\n{}",
+        "[telemetry]\notlp_endpoint = {}\n{}\n[functions.noop]\nsubjects = [\"ev.noop\"]\n\
+         builtin = \"noop\"\n{}",
         toml_str(endpoint(&receiver)),
         bed.base_config(),
-        r#"
-[functions.noop]
-subjects = ["ev.noop"]
-builtin = "noop"
-
-[sagas.idle]
-start = "ev.idle.started"
-key = "id"
-completed = "ev.idle.completed"
-failed = "ev.idle.failed"
-
-[[sagas.idle.steps]]
-name = "wait"
-command = "ev.idle.wait"
-success = "ev.idle.waited"
-"#
+        jetrun_e2e::IDLE_SAGA,
     ));
     let mut runner = Runner::start(&config);
     let js = &bed.jetstream().await;

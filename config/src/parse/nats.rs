@@ -11,8 +11,7 @@ pub(super) const NATS_KEYS: &[&str] = &["url", "creds", "nkey", "user", "passwor
 pub(super) const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 pub(super) const METRICS_KEYS: &[&str] = &["listen"];
 
-/// The server when neither `url` nor `JETRUN_NATS_URL` says otherwise.
-pub(super) const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+use crate::model::DEFAULT_NATS_URL as DEFAULT_URL;
 /// The environment variable that overrides `[nats] url` (comma-separated).
 pub(super) const URL_ENV: &str = "JETRUN_NATS_URL";
 

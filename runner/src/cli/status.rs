@@ -15,6 +15,7 @@ use super::args::ConfigArg;
 use super::dlq::{self, Place};
 use super::output::{rfc3339, table};
 use super::session;
+use crate::runtime::config_file::Loaded;
 
 /// `jetrun status --help`'s examples.
 pub(crate) const EXAMPLES: &str = "\
@@ -48,7 +49,9 @@ pub(crate) struct StatusArgs {
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
     function: String,
-    stream: String,
+    /// `None` for a function found without a config whose consumer is on no
+    /// stream.
+    stream: Option<String>,
     /// `None` when the durable consumer does not exist.
     consumer: Option<ConsumerState>,
     dead_letters: u64,
@@ -102,37 +105,7 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
         }
     }
     let wanted = |name: &str| args.functions.is_empty() || args.functions.iter().any(|f| f == name);
-    let rows = async {
-        let js = session::connect_to(loaded.as_ref().map(|l| &l.config.nats)).await?;
-        let mut rows = Vec::new();
-        let Some(loaded) = &loaded else {
-            for function in &args.functions {
-                rows.push(found(&js, function).await?);
-            }
-            return anyhow::Ok(rows);
-        };
-        // Request functions have no consumer and no dead letters: listed
-        // after the table.
-        for function in loaded.config.functions.values() {
-            let Some(binding) = function.binding() else {
-                continue;
-            };
-            if !wanted(&function.name) {
-                continue;
-            }
-            let place = Place::of(&loaded.config, function);
-            rows.push(Row {
-                function: function.name.clone(),
-                stream: binding.stream.clone(),
-                consumer: consumer_state(&js, &binding.stream, &binding.consumer).await?,
-                dead_letters: dlq::count_letters(&js, &place).await?,
-                dead_letter_subject: place.subject,
-            });
-        }
-        anyhow::Ok(rows)
-    }
-    .await;
-    let rows = match rows {
+    let rows = match rows(loaded.as_ref(), &args.functions, &wanted).await {
         Ok(rows) => rows,
         Err(err) => {
             eprintln!("jetrun: {err:#}");
@@ -151,17 +124,7 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
     } else {
         print!("{}", status_table(&rows));
         if let Some(loaded) = &loaded {
-            let service = &loaded.config.service.name;
-            let configured = loaded.config.functions.values();
-            for function in configured.filter(|f| wanted(&f.name)) {
-                if let Some(subject) = function.request_subject() {
-                    println!(
-                        "{} answers requests on {subject} ({service} micro service; see \
-                     `$SRV.STATS.{service}`)",
-                        function.name
-                    );
-                }
-            }
+            print_request_functions(&loaded.config, &wanted);
         }
     }
     let mut code = ExitCode::SUCCESS;
@@ -170,15 +133,59 @@ pub(crate) async fn status(args: StatusArgs) -> ExitCode {
             "jetrun: function {} has no consumer on stream {}; is `jetrun run` running with \
              this config?",
             row.function,
-            if row.stream.is_empty() {
-                "any"
-            } else {
-                &row.stream
-            }
+            row.stream.as_deref().unwrap_or("any")
         );
         code = ExitCode::from(EXIT_NO_CONSUMER);
     }
     code
+}
+
+/// One row per stream function of the config that `wanted` keeps, or,
+/// without a config, per function named.
+async fn rows(
+    loaded: Option<&Loaded>,
+    named: &[String],
+    wanted: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Vec<Row>> {
+    let js = session::connect_to(loaded.map(|l| &l.config.nats)).await?;
+    let Some(loaded) = loaded else {
+        let mut rows = Vec::new();
+        for function in named {
+            rows.push(found(&js, function).await?);
+        }
+        return Ok(rows);
+    };
+    let mut rows = Vec::new();
+    // Request functions have no consumer and no dead letters: listed after
+    // the table.
+    for function in loaded.config.functions.values() {
+        let Some(binding) = function.binding().filter(|_| wanted(&function.name)) else {
+            continue;
+        };
+        let place = Place::of(&loaded.config, function);
+        rows.push(Row {
+            function: function.name.clone(),
+            stream: Some(binding.stream.clone()),
+            consumer: consumer_state(&js, &binding.stream, &binding.consumer).await?,
+            dead_letters: dlq::count_letters(&js, &place).await?,
+            dead_letter_subject: place.subject,
+        });
+    }
+    Ok(rows)
+}
+
+/// A line per request function `wanted` keeps: where it answers.
+fn print_request_functions(config: &jetrun_config::Config, wanted: &dyn Fn(&str) -> bool) {
+    let service = &config.service.name;
+    for function in config.functions.values().filter(|f| wanted(&f.name)) {
+        if let Some(subject) = function.request_subject() {
+            println!(
+                "{} answers requests on {subject} ({service} micro service; see \
+                 `$SRV.STATS.{service}`)",
+                function.name
+            );
+        }
+    }
 }
 
 /// Function `name` found without a config: its durable consumer (named
@@ -194,14 +201,14 @@ async fn found(js: &jetstream::Context, name: &str) -> anyhow::Result<Row> {
     let place = Place::by_default(name);
     let mut row = Row {
         function: name.to_string(),
-        stream: String::new(),
+        stream: None,
         consumer: None,
         dead_letters: dlq::count_letters(js, &place).await?,
         dead_letter_subject: place.subject,
     };
     for stream in streams {
         if let Some(consumer) = consumer_state(js, &stream, name).await? {
-            row.stream = stream;
+            row.stream = Some(stream);
             row.consumer = Some(consumer);
             break;
         }
@@ -237,7 +244,7 @@ fn status_table(rows: &[Row]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let stream = if r.stream.is_empty() { "-" } else { &r.stream };
+            let stream = r.stream.as_deref().unwrap_or("-");
             let mut cells = vec![r.function.clone(), stream.to_string()];
             match &r.consumer {
                 Some(c) => cells.extend([
@@ -298,7 +305,7 @@ mod tests {
         vec![
             Row {
                 function: "reserve-stock".into(),
-                stream: "ORDERS".into(),
+                stream: Some("ORDERS".into()),
                 consumer: Some(ConsumerState {
                     pending: 12,
                     ack_pending: 3,
@@ -310,7 +317,7 @@ mod tests {
             },
             Row {
                 function: "welcome-email".into(),
-                stream: "USERS".into(),
+                stream: Some("USERS".into()),
                 consumer: None,
                 dead_letters: 0,
                 dead_letter_subject: "dlq.welcome-email".into(),

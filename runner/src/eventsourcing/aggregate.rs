@@ -325,17 +325,10 @@ impl CommandHandler {
             source: &source,
             correlation_id: Some(command.correlationid.as_deref().unwrap_or(&command.id)),
             causation_id: Some(&command.id),
-            // With traces, the appended events continue the handler call's
-            // span (`Context::trace`); else the command's trace context.
-            traced_from: trace.is_none().then_some(command),
+            traced_from: Some(command),
+            // With traces, the handler call's span (`Context::trace`).
+            trace,
         })?;
-        if let Some(trace) = trace {
-            envelope::put_trace(
-                &mut headers,
-                Some(&trace.traceparent),
-                trace.tracestate.as_deref(),
-            )?;
-        }
         if let Some(expected) = guard {
             headers.put_number(
                 HeaderName::from_static("Nats-Expected-Last-Subject-Sequence"),

@@ -20,7 +20,7 @@ use jetrun_config::{NatsAuth, NatsConfig, TlsConfig};
 use serde::Deserialize;
 
 /// Where a verb connects without a config file or any of the levels.
-pub(crate) const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+pub(crate) use jetrun_config::DEFAULT_NATS_URL as DEFAULT_URL;
 
 /// What the command line and the environment say (the command line
 /// winning), before a context and the config file.

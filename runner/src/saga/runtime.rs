@@ -634,14 +634,8 @@ async fn publish(
         correlation_id: Some(&event.correlation_id),
         causation_id: event.causation_id.as_deref(),
         traced_from: None,
+        trace,
     })?;
-    if let Some(trace) = trace {
-        envelope::put_trace(
-            &mut headers,
-            Some(&trace.traceparent),
-            trace.tracestate.as_deref(),
-        )?;
-    }
     for (name, value) in &event.extensions {
         headers.put(headers::name(&format!("ce-{name}"))?, value)?;
     }
