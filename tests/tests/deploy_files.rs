@@ -552,13 +552,12 @@ fn assert_kubernetes_pieces_agree(documents: &[Yaml], source: &str) {
         .iter()
         .find(|e| e["name"] == "JETRUN_LOG")
         .map(|e| e["value"].as_str().unwrap_or_default().to_string());
-    if let Some(log) = log {
-        assert_eq!(
-            log,
-            default_log_filter(),
-            "{source}: JETRUN_LOG is jetrun's default"
-        );
-    }
+    let log = log.unwrap_or_else(|| panic!("{source}: JETRUN_LOG is set"));
+    assert_eq!(
+        log,
+        default_log_filter(),
+        "{source}: JETRUN_LOG is jetrun's default"
+    );
 
     // Selection: the disruption budget, the spreading and the Service pick
     // the pods; the budget lets a drain proceed.
@@ -907,6 +906,19 @@ fn kubernetes_validate_accepts_every_manifest() {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
+        // Only the ServiceMonitor (a Prometheus Operator CRD) has no schema
+        // kubernetes-validate knows: every other kind is checked.
+        for line in stdout
+            .lines()
+            .filter(|l| l.contains("Couldn't find schema"))
+        {
+            assert!(
+                line.contains("ServiceMonitor"),
+                "kubernetes-validate has no schema for {}: {line}",
+                file.display()
+            );
+            println!("SKIPPED: the ServiceMonitor's schema (a CRD): {line}");
+        }
         if !file.ends_with("servicemonitor.yaml") {
             assert!(
                 stdout.contains("passed for resource deployment/jetrun"),
@@ -1193,6 +1205,11 @@ async fn watch_reloads_a_config_map_updated_the_way_the_kubelet_does() {
     // modification time, tells the change.
     publish(2, &format!("{base}{}", function("bravo")));
     wait_for_consumer(&js, TestBed::STREAM, "bravo").await;
+    // The consumer is bound before the reload is counted.
+    wait_until(Duration::from_secs(10), "one reload counted", || async {
+        reloads("success").await == 1.0
+    })
+    .await;
     assert_eq!(reloads("success").await, 1.0, "{}", runner.log());
 
     publish(

@@ -159,6 +159,11 @@ async fn run_example(example: &Example, command: &str) -> Result<String, String>
             said()
         ));
     }
+    // A panic, a command or file not found, a death by a signal: never what
+    // a doc means, whatever it shows.
+    if code == 101 || code == 126 || code == 127 || code < 0 || stderr.contains("panicked at") {
+        return Err(format!("crashed or not found (exit {code})\n{}", said()));
+    }
     if !example.shown.is_empty() {
         if code != 0 {
             return Err(format!(
@@ -350,14 +355,20 @@ async fn prepare(config: &Path, url: &str, words: &[String]) -> Result<(), Strin
     };
     match (args.first().copied(), args.get(2).copied()) {
         // Fourteen dead letters: the examples' sequence numbers (3, 12 to 14) exist.
-        (Some("dlq"), Some(function)) if declares("functions", function) => {
+        (Some("dlq"), Some(function)) => {
+            if !declares("functions", function) {
+                return Err(format!("{config} declares no function {function}"));
+            }
             for _ in 0..14 {
                 publish("order.placed", r#"{"order_id": 2, "items": []}"#)?;
             }
             let args = ["dlq", "list", function, "--json"];
             wait_for(&config, url, &args, |out| json_rows(out).len() >= 14).await
         }
-        (Some("saga"), Some(saga)) if declares("sagas", saga) => {
+        (Some("saga"), Some(saga)) => {
+            if !declares("sagas", saga) {
+                return Err(format!("{config} declares no saga {saga}"));
+            }
             let keys = ["o-1", "o-3", "o-1001"];
             for key in keys {
                 let order = format!(

@@ -439,7 +439,9 @@ async fn the_documented_aggregate_projection_and_query_work() {
         "{}",
         runner.log()
     );
-    // Past snapshot_every = 2: the third command loads from the snapshot.
+    // Past snapshot_every = 2: the SDK's Decision asks for a snapshot, whose
+    // state is checked below (that a load reads it back is the runner's,
+    // shown in aggregate.rs).
     assert_eq!(
         ask(client, "cmd.account.deposit", deposit(10)).await,
         Ok(json!({"balance": 15}))
@@ -522,12 +524,18 @@ fn the_sdk_unit_tests_pass() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run python3 -m unittest");
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        "{}{stderr}",
+        String::from_utf8_lossy(&output.stdout)
     );
+    // unittest exits 0 having found nothing: the tests must have run.
+    let ran: u32 = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("Ran ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(ran >= 14, "only {ran} SDK unit tests ran:\n{stderr}");
 }
 
 #[test]
