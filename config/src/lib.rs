@@ -15,8 +15,8 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Account, AccountId, AggregateConfig, Config, DeadLetters, ExecConfig, ExecMode, FunctionConfig,
-    Handler, HttpConfig, MetricsConfig, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
+    Account, AccountId, AggregateConfig, BatchConfig, Config, DeadLetters, ExecConfig, ExecMode, FunctionConfig,
+    Handler, HttpConfig, KeyConfig, KeySource, MetricsConfig, MissingKey, OnDeadLetter, Rate, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
     SagaConfig, SagaStep, ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate,
     TelemetryConfig, TlsConfig, Trigger, DEFAULT_NATS_URL, DLQ_STREAM, DLQ_SUBJECTS,
 };

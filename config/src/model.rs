@@ -315,6 +315,83 @@ pub struct FunctionConfig {
     pub emits: Option<Vec<String>>,
     /// Events must carry JSON data; a body that does not parse is a permanent failure.
     pub json: bool,
+    /// `key = ...` (with `on_dead_letter`, `missing_key`, `partitions`):
+    /// events with one key handled one at a time, in stream order, across
+    /// every replica. `None`: no ordering (stream functions only).
+    pub key: Option<KeyConfig>,
+    /// `batch = { size, wait }`: the handler gets up to `size` events per call.
+    pub batch: Option<BatchConfig>,
+    /// `rate = "N/s"` or `"N/m"`: handler calls started per period, across
+    /// every replica of the function.
+    pub rate: Option<Rate>,
+}
+
+/// How a keyed function reads its events' keys and what it does when one
+/// fails for good or cannot be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyConfig {
+    pub source: KeySource,
+    /// `on_dead_letter`: what happens to the later events of a key whose
+    /// event was dead-lettered.
+    pub on_dead_letter: OnDeadLetter,
+    /// `missing_key`: an event whose key cannot be read.
+    pub missing_key: MissingKey,
+    /// `partitions` (default 4): the keys are spread over this many pinned
+    /// consumers, the most replicas that share the function's work.
+    pub partitions: usize,
+}
+
+/// Where an event's key is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `key = "/account_id"`: a JSON pointer (RFC 6901) into the event's data.
+    Pointer(String),
+    /// `key = "subject:N"`: the N-th token of the event's subject, 1-based.
+    SubjectToken(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDeadLetter {
+    /// The next event of the key runs (the default).
+    #[default]
+    Continue,
+    /// The later events of the key are dead-lettered as `parked` until the
+    /// first is replayed.
+    Park,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingKey {
+    /// Dead-lettered as a permanent failure naming the key (the default).
+    #[default]
+    DeadLetter,
+    /// Handled without ordering.
+    Unordered,
+}
+
+/// `batch = { size = 100, wait = "50ms" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The most events in one call (at least 1).
+    pub size: usize,
+    /// How long a batch waits to fill before it goes out with fewer.
+    pub wait: Duration,
+}
+
+/// `rate = "200/s"`: `calls` handler calls started per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// At least 1.
+    pub calls: u32,
+    /// One second (`/s`) or one minute (`/m`).
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Calls per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.calls) / self.per.as_secs_f64()
+    }
 }
 
 impl FunctionConfig {

@@ -7,6 +7,7 @@
 mod cli;
 mod dispatch;
 mod emit;
+mod flow;
 mod envelope;
 mod eventsourcing;
 mod handler;

@@ -232,6 +232,9 @@ impl Draft {
             retry: settings.retry,
             emits: settings.emits,
             json: settings.json,
+            key: None,
+            batch: None,
+            rate: None,
         })
     }
 }
