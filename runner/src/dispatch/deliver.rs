@@ -15,6 +15,7 @@ use super::pull::Slot;
 use super::retry::Attempt;
 use super::{settle, Shared};
 use crate::envelope::{self, Origin};
+use crate::flow::key::Key;
 use crate::logging::{self, EventFields};
 use crate::shutdown::Shutdown;
 use crate::{tasks, telemetry};
@@ -28,6 +29,9 @@ pub(super) struct Delivery {
     pub(super) stream_created: u64,
     pub(super) sequence: u64,
     pub(super) published: std::time::SystemTime,
+    /// The event's key, when the function has `key` and it could be read
+    /// (set by the pull, which orders the events of one key).
+    pub(super) key: Option<Key>,
 }
 
 impl Delivery {
@@ -46,6 +50,7 @@ impl Delivery {
                     stream_created,
                     sequence: info.stream_sequence,
                     published: info.published.into(),
+                    key: None,
                 },
                 info.pending,
             )),
@@ -74,6 +79,7 @@ pub(super) async fn deliver(
         stream_created,
         sequence,
         published,
+        key: _,
     } = delivery;
     let origin = Origin {
         subject: message.subject.as_str(),

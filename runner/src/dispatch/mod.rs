@@ -24,7 +24,7 @@ mod settle;
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use jetrun_config::{RetryPolicy, StreamBinding};
+use jetrun_config::{BatchConfig, KeyConfig, RetryPolicy, StreamBinding};
 use jetrun_functions::Function;
 
 use crate::emit::Emitter;
@@ -44,6 +44,10 @@ pub(crate) struct Unit {
     pub(crate) retry: RetryPolicy,
     /// Messages handled at once in this process.
     pub(crate) concurrency: usize,
+    /// `key`: the events of one key one at a time, in stream order.
+    pub(crate) key: Option<KeyConfig>,
+    /// `batch`: up to `size` events per handler call.
+    pub(crate) batch: Option<BatchConfig>,
 }
 
 /// What one unit's deliveries share.

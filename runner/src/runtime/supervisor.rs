@@ -218,6 +218,8 @@ impl Supervisor {
                         binding: binding.clone(),
                         retry: config.retry,
                         concurrency: config.concurrency,
+                        key: config.key.clone(),
+                        batch: config.batch,
                     },
                     handler,
                     emitter: Some(Emitter::new(

@@ -233,6 +233,8 @@ pub(crate) fn units(saga: &SagaConfig) -> Vec<Unit> {
             binding: binding.clone(),
             retry: saga.retry,
             concurrency: saga.concurrency,
+            key: None,
+            batch: None,
         })
         .collect()
 }
