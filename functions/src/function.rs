@@ -41,7 +41,59 @@ pub struct TraceContext {
 ///
 /// A call may be cancelled (dropped) when it outlives its timeout, so a
 /// function must not leave work behind when its future is dropped.
+///
+/// A function configured with `batch` gets up to `size` events in one
+/// [`call_batch`](Function::call_batch); each item still has its own
+/// outcome, so one failed item is retried (or dead-lettered) alone.
 #[async_trait]
 pub trait Function: Send + Sync + 'static {
     async fn call(&self, event: &Event, ctx: &Context) -> Outcome;
+
+    /// One call for several events: one outcome per item, in the items'
+    /// order. The default calls [`call`](Function::call) for each item, one
+    /// after another; a handler that can take a batch at once overrides it.
+    async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (event, ctx) in items {
+            outcomes.push(self.call(event, ctx).await);
+        }
+        outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Failure, Output};
+
+    /// Fails the events whose data is `fail`, records the order of calls.
+    struct Picky(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Function for Picky {
+        async fn call(&self, event: &Event, _ctx: &Context) -> Outcome {
+            let data = String::from_utf8_lossy(&event.data).into_owned();
+            self.0.lock().unwrap().push(data.clone());
+            if data == "fail" {
+                return Err(Failure::retryable("asked to fail"));
+            }
+            Ok(Output::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_batch_calls_each_item_in_order() {
+        let item = |data: &'static str| {
+            let event = Event {
+                data: bytes::Bytes::from_static(data.as_bytes()),
+                ..Event::default()
+            };
+            (event, Context::default())
+        };
+        let f = Picky(Default::default());
+        let outcomes = f.call_batch(&[item("a"), item("fail"), item("c")]).await;
+        assert_eq!(*f.0.lock().unwrap(), ["a", "fail", "c"]);
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok());
+        assert_eq!(outcomes[1], Err(Failure::retryable("asked to fail")));
+    }
 }
