@@ -12,9 +12,25 @@ pub const SERVICE: &str = "jetrun";
 /// bucket that holds its read model now (after `jetrun projection rebuild`).
 pub const PROJECTION_POINTERS: &str = "jetrun_projections";
 
+/// The KV bucket where each running replica of a function keeps its
+/// heartbeat (`FUNCTION.REPLICA`), so replicas count each other without a
+/// coordinator (a rate shared among them, keyed partitions rebalanced).
+pub const REPLICAS: &str = "jetrun_replicas";
+
+/// The KV bucket holding, for each function with `on_dead_letter = "park"`,
+/// the keys parked behind a dead letter (`FUNCTION.KEY`, the key in
+/// base64url), until `jetrun dlq replay` replays it.
+pub const PARKED_KEYS: &str = "jetrun_parked";
+
 /// The durable consumer of saga `saga` on each stream holding its inputs.
 pub fn saga_consumer(saga: &str) -> String {
     format!("saga-{saga}")
+}
+
+/// The durable consumer of partition `index` (from 0) of a keyed function
+/// whose own consumer name is `consumer`.
+pub fn partition_consumer(consumer: &str, index: usize) -> String {
+    format!("{consumer}-p{index}")
 }
 
 /// The KV bucket holding saga `saga`'s instances.

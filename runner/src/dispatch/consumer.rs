@@ -13,6 +13,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
+use jetrun_config::StreamBinding;
+
+use super::partition::{Partition, Pins};
 use super::{pull, Shared};
 use crate::nats::{self, Bound, Floor};
 use crate::readiness::Readiness;
@@ -47,22 +50,74 @@ impl Lost {
     }
 }
 
+/// What the consumers of one unit share in this process: the handler
+/// slots (`concurrency`), what it may hold, and the handler's pace.
+struct Limits {
+    permits: Arc<tokio::sync::Semaphore>,
+    held: Arc<tokio::sync::Semaphore>,
+    pace: Arc<pull::Pace>,
+}
+
 /// Binds, pulls, and binds again after a deletion, until the drain; then
-/// waits for what is in flight.
+/// waits for what is in flight. A keyed function runs one pinned consumer
+/// per partition, all sharing its limits.
 pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shutdown) {
     let span = tracing::info_span!("consumer", function = %shared.unit.name);
+    let limits = Limits {
+        permits: Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency)),
+        held: Arc::new(tokio::sync::Semaphore::new(pull::held_at_most(
+            shared.unit.concurrency,
+        ))),
+        pace: Arc::new(pull::Pace::default()),
+    };
+    match shared.unit.key.as_ref().map(|key| key.partitions) {
+        None => {
+            run_one(&shared, None, &limits, &readiness, &shutdown)
+                .instrument(span)
+                .await
+        }
+        Some(partitions) => {
+            let pins = Arc::new(Pins::new());
+            let each = (0..partitions).map(|index| {
+                let partition = Partition::new(index, partitions, pins.clone());
+                run_one(&shared, Some(partition), &limits, &readiness, &shutdown)
+            });
+            futures::future::join_all(each).instrument(span).await;
+        }
+    }
+}
+
+/// One consumer of a unit, bound (again after a deletion) and pulled until
+/// the drain; then what is in flight is waited for and, for a partition,
+/// its pin given back.
+async fn run_one(
+    shared: &Arc<Shared>,
+    partition: Option<Partition>,
+    limits: &Limits,
+    readiness: &Readiness,
+    shutdown: &Shutdown,
+) {
+    let span = tracing::info_span!("partition", index = partition.as_ref().map(|p| p.index));
     async {
         let name = &shared.unit.name;
         let mut in_flight = JoinSet::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency));
-        let pace = Arc::new(pull::Pace::default());
-        let held = Arc::new(tokio::sync::Semaphore::new(pull::held_at_most(
-            shared.unit.concurrency,
-        )));
+        let mut keyed = pull::Keyed::new();
+        let binding = match &partition {
+            Some(partition) => StreamBinding {
+                consumer: jetrun_config::name::partition_consumer(
+                    &shared.unit.binding.consumer,
+                    partition.index,
+                ),
+                ..shared.unit.binding.clone()
+            },
+            None => shared.unit.binding.clone(),
+        };
         // The floor last seen: none until the first bind.
         let mut last: Option<Floor> = None;
         while !shutdown.is_draining() {
-            let Some(Bound { consumer, floor }) = bind(&shared, last, &shutdown).await else {
+            let Some(Bound { consumer, floor }) =
+                bind(shared, &binding, partition.is_some(), last, shutdown).await
+            else {
                 break;
             };
             let stream_created = floor.stream_created;
@@ -80,16 +135,19 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
                 .in_current_span(),
             );
             let pulling = pull::Pulling {
-                shared: &shared,
+                shared,
                 consumer: &consumer,
                 stream_created,
-                permits: &permits,
-                held: &held,
-                pace: &pace,
-                shutdown: &shutdown,
+                permits: &limits.permits,
+                held: &limits.held,
+                pace: &limits.pace,
+                shutdown,
                 lost: &lost,
+                partition: partition.as_ref(),
             };
-            pulling.run(&mut in_flight, readiness.connections()).await;
+            pulling
+                .run(&mut in_flight, &mut keyed, readiness.connections())
+                .await;
             monitor.abort();
             readiness.set_bound(name, false);
             last = Some(Floor {
@@ -109,6 +167,9 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
             tracing::info!(in_flight = in_flight.len(), "Draining events in flight.");
         }
         while in_flight.join_next().await.is_some() {}
+        if let Some(partition) = &partition {
+            partition.give_back(shared, &binding).await;
+        }
     }
     .instrument(span)
     .await
@@ -116,11 +177,17 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
 
 /// Binds the consumer, retrying until NATS agrees (it may be down or
 /// starting, the stream missing); `None` once draining.
-async fn bind(shared: &Shared, seen: Option<Floor>, shutdown: &Shutdown) -> Option<Bound> {
-    let binding = &shared.unit.binding;
+async fn bind(
+    shared: &Shared,
+    binding: &StreamBinding,
+    pinned: bool,
+    seen: Option<Floor>,
+    shutdown: &Shutdown,
+) -> Option<Bound> {
     let durable = nats::Durable {
         binding,
         serves: shared.unit.serves.clone(),
+        pinned,
     };
     let bound = retry_until("bind the consumer", shutdown, || {
         durable.bind(&shared.js, seen)

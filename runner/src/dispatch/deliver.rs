@@ -11,6 +11,7 @@ use futures::FutureExt as _;
 use jetrun_functions::{Context, Event, Failure};
 use tracing::Instrument;
 
+use super::order::Settled;
 use super::pull::Slot;
 use super::retry::Attempt;
 use super::{settle, Shared};
@@ -32,6 +33,9 @@ pub(super) struct Delivery {
     /// The event's key, when the function has `key` and it could be read
     /// (set by the pull, which orders the events of one key).
     pub(super) key: Option<Key>,
+    /// Why a keyed function's event has no key, when `missing_key` says
+    /// such an event is dead-lettered (a permanent failure).
+    pub(super) unkeyed: Option<String>,
 }
 
 impl Delivery {
@@ -51,6 +55,7 @@ impl Delivery {
                     sequence: info.stream_sequence,
                     published: info.published.into(),
                     key: None,
+                    unkeyed: None,
                 },
                 info.pending,
             )),
@@ -62,14 +67,14 @@ impl Delivery {
     }
 }
 
-/// Handles one delivery from start to settlement.
+/// Handles one delivery from start to settlement; says how it was settled.
 pub(super) async fn deliver(
     shared: &Shared,
     message: jetstream::Message,
     delivery: Delivery,
     slot: Slot,
     shutdown: &Shutdown,
-) {
+) -> Settled {
     let metrics = &shared.metrics;
     let name = &shared.unit.name;
     metrics.received.inc();
@@ -80,6 +85,7 @@ pub(super) async fn deliver(
         sequence,
         published,
         key: _,
+        unkeyed,
     } = delivery;
     let origin = Origin {
         subject: message.subject.as_str(),
@@ -87,7 +93,11 @@ pub(super) async fn deliver(
         sequence,
         published,
     };
-    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload);
+    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
+        .and_then(|event| match unkeyed {
+            Some(why) => Err(Failure::permanent(why)),
+            None => Ok(event),
+        });
     let traced = traced(
         name,
         &origin,
@@ -139,7 +149,7 @@ pub(super) async fn deliver(
                                 telemetry::outcome(traced, "abandoned");
                             }
                             let _ = message.ack_with(AckKind::Nak(None)).await;
-                            return;
+                            return Settled::Done;
                         }
                     },
                 };
@@ -151,7 +161,7 @@ pub(super) async fn deliver(
             }
             Err(failure) => Attempt::Failed(failure),
         };
-        settle::settle(shared, &message, &ctx, outcome, traced.as_ref()).await;
+        settle::settle(shared, &message, &ctx, outcome, traced.as_ref()).await
     }
     .instrument(span)
     .await
@@ -208,9 +218,16 @@ async fn call_and_emit(
         trace: Some(telemetry::trace_context(span)),
         ..ctx.clone()
     });
-    let call = shared
-        .handler
-        .call(event, traced_ctx.as_ref().unwrap_or(ctx));
+    let call = async {
+        // A call over the rate waits its turn here, kept alive like the call.
+        if let Some(rate) = &shared.rate {
+            rate.wait().await;
+        }
+        shared
+            .handler
+            .call(event, traced_ctx.as_ref().unwrap_or(ctx))
+            .await
+    };
     tokio::pin!(call);
     // Half the ack wait: a slow handler is never redelivered behind its back.
     // A handler that finishes at its first poll never touches the timer.

@@ -17,6 +17,8 @@
 mod consumer;
 mod dead_letter;
 mod deliver;
+mod order;
+mod partition;
 mod pull;
 mod retry;
 mod settle;
@@ -28,6 +30,8 @@ use jetrun_config::{BatchConfig, KeyConfig, RetryPolicy, StreamBinding};
 use jetrun_functions::Function;
 
 use crate::emit::Emitter;
+use crate::flow::presence::Presence;
+use crate::flow::rate::Limiter;
 use crate::metrics::FunctionMetrics;
 use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
@@ -60,6 +64,11 @@ pub(crate) struct Shared {
     pub(crate) emitter: Option<Emitter>,
     pub(crate) js: jetstream::Context,
     pub(crate) metrics: FunctionMetrics,
+    /// This process among the function's live replicas (a function with
+    /// `key` or `rate`; `None` otherwise).
+    pub(crate) presence: Option<Presence>,
+    /// `rate`: paces the handler calls of this replica.
+    pub(crate) rate: Option<Limiter>,
 }
 
 /// Runs `shared.unit`'s consumer until `shutdown` drains it and every

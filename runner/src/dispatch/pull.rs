@@ -24,12 +24,17 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::{StatusCode, Subject, Subscriber};
 use futures::StreamExt;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::consumer::Lost;
 use super::deliver::{self, Delivery};
+use super::order::{Admit, Order, Settled};
+use super::partition::Partition;
 use super::Shared;
+use crate::envelope::{self, Origin};
+use crate::flow::key::{self, Key};
+use crate::nats;
 use crate::shutdown::Shutdown;
 
 /// How long one pull request waits on the server for messages.
@@ -116,15 +121,43 @@ pub(super) struct Pulling<'a> {
     pub(super) pace: &'a Arc<Pace>,
     pub(super) shutdown: &'a Shutdown,
     pub(super) lost: &'a Lost,
+    /// The partition this consumer is, for a keyed function.
+    pub(super) partition: Option<&'a Partition>,
 }
 
-/// A message pulled ahead of a free slot.
+/// A keyed function's events held behind their key, and the news of each
+/// settled delivery of a keyed event: what frees its key. Kept across
+/// binds of one consumer, like the deliveries in flight.
+pub(super) struct Keyed {
+    order: Order<Buffered>,
+    settled_tx: mpsc::UnboundedSender<(Key, u64, Settled)>,
+    settled_rx: mpsc::UnboundedReceiver<(Key, u64, Settled)>,
+}
+
+impl Keyed {
+    pub(super) fn new() -> Keyed {
+        let (settled_tx, settled_rx) = mpsc::unbounded_channel();
+        Keyed {
+            order: Order::default(),
+            settled_tx,
+            settled_rx,
+        }
+    }
+}
+
+/// How often a runner pinned on a partition pulls, at least, even with
+/// nothing to ask for: the server keeps its pin while it pulls.
+const KEEP_PIN_EVERY: Duration = Duration::from_secs(1);
+
+/// A message pulled ahead of a free slot, or waiting behind its key.
 struct Buffered {
     message: Message,
     delivery: Delivery,
     held: Option<OwnedSemaphorePermit>,
     /// When it arrived, or was last sent an in-progress ack.
     kept_alive: Instant,
+    /// When it arrived.
+    arrived: Instant,
 }
 
 /// The pull requests out, all answered on one inbox. The server shares the
@@ -142,13 +175,19 @@ struct Out {
     /// When the last request expires: past it (and a grace for the server's
     /// answer), nothing asked for is still coming.
     expires_at: Option<Instant>,
+    /// A partition's consumer: pulls name the priority group, and the pin
+    /// once the server gave this runner one.
+    pinned: bool,
+    pin: Option<String>,
+    /// When the last request went out.
+    pulled_at: Option<Instant>,
 }
 
 /// How long after a request's expiry its answer may still arrive.
 const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 
 impl Out {
-    fn new(js: &jetstream::Context, consumer: &PullConsumer) -> Out {
+    fn new(js: &jetstream::Context, consumer: &PullConsumer, pinned: bool) -> Out {
         let info = consumer.cached_info();
         Out {
             js: js.clone(),
@@ -160,7 +199,22 @@ impl Out {
             subscription: None,
             outstanding: 0,
             expires_at: None,
+            pinned,
+            pin: None,
+            pulled_at: None,
         }
+    }
+
+    /// When a runner pinned on a partition, with nothing asked for, must
+    /// pull to keep its pin (or to become a candidate for it).
+    fn keep_pin_at(&self) -> Option<Instant> {
+        if !self.pinned {
+            return None;
+        }
+        Some(
+            self.pulled_at
+                .map_or_else(Instant::now, |at| at + KEEP_PIN_EVERY),
+        )
     }
 
     /// Messages asked for and still coming.
@@ -181,10 +235,17 @@ impl Out {
         if self.subscription.is_none() {
             self.subscription = Some(client.subscribe(self.inbox.clone()).await?);
         }
-        let request = serde_json::json!({
+        let mut request = serde_json::json!({
             "batch": asked,
             "expires": u64::try_from(PULL_EXPIRES.as_nanos()).unwrap_or(u64::MAX),
         });
+        if self.pinned {
+            request["group"] = nats::PIN_GROUP.into();
+            if let Some(pin) = &self.pin {
+                request["id"] = pin.as_str().into();
+            }
+        }
+        self.pulled_at = Some(Instant::now());
         client
             .publish_with_reply(
                 self.request_subject.clone(),
@@ -230,12 +291,35 @@ impl Out {
             match message.status.unwrap_or(StatusCode::OK) {
                 StatusCode::OK => {
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    if self.pinned {
+                        if let Some(pin) = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Nats-Pin-Id"))
+                            .map(|v| v.as_str())
+                            .filter(|pin| self.pin.as_deref() != Some(*pin))
+                        {
+                            self.pin = Some(pin.to_string());
+                        }
+                    }
                     return Ok(Message {
                         message,
                         context: self.js.clone(),
                     });
                 }
                 StatusCode::IDLE_HEARTBEAT => {}
+                // Another runner holds the pin now: this request is over;
+                // pull again without the old pin, as a candidate.
+                StatusCode::PIN_ID_MISMATCH => {
+                    self.pin = None;
+                    let left = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok())
+                        .unwrap_or(self.outstanding);
+                    self.outstanding = self.outstanding.saturating_sub(left);
+                }
                 StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED => {
                     if message.description.as_deref() == Some("Consumer Deleted") {
                         self.outstanding = 0;
@@ -270,30 +354,47 @@ impl Pulling<'_> {
     pub(super) async fn run(
         &self,
         in_flight: &mut JoinSet<()>,
+        keyed: &mut Keyed,
         mut connections: watch::Receiver<u64>,
     ) {
         let concurrency = self.shared.unit.concurrency;
         let ack_wait = self.shared.unit.binding.ack_wait;
         let mut buffer: VecDeque<Buffered> = VecDeque::new();
-        let mut out = Out::new(&self.shared.js, self.consumer);
+        let mut out = Out::new(&self.shared.js, self.consumer, self.partition.is_some());
         // What the last message said was still waiting on the server.
         let mut backlog = 0u64;
         let mut paused_until: Option<Instant> = None;
         let mut keep_alive = tokio::time::interval((ack_wait / 4).max(Duration::from_millis(50)));
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Messages of other partitions, acked at once.
+        let mut skipped: Vec<Message> = Vec::new();
+        let mut released_on_drain = false;
         loop {
             // Reap finished deliveries so the set does not grow.
             while in_flight.try_join_next().is_some() {}
+            while let Ok((key, sequence, settled)) = keyed.settled_rx.try_recv() {
+                self.settled(keyed, &key, sequence, settled, &mut buffer);
+            }
             while !buffer.is_empty() {
                 let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                     break;
                 };
                 if let Some(next) = buffer.pop_front() {
-                    self.start(next.message, next.delivery, next.held, permit, in_flight);
+                    self.start(next, permit, in_flight, keyed);
                 }
             }
             let draining = self.shutdown.is_draining();
-            if draining && out.outstanding() == 0 && buffer.is_empty() {
+            if draining && !released_on_drain {
+                // Keys waiting for a redelivery get it from whoever pulls
+                // next: what waits behind them goes back after it.
+                released_on_drain = true;
+                release_retrying(keyed).await;
+            }
+            if draining
+                && out.outstanding() == 0
+                && buffer.is_empty()
+                && keyed.order.waiting() == 0
+            {
                 return;
             }
             if self.lost.is_lost() {
@@ -305,6 +406,7 @@ impl Pulling<'_> {
             // When a pull is due but the unit holds all it may: how many
             // places to wait for.
             let mut held_short = None;
+            let mut keep_pin_at = None;
             if !draining && paused_until.is_none() {
                 let room = if backlog > 0 {
                     self.pace
@@ -318,7 +420,21 @@ impl Pulling<'_> {
                     allowed: self.held.available_permits(),
                     outstanding: out.outstanding(),
                 };
-                match plan.next() {
+                let next = match plan.next() {
+                    // A partition's pin lasts while its runner pulls: with
+                    // nothing to ask for, it still asks for one, now and then.
+                    Next::Wait | Next::WaitForHeld(_) if out.outstanding() == 0 => {
+                        match out.keep_pin_at() {
+                            Some(at) if at <= Instant::now() => Next::Pull(1),
+                            at => {
+                                keep_pin_at = at;
+                                plan.next()
+                            }
+                        }
+                    }
+                    next => next,
+                };
+                match next {
                     Next::Pull(asked) => {
                         if let Err(err) = out.pull(asked).await {
                             tracing::warn!(%err, "Cannot pull yet; retrying.");
@@ -343,11 +459,13 @@ impl Pulling<'_> {
             };
             let pause = until(paused_until);
             let answered = until(out.answered_by());
+            let keep_pin = until(keep_pin_at);
+            let waiting = !buffer.is_empty() || keyed.order.waiting() > 0;
             tokio::select! {
                 biased;
                 () = self.shutdown.abandoned(), if draining => {
                     // What never started goes back, like what is in flight.
-                    for buffered in buffer.drain(..) {
+                    for buffered in buffer.drain(..).chain(keyed.order.release_all()) {
                         let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
                     }
                     return;
@@ -364,8 +482,14 @@ impl Pulling<'_> {
                     out.clear();
                 }
                 () = self.shutdown.draining(), if !draining => {}
-                _ = keep_alive.tick(), if !buffer.is_empty() => {
-                    keep_buffer_alive(&mut buffer, ack_wait / 2).await;
+                Some((key, sequence, settled)) = keyed.settled_rx.recv() => {
+                    self.settled(keyed, &key, sequence, settled, &mut buffer);
+                    if self.shutdown.is_draining() {
+                        release_retrying(keyed).await;
+                    }
+                }
+                _ = keep_alive.tick(), if waiting => {
+                    keep_alive_all(buffer.iter_mut().chain(keyed.order.waiting_mut()), ack_wait / 2).await;
                 }
                 pulled = out.next() => {
                     let mut pulled = pulled;
@@ -374,7 +498,7 @@ impl Pulling<'_> {
                     loop {
                         match pulled {
                             Ok(message) => {
-                                self.receive(message, &mut buffer, &mut backlog, in_flight);
+                                self.receive(message, &mut buffer, &mut backlog, in_flight, keyed, &mut skipped);
                             }
                             Err(err) => {
                                 tracing::warn!(%err, "Pull request ended with an error; pulling again.");
@@ -387,10 +511,28 @@ impl Pulling<'_> {
                             None => break,
                         }
                     }
+                    for message in skipped.drain(..) {
+                        if let Err(err) = message.ack().await {
+                            tracing::debug!(%err, "Ack of another partition's event failed; it comes again.");
+                        }
+                    }
+                    if let Some(partition) = self.partition {
+                        let pinned = out.pin.is_some();
+                        if partition.is_pinned() && !pinned {
+                            // The server gave the pin to another runner (this
+                            // one was too slow to pull): what waited here
+                            // goes back, to be delivered there.
+                            tracing::warn!(partition = partition.index, "Lost the partition's pin to another runner.");
+                            for buffered in keyed.order.release_all() {
+                                let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
+                            }
+                        }
+                        partition.set_pinned(pinned);
+                    }
                 }
                 permit = self.permits.clone().acquire_owned(), if !buffer.is_empty() => {
                     if let (Ok(permit), Some(next)) = (permit, buffer.pop_front()) {
-                        self.start(next.message, next.delivery, next.held, permit, in_flight);
+                        self.start(next, permit, in_flight, keyed);
                     }
                 }
                 // A slot freed with nothing buffered or asked for: pull again.
@@ -403,55 +545,134 @@ impl Pulling<'_> {
                 () = held_back => {}
                 () = answered => {}
                 () = pause => {}
+                () = keep_pin => {}
             }
         }
     }
 
-    /// A message as it arrives: started when a slot is free and nothing
-    /// waits before it, else buffered (the pull asked for no more than the
-    /// free slots and the buffer's room).
+    /// A keyed delivery was settled: the next event of its key, if one
+    /// waits, goes to the front of the line for a slot.
+    fn settled(
+        &self,
+        keyed: &mut Keyed,
+        key: &Key,
+        sequence: u64,
+        settled: Settled,
+        buffer: &mut VecDeque<Buffered>,
+    ) {
+        if let Some(next) = keyed.order.settled(key, sequence, settled) {
+            self.shared
+                .metrics
+                .key_wait
+                .observe(next.arrived.elapsed().as_secs_f64());
+            buffer.push_front(next);
+        }
+    }
+
+    /// A message as it arrives: for a keyed function, acked at once when it
+    /// is another partition's, held when its key is busy; then started when
+    /// a slot is free and nothing waits before it, else buffered (the pull
+    /// asked for no more than the free slots and the buffer's room).
     fn receive(
         &self,
         message: Message,
         buffer: &mut VecDeque<Buffered>,
         backlog: &mut u64,
         in_flight: &mut JoinSet<()>,
+        keyed: &mut Keyed,
+        skipped: &mut Vec<Message>,
     ) {
-        let Some((delivery, pending)) =
+        let Some((mut delivery, pending)) =
             Delivery::of(&message, self.stream_created, &self.shared.unit.name)
         else {
             return;
         };
         *backlog = pending;
+        if let Some(partition) = self.partition {
+            let (key, unkeyed) = self.key_of(&message, &delivery);
+            if !partition.owns(key.as_ref()) {
+                skipped.push(message);
+                return;
+            }
+            delivery.key = key;
+            delivery.unkeyed = unkeyed;
+        }
         // Pulls ask for no more than may be held: this never waits.
         let held = self.held.clone().try_acquire_owned().ok();
+        let now = Instant::now();
+        let sequence = delivery.sequence;
+        let key = delivery.key.clone();
+        let buffered = Buffered {
+            message,
+            delivery,
+            held,
+            kept_alive: now,
+            arrived: now,
+        };
+        let buffered = match key {
+            Some(key) => match keyed.order.admit(&key, sequence, buffered) {
+                Admit::Start(buffered) => {
+                    self.shared.metrics.key_wait.observe(0.0);
+                    buffered
+                }
+                Admit::Wait => return,
+            },
+            None => buffered,
+        };
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) if buffer.is_empty() => {
-                self.start(message, delivery, held, permit, in_flight);
-            }
+            Ok(permit) if buffer.is_empty() => self.start(buffered, permit, in_flight, keyed),
             permit => {
                 drop(permit);
-                buffer.push_back(Buffered {
-                    message,
-                    delivery,
-                    held,
-                    kept_alive: Instant::now(),
-                });
+                buffer.push_back(buffered);
             }
+        }
+    }
+
+    /// A keyed function's event: its key, or none with why, when it has
+    /// none and `missing_key` dead-letters it. A message that is no event
+    /// has no key (it is dead-lettered as it would be anyway).
+    fn key_of(&self, message: &Message, delivery: &Delivery) -> (Option<Key>, Option<String>) {
+        let Some(config) = &self.shared.unit.key else {
+            return (None, None);
+        };
+        let origin = Origin {
+            subject: message.subject.as_str(),
+            stream: &delivery.stream,
+            sequence: delivery.sequence,
+            published: delivery.published,
+        };
+        let Ok(event) = envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
+        else {
+            return (None, None);
+        };
+        match key::read(&config.source, message.subject.as_str(), &event) {
+            Ok(key) => (Some(key), None),
+            Err(why) => match config.missing_key {
+                jetrun_config::MissingKey::Unordered => (None, None),
+                jetrun_config::MissingKey::DeadLetter => {
+                    (None, Some(format!("the event has no key: {why}")))
+                }
+            },
         }
     }
 
     /// Starts one delivery holding `permit`. One that completes at its first
     /// poll (a quick built-in, say) needs no task of its own; one that waits
-    /// goes on in one, from where it stopped.
+    /// goes on in one, from where it stopped. A keyed one says how it was
+    /// settled, which frees its key or keeps it.
     fn start(
         &self,
-        message: Message,
-        delivery: Delivery,
-        held: Option<OwnedSemaphorePermit>,
+        buffered: Buffered,
         permit: OwnedSemaphorePermit,
         in_flight: &mut JoinSet<()>,
+        keyed: &Keyed,
     ) {
+        let Buffered {
+            message,
+            delivery,
+            held,
+            ..
+        } = buffered;
         let shared = self.shared.clone();
         let shutdown = self.shutdown.clone();
         let slot = Slot {
@@ -459,13 +680,29 @@ impl Pulling<'_> {
             pace: self.pace.clone(),
             taken: Instant::now(),
         };
+        let key = delivery.key.clone().map(|key| (key, delivery.sequence));
+        let settled_tx = keyed.settled_tx.clone();
         let mut delivery = Box::pin(async move {
-            deliver::deliver(&shared, message, delivery, slot, &shutdown).await;
+            let settled = deliver::deliver(&shared, message, delivery, slot, &shutdown).await;
             drop(held);
+            if let Some((key, sequence)) = key {
+                let _ = settled_tx.send((key, sequence, settled));
+            }
         });
         if futures::FutureExt::now_or_never(&mut delivery).is_none() {
             in_flight.spawn(delivery);
         }
+    }
+}
+
+/// Lets go of the keys waiting for a redelivery this runner will not pull
+/// (it drains): what waits behind each goes back, due after it.
+async fn release_retrying(keyed: &mut Keyed) {
+    for (buffered, delay) in keyed.order.release_retrying() {
+        let _ = buffered
+            .message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await;
     }
 }
 
@@ -536,14 +773,15 @@ async fn until(at: Option<Instant>) {
     }
 }
 
-/// Sends an in-progress ack for each buffered message that has waited
-/// `every` since it arrived or was last kept alive.
-async fn keep_buffer_alive(buffer: &mut VecDeque<Buffered>, every: Duration) {
+/// Sends an in-progress ack for each message waiting (for a slot, or
+/// behind its key) that has waited `every` since it arrived or was last
+/// kept alive.
+async fn keep_alive_all(waiting: impl Iterator<Item = &mut Buffered>, every: Duration) {
     let now = Instant::now();
-    for buffered in buffer.iter_mut() {
+    for buffered in waiting {
         if now.duration_since(buffered.kept_alive) >= every {
             if let Err(err) = buffered.message.ack_with(AckKind::Progress).await {
-                tracing::debug!(%err, "In-progress ack of a buffered message failed.");
+                tracing::debug!(%err, "In-progress ack of a waiting message failed.");
             }
             buffered.kept_alive = now;
         }

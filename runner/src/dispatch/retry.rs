@@ -16,6 +16,9 @@ pub(crate) enum Reason {
     Permanent,
     /// The last attempt panicked (a built-in's bug, a dependency's assert).
     Panic,
+    /// Not handled: its key is parked behind an earlier dead letter
+    /// (`on_dead_letter = "park"`). Never decided here.
+    Parked,
 }
 
 impl Reason {
@@ -24,6 +27,7 @@ impl Reason {
             Reason::Exhausted => "exhausted",
             Reason::Permanent => "permanent",
             Reason::Panic => "panic",
+            Reason::Parked => "parked",
         }
     }
 }

@@ -11,18 +11,20 @@ use jetrun_functions::Context;
 use tracing::Span;
 
 use super::dead_letter::{self, DeadLetter};
+use super::order::Settled;
 use super::retry::{self, Action, Attempt, Reason};
 use super::Shared;
 use crate::{redact, telemetry};
 
-/// Acks, NAKs with the backoff delay, or dead-letters then terminates.
+/// Acks, NAKs with the backoff delay, or dead-letters then terminates;
+/// says which, for the order of a keyed function's events.
 pub(super) async fn settle(
     shared: &Shared,
     message: &jetstream::Message,
     ctx: &Context,
     outcome: Attempt,
     traced: Option<&Span>,
-) {
+) -> Settled {
     let metrics = &shared.metrics;
     let policy = &shared.unit.retry;
     let action = retry::decide(&outcome, ctx.attempt, policy, fastrand::f64());
@@ -45,6 +47,7 @@ pub(super) async fn settle(
             }
             // One line per event is too many by default; JETRUN_LOG=jetrun=debug shows it.
             tracing::debug!("Event handled.");
+            Settled::Done
         }
         Action::Retry(delay) => {
             metrics.retry.inc();
@@ -53,10 +56,11 @@ pub(super) async fn settle(
             if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(%err, "NAK failed; the event will be redelivered after the ack wait.");
             }
+            Settled::Retrying(delay)
         }
         Action::DeadLetter(reason) => {
             let error = redact::text(&outcome.error());
-            Box::pin(dead_letter(shared, message, ctx, reason, &error, traced)).await;
+            Box::pin(dead_letter(shared, message, ctx, reason, &error, traced)).await
         }
     }
 }
@@ -68,7 +72,7 @@ async fn dead_letter(
     reason: Reason,
     error: &str,
     traced: Option<&Span>,
-) {
+) -> Settled {
     let metrics = &shared.metrics;
     let subject = &shared.unit.binding.dead_letter;
     let span = traced.map(|parent| telemetry::dead_letter(parent, subject, reason.as_str()));
@@ -106,6 +110,7 @@ async fn dead_letter(
             if let Err(err) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(%err, "+TERM failed; the event will be redelivered and dead-lettered again (deduplicated).");
             }
+            Settled::Done
         }
         Err(err) => {
             // Never drop an event: if the dead letter cannot be stored, the
@@ -117,6 +122,7 @@ async fn dead_letter(
             let delay = shared.unit.retry.max_delay();
             tracing::error!(%err, %subject, "Cannot publish the dead letter; NAKing the event to try again in {}.", humantime::format_duration(delay));
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            Settled::Retrying(delay)
         }
     }
 }

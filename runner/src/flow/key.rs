@@ -31,6 +31,13 @@ impl Key {
     }
 }
 
+#[cfg(test)]
+impl Key {
+    pub(crate) fn for_tests(key: &str) -> Key {
+        Key(key.to_string())
+    }
+}
+
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

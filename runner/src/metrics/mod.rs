@@ -9,7 +9,7 @@ pub(crate) use server::serve;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -22,11 +22,13 @@ pub(crate) struct Metrics {
     received: IntCounterVec,
     processed: IntCounterVec,
     duration: HistogramVec,
+    key_wait: HistogramVec,
     in_flight: IntGaugeVec,
     dead_letters: IntCounterVec,
     emitted: IntCounterVec,
     pending: IntGaugeVec,
     ack_pending: IntGaugeVec,
+    parked_keys: IntGaugeVec,
     pub(crate) nats_connected: IntGauge,
     ready: IntGauge,
     function_bound: IntGaugeVec,
@@ -44,6 +46,7 @@ pub(crate) struct Metrics {
     saga_ignored: IntCounterVec,
     saga_too_big: IntCounterVec,
     task_restarts: IntCounterVec,
+    rate_limited: CounterVec,
 }
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
@@ -91,6 +94,19 @@ impl Metrics {
         registry
             .register(Box::new(duration.clone()))
             .expect("registered once");
+        let key_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "jetrun_key_wait_seconds",
+                "How long a keyed function's events waited behind an earlier event of their key \
+                 (0 for one whose key was free).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["function"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(key_wait.clone()))
+            .expect("registered once");
         let in_flight = gauge(
             "jetrun_events_in_flight",
             "Events being handled now.",
@@ -98,8 +114,9 @@ impl Metrics {
         );
         let dead_letters = counter(
             "jetrun_dead_letters_total",
-            "Events sent to the dead-letter subject, by reason: exhausted, permanent or panic \
-             (the last attempt panicked).",
+            "Events sent to the dead-letter subject, by reason: exhausted, permanent, panic \
+             (the last attempt panicked) or parked (behind an earlier dead letter of its key, \
+             on_dead_letter = \"park\").",
             &["function", "reason"],
         );
         let emitted = counter(
@@ -115,6 +132,12 @@ impl Metrics {
         let ack_pending = gauge(
             "jetrun_consumer_ack_pending",
             "Messages delivered to the function's consumer and not yet acknowledged.",
+            &["function"],
+        );
+        let parked_keys = gauge(
+            "jetrun_parked_keys",
+            "Keys parked behind a dead letter (on_dead_letter = \"park\") until it is replayed, \
+             as this runner sees them.",
             &["function"],
         );
         let requests = counter(
@@ -174,6 +197,17 @@ impl Metrics {
              task (consumer:FUNCTION, endpoint:FUNCTION, saga-watch:SAGA, saga-clock:SAGA).",
             &["task"],
         );
+        let rate_limited = CounterVec::new(
+            Opts::new(
+                "jetrun_rate_limited_seconds_total",
+                "Time events waited for their turn under the function's rate, in seconds.",
+            ),
+            &["function"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(rate_limited.clone()))
+            .expect("registered once");
         let config_reloads = counter(
             "jetrun_config_reloads_total",
             "Config reloads (SIGHUP or --watch), by result: success or failure.",
@@ -225,11 +259,13 @@ impl Metrics {
             received,
             processed,
             duration,
+            key_wait,
             in_flight,
             dead_letters,
             emitted,
             pending,
             ack_pending,
+            parked_keys,
             nats_connected,
             ready,
             function_bound,
@@ -245,6 +281,7 @@ impl Metrics {
             saga_ignored,
             saga_too_big,
             task_restarts,
+            rate_limited,
         }
     }
 
@@ -329,6 +366,7 @@ impl Metrics {
             retry: self.processed.with_label_values(&[function, "retry"]),
             dead_letter: self.processed.with_label_values(&[function, "dead_letter"]),
             duration: self.duration.with_label_values(f),
+            key_wait: self.key_wait.with_label_values(f),
             in_flight: self.in_flight.with_label_values(f),
             exhausted: self
                 .dead_letters
@@ -337,9 +375,12 @@ impl Metrics {
                 .dead_letters
                 .with_label_values(&[function, "permanent"]),
             panicked: self.dead_letters.with_label_values(&[function, "panic"]),
+            parked: self.dead_letters.with_label_values(&[function, "parked"]),
+            parked_keys: self.parked_keys.with_label_values(f),
             emitted: self.emitted.with_label_values(f),
             pending: self.pending.with_label_values(f),
             ack_pending: self.ack_pending.with_label_values(f),
+            rate_limited: self.rate_limited.with_label_values(f),
         }
     }
 
@@ -469,13 +510,20 @@ pub(crate) struct FunctionMetrics {
     pub(crate) retry: IntCounter,
     pub(crate) dead_letter: IntCounter,
     pub(crate) duration: Histogram,
+    pub(crate) key_wait: Histogram,
     pub(crate) in_flight: IntGauge,
     pub(crate) exhausted: IntCounter,
     pub(crate) permanent: IntCounter,
     pub(crate) panicked: IntCounter,
+    /// Dead letters of events parked behind an earlier one of their key.
+    pub(crate) parked: IntCounter,
+    /// `jetrun_parked_keys`: set by the watch of the function's parks.
+    pub(crate) parked_keys: IntGauge,
     pub(crate) emitted: IntCounter,
     pub(crate) pending: IntGauge,
     pub(crate) ack_pending: IntGauge,
+    /// `jetrun_rate_limited_seconds_total`.
+    pub(crate) rate_limited: Counter,
 }
 
 #[cfg(test)]

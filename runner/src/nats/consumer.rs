@@ -6,7 +6,9 @@
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::consumer::pull::{self, OrderedConfig};
-use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{
+    AckPolicy, Consumer, DeliverPolicy, PriorityPolicy, PullConsumer,
+};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::Context;
 use jetrun_config::StreamBinding;
@@ -21,7 +23,18 @@ const OWNED: &str = "jetrun ";
 pub(crate) struct Durable<'a> {
     pub(crate) binding: &'a StreamBinding,
     pub(crate) serves: String,
+    /// A partition of a keyed function: the consumer pins one client at a
+    /// time (a priority group in pinned-client mode, [`PIN_GROUP`]).
+    pub(crate) pinned: bool,
 }
+
+/// The priority group every pull on a pinned consumer names.
+pub(crate) const PIN_GROUP: &str = "jetrun";
+
+/// How long a pinned client keeps its pin without pulling: the failover
+/// time after a runner dies. jetrun's pulls on a pinned consumer never
+/// leave a gap of more than a few seconds.
+pub(crate) const PIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A consumer's subjects as JetStream takes them: one filter, or several.
 fn filters(subjects: &[String]) -> (String, Vec<String>) {
@@ -71,6 +84,21 @@ impl Durable<'_> {
             // event whose last attempt died with its runner.
             max_deliver: -1,
             max_ack_pending: binding.max_ack_pending,
+            priority_policy: if self.pinned {
+                PriorityPolicy::PinnedClient
+            } else {
+                PriorityPolicy::None
+            },
+            priority_groups: if self.pinned {
+                vec![PIN_GROUP.to_string()]
+            } else {
+                Vec::new()
+            },
+            priority_timeout: if self.pinned {
+                PIN_TIMEOUT
+            } else {
+                std::time::Duration::ZERO
+            },
             ..Default::default()
         }
     }

@@ -11,7 +11,11 @@ pub(crate) mod settings;
 mod streams;
 
 pub(crate) use connect::{connect, connect_once};
-pub(crate) use consumer::{created_ns, is_consumer_not_found, Bound, Durable, Floor};
+pub(crate) use consumer::{
+    created_ns, is_consumer_not_found, Bound, Durable, Floor, PIN_GROUP, PIN_TIMEOUT,
+};
 pub(crate) use history::{stream_info, History, Item, Start, Stored};
-pub(crate) use kv::{dead_letter_bodies, BucketSpec, DEAD_LETTER_BODIES};
+pub(crate) use kv::{
+    dead_letter_bodies, parked_keys, replicas, BucketError, BucketSpec, DEAD_LETTER_BODIES,
+};
 pub(crate) use streams::{ensure_streams, StreamConflict};
