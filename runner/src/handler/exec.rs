@@ -4,6 +4,8 @@
 //! A process writing more than [`STDOUT_LIMIT`] on stdout is killed at once:
 //! a retryable failure. A function that answers gets its input document
 //! (the event's data) on stdin instead, and its stdout is its result.
+//! A batch is one process too: a JSON array of the events on stdin, per-item
+//! results on stdout (`protocol`).
 
 use async_trait::async_trait;
 use jetrun_config::ExecConfig;
@@ -41,26 +43,15 @@ impl Exec {
     }
 }
 
-#[async_trait]
-impl Function for Exec {
-    async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
-        let vars = [
-            ("JETRUN_FUNCTION", ctx.function.clone()),
-            ("JETRUN_ATTEMPT", ctx.attempt.to_string()),
-            ("JETRUN_SUBJECT", ctx.subject.clone()),
-            ("JETRUN_STREAM", ctx.stream.clone()),
-            ("JETRUN_SEQUENCE", ctx.sequence.to_string()),
-        ];
+impl Exec {
+    /// Runs the program once on `input` with `vars` set: its stdout when it
+    /// exits 0, else the failure its exit says.
+    async fn run(&self, vars: &[(&str, String)], input: Vec<u8>) -> Result<Vec<u8>, Failure> {
         let program = &self.config.command[0];
-        let mut child = process::command(&self.config, self.run_as.as_ref(), &vars)
+        let mut child = process::command(&self.config, self.run_as.as_ref(), vars)
             .spawn()
             .map_err(|err| Failure::retryable(format!("cannot start {program:?}: {err}")))?;
         let mut guard = GroupGuard::new(&child);
-        let input = if self.answers {
-            event.data.to_vec()
-        } else {
-            serde_json::to_vec(&event.to_structured_json()).unwrap_or_default()
-        };
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -113,8 +104,7 @@ impl Function for Exec {
             )));
         };
         match status.code() {
-            Some(0) if self.answers => Ok(Output::result(out)),
-            Some(0) => protocol::parse_stdout(&out).map(Output::from),
+            Some(0) => Ok(out),
             Some(EXIT_PERMANENT) => Err(Failure::permanent(format!(
                 "{program} exited with status 65 (bad input){detail}"
             ))),
@@ -125,5 +115,80 @@ impl Function for Exec {
                 "{program} was killed by a signal{detail}"
             ))),
         }
+    }
+}
+
+#[async_trait]
+impl Function for Exec {
+    async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
+        let vars = [
+            ("JETRUN_FUNCTION", ctx.function.clone()),
+            ("JETRUN_ATTEMPT", ctx.attempt.to_string()),
+            ("JETRUN_SUBJECT", ctx.subject.clone()),
+            ("JETRUN_STREAM", ctx.stream.clone()),
+            ("JETRUN_SEQUENCE", ctx.sequence.to_string()),
+        ];
+        let input = if self.answers {
+            event.data.to_vec()
+        } else {
+            serde_json::to_vec(&event.to_structured_json()).unwrap_or_default()
+        };
+        let out = self.run(&vars, input).await?;
+        if self.answers {
+            Ok(Output::result(out))
+        } else {
+            protocol::parse_stdout(&out).map(Output::from)
+        }
+    }
+
+    /// The batch as a JSON array of structured CloudEvents on stdin; exit 0
+    /// with per-item results on stdout (or nothing: all succeeded), or a
+    /// status that fails every item. `JETRUN_ATTEMPT` is the highest
+    /// attempt among the items, `JETRUN_BATCH` their number.
+    async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
+        let Some((_, first)) = items.first() else {
+            return Vec::new();
+        };
+        if self.answers {
+            // A function that answers never gets a batch (config forbids it).
+            let mut outcomes = Vec::with_capacity(items.len());
+            for (event, ctx) in items {
+                outcomes.push(self.call(event, ctx).await);
+            }
+            return outcomes;
+        }
+        let attempt = items.iter().map(|(_, ctx)| ctx.attempt).max().unwrap_or(1);
+        let vars = [
+            ("JETRUN_FUNCTION", first.function.clone()),
+            ("JETRUN_ATTEMPT", attempt.to_string()),
+            ("JETRUN_BATCH", items.len().to_string()),
+            ("JETRUN_STREAM", first.stream.clone()),
+        ];
+        let events: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(event, _)| event.to_structured_json())
+            .collect();
+        let input = serde_json::to_vec(&events).unwrap_or_default();
+        let out = match self.run(&vars, input).await {
+            Ok(out) => out,
+            Err(failure) => return protocol::every_item(failure, items.len()),
+        };
+        let ids: Vec<protocol::ItemId<'_>> = items
+            .iter()
+            .map(|(event, _)| protocol::ItemId {
+                event: &event.id,
+                request: None,
+            })
+            .collect();
+        protocol::parse_batch_answer(&self.function, &out, &ids).unwrap_or_else(|why| {
+            // The same input would give the same output: permanent, as for
+            // one event.
+            protocol::every_item(
+                Failure::permanent(format!(
+                    "stdout is not {{\"results\": [{{\"id\": ..., \"ok\": true}}, ...]}}: {why}"
+                )),
+                items.len(),
+            )
+        })
     }
 }

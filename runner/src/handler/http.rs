@@ -2,7 +2,9 @@
 //! the function's URL over one keep-alive client per function. The status
 //! decides the outcome (2xx success; 5xx, 408, 429 and transport errors
 //! retryable; other 4xx permanent) and a 2xx body may name events to emit: a
-//! binary-mode or structured CloudEvent, or `{"emit": [...]}`.
+//! binary-mode or structured CloudEvent, or `{"emit": [...]}`. A batch is
+//! one POST of a JSON array of structured CloudEvents
+//! (`application/cloudevents-batch+json`), answered per item.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -23,6 +25,8 @@ const BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// The most of an error response's first line put in a failure message.
 const EXCERPT_CHARS: usize = 200;
 const STRUCTURED: &str = "application/cloudevents+json";
+/// A batch's request body: a JSON array of structured CloudEvents.
+const BATCH: &str = "application/cloudevents-batch+json";
 
 pub(super) struct Http {
     /// As written in the config, for messages.
@@ -132,6 +136,81 @@ impl Function for Http {
             return Ok(Output::result(body));
         }
         response_outcome(&self.url, status, &headers, &body)
+    }
+
+    /// The batch POSTed as a JSON array of structured CloudEvents
+    /// (`application/cloudevents-batch+json`). A 2xx answer is read per
+    /// item (an empty body: all succeeded); any other status fails every
+    /// item, as it would one event.
+    async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
+        let Some((_, first)) = items.first() else {
+            return Vec::new();
+        };
+        if self.answers {
+            // A function that answers never gets a batch (config forbids it).
+            let mut outcomes = Vec::with_capacity(items.len());
+            for (event, ctx) in items {
+                outcomes.push(self.call(event, ctx).await);
+            }
+            return outcomes;
+        }
+        let every = |failure: Failure| protocol::every_item(failure, items.len());
+        let events: Vec<Value> = items
+            .iter()
+            .map(|(event, _)| event.to_structured_json())
+            .collect();
+        let body = serde_json::to_vec(&events).unwrap_or_default();
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH));
+        headers.insert("jetrun-function", percent_encoded(&first.function));
+        let mut request = self
+            .client
+            .post(self.target.clone())
+            .headers(headers)
+            .body(body);
+        if let Some(timeout) = self.timeout {
+            request = request.timeout(timeout);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return every(self.transport_failure(&err)),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let (body, complete) = match read_body(response, BODY_LIMIT).await {
+            Ok(read) => read,
+            Err(err) => return every(self.transport_failure(&err)),
+        };
+        if !status.is_success() {
+            return match response_outcome(&self.url, status, &headers, &body) {
+                Err(failure) => every(failure),
+                Ok(_) => every(Failure::permanent(format!(
+                    "POST {} answered {status}",
+                    self.url
+                ))),
+            };
+        }
+        if !complete {
+            return every(Failure::permanent(format!(
+                "POST {} answered {status} with a body over {} MiB",
+                self.url,
+                BODY_LIMIT >> 20
+            )));
+        }
+        let ids: Vec<protocol::ItemId<'_>> = items
+            .iter()
+            .map(|(event, _)| protocol::ItemId {
+                event: &event.id,
+                request: None,
+            })
+            .collect();
+        protocol::parse_batch_answer(&first.function, &body, &ids).unwrap_or_else(|why| {
+            every(Failure::permanent(format!(
+                "POST {} answered a batch with a body that is not {{\"results\": [{{\"id\": \
+                 ..., \"ok\": true}}, ...]}}: {why}",
+                self.url
+            )))
+        })
     }
 }
 
@@ -740,6 +819,101 @@ mod tests {
                 FailureKind::Retryable,
                 format!("POST {url} timed out after 100ms")
             )
+        );
+    }
+
+    /// A server answering one request with `status` and `body`; gives back
+    /// the request it read (head and body).
+    async fn answer_once(
+        status: u16,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/batch", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        (url, server)
+    }
+
+    fn batch_of_two() -> Vec<(Event, Context)> {
+        let second = Event {
+            id: "order-2".into(),
+            ..event()
+        };
+        vec![(event(), ctx()), (second, ctx())]
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_post_of_structured_events_answered_per_item() {
+        let (url, server) = answer_once(
+            200,
+            r#"{"results": [{"id": "order-2", "error": "no such order", "permanent": true}]}"#,
+        )
+        .await;
+        let outcomes = function_at(&url, None).call_batch(&batch_of_two()).await;
+        assert_eq!(
+            outcomes,
+            vec![
+                Ok(Output::default()),
+                Err(Failure::permanent("no such order"))
+            ]
+        );
+        let request = server.await.unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/cloudevents-batch+json"),
+            "{head}"
+        );
+        let events: Vec<Value> = serde_json::from_str(body).unwrap();
+        let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["order-1", "order-2"]);
+        assert_eq!(events[0]["data"], json!({"order_id": 1}));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_call_fails_every_item_alike() {
+        let (url, _server) = answer_once(503, "busy").await;
+        let outcomes = function_at(&url, None).call_batch(&batch_of_two()).await;
+        let failure =
+            Failure::retryable(format!("POST {url} answered 503 Service Unavailable: busy"));
+        assert_eq!(outcomes, vec![Err(failure.clone()), Err(failure)]);
+
+        let (url, _server) = answer_once(200, "<html>hello</html>").await;
+        let outcomes = function_at(&url, None).call_batch(&batch_of_two()).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.as_ref().is_err_and(Failure::is_permanent)),
+            "{outcomes:?}"
         );
     }
 

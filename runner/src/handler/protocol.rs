@@ -4,8 +4,13 @@
 //! mode), each echoing the `id` of the request it answers. A function that
 //! answers (request, aggregate, projection) writes its result as its whole
 //! stdout, or as `result` in a worker reply.
+//!
+//! A batch (`batch` in the config) is answered per item, by every handler
+//! kind alike: `{"results": [{"id", "ok", "emit"}, {"id", "error",
+//! "permanent"}]}`, where `id` is the item's event `id` (or, from a worker,
+//! its request's numeric `id`); an item no result names succeeded.
 
-use jetrun_functions::{Emit, Failure, Output as Done};
+use jetrun_functions::{Emit, Failure, Outcome, Output as Done};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -121,6 +126,101 @@ fn outcome(reply: WorkerReply) -> Result<Done, Failure> {
     })
 }
 
+/// How a batch answer names an item: its event's `id`, and in worker mode
+/// also the numeric `id` of its request.
+pub(super) struct ItemId<'a> {
+    pub(super) event: &'a str,
+    pub(super) request: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    results: Vec<ItemResult>,
+}
+
+#[derive(Deserialize)]
+struct ItemResult {
+    /// The event's id (a string) or a worker request's id (a number).
+    id: Value,
+    ok: Option<bool>,
+    #[serde(default)]
+    emit: Vec<EmitJson>,
+    error: Option<String>,
+    #[serde(default)]
+    permanent: bool,
+}
+
+/// The outcome of each item of a batch from the handler's answer: one per
+/// item of `ids`, in order. Whitespace alone says every item succeeded. A
+/// result whose `id` names no item, or an item already answered, is left
+/// out with a warning. `Err`: the answer is not `{"results": [...]}` (why).
+pub(super) fn parse_batch_answer(
+    function: &str,
+    answer: &[u8],
+    ids: &[ItemId<'_>],
+) -> Result<Vec<Outcome>, String> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
+    if !answer.iter().all(u8::is_ascii_whitespace) {
+        let answer: BatchAnswer = serde_json::from_slice(answer).map_err(|err| err.to_string())?;
+        for result in answer.results {
+            let named: Vec<usize> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, item)| match &result.id {
+                    Value::String(id) => id == item.event,
+                    Value::Number(n) => n.as_u64().is_some_and(|n| item.request == Some(n)),
+                    _ => false,
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if named.is_empty() {
+                tracing::warn!(
+                    %function,
+                    id = %truncate(&result.id.to_string(), 200),
+                    "The batch answer names an item that is not in the batch; ignoring it."
+                );
+                continue;
+            }
+            let outcome = item_outcome(result);
+            for i in named {
+                if outcomes[i].is_some() {
+                    tracing::warn!(
+                        %function,
+                        id = %ids[i].event,
+                        "The batch answer names an item twice; the first result counts."
+                    );
+                } else {
+                    outcomes[i] = Some(outcome.clone());
+                }
+            }
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or_else(|| Ok(Done::default())))
+        .collect())
+}
+
+/// One item's result: failed when it has an `error` or says `"ok": false`.
+fn item_outcome(result: ItemResult) -> Outcome {
+    if result.error.is_none() && result.ok != Some(false) {
+        return Ok(emits(result.emit).into());
+    }
+    let message = result
+        .error
+        .unwrap_or_else(|| "the batch answer said ok: false".into());
+    Err(if result.permanent {
+        Failure::permanent(message)
+    } else {
+        Failure::retryable(message)
+    })
+}
+
+/// The same failure for every item of a batch of `len`: a whole call failed.
+pub(super) fn every_item(failure: Failure, len: usize) -> Vec<Outcome> {
+    vec![Err(failure); len]
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -162,6 +262,79 @@ mod tests {
         let permanent =
             reply(br#"{"id":7,"ok":false,"error":"bad","retryable":false}"#).unwrap_err();
         assert!(permanent.is_permanent());
+    }
+
+    #[test]
+    fn a_batch_answer_is_read_per_item() {
+        let ids = [
+            ItemId {
+                event: "a",
+                request: Some(1),
+            },
+            ItemId {
+                event: "b",
+                request: Some(2),
+            },
+            ItemId {
+                event: "c",
+                request: Some(3),
+            },
+            ItemId {
+                event: "d",
+                request: Some(4),
+            },
+        ];
+        let answer = br#"{"results": [
+            {"id": "a", "ok": true, "emit": [{"type": "x.done", "data": 1}]},
+            {"id": "b", "error": "bad row", "permanent": true},
+            {"id": 3, "ok": false, "error": "db busy"},
+            {"id": "zz", "error": "not in the batch"},
+            {"id": "a", "error": "a second answer"}
+        ]}"#;
+        let outcomes = parse_batch_answer("f", answer, &ids).unwrap();
+        assert_eq!(
+            outcomes[0],
+            Ok(vec![Emit::new("x.done", serde_json::json!(1))].into())
+        );
+        assert_eq!(outcomes[1], Err(Failure::permanent("bad row")));
+        assert_eq!(outcomes[2], Err(Failure::retryable("db busy")));
+        assert_eq!(outcomes[3], Ok(Done::default()), "not named: succeeded");
+    }
+
+    #[test]
+    fn an_empty_batch_answer_is_all_ok_and_garbage_is_refused() {
+        let ids = [ItemId {
+            event: "a",
+            request: None,
+        }];
+        assert_eq!(
+            parse_batch_answer("f", b" \n", &ids).unwrap(),
+            vec![Ok(Done::default())]
+        );
+        let failed = parse_batch_answer("f", br#"{"results":[{"id":"a","ok":false}]}"#, &ids);
+        assert_eq!(
+            failed.unwrap(),
+            vec![Err(Failure::retryable("the batch answer said ok: false"))]
+        );
+        assert!(parse_batch_answer("f", b"hello", &ids).is_err());
+        assert!(parse_batch_answer("f", br#"{"emit": []}"#, &ids).is_err());
+        assert!(parse_batch_answer(
+            "f",
+            br#"{"results":[{"id":"a","emit":[{"typo":1}]}]}"#,
+            &ids
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_numeric_id_names_a_request_not_an_event() {
+        let ids = [ItemId {
+            event: "7",
+            request: None,
+        }];
+        let outcomes =
+            parse_batch_answer("f", br#"{"results":[{"id":7,"error":"x"}]}"#, &ids).unwrap();
+        assert_eq!(outcomes, vec![Ok(Done::default())]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! not the reply to its request (a stray `print`, a reply to another
 //! request), is killed with its process group and replaced on the next
 //! call; its event counts as a retryable failure. A reply is never paired
-//! with another request than its own.
+//! with another request than its own. A batch is one line too: a JSON array
+//! of the requests, answered by one line of per-item results (`protocol`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,9 +135,16 @@ impl WorkerPool {
     }
 }
 
-#[async_trait]
-impl Function for WorkerPool {
-    async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
+impl WorkerPool {
+    /// Sends `request` (one line) to an idle worker (started when none is)
+    /// and reads its one-line answer, which `parse` checks. A worker that
+    /// dies, that cannot be read, or whose line `parse` refuses (why) is
+    /// killed: the call is a retryable failure.
+    async fn exchange<T>(
+        &self,
+        request: &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, Failure> {
         let _slot = self
             .slots
             .acquire()
@@ -154,22 +162,13 @@ impl Function for WorkerPool {
         let Some(worker) = lease.worker.as_mut() else {
             return Err(Failure::retryable("worker lease is empty"));
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = if self.answers {
-            let input: serde_json::Value =
-                serde_json::from_slice(&event.data).unwrap_or(serde_json::Value::Null);
-            json!({"input": input, "attempt": ctx.attempt})
-        } else {
-            json!({"event": event.to_structured_json(), "attempt": ctx.attempt})
-        };
-        let request = request_line(id, &request);
         let died = |what: &str| {
             Failure::retryable(format!(
                 "worker {} {what}; it will be restarted",
                 self.config.command[0]
             ))
         };
-        if worker.stdin.write_all(&request).await.is_err() || worker.stdin.flush().await.is_err() {
+        if worker.stdin.write_all(request).await.is_err() || worker.stdin.flush().await.is_err() {
             return Err(died("stopped reading its stdin"));
         }
         let line = match process::read_line(&mut worker.stdout, STDOUT_LIMIT).await {
@@ -189,15 +188,81 @@ impl Function for WorkerPool {
             }
             Err(err) => return Err(died(&format!("could not be read ({err}) and was killed"))),
         };
-        match protocol::parse_reply(&line, id) {
-            Ok(outcome) => {
+        match parse(&line) {
+            Ok(answer) => {
                 lease.give_back();
-                outcome
+                Ok(answer)
             }
             // Dropping the lease kills the worker: what else it wrote is
             // never read as a reply.
             Err(not_the_reply) => Err(died(&format!("{not_the_reply}, and was killed"))),
         }
+    }
+
+    /// The request for one event: `{"event", "attempt"}`, or `{"input",
+    /// "attempt"}` for a function that answers.
+    fn request(&self, event: &Event, ctx: &Context) -> serde_json::Value {
+        if self.answers {
+            let input: serde_json::Value =
+                serde_json::from_slice(&event.data).unwrap_or(serde_json::Value::Null);
+            json!({"input": input, "attempt": ctx.attempt})
+        } else {
+            json!({"event": event.to_structured_json(), "attempt": ctx.attempt})
+        }
+    }
+}
+
+#[async_trait]
+impl Function for WorkerPool {
+    async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = request_line(id, &self.request(event, ctx));
+        self.exchange(&request, |line| {
+            protocol::parse_reply(line, id).map_err(|err| err.to_string())
+        })
+        .await?
+    }
+
+    /// One line holding a JSON array of the items' requests (each as for one
+    /// event, with its own `id`); the answer is one line of per-item results.
+    async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
+        if self.answers {
+            // A function that answers never gets a batch (config forbids it).
+            let mut outcomes = Vec::with_capacity(items.len());
+            for (event, ctx) in items {
+                outcomes.push(self.call(event, ctx).await);
+            }
+            return outcomes;
+        }
+        let mut line = Vec::from(&b"["[..]);
+        let mut ids = Vec::with_capacity(items.len());
+        for (n, (event, ctx)) in items.iter().enumerate() {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut request = request_line(id, &self.request(event, ctx));
+            request.pop();
+            if n > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(&request);
+            ids.push(protocol::ItemId {
+                event: &event.id,
+                request: Some(id),
+            });
+        }
+        line.extend_from_slice(b"]\n");
+        let function = &self.function;
+        let answer = self
+            .exchange(&line, |answer| {
+                protocol::parse_batch_answer(function, answer, &ids).map_err(|why| {
+                    format!(
+                        "wrote a line that is not a batch answer ({{\"results\": [...]}}): {why}: \
+                         {:?}",
+                        String::from_utf8_lossy(&answer[..answer.len().min(200)])
+                    )
+                })
+            })
+            .await;
+        answer.unwrap_or_else(|failure| protocol::every_item(failure, items.len()))
     }
 }
 

@@ -1,5 +1,6 @@
 //! `json = true`: an event whose data is not JSON is a permanent failure,
-//! refused before the handler (or its role) runs.
+//! refused before the handler (or its role) runs; in a batch, that item
+//! alone.
 
 use std::sync::Arc;
 
@@ -45,5 +46,36 @@ impl Function for Checked {
     async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
         check(&self.function, event)?;
         self.inner.call(event, ctx).await
+    }
+
+    /// Each item checked: the refused ones fail, the rest go on as one batch.
+    async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
+        let checks: Vec<Result<(), jetrun_functions::Failure>> = items
+            .iter()
+            .map(|(event, _)| check(&self.function, event))
+            .collect();
+        let passed: Vec<(Event, Context)> = items
+            .iter()
+            .zip(&checks)
+            .filter(|(_, check)| check.is_ok())
+            .map(|(item, _)| item.clone())
+            .collect();
+        let mut called = if passed.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.call_batch(&passed).await
+        }
+        .into_iter();
+        checks
+            .into_iter()
+            .map(|check| match check {
+                Ok(()) => called.next().unwrap_or_else(|| {
+                    Err(jetrun_functions::Failure::retryable(
+                        "the handler gave fewer outcomes than the batch had items",
+                    ))
+                }),
+                Err(failure) => Err(failure),
+            })
+            .collect()
     }
 }

@@ -22,6 +22,7 @@ pub(crate) struct Metrics {
     received: IntCounterVec,
     processed: IntCounterVec,
     duration: HistogramVec,
+    batch_size: HistogramVec,
     key_wait: HistogramVec,
     in_flight: IntGaugeVec,
     dead_letters: IntCounterVec,
@@ -48,6 +49,9 @@ pub(crate) struct Metrics {
     task_restarts: IntCounterVec,
     rate_limited: CounterVec,
 }
+
+/// Batch sizes: from a lone event to the largest batch worth sending.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
 const DURATION_BUCKETS: &[f64] = &[
@@ -106,6 +110,18 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(key_wait.clone()))
+            .expect("registered once");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "jetrun_batch_size",
+                "Events per handler call of a function with batch.",
+            )
+            .buckets(BATCH_SIZE_BUCKETS.to_vec()),
+            &["function"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(batch_size.clone()))
             .expect("registered once");
         let in_flight = gauge(
             "jetrun_events_in_flight",
@@ -259,6 +275,7 @@ impl Metrics {
             received,
             processed,
             duration,
+            batch_size,
             key_wait,
             in_flight,
             dead_letters,
@@ -366,6 +383,7 @@ impl Metrics {
             retry: self.processed.with_label_values(&[function, "retry"]),
             dead_letter: self.processed.with_label_values(&[function, "dead_letter"]),
             duration: self.duration.with_label_values(f),
+            batch_size: self.batch_size.with_label_values(f),
             key_wait: self.key_wait.with_label_values(f),
             in_flight: self.in_flight.with_label_values(f),
             exhausted: self
@@ -510,6 +528,8 @@ pub(crate) struct FunctionMetrics {
     pub(crate) retry: IntCounter,
     pub(crate) dead_letter: IntCounter,
     pub(crate) duration: Histogram,
+    /// `jetrun_batch_size`: observed once per batch call.
+    pub(crate) batch_size: Histogram,
     pub(crate) key_wait: Histogram,
     pub(crate) in_flight: IntGauge,
     pub(crate) exhausted: IntCounter,
