@@ -16,6 +16,8 @@ use bytes::Bytes;
 
 use super::retry::Reason;
 use crate::emit::{self, PublishError};
+use crate::flow::key::Key;
+use crate::flow::park::{self, Blocker};
 use crate::headers::{self, is_server_directive, BadHeader, Put};
 use crate::nats;
 
@@ -111,6 +113,31 @@ impl DeadLetter<'_> {
     }
 }
 
+/// What the dead letter of a keyed function's event says of its key.
+pub(crate) struct Keyed<'a> {
+    pub(crate) key: &'a Key,
+    /// The dead letter the event's key is parked behind (reason `parked`).
+    pub(crate) parked_behind: Option<&'a Blocker>,
+}
+
+impl Keyed<'_> {
+    /// Adds `Jetrun-Key` (left out for a key no header can carry: one with
+    /// a CR or LF) and `Jetrun-Parked-Behind`.
+    fn put(&self, headers: &mut HeaderMap) -> Result<(), BadHeader> {
+        let key = HeaderName::from_static(park::KEY_HEADER);
+        if let Ok(value) = headers::value(&key, self.key.as_str()) {
+            headers.set(key, value);
+        }
+        if let Some(blocker) = self.parked_behind {
+            headers.put(
+                HeaderName::from_static(park::PARKED_BEHIND),
+                &blocker.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The lines of a header block the client could not read that can be read
 /// on their own (`Name: value`, a valid name, no CR or LF in the value).
 fn readable_part(raw: &[u8]) -> HeaderMap {
@@ -135,7 +162,7 @@ fn readable_part(raw: &[u8]) -> HeaderMap {
 }
 
 /// Publishes the dead letter of `original`'s event (`body`) to `subject` and
-/// waits for its stream's ack. A body that does not fit (the server's
+/// waits for its stream's ack; a keyed function's says what `keyed` says. A body that does not fit (the server's
 /// max_payload) is first stored whole in object store
 /// [`nats::DEAD_LETTER_BODIES`] as `<function>/<stream>@<created>/<sequence>`; the dead letter
 /// then carries `Jetrun-Body-Object` (where it is), `Jetrun-Body-Truncated`
@@ -144,10 +171,14 @@ pub(crate) async fn publish(
     js: &jetstream::Context,
     subject: &str,
     letter: &DeadLetter<'_>,
+    keyed: Option<&Keyed<'_>>,
     original: Option<&HeaderMap>,
     body: Bytes,
 ) -> Result<(), NotStored> {
     let mut headers = letter.headers(original)?;
+    if let Some(keyed) = keyed {
+        keyed.put(&mut headers)?;
+    }
     match emit::publish(js, subject, headers.clone(), body.clone()).await {
         Ok(_) => return Ok(()),
         Err(PublishError::TooBig { .. }) => {}
@@ -259,6 +290,37 @@ mod tests {
         assert_eq!(
             get("Jetrun-Failed-At").as_deref(),
             Some("1970-01-01T00:00:00.000Z")
+        );
+    }
+
+    #[test]
+    fn a_keyed_dead_letter_names_its_key_and_what_it_is_parked_behind() {
+        let mut headers = letter("parked").headers(None).unwrap();
+        let key = Key::for_tests("a-1");
+        let behind = Blocker {
+            stream: "PAYMENTS".into(),
+            sequence: 4,
+        };
+        let keyed = Keyed {
+            key: &key,
+            parked_behind: Some(&behind),
+        };
+        keyed.put(&mut headers).unwrap();
+        let get = |k: &str| headers.get(k).map(|v| v.as_str().to_string());
+        assert_eq!(get("Jetrun-Key").as_deref(), Some("a-1"));
+        assert_eq!(get("Jetrun-Parked-Behind").as_deref(), Some("PAYMENTS:4"));
+        let mut headers = HeaderMap::new();
+        let odd = Key::for_tests("a\nb");
+        Keyed {
+            key: &odd,
+            parked_behind: None,
+        }
+        .put(&mut headers)
+        .unwrap();
+        assert_eq!(
+            headers.get("Jetrun-Key"),
+            None,
+            "no header carries a newline"
         );
     }
 

@@ -84,7 +84,7 @@ pub(super) async fn deliver(
         stream_created,
         sequence,
         published,
-        key: _,
+        key,
         unkeyed,
     } = delivery;
     let origin = Origin {
@@ -125,6 +125,12 @@ pub(super) async fn deliver(
         trace: None,
     };
     async {
+        // A parked key's event is dead-lettered without calling the handler.
+        if let Some(settled) =
+            settle::if_parked(shared, &message, &ctx, key.as_ref(), traced.as_ref()).await
+        {
+            return settled;
+        }
         let outcome = match event {
             Ok(event) => {
                 // Boxed, like the dead-letter path: the task that carries
@@ -161,7 +167,15 @@ pub(super) async fn deliver(
             }
             Err(failure) => Attempt::Failed(failure),
         };
-        settle::settle(shared, &message, &ctx, outcome, traced.as_ref()).await
+        settle::settle(
+            shared,
+            &message,
+            &ctx,
+            key.as_ref(),
+            outcome,
+            traced.as_ref(),
+        )
+        .await
     }
     .instrument(span)
     .await
@@ -170,7 +184,7 @@ pub(super) async fn deliver(
 /// The delivery's OpenTelemetry span, when telemetry is on: the input's
 /// trace context from the event, or from the headers of a message that is
 /// no event.
-fn traced(
+pub(super) fn traced(
     function: &str,
     origin: &Origin<'_>,
     headers: Option<&async_nats::HeaderMap>,

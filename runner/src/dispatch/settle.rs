@@ -3,17 +3,24 @@
 //! stored leaves the event in its stream, to be tried again. With
 //! telemetry, the delivery's span is given the outcome (and the error), and
 //! the dead letter's publish a span of its own.
+//!
+//! With `on_dead_letter = "park"`, a keyed event's dead letter parks its key
+//! before the `+TERM` ([`crate::flow::park`]), and [`if_parked`] dead-letters
+//! the later events of a parked key without calling the handler.
 
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind};
+use jetrun_config::OnDeadLetter;
 use jetrun_functions::Context;
 use tracing::Span;
 
-use super::dead_letter::{self, DeadLetter};
+use super::dead_letter::{self, DeadLetter, Keyed};
 use super::order::Settled;
 use super::retry::{self, Action, Attempt, Reason};
 use super::Shared;
+use crate::flow::key::Key;
+use crate::flow::park::{self, Blocker, Parked};
 use crate::{redact, telemetry};
 
 /// Acks, NAKs with the backoff delay, or dead-letters then terminates;
@@ -22,6 +29,7 @@ pub(super) async fn settle(
     shared: &Shared,
     message: &jetstream::Message,
     ctx: &Context,
+    key: Option<&Key>,
     outcome: Attempt,
     traced: Option<&Span>,
 ) -> Settled {
@@ -60,19 +68,112 @@ pub(super) async fn settle(
         }
         Action::DeadLetter(reason) => {
             let error = redact::text(&outcome.error());
-            Box::pin(dead_letter(shared, message, ctx, reason, &error, traced)).await
+            let letter = Letter {
+                reason,
+                error: &error,
+                key,
+                parked_behind: None,
+            };
+            Box::pin(dead_letter(shared, message, ctx, letter, traced)).await
         }
     }
+}
+
+/// Whether the function parks the key of an event dead-lettered.
+fn parks(shared: &Shared) -> bool {
+    shared
+        .unit
+        .key
+        .as_ref()
+        .is_some_and(|key| key.on_dead_letter == OnDeadLetter::Park)
+}
+
+/// The function's parks, for a park-mode function.
+async fn parked(shared: &Shared) -> Result<std::sync::Arc<Parked>, park::ParkError> {
+    Parked::of(&shared.js, &shared.unit.name, &shared.metrics.parked_keys).await
+}
+
+/// Before the handler runs: an event of a parked key is dead-lettered
+/// (reason `parked`, `Jetrun-Parked-Behind`) and terminated, unless it is
+/// the replay that lifts the park (`Jetrun-Unparks` naming the key's
+/// blocker), which lifts it and runs. `None`: let the handler run.
+pub(super) async fn if_parked(
+    shared: &Shared,
+    message: &jetstream::Message,
+    ctx: &Context,
+    key: Option<&Key>,
+    traced: Option<&Span>,
+) -> Option<Settled> {
+    let key = key.filter(|_| parks(shared))?;
+    let lifted = async {
+        let parked = parked(shared).await?;
+        let Some(blocker) = parked.blocker(key).await else {
+            return Ok(None);
+        };
+        if park::unparks(message.headers.as_ref()).as_ref() == Some(&blocker)
+            && parked.unpark(key, &blocker).await?
+        {
+            tracing::info!(key = %key, blocker = %blocker, "Replay of the dead letter the key was parked behind; the key is unparked.");
+            return Ok(None);
+        }
+        Ok::<_, park::ParkError>(Some(blocker))
+    };
+    let blocker = match lifted.await {
+        Ok(None) => return None,
+        Ok(Some(blocker)) => blocker,
+        Err(err) => {
+            let delay = shared.unit.retry.max_delay();
+            shared.metrics.retry.inc();
+            tracing::error!(%err, "Cannot tell whether the event's key is parked; NAKing it to try again in {}.", humantime::format_duration(delay));
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return Some(Settled::Retrying(delay));
+        }
+    };
+    if blocker.stream == ctx.stream && blocker.sequence == ctx.sequence {
+        // The blocker itself, redelivered after its dead letter and park
+        // were stored but before its +TERM landed.
+        let _ = message.ack_with(AckKind::Term).await;
+        return Some(Settled::Done);
+    }
+    if let Some(span) = traced {
+        telemetry::outcome(span, "dead_lettered");
+    }
+    let error = format!(
+        "parked: an earlier event of key {key} was dead-lettered ({blocker}); replay it with \
+         `jetrun dlq replay` to run this one after it"
+    );
+    let letter = Letter {
+        reason: Reason::Parked,
+        error: &error,
+        key: Some(key),
+        parked_behind: Some(&blocker),
+    };
+    Some(Box::pin(dead_letter(shared, message, ctx, letter, traced)).await)
+}
+
+/// Why and what of a dead letter.
+struct Letter<'a> {
+    reason: Reason,
+    error: &'a str,
+    /// The event's key, for a keyed function.
+    key: Option<&'a Key>,
+    /// The blocker its key is parked behind (reason `parked`).
+    parked_behind: Option<&'a Blocker>,
 }
 
 async fn dead_letter(
     shared: &Shared,
     message: &jetstream::Message,
     ctx: &Context,
-    reason: Reason,
-    error: &str,
+    letter: Letter<'_>,
     traced: Option<&Span>,
 ) -> Settled {
+    let Letter {
+        reason,
+        error,
+        key,
+        parked_behind,
+    } = letter;
     let metrics = &shared.metrics;
     let subject = &shared.unit.binding.dead_letter;
     let span = traced.map(|parent| telemetry::dead_letter(parent, subject, reason.as_str()));
@@ -87,16 +188,36 @@ async fn dead_letter(
         sequence: ctx.sequence,
         failed_at: SystemTime::now(),
     };
+    let keyed = key.map(|key| Keyed { key, parked_behind });
     let published = dead_letter::publish(
         &shared.js,
         subject,
         &letter,
+        keyed.as_ref(),
         message.headers.as_ref(),
         message.payload.clone(),
     )
-    .await;
+    .await
+    .map_err(|err| format!("cannot publish the dead letter: {err}"));
+    // A key parks behind its first dead letter only once that is stored,
+    // and before the +TERM: a crash in between redelivers the event, whose
+    // dead letter is then deduplicated.
+    let published = match (published, key) {
+        (Ok(()), Some(key)) if parked_behind.is_none() && parks(shared) => {
+            let blocker = Blocker {
+                stream: ctx.stream.clone(),
+                sequence: ctx.sequence,
+            };
+            match parked(shared).await {
+                Ok(parked) => parked.park(key, blocker).await.map(|_| ()),
+                Err(err) => Err(err),
+            }
+            .map_err(|err| format!("cannot park its key: {err}"))
+        }
+        (published, _) => published,
+    };
     if let (Some(span), Err(err)) = (span, &published) {
-        telemetry::failed(&span, &redact::text(&err.to_string()));
+        telemetry::failed(&span, &redact::text(err));
     }
     match published {
         Ok(()) => {
@@ -105,6 +226,7 @@ async fn dead_letter(
                 Reason::Exhausted => metrics.exhausted.inc(),
                 Reason::Permanent => metrics.permanent.inc(),
                 Reason::Panic => metrics.panicked.inc(),
+                Reason::Parked => metrics.parked.inc(),
             }
             tracing::warn!(%error, reason = reason.as_str(), dead_letter = %subject, "Event dead-lettered.");
             if let Err(err) = message.ack_with(AckKind::Term).await {
@@ -120,7 +242,7 @@ async fn dead_letter(
             }
             metrics.retry.inc();
             let delay = shared.unit.retry.max_delay();
-            tracing::error!(%err, %subject, "Cannot publish the dead letter; NAKing the event to try again in {}.", humantime::format_duration(delay));
+            tracing::error!(%err, %subject, "Cannot store the dead letter; NAKing the event to try again in {}.", humantime::format_duration(delay));
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             Settled::Retrying(delay)
         }

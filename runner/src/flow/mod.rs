@@ -3,3 +3,4 @@
 //! to, and the order of the events of one key.
 
 pub(crate) mod key;
+pub(crate) mod park;

@@ -114,3 +114,46 @@ impl BucketSpec<'_> {
         Ok(())
     }
 }
+
+/// The bucket of replica heartbeats ([`jetrun_config::name::REPLICAS`]),
+/// created when missing: in memory (heartbeats need no disk), one value
+/// per replica, and a value older than `max_age` dropped by the server.
+pub(crate) async fn replicas(
+    js: &Context,
+    max_age: std::time::Duration,
+) -> Result<kv::Store, BucketError> {
+    let name = jetrun_config::name::REPLICAS;
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let config = kv::Config {
+        bucket: name.to_string(),
+        description: "jetrun: heartbeats of the running replicas of each function".to_string(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    };
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        Err(err) => js.get_key_value(name).await.map_err(|_| BucketError {
+            bucket: name.to_string(),
+            reason: err.to_string(),
+        }),
+    }
+}
+
+/// The bucket of parked keys ([`jetrun_config::name::PARKED_KEYS`]), created
+/// when missing: per park-mode function, each key parked behind a dead
+/// letter (`on_dead_letter = "park"`).
+pub(crate) async fn parked_keys(js: &Context) -> Result<kv::Store, BucketError> {
+    BucketSpec {
+        name: jetrun_config::name::PARKED_KEYS,
+        holds: "the keys parked behind a dead letter (on_dead_letter = \"park\")",
+        history: 1,
+        like: None,
+        message_ttl: false,
+    }
+    .open(js)
+    .await
+}
