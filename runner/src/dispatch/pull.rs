@@ -132,7 +132,27 @@ pub(super) struct Keyed {
     order: Order<Buffered>,
     settled_tx: mpsc::UnboundedSender<(Key, u64, Settled)>,
     settled_rx: mpsc::UnboundedReceiver<(Key, u64, Settled)>,
+    /// Deliveries started and not settled yet.
+    unsettled: Arc<AtomicU64>,
+    /// While this runner takes a partition over: what it received, held
+    /// until the events the last holder left unsettled have come back.
+    takeover: Option<Takeover>,
 }
+
+/// Taking a partition over from a runner that held it: the server
+/// redelivers what that runner left unacked only after the ack wait, so
+/// whatever arrives meanwhile waits, and then everything starts in stream
+/// order. A partition given back cleanly has nothing unacked: no wait.
+struct Takeover {
+    held: Vec<Buffered>,
+    /// When to ask the server again how many are still unacked.
+    check_at: Instant,
+    /// When to stop waiting anyway (past the ack wait and the pin timeout).
+    give_up_at: Instant,
+}
+
+/// How often a takeover asks the server what is still unacked.
+const TAKEOVER_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 impl Keyed {
     pub(super) fn new() -> Keyed {
@@ -141,6 +161,8 @@ impl Keyed {
             order: Order::default(),
             settled_tx,
             settled_rx,
+            unsettled: Arc::default(),
+            takeover: None,
         }
     }
 }
@@ -389,6 +411,10 @@ impl Pulling<'_> {
                 // next: what waits behind them goes back after it.
                 released_on_drain = true;
                 release_retrying(keyed).await;
+                // A takeover that had not started anything gives it back.
+                for buffered in keyed.takeover.take().map(|t| t.held).unwrap_or_default() {
+                    let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
+                }
             }
             if draining
                 && out.outstanding() == 0
@@ -498,6 +524,7 @@ impl Pulling<'_> {
                     loop {
                         match pulled {
                             Ok(message) => {
+                                self.sync_pin(&out, keyed, ack_wait).await;
                                 self.receive(message, &mut buffer, &mut backlog, in_flight, keyed, &mut skipped);
                             }
                             Err(err) => {
@@ -516,19 +543,10 @@ impl Pulling<'_> {
                             tracing::debug!(%err, "Ack of another partition's event failed; it comes again.");
                         }
                     }
-                    if let Some(partition) = self.partition {
-                        let pinned = out.pin.is_some();
-                        if partition.is_pinned() && !pinned {
-                            // The server gave the pin to another runner (this
-                            // one was too slow to pull): what waited here
-                            // goes back, to be delivered there.
-                            tracing::warn!(partition = partition.index, "Lost the partition's pin to another runner.");
-                            for buffered in keyed.order.release_all() {
-                                let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
-                            }
-                        }
-                        partition.set_pinned(pinned);
-                    }
+                    self.sync_pin(&out, keyed, ack_wait).await;
+                }
+                () = until(keyed.takeover.as_ref().map(|t| t.check_at)) => {
+                    self.check_takeover(keyed, &mut buffer, in_flight).await;
                 }
                 permit = self.permits.clone().acquire_owned(), if !buffer.is_empty() => {
                     if let (Ok(permit), Some(next)) = (permit, buffer.pop_front()) {
@@ -547,6 +565,76 @@ impl Pulling<'_> {
                 () = pause => {}
                 () = keep_pin => {}
             }
+        }
+    }
+
+    /// Follows the pin as the server hands it: newly pinned, a takeover
+    /// starts; pinned no more (the server gave the pin to another runner,
+    /// this one having been too slow to pull), what waited here goes back.
+    async fn sync_pin(&self, out: &Out, keyed: &mut Keyed, ack_wait: Duration) {
+        let Some(partition) = self.partition else {
+            return;
+        };
+        let pinned = out.pin.is_some();
+        if pinned == partition.is_pinned() {
+            return;
+        }
+        partition.set_pinned(pinned);
+        if pinned {
+            let now = Instant::now();
+            keyed.takeover = Some(Takeover {
+                held: Vec::new(),
+                check_at: now,
+                give_up_at: now + ack_wait + nats::PIN_TIMEOUT + TAKEOVER_CHECK_EVERY * 10,
+            });
+        } else {
+            tracing::warn!(
+                partition = partition.index,
+                "Lost the partition's pin to another runner; giving back what waited here."
+            );
+            let held = keyed.takeover.take().map(|t| t.held).unwrap_or_default();
+            for buffered in keyed.order.release_all().into_iter().chain(held) {
+                let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    }
+
+    /// Ends the takeover once the server holds no more unacked events of
+    /// the partition than this runner does: what it held starts, in stream
+    /// order.
+    async fn check_takeover(
+        &self,
+        keyed: &mut Keyed,
+        buffer: &mut VecDeque<Buffered>,
+        in_flight: &mut JoinSet<()>,
+    ) {
+        let Some(takeover) = keyed.takeover.as_mut() else {
+            return;
+        };
+        let ours = takeover.held.len()
+            + buffer.len()
+            + keyed.order.waiting()
+            + keyed.unsettled.load(Ordering::Relaxed) as usize;
+        let done = match self.consumer.clone().info().await {
+            Ok(info) => info.num_ack_pending <= ours,
+            Err(err) => {
+                tracing::debug!(%err, "Cannot read the consumer's info during a takeover.");
+                false
+            }
+        };
+        let now = Instant::now();
+        if !done && now < takeover.give_up_at {
+            takeover.check_at = now + TAKEOVER_CHECK_EVERY;
+            return;
+        }
+        if !done {
+            tracing::warn!("Taking the partition over: the last holder's events did not all come back within the ack wait; going on.");
+        }
+        let mut held = keyed.takeover.take().map(|t| t.held).unwrap_or_default();
+        held.sort_by_key(|b| b.delivery.sequence);
+        tracing::debug!(held = held.len(), "Partition taken over.");
+        for buffered in held {
+            self.admit(buffered, buffer, in_flight, keyed);
         }
     }
 
@@ -600,8 +688,6 @@ impl Pulling<'_> {
         // Pulls ask for no more than may be held: this never waits.
         let held = self.held.clone().try_acquire_owned().ok();
         let now = Instant::now();
-        let sequence = delivery.sequence;
-        let key = delivery.key.clone();
         let buffered = Buffered {
             message,
             delivery,
@@ -609,10 +695,29 @@ impl Pulling<'_> {
             kept_alive: now,
             arrived: now,
         };
-        let buffered = match key {
-            Some(key) => match keyed.order.admit(&key, sequence, buffered) {
+        if let Some(takeover) = keyed.takeover.as_mut() {
+            takeover.held.push(buffered);
+            return;
+        }
+        self.admit(buffered, buffer, in_flight, keyed);
+    }
+
+    /// A message that may start: held when its key is busy, else started
+    /// when a slot is free and nothing waits before it, else buffered.
+    fn admit(
+        &self,
+        buffered: Buffered,
+        buffer: &mut VecDeque<Buffered>,
+        in_flight: &mut JoinSet<()>,
+        keyed: &mut Keyed,
+    ) {
+        let buffered = match buffered.delivery.key.clone() {
+            Some(key) => match keyed.order.admit(&key, buffered.delivery.sequence, buffered) {
                 Admit::Start(buffered) => {
-                    self.shared.metrics.key_wait.observe(0.0);
+                    self.shared
+                        .metrics
+                        .key_wait
+                        .observe(buffered.arrived.elapsed().as_secs_f64());
                     buffered
                 }
                 Admit::Wait => return,
@@ -682,9 +787,12 @@ impl Pulling<'_> {
         };
         let key = delivery.key.clone().map(|key| (key, delivery.sequence));
         let settled_tx = keyed.settled_tx.clone();
+        let unsettled = keyed.unsettled.clone();
+        unsettled.fetch_add(1, Ordering::Relaxed);
         let mut delivery = Box::pin(async move {
             let settled = deliver::deliver(&shared, message, delivery, slot, &shutdown).await;
             drop(held);
+            unsettled.fetch_sub(1, Ordering::Relaxed);
             if let Some((key, sequence)) = key {
                 let _ = settled_tx.send((key, sequence, settled));
             }
