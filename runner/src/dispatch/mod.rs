@@ -14,6 +14,7 @@
 //! - [`retry`]: which of those (pure);
 //! - [`dead_letter`]: a dead letter's headers and its publish.
 
+mod batch;
 mod consumer;
 mod dead_letter;
 mod deliver;
