@@ -453,9 +453,17 @@ struct Stream {
     { "oneOf": [{ "required": ["subjects"] }, { "required": ["request"] }] },
     { "not": { "required": ["aggregate", "projection"] } },
     { "if": { "required": ["request"] }, "then": { "not": { "anyOf": [
-        { "required": ["stream"] }, { "required": ["dead_letter"] }, { "required": ["emits"] }
-    ] } } }
+        { "required": ["stream"] }, { "required": ["dead_letter"] }, { "required": ["emits"] },
+        { "required": ["key"] }, { "required": ["on_dead_letter"] },
+        { "required": ["missing_key"] }, { "required": ["partitions"] },
+        { "required": ["batch"] }, { "required": ["rate"] }
+    ] } } },
+    { "not": { "required": ["batch", "aggregate"] } },
+    { "not": { "required": ["batch", "projection"] } }
 ]))]
+#[schemars(extend("dependencies" = {
+    "on_dead_letter": ["key"], "missing_key": ["key"], "partitions": ["key"]
+}))]
 struct Function {
     /// A built-in function compiled into jetrun, by its registered name.
     builtin: Option<NonEmpty>,
@@ -498,6 +506,57 @@ struct Function {
     /// Whether the event's data must be JSON: an event whose data is not goes straight to the dead letters.
     #[schemars(extend("default" = false))]
     json: Option<bool>,
+    /// Events with one key are handled one at a time, in stream order, across every replica (different keys in parallel): a JSON pointer into the event's data, like "/account_id", or "subject:N", the N-th subject token (from 1). Stream functions only.
+    key: Option<Key>,
+    /// With key: what happens to the later events of a key whose event was dead-lettered: handled as usual (continue), or dead-lettered as parked until the first is replayed (park).
+    #[schemars(extend("default" = "continue"))]
+    on_dead_letter: Option<OnDeadLetterChoice>,
+    /// With key: an event whose key cannot be read is dead-lettered (dead_letter) or handled without ordering (unordered).
+    #[schemars(extend("default" = "dead_letter"))]
+    missing_key: Option<MissingKeyChoice>,
+    /// With key: the pinned consumers the keys are spread over, the most runner replicas that share the function's work (1 to 64).
+    #[schemars(range(min = 1, max = 64), extend("default" = 4))]
+    partitions: Option<u64>,
+    /// The handler gets up to size events per call, or fewer after wait. Stream functions only, not an aggregate's command handler nor a projection; max_ack_pending at least size.
+    batch: Option<Batch>,
+    /// Handler calls started per second ("N/s") or per minute ("N/m"), N at least 1, across every replica of the function. Stream functions only.
+    rate: Option<RateText>,
+}
+
+value_type!(
+    /// `key`: a JSON pointer (not "") or `subject:N`.
+    Key,
+    pattern(or_var!(r"(?:/(?:[^~/]|~[01])*)+|subject:0*[1-9][0-9]*"))
+);
+
+value_type!(
+    /// `on_dead_letter`.
+    OnDeadLetterChoice,
+    one_of(&["continue", "park"])
+);
+
+value_type!(
+    /// `missing_key`.
+    MissingKeyChoice,
+    one_of(&["dead_letter", "unordered"])
+);
+
+value_type!(
+    /// `rate`.
+    RateText,
+    pattern(or_var!("0*[1-9][0-9]*/[sm]"))
+);
+
+/// `batch = { size, wait }`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Batch {
+    /// The most events in one handler call: 1 to 10000.
+    #[schemars(range(min = 1, max = 10000))]
+    size: u64,
+    /// Non-zero: how long a batch waits to fill before it goes out with fewer events.
+    #[schemars(extend("default" = "50ms"))]
+    wait: Option<Duration>,
 }
 
 /// `exec = [argv...]` or `exec = { command, env, mode, workers, user, group }`.

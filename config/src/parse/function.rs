@@ -10,6 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::bind::Binding;
+use super::flow::{self, Flow, FLOW_KEYS};
 use super::handler::{self, HANDLER_KEYS};
 use super::retry;
 use super::section::{Ctx, Field, Read, Reported, Section};
@@ -44,6 +45,12 @@ pub(super) const FUNCTION_KEYS: &[&str] = &[
     "dead_letter",
     "emits",
     "json",
+    FLOW_KEYS[0],
+    FLOW_KEYS[1],
+    FLOW_KEYS[2],
+    FLOW_KEYS[3],
+    FLOW_KEYS[4],
+    FLOW_KEYS[5],
 ];
 pub(super) const PROJECTION_KEYS: &[&str] = &["bucket", "key"];
 
@@ -100,7 +107,12 @@ pub(super) fn defaults(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Defa
     };
     let own = Limits::read(ctx, &section);
     let retry = retry::defaults(ctx, &section);
-    section.finish(ctx);
+    section.finish_pointing(
+        ctx,
+        FLOW_KEYS,
+        "is not a [defaults] key: key, on_dead_letter, missing_key, partitions, batch and rate \
+         are set in each function's own table",
+    );
     let defaults = Defaults {
         concurrency: over(own.concurrency, Some(CONCURRENCY)),
         timeout: over(own.timeout, Some(TIMEOUT)),
@@ -187,6 +199,7 @@ struct Settings {
     json: bool,
     ack_wait: Duration,
     max_ack_pending: i64,
+    flow: Flow,
 }
 
 impl Draft {
@@ -232,9 +245,9 @@ impl Draft {
             retry: settings.retry,
             emits: settings.emits,
             json: settings.json,
-            key: None,
-            batch: None,
-            rate: None,
+            key: settings.flow.key,
+            batch: settings.flow.batch,
+            rate: settings.flow.rate,
         })
     }
 }
@@ -324,7 +337,7 @@ fn function(
         _ => Err(Reported),
     };
     let is_request = matches!(request, Ok(Some(_)));
-    for key in ["stream", "dead_letter", "emits"] {
+    for key in ["stream", "dead_letter", "emits"].iter().chain(FLOW_KEYS) {
         if let (true, Some(field)) = (is_request, section.field(key)) {
             field.error(
                 ctx,
@@ -338,6 +351,8 @@ fn function(
     let emits = section.read(ctx, "emits", emits);
     let own = Limits::read(ctx, &section);
     let retry = retry::function(ctx, &section, &defaults.retry);
+    let flow = flow::read(ctx, &section, &subjects, is_request);
+    let flow = flow.and_then(|flow| batch_alone(ctx, &section, flow));
     section.finish(ctx);
 
     // A projection on a stream applies each key's events in stream order
@@ -355,6 +370,7 @@ fn function(
         )
     };
     let window = ack_window(ctx, &section, concurrency, max_ack_pending);
+    let flow = flow.and_then(|flow| batch_window(ctx, &section, flow, max_ack_pending));
     let settings = match (
         window,
         role,
@@ -366,6 +382,7 @@ fn function(
         json,
         over(own.ack_wait, defaults.ack_wait),
         max_ack_pending,
+        flow,
     ) {
         (
             Ok(()),
@@ -378,6 +395,7 @@ fn function(
             Ok(json),
             Some(ack_wait),
             Some(max_ack_pending),
+            Ok(flow),
         ) => Some(Settings {
             handler,
             role,
@@ -388,6 +406,7 @@ fn function(
             json: json.unwrap_or(false),
             ack_wait,
             max_ack_pending,
+            flow,
         }),
         _ => None,
     };
@@ -405,6 +424,57 @@ fn function(
         dead_letter,
         settings,
     })
+}
+
+/// A batch goes to a plain function: an aggregate's command handler and a
+/// projection take one event at a time.
+fn batch_alone(ctx: &mut Ctx<'_>, section: &Section<'_, '_>, flow: Flow) -> Read<Flow> {
+    let Some(field) = section.field("batch").filter(|_| flow.batch.is_some()) else {
+        return Ok(flow);
+    };
+    let role = if section.field("aggregate").is_some() {
+        "an aggregate's command handler (aggregate = ...), which handles one command at a time"
+    } else if section.field("projection").is_some() {
+        "a projection (projection = ...), which applies one event at a time"
+    } else {
+        return Ok(flow);
+    };
+    Err(field.error(ctx, format!("has no meaning for {role}")))
+}
+
+/// A batch is filled from the events delivered and not yet acked, so
+/// `max_ack_pending` below `batch.size` would never let one fill. Reported
+/// on `max_ack_pending` when the function sets it, else on `batch.size`.
+fn batch_window(
+    ctx: &mut Ctx<'_>,
+    section: &Section<'_, '_>,
+    flow: Flow,
+    max_ack_pending: Option<i64>,
+) -> Read<Flow> {
+    let (Some(batch), Some(max_ack_pending)) = (&flow.batch, max_ack_pending) else {
+        return Ok(flow);
+    };
+    if i128::from(max_ack_pending) >= batch.size as i128 {
+        return Ok(flow);
+    }
+    let size = batch.size;
+    if let Some(field) = section.field("max_ack_pending") {
+        return Err(field.error(
+            ctx,
+            format!("must be at least batch.size ({size}), got {max_ack_pending}"),
+        ));
+    }
+    let batch = section.field("batch").expect("a batch was read");
+    let field = Section::of(&batch, flow::BATCH_KEYS, ctx)?
+        .field("size")
+        .expect("a batch size was read");
+    Err(field.error(
+        ctx,
+        format!(
+            "must not be more than max_ack_pending ({max_ack_pending}, from [defaults]), \
+             got {size}: a batch is filled from the events delivered and not yet acked"
+        ),
+    ))
 }
 
 /// `request = "cmd.order.place"`: a subject (wildcards allowed).

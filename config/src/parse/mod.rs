@@ -5,6 +5,7 @@
 mod aggregates;
 mod bind;
 mod clashes;
+mod flow;
 mod function;
 mod handler;
 mod nats;

@@ -242,20 +242,34 @@ impl<'a, 'i> Section<'a, 'i> {
 
     /// Reports every key of the table that is not one of its known keys.
     pub(super) fn finish(&self, ctx: &mut Ctx<'_>) {
+        self.finish_pointing(ctx, &[], "");
+    }
+
+    /// As [`Section::finish`], but a key of `elsewhere` (one that belongs in
+    /// another table) is reported as `{path} {elsewhere_why}`.
+    pub(super) fn finish_pointing(
+        &self,
+        ctx: &mut Ctx<'_>,
+        elsewhere: &[&str],
+        elsewhere_why: &str,
+    ) {
         let Some(table) = self.table else {
             return;
         };
         for key in table.keys() {
-            if !self.keys.contains(&key.get_ref().as_ref()) {
-                ctx.error(
-                    self.key_path(key.get_ref()),
-                    Some(&key.span()),
-                    format!(
-                        "is not a known key; expected one of: {}",
-                        self.keys.join(", ")
-                    ),
-                );
+            let name: &str = key.get_ref().as_ref();
+            if self.keys.contains(&name) {
+                continue;
             }
+            let message = if elsewhere.contains(&name) {
+                elsewhere_why.to_owned()
+            } else {
+                format!(
+                    "is not a known key; expected one of: {}",
+                    self.keys.join(", ")
+                )
+            };
+            ctx.error(self.key_path(name), Some(&key.span()), message);
         }
     }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod flow;
+
 use crate::{
     parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, ProjectionConfig,
     Retention, RetryPolicy, Role, SagaConfig, SagaStep, Storage, StreamBinding,
@@ -69,7 +71,7 @@ retyr = { max_attempts = 3 }
         [
             "functions.thumbnail.retyr is not a known key; expected one of: builtin, exec, http, \
           subjects, request, aggregate, projection, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
-          dead_letter, emits, json (line 10)"
+          dead_letter, emits, json, key, on_dead_letter, missing_key, partitions, batch, rate (line 10)"
         ]
     );
 }
@@ -220,7 +222,7 @@ http = "http://127.0.0.1:8080/ship"
         [
             "functions.resize.retyr is not a known key; expected one of: builtin, exec, http, \
              subjects, request, aggregate, projection, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
-             dead_letter, emits, json (line 10)",
+             dead_letter, emits, json, key, on_dead_letter, missing_key, partitions, batch, rate (line 10)",
             "functions.resize.timeout must be a duration like 250ms, 30s, 5m or 7d, \
              got \"five seconds\" (line 11)",
             "functions.thumbnail.subjects \"image.uploaded\" is not captured by any [streams.*] \
