@@ -39,6 +39,10 @@ belongs to the protocol: the SDK points ``print``, ``sys.stdout`` and file
 descriptor 1 (what child processes inherit) at stderr, which jetrun logs,
 and stdin at /dev/null, before calling the function.
 
+A ``@handler`` of a function with ``batch`` in its config needs no change:
+the SDK calls it once per event of the batch and answers per item
+(``{"results": [...]}``), so one event that raises fails alone.
+
 The mode: jetrun sets ``JETRUN_ATTEMPT`` for a process it starts for one
 event, and only ``JETRUN_FUNCTION`` for a worker. So with
 ``JETRUN_FUNCTION`` set and ``JETRUN_ATTEMPT`` unset the process serves the
@@ -347,6 +351,38 @@ def _one_line(message: str) -> str:
     return " ".join(message.split()) or "failed"
 
 
+def _batch_result(function: Function, event: Event, item_id: Any) -> Dict[str, Any]:
+    """One item of a batch through the function: its entry in ``results``."""
+    try:
+        answer = function.answer(event)
+        # Checked here: NaN and Infinity fail this item, not the batch.
+        json.dumps(answer, allow_nan=False)
+        return {"id": item_id, "ok": True, "emit": answer["emit"]}
+    except Permanent as failure:
+        message = _one_line(str(failure))
+        _log(message)
+        return {"id": item_id, "error": message, "permanent": True}
+    except Exception as err:
+        traceback.print_exc()
+        return {"id": item_id, "error": _one_line(f"{type(err).__name__}: {err}")}
+
+
+def _serve_batch(
+    function: Function, events: List[Any], ids: List[Any], attempts: Optional[List[int]] = None
+) -> str:
+    """A batch (``batch`` in the config): each event through the function in
+    turn (``attempt()`` is its own in a worker), answered per item as
+    ``{"results": [...]}``."""
+    global _attempt
+    results = []
+    for n, (event, item_id) in enumerate(zip(events, ids)):
+        if attempts is not None:
+            _attempt = attempts[n]
+        results.append(_batch_result(function, event, item_id))
+    sys.stderr.flush()
+    return json.dumps({"results": results}, allow_nan=False)
+
+
 def _serve_once(function: Function, out: IO[str]) -> int:
     """One input on stdin, the outcome as the exit status and stdout."""
     global _attempt
@@ -360,6 +396,12 @@ def _serve_once(function: Function, out: IO[str]) -> int:
     except ValueError as err:
         _log(f"the input on stdin is not JSON: {err}")
         return EXIT_PERMANENT
+    if isinstance(document, list) and not function.answers:
+        # A batch: the events as a JSON array; results per item on stdout.
+        ids = [e.get("id") if isinstance(e, dict) else None for e in document]
+        out.write(_serve_batch(function, document, ids) + "\n")
+        out.flush()
+        return 0
     try:
         # NaN and Infinity are not JSON: a ValueError here, retried.
         answer = json.dumps(function.answer(document), allow_nan=False)
@@ -386,6 +428,14 @@ def _serve_worker(function: Function, out: IO[str]) -> int:
             continue
         try:
             req = json.loads(line)
+            if isinstance(req, list) and not function.answers:
+                # A batch: one line of requests, one line of results.
+                events = [r["event"] for r in req]
+                ids = [r["id"] for r in req]
+                attempts = [r.get("attempt", 1) for r in req]
+                out.write(_serve_batch(function, events, ids, attempts) + "\n")
+                out.flush()
+                continue
             request_id = req["id"]
         except (ValueError, KeyError, TypeError) as err:
             # No id to answer: jetrun replaces a worker that does not reply.

@@ -118,6 +118,49 @@ class Child(unittest.TestCase):
         )
         self.assertIn("from a child", done.stderr)
 
+    def test_worker_answers_a_batch_line_with_results_per_item(self):
+        batch = [
+            {"id": 8, "event": {"id": "a", "type": "x.in", "data": {"n": 1}}, "attempt": 2},
+            {"id": 9, "event": {"id": "b", "type": "x.in", "data": {"bad": True}}, "attempt": 1},
+            {"id": 10, "event": {"id": "c", "type": "x.in", "data": {"boom": True}}, "attempt": 1},
+        ]
+        single = {"id": 11, "event": {"id": "d", "type": "x.in", "data": {"n": 2}}, "attempt": 1}
+        stdin = json.dumps(batch) + "\n" + json.dumps(single) + "\n"
+        done = self.run_child("handle", stdin, {"JETRUN_FUNCTION": "f"})
+        self.assertEqual(done.returncode, 0, done.stderr)
+        replies = [json.loads(line) for line in done.stdout.splitlines()]
+        self.assertEqual(
+            replies,
+            [
+                {
+                    "results": [
+                        {"id": 8, "ok": True, "emit": [{"type": "x.out", "data": {"n": 1, "attempt": 2}}]},
+                        {"id": 9, "error": "bad input", "permanent": True},
+                        {"id": 10, "error": "ValueError: boom"},
+                    ]
+                },
+                {"id": 11, "ok": True, "emit": [{"type": "x.out", "data": {"n": 2, "attempt": 1}}]},
+            ],
+        )
+
+    def test_per_event_a_batch_on_stdin_is_answered_per_item_by_event_id(self):
+        events = [
+            {"id": "a", "type": "x.in", "data": {"n": 1}},
+            {"id": "b", "type": "x.in", "data": {"bad": True}},
+        ]
+        env = {"JETRUN_FUNCTION": "f", "JETRUN_ATTEMPT": "2", "JETRUN_BATCH": "2"}
+        done = self.run_child("handle", json.dumps(events), env)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(
+            json.loads(done.stdout),
+            {
+                "results": [
+                    {"id": "a", "ok": True, "emit": [{"type": "x.out", "data": {"n": 1, "attempt": 2}}]},
+                    {"id": "b", "error": "bad input", "permanent": True},
+                ]
+            },
+        )
+
     def test_worker_answering_functions_read_input_and_reply_result(self):
         requests = [
             {"id": 1, "input": {"event": {"type": "t", "data": {}}, "key": "k", "state": None}, "attempt": 1},
