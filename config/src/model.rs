@@ -330,14 +330,16 @@ pub struct FunctionConfig {
 /// fails for good or cannot be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyConfig {
+    /// `key`: where each event's key is read (a valid pointer, not `""`, or
+    /// a token some subject of the function has).
     pub source: KeySource,
     /// `on_dead_letter`: what happens to the later events of a key whose
     /// event was dead-lettered.
     pub on_dead_letter: OnDeadLetter,
     /// `missing_key`: an event whose key cannot be read.
     pub missing_key: MissingKey,
-    /// `partitions` (default 4): the keys are spread over this many pinned
-    /// consumers, the most replicas that share the function's work.
+    /// `partitions` (1 to 64, default 4): the keys are spread over this many
+    /// pinned consumers, the most replicas that share the function's work.
     pub partitions: usize,
 }
 
@@ -350,6 +352,7 @@ pub enum KeySource {
     SubjectToken(usize),
 }
 
+/// `on_dead_letter = "continue" | "park"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnDeadLetter {
     /// The next event of the key runs (the default).
@@ -360,6 +363,7 @@ pub enum OnDeadLetter {
     Park,
 }
 
+/// `missing_key = "dead_letter" | "unordered"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MissingKey {
     /// Dead-lettered as a permanent failure naming the key (the default).
@@ -372,9 +376,11 @@ pub enum MissingKey {
 /// `batch = { size = 100, wait = "50ms" }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// The most events in one call (at least 1).
+    /// The most events in one call: 1 to 10000, and at most the function's
+    /// `max_ack_pending`.
     pub size: usize,
-    /// How long a batch waits to fill before it goes out with fewer.
+    /// How long a batch waits to fill before it goes out with fewer: not
+    /// zero (default 50ms).
     pub wait: Duration,
 }
 
