@@ -9,6 +9,11 @@
 //! replay cut short is safe to run again (the target stream drops the repeat
 //! within its duplicate window), and a finished one leaves nothing to replay
 //! twice.
+//!
+//! A dead letter a key was parked behind (`on_dead_letter = "park"`) is
+//! replayed with `Jetrun-Unparks: <stream>:<seq>`, which lifts the park,
+//! then the dead letters parked behind it (`Jetrun-Parked-Behind`), in
+//! their order: they reach the function after it, in order.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -30,6 +35,7 @@ use super::args::{FunctionArg, InvalidValue};
 use super::output::{count, first_line, hex_dump, rfc3339, table};
 use super::session::{self, Stopped};
 use crate::emit::{self, PublishError, Reserved};
+use crate::flow::park;
 use crate::headers::{is_server_directive, BadHeader, Put};
 
 /// `jetrun dlq --help`'s examples.
@@ -70,7 +76,9 @@ enum Verb {
     ///
     /// Each is republished (its body, and its headers minus the Jetrun-*
     /// ones) with a JetStream publish, and deleted from the dead-letter
-    /// stream only once that publish is acknowledged.
+    /// stream only once that publish is acknowledged. A dead letter whose
+    /// key was parked behind it (on_dead_letter = "park") is followed by
+    /// the dead letters parked behind it, in order.
     #[command(after_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
     /// Delete a function's dead letters: all, or those older than --older-than.
@@ -96,7 +104,9 @@ Examples:
   jetrun dlq replay reserve-stock --seq 12 --to order.placed.retry
 
 A replay carries Nats-Msg-Id replay:<DLQ seq>:<stream>:<sequence>: run again
-within the target stream's duplicate window, it stores nothing new. A dead
+within the target stream's duplicate window, it stores nothing new. Replaying
+the dead letter a key is parked behind (on_dead_letter = park) unparks the
+key and replays the dead letters parked behind it after it, in order. A dead
 letter whose body was cut (Jetrun-Body-Truncated) is refused; republish the
 event from its original stream and sequence instead.";
 
@@ -690,16 +700,46 @@ async fn replay(
         }
         letters
     };
+    // Dead letters replayed by this run, as the followers of a parked
+    // key's blocker or on their own: each goes once.
+    let mut replayed = BTreeSet::new();
+    // Every dead letter, read once the first blocker needs its followers.
+    let mut all: Option<Vec<StreamMessage>> = None;
     for letter in letters {
-        let outcome = match letter {
-            Ok(message) => replay_one(js, place, guard, &message, args.to.as_deref()).await,
-            Err(err) => Err(err),
+        let message = match letter {
+            Ok(message) if replayed.contains(&message.sequence) => continue,
+            Ok(message) => message,
+            Err(err) => {
+                failed = true;
+                eprintln!("jetrun: {err:#}");
+                continue;
+            }
         };
-        match outcome {
+        replayed.insert(message.sequence);
+        match replay_one(js, place, guard, &message, args.to.as_deref()).await {
             Ok(line) => println!("{line}"),
             Err(err) => {
                 failed = true;
                 eprintln!("jetrun: {err:#}");
+                continue;
+            }
+        }
+        let Some(blocker) = blocker_of(&message) else {
+            continue;
+        };
+        if all.is_none() {
+            all = Some(scan(js, place).await?);
+        }
+        for follower in parked_behind(all.as_deref().unwrap_or_default(), &blocker) {
+            if !replayed.insert(follower.sequence) {
+                continue;
+            }
+            match replay_one(js, place, guard, follower, args.to.as_deref()).await {
+                Ok(line) => println!("{line}, parked behind {blocker}"),
+                Err(err) => {
+                    failed = true;
+                    eprintln!("jetrun: {err:#}");
+                }
             }
         }
     }
@@ -708,6 +748,32 @@ async fn replay(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The blocker a dead letter's key may be parked behind: the letter's own
+/// original event, when it is a keyed function's (`Jetrun-Key`) and was
+/// not itself parked.
+fn blocker_of(message: &StreamMessage) -> Option<park::Blocker> {
+    let h = |name| header(&message.headers, name);
+    h(park::KEY_HEADER)?;
+    if h("Jetrun-Reason") == Some("parked") {
+        return None;
+    }
+    Some(park::Blocker {
+        stream: h("Jetrun-Original-Stream")?.to_string(),
+        sequence: h("Jetrun-Original-Sequence")?.parse().ok()?,
+    })
+}
+
+/// The dead letters parked behind `blocker`, in their order.
+fn parked_behind<'a>(
+    letters: &'a [StreamMessage],
+    blocker: &park::Blocker,
+) -> impl Iterator<Item = &'a StreamMessage> {
+    let behind = blocker.to_string();
+    letters
+        .iter()
+        .filter(move |m| header(&m.headers, park::PARKED_BEHIND) == Some(behind.as_str()))
 }
 
 /// Republishes one dead letter, waits for the ack, then deletes it; the
@@ -840,8 +906,9 @@ async fn delete_body(js: &jetstream::Context, object: &str) -> anyhow::Result<()
 impl Plan {
     /// The replay of `message`: to `to` or its original subject, with its
     /// headers minus every `Jetrun-*` one and the dead letter's
-    /// `Nats-Msg-Id`, plus the replay's own `Nats-Msg-Id`. A dead letter
-    /// with a cut body is refused.
+    /// `Nats-Msg-Id`, plus the replay's own `Nats-Msg-Id`, and, for one
+    /// a key may be parked behind, `Jetrun-Unparks`. A dead letter with a
+    /// cut body is refused.
     fn of(message: &StreamMessage, to: Option<&str>) -> Result<Plan, NotReplayable> {
         let h = |name| header(&message.headers, name);
         let stream = h("Jetrun-Original-Stream").unwrap_or("-");
@@ -878,6 +945,9 @@ impl Plan {
             None => format!("replay:{}:{stream}:{sequence}", message.sequence),
         };
         headers.put(HeaderName::from_static("Nats-Msg-Id"), &id)?;
+        if let Some(blocker) = blocker_of(message) {
+            headers.put(HeaderName::from_static(park::UNPARKS), &blocker.to_string())?;
+        }
         Ok(Plan {
             subject,
             headers,
@@ -1043,6 +1113,48 @@ mod tests {
         );
         let to = Plan::of(&message(12, "dlq.x", LETTER, b""), Some("order.retry")).unwrap();
         assert_eq!(to.subject, "order.retry");
+    }
+
+    #[test]
+    fn a_parked_keys_blocker_unparks_it_and_brings_its_followers() {
+        let mut blocker = LETTER.to_vec();
+        blocker.push(("Jetrun-Key", "a-1"));
+        let first = message(12, "dlq.reserve-stock", &blocker, b"{}");
+        let plan = Plan::of(&first, None).unwrap();
+        assert_eq!(header(&plan.headers, "Jetrun-Unparks"), Some("ORDERS:7"));
+        assert_eq!(header(&plan.headers, "Jetrun-Key"), None);
+        let unkeyed = Plan::of(&message(12, "dlq.reserve-stock", LETTER, b"{}"), None).unwrap();
+        assert_eq!(header(&unkeyed.headers, "Jetrun-Unparks"), None);
+        let follower = |seq: u64, behind: &'static str| {
+            let mut headers: Vec<(&str, &str)> = LETTER
+                .iter()
+                .filter(|(n, _)| *n != "Jetrun-Reason")
+                .copied()
+                .collect();
+            headers.extend([
+                ("Jetrun-Reason", "parked"),
+                ("Jetrun-Key", "a-1"),
+                ("Jetrun-Parked-Behind", behind),
+            ]);
+            message(seq, "dlq.reserve-stock", &headers, b"{}")
+        };
+        let parked = follower(13, "ORDERS:7");
+        assert_eq!(blocker_of(&parked), None, "a parked letter parks nothing");
+        assert_eq!(
+            header(&Plan::of(&parked, None).unwrap().headers, "Jetrun-Unparks"),
+            None
+        );
+        let letters = [
+            first,
+            follower(13, "ORDERS:7"),
+            follower(14, "ORDERS:9"),
+            follower(15, "ORDERS:7"),
+        ];
+        let blocker = blocker_of(&letters[0]).unwrap();
+        let behind: Vec<u64> = parked_behind(&letters, &blocker)
+            .map(|m| m.sequence)
+            .collect();
+        assert_eq!(behind, [13, 15]);
     }
 
     #[test]
