@@ -4,3 +4,5 @@
 
 pub(crate) mod key;
 pub(crate) mod park;
+pub(crate) mod presence;
+pub(crate) mod rate;

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 use super::diff::{diff, Diff};
 use crate::dispatch::{self, Unit};
 use crate::emit::{Emitter, Reserved};
+use crate::flow::presence::Presence;
+use crate::flow::rate::Limiter;
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -211,6 +213,11 @@ impl Supervisor {
                 )
             }
             Trigger::Stream(binding) => {
+                let presence = (config.key.is_some() || config.rate.is_some())
+                    .then(|| Presence::join(&self.js, &name, self.supervision()));
+                let rate = config.rate.zip(presence.clone()).map(|(rate, presence)| {
+                    Limiter::new(rate, presence, handles.rate_limited.clone())
+                });
                 let shared = Arc::new(dispatch::Shared {
                     unit: Unit {
                         name: name.clone(),
@@ -230,14 +237,25 @@ impl Supervisor {
                     )),
                     js: self.js.clone(),
                     metrics: handles,
+                    presence: presence.clone(),
+                    rate,
                 });
                 let stop = shutdown.clone();
-                tasks::spawn(
+                let consumer = tasks::spawn(
                     format!("consumer:{name}"),
                     shutdown,
                     self.supervision(),
                     move || dispatch::run(shared.clone(), readiness.clone(), stop.clone()),
-                )
+                );
+                match presence {
+                    // Left once the consumer has settled what it held, so
+                    // the others take over this replica's share only then.
+                    Some(presence) => tokio::spawn(async move {
+                        let _ = consumer.await;
+                        presence.leave().await;
+                    }),
+                    None => consumer,
+                }
             }
         };
         self.functions.insert(

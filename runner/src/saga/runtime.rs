@@ -310,6 +310,8 @@ pub(crate) async fn run(
                 emitter: None,
                 js: js.clone(),
                 metrics: handles,
+                presence: None,
+                rate: None,
             });
             let (readiness, stop) = (readiness.clone(), shutdown.clone());
             consumers.push(tasks::spawn(
