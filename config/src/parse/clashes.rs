@@ -2,7 +2,9 @@
 //! named like a saga's durable consumer (`saga-<name>`, which also takes its
 //! dead-letter subject), and projection buckets named like a bucket jetrun
 //! keeps (`jetrun_*`) or like the bucket a rebuild of another projection
-//! fills (`<bucket>_<n>`). Each is refused with its key path and line.
+//! fills (`<bucket>_<n>`), and a function named like a durable consumer of a
+//! keyed function on its stream (`<name>-p<n>`, one per partition). Each is
+//! refused with its key path and line.
 //! Also warns of a saga step whose timeout a redelivered command cannot meet.
 
 use std::collections::BTreeMap;
@@ -65,6 +67,7 @@ pub(super) fn check(
             );
         }
     }
+    partition_consumers(ctx, drafts, functions);
     let buckets: Vec<(&str, &str)> = functions
         .values()
         .filter_map(|f| match &f.role {
@@ -103,6 +106,46 @@ pub(super) fn check(
                      {other:?} (function {other_function}); pick another"
                 ),
             );
+        }
+    }
+}
+
+/// A keyed function's partitions are durable consumers `<consumer>-p<n>` on
+/// its stream: an unkeyed function of that name on that stream would share
+/// one of them.
+fn partition_consumers(
+    ctx: &mut Ctx<'_>,
+    drafts: &[Place],
+    functions: &BTreeMap<String, FunctionConfig>,
+) {
+    for keyed in functions.values() {
+        let (Some(key), Some(binding)) = (&keyed.key, keyed.binding()) else {
+            continue;
+        };
+        for other in functions.values().filter(|f| f.key.is_none()) {
+            let Some(theirs) = other.binding().filter(|b| b.stream == binding.stream) else {
+                continue;
+            };
+            let taken = (0..key.partitions)
+                .any(|i| name::partition_consumer(&binding.consumer, i) == theirs.consumer);
+            let Some(place) = drafts.iter().find(|d| d.name == other.name) else {
+                continue;
+            };
+            if taken {
+                ctx.error(
+                    place.path.clone(),
+                    place.span.as_ref(),
+                    format!(
+                        "is the name of a durable consumer of function {} on stream {} (its {} \
+                         key partitions are consumers {} to {}); rename the function",
+                        keyed.name,
+                        binding.stream,
+                        key.partitions,
+                        name::partition_consumer(&binding.consumer, 0),
+                        name::partition_consumer(&binding.consumer, key.partitions - 1),
+                    ),
+                );
+            }
         }
     }
 }

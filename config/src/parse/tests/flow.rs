@@ -496,3 +496,33 @@ fn every_flow_error_of_a_function_at_once() {
         3
     );
 }
+
+#[test]
+fn a_function_may_not_take_a_partition_consumer_name() {
+    let text = with_streams(
+        r#"
+[functions.pay]
+subjects = ["order.paid"]
+builtin = "noop"
+key = "/account_id"
+
+[functions.pay-p3]
+subjects = ["order.refunded"]
+builtin = "noop"
+"#,
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "functions.pay-p3 is the name of a durable consumer of function pay on stream ORDERS \
+          (its 4 key partitions are consumers pay-p0 to pay-p3); rename the function (line 12)"
+        ]
+    );
+    // Past the partitions, on another stream, or keyed itself: no clash.
+    ok(&text.replace("pay-p3", "pay-p4"));
+    ok(&text.replace("order.refunded", "user.refunded"));
+    ok(&text.replace(
+        "subjects = [\"order.refunded\"]",
+        "subjects = [\"order.refunded\"]\nkey = \"/id\"",
+    ));
+}
