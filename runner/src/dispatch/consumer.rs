@@ -66,7 +66,7 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
     let limits = Limits {
         permits: Arc::new(tokio::sync::Semaphore::new(shared.unit.concurrency)),
         held: Arc::new(tokio::sync::Semaphore::new(pull::held_at_most(
-            shared.unit.concurrency,
+            &shared.unit,
         ))),
         pace: Arc::new(pull::Pace::default()),
     };
@@ -168,7 +168,9 @@ async fn run_one(
         }
         while in_flight.join_next().await.is_some() {}
         if let Some(partition) = &partition {
-            partition.give_back(shared, &binding).await;
+            partition
+                .give_back(shared, &binding.stream, &binding.consumer)
+                .await;
         }
     }
     .instrument(span)

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::batch;
 use super::consumer::Lost;
 use super::deliver::{self, Delivery};
 use super::order::{Admit, Order, Settled};
@@ -53,9 +54,15 @@ const BUFFER_WAIT: Duration = Duration::from_millis(100);
 const EMIT_WINDOW: usize = 256;
 
 /// The most messages one unit holds at once (handling, buffered, or waiting
-/// for their emits): `concurrency` plus the buffer and the emit window.
-pub(super) fn held_at_most(concurrency: usize) -> usize {
-    concurrency + MAX_BUFFER + EMIT_WINDOW
+/// for their emits): what its `concurrency` slots take (a batch each, for a
+/// function with `batch`) plus the buffer and the emit window.
+pub(super) fn held_at_most(unit: &super::Unit) -> usize {
+    unit.concurrency.saturating_mul(per_slot(unit)) + MAX_BUFFER + EMIT_WINDOW
+}
+
+/// The messages one handler slot takes at once: a batch's `size`, or one.
+fn per_slot(unit: &super::Unit) -> usize {
+    unit.batch.as_ref().map_or(1, |batch| batch.size.max(1))
 }
 
 /// A handler slot, held while the handler runs; giving it back records how
@@ -170,6 +177,10 @@ impl Keyed {
 /// How often a runner pinned on a partition pulls, at least, even with
 /// nothing to ask for: the server keeps its pin while it pulls.
 const KEEP_PIN_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a runner that gave a partition back waits before it may ask for
+/// it again.
+const REJOIN_AFTER: Duration = Duration::from_secs(3);
 
 /// A message pulled ahead of a free slot, or waiting behind its key.
 struct Buffered {
@@ -379,7 +390,6 @@ impl Pulling<'_> {
         keyed: &mut Keyed,
         mut connections: watch::Receiver<u64>,
     ) {
-        let concurrency = self.shared.unit.concurrency;
         let ack_wait = self.shared.unit.binding.ack_wait;
         let mut buffer: VecDeque<Buffered> = VecDeque::new();
         let mut out = Out::new(&self.shared.js, self.consumer, self.partition.is_some());
@@ -391,20 +401,16 @@ impl Pulling<'_> {
         // Messages of other partitions, acked at once.
         let mut skipped: Vec<Message> = Vec::new();
         let mut released_on_drain = false;
+        // Giving this partition back to rebalance: no more pulls, and once
+        // everything of it is settled, the unpin.
+        let mut releasing = false;
         loop {
             // Reap finished deliveries so the set does not grow.
             while in_flight.try_join_next().is_some() {}
             while let Ok((key, sequence, settled)) = keyed.settled_rx.try_recv() {
                 self.settled(keyed, &key, sequence, settled, &mut buffer);
             }
-            while !buffer.is_empty() {
-                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                    break;
-                };
-                if let Some(next) = buffer.pop_front() {
-                    self.start(next, permit, in_flight, keyed);
-                }
-            }
+            self.start_buffered(&mut buffer, in_flight, keyed);
             let draining = self.shutdown.is_draining();
             if draining && !released_on_drain {
                 // Keys waiting for a redelivery get it from whoever pulls
@@ -429,20 +435,51 @@ impl Pulling<'_> {
             if paused_until.is_some_and(|until| Instant::now() >= until) {
                 paused_until = None;
             }
+            if let Some(partition) = self.partition {
+                let presence = self.shared.presence.as_ref();
+                if !releasing
+                    && !draining
+                    && partition.is_pinned()
+                    && keyed.takeover.is_none()
+                    && !partition.is_home(presence)
+                {
+                    tracing::info!(
+                        partition = partition.index,
+                        "The partition is another runner's share now: giving it back once what \
+                         this runner holds of it is settled."
+                    );
+                    releasing = true;
+                    release_retrying(keyed).await;
+                }
+                if releasing
+                    && out.outstanding() == 0
+                    && buffer.is_empty()
+                    && keyed.order.is_empty()
+                    && keyed.unsettled.load(Ordering::Relaxed) == 0
+                {
+                    let info = self.consumer.cached_info();
+                    partition
+                        .give_back(self.shared, &info.stream_name, &info.name)
+                        .await;
+                    out.pin = None;
+                    releasing = false;
+                    // Long enough for a runner short of its share to take it.
+                    paused_until = Some(Instant::now() + REJOIN_AFTER);
+                }
+                if !partition.is_pinned() && !partition.is_home(presence) && paused_until.is_none()
+                {
+                    // Another runner's share: this one leaves the partition
+                    // to it, and looks again now and then.
+                    paused_until = Some(Instant::now() + KEEP_PIN_EVERY);
+                }
+            }
             // When a pull is due but the unit holds all it may: how many
             // places to wait for.
             let mut held_short = None;
             let mut keep_pin_at = None;
-            if !draining && paused_until.is_none() {
-                let room = if backlog > 0 {
-                    self.pace
-                        .buffer_size(concurrency)
-                        .saturating_sub(buffer.len())
-                } else {
-                    0
-                };
+            if !draining && !releasing && paused_until.is_none() {
                 let plan = Plan {
-                    wanted: self.permits.available_permits() + room,
+                    wanted: self.wanted(buffer.len(), backlog),
                     allowed: self.held.available_permits(),
                     outstanding: out.outstanding(),
                 };
@@ -486,6 +523,7 @@ impl Pulling<'_> {
             let pause = until(paused_until);
             let answered = until(out.answered_by());
             let keep_pin = until(keep_pin_at);
+            let batch_due = until(self.batch_due(&buffer));
             let waiting = !buffer.is_empty() || keyed.order.waiting() > 0;
             tokio::select! {
                 biased;
@@ -510,7 +548,7 @@ impl Pulling<'_> {
                 () = self.shutdown.draining(), if !draining => {}
                 Some((key, sequence, settled)) = keyed.settled_rx.recv() => {
                     self.settled(keyed, &key, sequence, settled, &mut buffer);
-                    if self.shutdown.is_draining() {
+                    if self.shutdown.is_draining() || releasing {
                         release_retrying(keyed).await;
                     }
                 }
@@ -548,14 +586,16 @@ impl Pulling<'_> {
                 () = until(keyed.takeover.as_ref().map(|t| t.check_at)) => {
                     self.check_takeover(keyed, &mut buffer, in_flight).await;
                 }
-                permit = self.permits.clone().acquire_owned(), if !buffer.is_empty() => {
-                    if let (Ok(permit), Some(next)) = (permit, buffer.pop_front()) {
-                        self.start(next, permit, in_flight, keyed);
+                permit = self.permits.clone().acquire_owned(), if self.ready(&buffer) => {
+                    if let Ok(permit) = permit {
+                        self.start_next(&mut buffer, permit, in_flight, keyed);
                     }
                 }
-                // A slot freed with nothing buffered or asked for: pull again.
+                // A batch being gathered has waited long enough: it goes.
+                () = batch_due => {}
+                // A slot freed with nothing ready to start or asked for: pull again.
                 _ = self.permits.acquire(),
-                    if buffer.is_empty()
+                    if !self.ready(&buffer)
                         && nothing_out
                         && held_short.is_none()
                         && !draining
@@ -724,11 +764,100 @@ impl Pulling<'_> {
             },
             None => buffered,
         };
+        if self.shared.unit.batch.is_some() {
+            // Batches gather in the buffer; a full one starts at once.
+            buffer.push_back(buffered);
+            self.start_buffered(buffer, in_flight, keyed);
+            return;
+        }
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) if buffer.is_empty() => self.start(buffered, permit, in_flight, keyed),
             permit => {
                 drop(permit);
                 buffer.push_back(buffered);
+            }
+        }
+    }
+
+    /// What the next pulls should bring, what is buffered counted: a
+    /// message per free handler slot (a batch's `size`, for a function with
+    /// `batch`), plus, while the server reports a backlog, what the slots
+    /// would start within [`BUFFER_WAIT`] at the handler's pace.
+    fn wanted(&self, buffered: usize, backlog: u64) -> usize {
+        let per_slot = per_slot(&self.shared.unit);
+        let ahead = if backlog > 0 {
+            self.pace
+                .buffer_size(self.shared.unit.concurrency)
+                .saturating_mul(per_slot)
+                .min(MAX_BUFFER)
+        } else {
+            0
+        };
+        (self.permits.available_permits().saturating_mul(per_slot) + ahead).saturating_sub(buffered)
+    }
+
+    /// Whether the front of the buffer may start once it has a slot: any
+    /// message; for a function with `batch`, a full batch, or fewer once the
+    /// first has waited `wait` (or the runner drains: nothing more comes).
+    fn ready(&self, buffer: &VecDeque<Buffered>) -> bool {
+        let Some(first) = buffer.front() else {
+            return false;
+        };
+        match &self.shared.unit.batch {
+            None => true,
+            Some(batch) => {
+                buffer.len() >= batch.size
+                    || first.arrived.elapsed() >= batch.wait
+                    || self.shutdown.is_draining()
+            }
+        }
+    }
+
+    /// When the batch being gathered stops waiting for more, while it is
+    /// not full and still waits.
+    fn batch_due(&self, buffer: &VecDeque<Buffered>) -> Option<Instant> {
+        let batch = self.shared.unit.batch.as_ref()?;
+        let first = buffer.front()?;
+        let due = first.arrived + batch.wait;
+        (buffer.len() < batch.size && due > Instant::now()).then_some(due)
+    }
+
+    /// Starts what is buffered and ready, in order, while slots are free.
+    fn start_buffered(
+        &self,
+        buffer: &mut VecDeque<Buffered>,
+        in_flight: &mut JoinSet<()>,
+        keyed: &Keyed,
+    ) {
+        while self.ready(buffer) {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            self.start_next(buffer, permit, in_flight, keyed);
+        }
+    }
+
+    /// Starts the front of the buffer holding `permit`: one message, or, for
+    /// a function with `batch`, up to `size` of them in one batch.
+    fn start_next(
+        &self,
+        buffer: &mut VecDeque<Buffered>,
+        permit: OwnedSemaphorePermit,
+        in_flight: &mut JoinSet<()>,
+        keyed: &Keyed,
+    ) {
+        match &self.shared.unit.batch {
+            None => {
+                if let Some(next) = buffer.pop_front() {
+                    self.start(next, permit, in_flight, keyed);
+                }
+            }
+            Some(batch) => {
+                let taken = batch.size.min(buffer.len());
+                if taken > 0 {
+                    let items = buffer.drain(..taken).collect();
+                    self.start_batch(items, permit, in_flight, keyed);
+                }
             }
         }
     }
@@ -795,6 +924,55 @@ impl Pulling<'_> {
             unsettled.fetch_sub(1, Ordering::Relaxed);
             if let Some((key, sequence)) = key {
                 let _ = settled_tx.send((key, sequence, settled));
+            }
+        });
+        if futures::FutureExt::now_or_never(&mut delivery).is_none() {
+            in_flight.spawn(delivery);
+        }
+    }
+
+    /// Starts one batch holding `permit`, as [`start`](Self::start) does one
+    /// delivery: each keyed item says how it was settled, in its turn.
+    fn start_batch(
+        &self,
+        items: Vec<Buffered>,
+        permit: OwnedSemaphorePermit,
+        in_flight: &mut JoinSet<()>,
+        keyed: &Keyed,
+    ) {
+        let shared = self.shared.clone();
+        let shutdown = self.shutdown.clone();
+        let slot = Slot {
+            _permit: permit,
+            pace: self.pace.clone(),
+            taken: Instant::now(),
+        };
+        let count = items.len();
+        let mut deliveries = Vec::with_capacity(count);
+        let mut keys = Vec::with_capacity(count);
+        let mut held = Vec::with_capacity(count);
+        for buffered in items {
+            keys.push(
+                buffered
+                    .delivery
+                    .key
+                    .clone()
+                    .map(|key| (key, buffered.delivery.sequence)),
+            );
+            held.push(buffered.held);
+            deliveries.push((buffered.message, buffered.delivery));
+        }
+        let settled_tx = keyed.settled_tx.clone();
+        let unsettled = keyed.unsettled.clone();
+        unsettled.fetch_add(count as u64, Ordering::Relaxed);
+        let mut delivery = Box::pin(async move {
+            let settled = batch::deliver_batch(&shared, deliveries, slot, &shutdown).await;
+            drop(held);
+            unsettled.fetch_sub(count as u64, Ordering::Relaxed);
+            for (key, settled) in keys.into_iter().zip(settled) {
+                if let Some((key, sequence)) = key {
+                    let _ = settled_tx.send((key, sequence, settled));
+                }
             }
         });
         if futures::FutureExt::now_or_never(&mut delivery).is_none() {
