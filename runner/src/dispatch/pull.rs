@@ -14,6 +14,11 @@
 //! would start within [`BUFFER_WAIT`] at the pace measured), and empty when
 //! the server reported no backlog, so a blocked handler holds on to the
 //! events that were already waiting, never to new ones.
+//!
+//! A function with `batch` takes a slot per batch: up to `size` buffered
+//! messages, in order, go to one [`deliver_batch`](super::batch), once
+//! `size` are there or the first has waited `wait` (at once while draining);
+//! pulls ask for `size` messages per free slot.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
