@@ -65,6 +65,8 @@ struct Inner {
     task: Mutex<Option<JoinHandle<()>>>,
     store: Arc<OnceLock<kv::Store>>,
     live: watch::Receiver<usize>,
+    /// This replica's place among the live ones, sorted by id.
+    rank: watch::Receiver<usize>,
     /// Set once the watch has delivered every entry there was (this
     /// process's first heartbeat came back through it).
     settled: watch::Receiver<bool>,
@@ -88,6 +90,7 @@ impl Presence {
     ) -> Presence {
         let (control, shutdown) = Control::new();
         let (live_tx, live) = watch::channel(1);
+        let (rank_tx, rank) = watch::channel(0);
         let (settled_tx, settled) = watch::channel(false);
         let store = Arc::new(OnceLock::new());
         let beat = Arc::new(Beat {
@@ -96,6 +99,7 @@ impl Presence {
             key: key(function, replica_id()),
             store: store.clone(),
             live: live_tx,
+            rank: rank_tx,
             settled: settled_tx,
         });
         let task = tasks::spawn(
@@ -111,9 +115,18 @@ impl Presence {
                 task: Mutex::new(Some(task)),
                 store,
                 live,
+                rank,
                 settled,
             }),
         }
+    }
+
+    /// This replica's place among the live ones (sorted by replica id, from
+    /// 0) and how many there are: every replica computes the same order,
+    /// so each can tell its own share of something split among them.
+    pub(crate) fn rank(&self) -> (usize, usize) {
+        let live = self.live();
+        ((*self.inner.rank.borrow()).min(live - 1), live)
     }
 
     /// The live replicas of the function, this one included (so at least 1).
@@ -177,6 +190,7 @@ struct Beat {
     key: String,
     store: Arc<OnceLock<kv::Store>>,
     live: watch::Sender<usize>,
+    rank: watch::Sender<usize>,
     settled: watch::Sender<bool>,
 }
 
@@ -235,7 +249,7 @@ impl Beat {
                                     }
                                 }
                             }
-                            self.tell(count(&seen, me, Instant::now()));
+                            self.tell(&seen, me, Instant::now());
                         }
                         Some(Err(err)) => {
                             tracing::debug!(function = %self.function, %err, "The replicas' watch failed; watching again.");
@@ -247,7 +261,7 @@ impl Beat {
                     _ = recount.tick() => {
                         let now = Instant::now();
                         seen.retain(|_, at| now.duration_since(*at) < window * 20);
-                        self.tell(count(&seen, me, now));
+                        self.tell(&seen, me, now);
                         // Heartbeats are put but none came back for a while:
                         // the watch is stuck; make it again.
                         let last_echo = seen.get(me).copied().unwrap_or(watched);
@@ -275,7 +289,13 @@ impl Beat {
         }
     }
 
-    fn tell(&self, live: usize) {
+    fn tell(&self, seen: &HashMap<String, Instant>, me: &str, now: Instant) {
+        let (rank, live) = rank(seen, me, now);
+        self.rank.send_if_modified(|old| {
+            let changed = *old != rank;
+            *old = rank;
+            changed
+        });
         self.live.send_if_modified(|old| {
             let changed = *old != live;
             if changed {
@@ -285,6 +305,23 @@ impl Beat {
             changed
         });
     }
+}
+
+/// `me`'s place among the live replicas sorted by id, and how many there
+/// are (as [`count`]).
+fn rank(seen: &HashMap<String, Instant>, me: &str, now: Instant) -> (usize, usize) {
+    let window = HEARTBEAT * MISSED;
+    let view = match seen.get(me) {
+        Some(&mine) if now.duration_since(mine) > window => mine,
+        _ => now,
+    };
+    let before = seen
+        .iter()
+        .filter(|(id, at)| {
+            id.as_str() < me && view.saturating_duration_since(**at) <= window
+        })
+        .count();
+    (before, count(seen, me, now))
 }
 
 /// The live replicas, `me` included, among those `seen` (each with when its
