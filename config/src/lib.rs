@@ -15,10 +15,11 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Account, AccountId, AggregateConfig, BatchConfig, Config, DeadLetters, ExecConfig, ExecMode, FunctionConfig,
-    Handler, HttpConfig, KeyConfig, KeySource, MetricsConfig, MissingKey, OnDeadLetter, Rate, NatsAuth, NatsConfig, ProjectionConfig, Retention, Role,
-    SagaConfig, SagaStep, ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate,
-    TelemetryConfig, TlsConfig, Trigger, DEFAULT_NATS_URL, DLQ_STREAM, DLQ_SUBJECTS,
+    Account, AccountId, AggregateConfig, BatchConfig, Config, DeadLetters, ExecConfig, ExecMode,
+    FunctionConfig, Handler, HttpConfig, KeyConfig, KeySource, MetricsConfig, MissingKey, NatsAuth,
+    NatsConfig, OnDeadLetter, ProjectionConfig, Rate, Retention, Role, SagaConfig, SagaStep,
+    ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate, TelemetryConfig,
+    TlsConfig, Trigger, DEFAULT_NATS_URL, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;

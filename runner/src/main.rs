@@ -7,9 +7,9 @@
 mod cli;
 mod dispatch;
 mod emit;
-mod flow;
 mod envelope;
 mod eventsourcing;
+mod flow;
 mod handler;
 mod headers;
 mod layers;

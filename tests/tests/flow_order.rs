@@ -184,10 +184,7 @@ async fn publish(
         let mut acks = Vec::new();
         for &n in chunk {
             let body = format!(r#"{{"n":{n},"account":"{}"{}}}"#, account(n), extra(n));
-            let ack = js
-                .publish("pay.made", body.into())
-                .await
-                .expect("publish");
+            let ack = js.publish("pay.made", body.into()).await.expect("publish");
             acks.push(ack);
         }
         for ack in acks {
@@ -253,7 +250,13 @@ async fn two_replicas_handle_each_key_in_order_and_keys_in_parallel() {
     keyed.start(1).await;
     let js = async_nats::jetstream::new(jetrun_e2e::connect(&nats.url()).await);
 
-    let many = publish(&js, 1..5_001, |n| format!("acct-{}", n % 50), |_| String::new()).await;
+    let many = publish(
+        &js,
+        1..5_001,
+        |n| format!("acct-{}", n % 50),
+        |_| String::new(),
+    )
+    .await;
     keyed.wait_handled(&many, Duration::from_secs(120)).await;
     let one = publish(&js, 5_001..5_501, |_| "solo".into(), |_| String::new()).await;
     keyed.wait_handled(&one, Duration::from_secs(120)).await;
@@ -270,7 +273,10 @@ async fn two_replicas_handle_each_key_in_order_and_keys_in_parallel() {
         "50 keys run in parallel: {many_rate:.0}/s against {one_rate:.0}/s for one key"
     );
     let shares: Vec<usize> = keyed.ledgers.iter().map(Ledger::len).collect();
-    assert!(shares.iter().all(|&s| s > 0), "both replicas work: {shares:?}");
+    assert!(
+        shares.iter().all(|&s| s > 0),
+        "both replicas work: {shares:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +347,9 @@ async fn a_retrying_event_holds_its_key_and_no_other() {
     })
     .await;
     keyed.start(0).await;
-    keyed.wait_handled(&with_failure, Duration::from_secs(120)).await;
+    keyed
+        .wait_handled(&with_failure, Duration::from_secs(120))
+        .await;
 
     let calls = keyed.calls();
     let attempts: Vec<u32> = calls

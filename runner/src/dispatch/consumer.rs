@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 
 use jetrun_config::StreamBinding;
 
-use super::partition::{Partition, Pins};
+use super::partition::Partition;
 use super::{pull, Shared};
 use crate::nats::{self, Bound, Floor};
 use crate::readiness::Readiness;
@@ -77,9 +77,8 @@ pub(super) async fn run(shared: Arc<Shared>, readiness: Readiness, shutdown: Shu
                 .await
         }
         Some(partitions) => {
-            let pins = Arc::new(Pins::new());
             let each = (0..partitions).map(|index| {
-                let partition = Partition::new(index, partitions, pins.clone());
+                let partition = Partition::new(index, partitions);
                 run_one(&shared, Some(partition), &limits, &readiness, &shutdown)
             });
             futures::future::join_all(each).instrument(span).await;

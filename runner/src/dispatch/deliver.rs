@@ -93,11 +93,12 @@ pub(super) async fn deliver(
         sequence,
         published,
     };
-    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
-        .and_then(|event| match unkeyed {
+    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload).and_then(
+        |event| match unkeyed {
             Some(why) => Err(Failure::permanent(why)),
             None => Ok(event),
-        });
+        },
+    );
     let traced = traced(
         name,
         &origin,

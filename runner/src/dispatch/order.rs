@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(order.settled(&key("a"), 1, Settled::Retrying(delay)), None);
         assert_eq!(order.admit(&key("a"), 3, "a3"), Admit::Wait);
         // The redelivery of the head starts at once.
-        assert_eq!(order.admit(&key("a"), 1, "a1 again"), Admit::Start("a1 again"));
+        assert_eq!(
+            order.admit(&key("a"), 1, "a1 again"),
+            Admit::Start("a1 again")
+        );
         assert_eq!(order.settled(&key("a"), 1, Settled::Done), Some("a2"));
         // A late redelivery of a waiting event replaces it in its place.
         assert_eq!(order.admit(&key("a"), 3, "a3 again"), Admit::Wait);

@@ -8,7 +8,7 @@
 //! it held, and loses it when it stops pulling for [`nats::PIN_TIMEOUT`]
 //! (a runner killed with `kill -9`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Shared;
 use crate::flow::key::Key;
@@ -19,28 +19,8 @@ use crate::nats;
 pub(super) struct Partition {
     pub(super) index: usize,
     pub(super) of: usize,
-    /// What this runner's partitions of the function share.
-    pub(super) pins: std::sync::Arc<Pins>,
     /// Whether this runner holds the partition's pin.
     pinned: AtomicBool,
-}
-
-/// The pins this runner holds among a function's partitions.
-pub(super) struct Pins {
-    held: AtomicUsize,
-}
-
-impl Pins {
-    pub(super) fn new() -> Pins {
-        Pins {
-            held: AtomicUsize::new(0),
-        }
-    }
-
-    /// Partitions this runner holds the pin of.
-    pub(super) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
 }
 
 /// Whether partition `index` is at home on the runner at place `rank` (from
@@ -52,11 +32,10 @@ pub(super) fn is_home(index: usize, rank: usize, live: usize) -> bool {
 }
 
 impl Partition {
-    pub(super) fn new(index: usize, of: usize, pins: std::sync::Arc<Pins>) -> Partition {
+    pub(super) fn new(index: usize, of: usize) -> Partition {
         Partition {
             index,
             of,
-            pins,
             pinned: AtomicBool::new(false),
         }
     }
@@ -74,13 +53,11 @@ impl Partition {
     /// Records whether this runner holds the pin now.
     pub(super) fn set_pinned(&self, pinned: bool) {
         if self.pinned.swap(pinned, Ordering::Relaxed) != pinned {
-            if pinned {
-                self.pins.held.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(partition = self.index, "Pinned on the partition.");
-            } else {
-                self.pins.held.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(partition = self.index, "No longer pinned on the partition.");
-            }
+            tracing::debug!(
+                partition = self.index,
+                pinned,
+                "The partition's pin changed hands."
+            );
         }
     }
 
@@ -138,7 +115,9 @@ mod tests {
         assert_eq!(homes(4, 6), vec![1, 1, 1, 1, 0, 0]);
         for live in 1..10 {
             for index in 0..7 {
-                let owners = (0..live).filter(|&rank| super::is_home(index, rank, live)).count();
+                let owners = (0..live)
+                    .filter(|&rank| super::is_home(index, rank, live))
+                    .count();
                 assert_eq!(owners, 1, "partition {index} among {live}");
             }
         }

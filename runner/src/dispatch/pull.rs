@@ -427,10 +427,7 @@ impl Pulling<'_> {
                     let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
                 }
             }
-            if draining
-                && out.outstanding() == 0
-                && buffer.is_empty()
-                && keyed.order.waiting() == 0
+            if draining && out.outstanding() == 0 && buffer.is_empty() && keyed.order.waiting() == 0
             {
                 return;
             }
@@ -757,7 +754,10 @@ impl Pulling<'_> {
         keyed: &mut Keyed,
     ) {
         let buffered = match buffered.delivery.key.clone() {
-            Some(key) => match keyed.order.admit(&key, buffered.delivery.sequence, buffered) {
+            Some(key) => match keyed
+                .order
+                .admit(&key, buffered.delivery.sequence, buffered)
+            {
                 Admit::Start(buffered) => {
                     self.shared
                         .metrics
@@ -990,10 +990,7 @@ impl Pulling<'_> {
 /// (it drains): what waits behind each goes back, due after it.
 async fn release_retrying(keyed: &mut Keyed) {
     for (buffered, delay) in keyed.order.release_retrying() {
-        let _ = buffered
-            .message
-            .ack_with(AckKind::Nak(Some(delay)))
-            .await;
+        let _ = buffered.message.ack_with(AckKind::Nak(Some(delay))).await;
     }
 }
 

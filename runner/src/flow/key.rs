@@ -68,7 +68,11 @@ pub(crate) fn read(source: &KeySource, subject: &str, event: &Event) -> Result<K
                 Some(value @ (serde_json::Value::Array(_) | serde_json::Value::Object(_))) => {
                     Err(format!(
                         "key {pointer}: the value there is {}, not a string or a number",
-                        if value.is_array() { "an array" } else { "an object" }
+                        if value.is_array() {
+                            "an array"
+                        } else {
+                            "an object"
+                        }
                     ))
                 }
                 Some(scalar) => Ok(Key(cut(&scalar.to_string()))),
@@ -120,8 +124,14 @@ mod tests {
     fn partitions_are_stable_and_spread() {
         // Fixed values: a key must fall in the same partition on every
         // replica and after every upgrade.
-        assert_eq!(Key("a-1".into()).partition(4), Key("a-1".into()).partition(4));
-        assert_eq!(Key("".into()).partition(7), (0xcbf2_9ce4_8422_2325u64 % 7) as usize);
+        assert_eq!(
+            Key("a-1".into()).partition(4),
+            Key("a-1".into()).partition(4)
+        );
+        assert_eq!(
+            Key("".into()).partition(7),
+            (0xcbf2_9ce4_8422_2325u64 % 7) as usize
+        );
         let mut counts = [0usize; 4];
         for n in 0..1000 {
             counts[Key(format!("account-{n}")).partition(4)] += 1;

@@ -317,9 +317,7 @@ fn rank(seen: &HashMap<String, Instant>, me: &str, now: Instant) -> (usize, usiz
     };
     let before = seen
         .iter()
-        .filter(|(id, at)| {
-            id.as_str() < me && view.saturating_duration_since(**at) <= window
-        })
+        .filter(|(id, at)| id.as_str() < me && view.saturating_duration_since(**at) <= window)
         .count();
     (before, count(seen, me, now))
 }
