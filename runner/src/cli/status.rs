@@ -163,10 +163,16 @@ async fn rows(
             continue;
         };
         let place = Place::of(&loaded.config, function);
+        // A keyed function's backlog: its first partition's (every
+        // partition's consumer sees every event).
+        let consumer = match &function.key {
+            Some(_) => jetrun_config::name::partition_consumer(&binding.consumer, 0),
+            None => binding.consumer.clone(),
+        };
         rows.push(Row {
             function: function.name.clone(),
             stream: Some(binding.stream.clone()),
-            consumer: consumer_state(&js, &binding.stream, &binding.consumer).await?,
+            consumer: consumer_state(&js, &binding.stream, &consumer).await?,
             dead_letters: dlq::count_letters(&js, &place).await?,
             dead_letter_subject: place.subject,
         });

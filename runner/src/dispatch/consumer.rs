@@ -130,6 +130,9 @@ async fn run_one(
                     shared.clone(),
                     ack_floor.clone(),
                     lost.clone(),
+                    // A keyed function's backlog gauges: its first
+                    // partition's (every partition sees every event).
+                    partition.as_ref().is_none_or(|p| p.index == 0),
                 )
                 .in_current_span(),
             );
@@ -212,12 +215,15 @@ async fn monitor(
     shared: Arc<Shared>,
     ack_floor: Arc<AtomicU64>,
     lost: Arc<Lost>,
+    gauges: bool,
 ) {
     loop {
         match consumer.info().await {
             Ok(info) => {
-                shared.metrics.pending.set(info.num_pending as i64);
-                shared.metrics.ack_pending.set(info.num_ack_pending as i64);
+                if gauges {
+                    shared.metrics.pending.set(info.num_pending as i64);
+                    shared.metrics.ack_pending.set(info.num_ack_pending as i64);
+                }
                 ack_floor.fetch_max(info.ack_floor.stream_sequence, Ordering::Relaxed);
             }
             Err(err) if nats::is_consumer_not_found(&err) => {
