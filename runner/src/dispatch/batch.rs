@@ -15,14 +15,12 @@ use futures::FutureExt as _;
 use jetrun_functions::{Context, Emit, Event, Failure, Outcome};
 use tracing::{Instrument, Span};
 
-use super::deliver::{self, Delivery};
+use super::deliver::{self, Delivery, Read};
 use super::order::Settled;
 use super::pull::Slot;
 use super::retry::Attempt;
 use super::{settle, Shared};
-use crate::envelope::{self, Origin};
 use crate::flow::key::Key;
-use crate::logging::{self, EventFields};
 use crate::shutdown::Shutdown;
 use crate::{redact, tasks, telemetry};
 
@@ -36,16 +34,6 @@ struct Item {
     /// Its OpenTelemetry `process` span, with telemetry.
     traced: Option<Span>,
     /// Its log span.
-    span: Span,
-}
-
-/// A delivery read: the event (or why it is none), its context and spans.
-struct Read {
-    message: jetstream::Message,
-    event: Result<Event, Failure>,
-    ctx: Context,
-    key: Option<Key>,
-    traced: Option<Span>,
     span: Span,
 }
 
@@ -66,7 +54,7 @@ pub(super) async fn deliver_batch(
     let mut places = Vec::with_capacity(count);
     let mut refused = Vec::new();
     for (place, (message, delivery)) in deliveries.into_iter().enumerate() {
-        let read = read(&shared.unit.name, message, delivery);
+        let read = deliver::read(&shared.unit.name, message, delivery);
         match read.event {
             Ok(event) => {
                 places.push(place);
@@ -172,66 +160,6 @@ pub(super) async fn deliver_batch(
         settled[place] = how;
     }
     settled
-}
-
-/// Reads one delivery as an event, with its context, log span and (with
-/// telemetry) `process` span, as [`deliver`](super::deliver) does.
-fn read(function: &str, message: jetstream::Message, delivery: Delivery) -> Read {
-    let Delivery {
-        attempt,
-        stream,
-        stream_created,
-        sequence,
-        published,
-        key,
-        unkeyed,
-    } = delivery;
-    let origin = Origin {
-        subject: message.subject.as_str(),
-        stream: &stream,
-        sequence,
-        published,
-    };
-    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload).and_then(
-        |event| match unkeyed {
-            Some(why) => Err(Failure::permanent(why)),
-            None => Ok(event),
-        },
-    );
-    let traced = deliver::traced(
-        function,
-        &origin,
-        message.headers.as_ref(),
-        event.as_ref().ok(),
-        attempt,
-    );
-    let span = logging::event_span(EventFields {
-        function: function.to_string(),
-        event_id: event.as_ref().ok().map(|e| e.id.clone()),
-        event_type: event.as_ref().ok().map(|e| e.event_type.clone()),
-        correlation_id: event.as_ref().ok().and_then(|e| e.correlationid.clone()),
-        causation_id: event.as_ref().ok().and_then(|e| e.causationid.clone()),
-        attempt,
-        stream: stream.clone(),
-        sequence,
-    });
-    let ctx = Context {
-        function: function.to_string(),
-        attempt,
-        subject: message.subject.to_string(),
-        stream,
-        stream_created,
-        sequence,
-        trace: None,
-    };
-    Read {
-        message,
-        event,
-        ctx,
-        key,
-        traced,
-        span,
-    }
 }
 
 /// Calls the handler once for the whole batch holding `slot`, keeping every

@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt as _;
 use jetrun_functions::{Context, Event, Failure};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::order::Settled;
 use super::pull::Slot;
@@ -67,17 +67,19 @@ impl Delivery {
     }
 }
 
-/// Handles one delivery from start to settlement; says how it was settled.
-pub(super) async fn deliver(
-    shared: &Shared,
-    message: jetstream::Message,
-    delivery: Delivery,
-    slot: Slot,
-    shutdown: &Shutdown,
-) -> Settled {
-    let metrics = &shared.metrics;
-    let name = &shared.unit.name;
-    metrics.received.inc();
+/// A delivery read: the event (or why it is none), its context and spans.
+pub(super) struct Read {
+    pub(super) message: jetstream::Message,
+    pub(super) event: Result<Event, Failure>,
+    pub(super) ctx: Context,
+    pub(super) key: Option<Key>,
+    pub(super) traced: Option<Span>,
+    pub(super) span: Span,
+}
+
+/// Reads one delivery as an event, with its context, log span and (with
+/// telemetry) `process` span: the start of [`deliver`] and of a batch's.
+pub(super) fn read(function: &str, message: jetstream::Message, delivery: Delivery) -> Read {
     let Delivery {
         attempt,
         stream,
@@ -100,14 +102,14 @@ pub(super) async fn deliver(
         },
     );
     let traced = traced(
-        name,
+        function,
         &origin,
         message.headers.as_ref(),
         event.as_ref().ok(),
         attempt,
     );
     let span = logging::event_span(EventFields {
-        function: name.clone(),
+        function: function.to_string(),
         event_id: event.as_ref().ok().map(|e| e.id.clone()),
         event_type: event.as_ref().ok().map(|e| e.event_type.clone()),
         correlation_id: event.as_ref().ok().and_then(|e| e.correlationid.clone()),
@@ -117,7 +119,7 @@ pub(super) async fn deliver(
         sequence,
     });
     let ctx = Context {
-        function: name.clone(),
+        function: function.to_string(),
         attempt,
         subject: message.subject.to_string(),
         stream,
@@ -125,6 +127,35 @@ pub(super) async fn deliver(
         sequence,
         trace: None,
     };
+    Read {
+        message,
+        event,
+        ctx,
+        key,
+        traced,
+        span,
+    }
+}
+
+/// Handles one delivery from start to settlement; says how it was settled.
+pub(super) async fn deliver(
+    shared: &Shared,
+    message: jetstream::Message,
+    delivery: Delivery,
+    slot: Slot,
+    shutdown: &Shutdown,
+) -> Settled {
+    let metrics = &shared.metrics;
+    let name = &shared.unit.name;
+    metrics.received.inc();
+    let Read {
+        message,
+        event,
+        ctx,
+        key,
+        traced,
+        span,
+    } = read(name, message, delivery);
     async {
         // A parked key's event is dead-lettered without calling the handler.
         if let Some(settled) =
