@@ -18,8 +18,8 @@ pub use model::{
     Account, AccountId, AggregateConfig, BatchConfig, Config, DeadLetters, ExecConfig, ExecMode,
     FunctionConfig, Handler, HttpConfig, KeyConfig, KeySource, MetricsConfig, MissingKey, NatsAuth,
     NatsConfig, OnDeadLetter, ProjectionConfig, Rate, Retention, Role, SagaConfig, SagaStep,
-    ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate, TelemetryConfig,
-    TlsConfig, Trigger, DEFAULT_NATS_URL, DLQ_STREAM, DLQ_SUBJECTS,
+    ScheduleConfig, ServiceConfig, Storage, StreamBinding, StreamConfig, SubjectTemplate,
+    TelemetryConfig, TlsConfig, Trigger, DEFAULT_NATS_URL, DLQ_STREAM, DLQ_SUBJECTS,
 };
 pub use retry::{InvalidRetry, RetryPolicy};
 pub use schema::json_schema;

@@ -324,6 +324,23 @@ pub struct FunctionConfig {
     /// `rate = "N/s"` or `"N/m"`: handler calls started per period, across
     /// every replica of the function.
     pub rate: Option<Rate>,
+    /// `schedule = ...` (with `time_zone`): the function runs on a schedule,
+    /// each tick an event on `jetrun.schedule.<function>` in the schedules
+    /// stream (its trigger is that stream's subject). `None`: no schedule.
+    pub schedule: Option<ScheduleConfig>,
+}
+
+/// `schedule = "0 0 2 * * *"` and `time_zone = "Europe/Berlin"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    /// The expression as written: a 6-field cron (sec min hour day month
+    /// weekday), `@every <duration>`, or `@yearly`, `@annually`,
+    /// `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`. What
+    /// nats-server takes as `Nats-Schedule`.
+    pub expression: String,
+    /// The IANA time zone a cron expression is read in (`Nats-Schedule-Time-Zone`);
+    /// `None`: UTC.
+    pub time_zone: Option<String>,
 }
 
 /// How a keyed function reads its events' keys and what it does when one

@@ -33,6 +33,22 @@ pub fn partition_consumer(consumer: &str, index: usize) -> String {
     format!("{consumer}-p{index}")
 }
 
+/// The stream jetrun keeps schedules and their ticks in (made with
+/// `allow_msg_schedules`), unless `[schedules] stream` names another.
+pub const SCHEDULES_STREAM: &str = "JETRUN_SCHEDULES";
+
+/// The subject scheduled function `function`'s ticks are published on.
+pub fn schedule_tick_subject(function: &str) -> String {
+    format!("jetrun.schedule.{function}")
+}
+
+/// The subject holding scheduled function `function`'s schedule (the
+/// message with the `Nats-Schedule` header), per `[service] name`, so that
+/// two configs sharing a NATS account never touch each other's schedules.
+pub fn schedule_holder_subject(service: &str, function: &str) -> String {
+    format!("jetrun.schedules.{service}.{function}")
+}
+
 /// The KV bucket holding saga `saga`'s instances.
 pub fn saga_bucket(saga: &str) -> String {
     format!("jetrun_saga_{saga}")

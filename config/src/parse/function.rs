@@ -248,6 +248,7 @@ impl Draft {
             key: settings.flow.key,
             batch: settings.flow.batch,
             rate: settings.flow.rate,
+            schedule: None,
         })
     }
 }
