@@ -53,6 +53,32 @@ impl Target {
         wait_held(&stream, events).await?;
         Ok(stream)
     }
+
+    /// The same with [`keyed_body`]s: event `n` has the key `n % keys`.
+    pub(crate) async fn fill_keyed(
+        &self,
+        js: &jetstream::Context,
+        events: u64,
+        keys: u64,
+    ) -> anyhow::Result<stream::Stream> {
+        let stream = self.create(js).await?;
+        publish_bodies(js, std::slice::from_ref(&self.subject), events, |n| {
+            keyed_body(n, keys)
+        })
+        .await?;
+        wait_held(&stream, events).await?;
+        Ok(stream)
+    }
+}
+
+/// Event `n`'s body with a key: `{"seq":n,"k":n % keys,...}`, padded to
+/// [`BODY_LEN`] bytes like [`body`].
+pub(crate) fn keyed_body(n: u64, keys: u64) -> Bytes {
+    let head = format!(
+        r#"{{"seq":{n},"k":{},"kind":"bench","pad":""#,
+        n % keys.max(1)
+    );
+    pad_json(head, BODY_LEN)
 }
 
 /// Event `n`'s body: a JSON object padded to exactly [`BODY_LEN`] bytes.
@@ -64,6 +90,12 @@ pub(crate) fn body(n: u64) -> Bytes {
 /// short for the number).
 pub(crate) fn body_of_len(n: u64, len: usize) -> Bytes {
     let head = format!(r#"{{"seq":{n},"kind":"bench","pad":""#);
+    pad_json(head, len)
+}
+
+/// `head` (a JSON object up to an open string), padded with `x` and closed
+/// to `len` bytes.
+fn pad_json(head: String, len: usize) -> Bytes {
     let tail = r#""}"#;
     let pad = len.saturating_sub(head.len() + tail.len());
     let mut text = String::with_capacity(len);
@@ -92,6 +124,18 @@ pub(crate) async fn publish_spread(
     events: u64,
     len: usize,
 ) -> anyhow::Result<()> {
+    publish_bodies(js, subjects, events, |n| body_of_len(n, len)).await
+}
+
+/// Publishes `body(n)` for `n` in `1..=events`, to `subjects[n %
+/// subjects.len()]`, keeping up to [`PUBLISH_WINDOW`] JetStream acks
+/// outstanding, and checks every one of them.
+async fn publish_bodies(
+    js: &jetstream::Context,
+    subjects: &[String],
+    events: u64,
+    body: impl Fn(u64) -> Bytes,
+) -> anyhow::Result<()> {
     let mut pending: VecDeque<PublishAckFuture> = VecDeque::with_capacity(PUBLISH_WINDOW);
     for n in 1..=events {
         if pending.len() == PUBLISH_WINDOW {
@@ -101,7 +145,7 @@ pub(crate) async fn publish_spread(
         }
         let subject = &subjects[(n % subjects.len() as u64) as usize];
         let ack = js
-            .publish(subject.clone(), body_of_len(n, len))
+            .publish(subject.clone(), body(n))
             .await
             .with_context(|| format!("publish to {subject}"))?;
         pending.push_back(ack);
@@ -144,6 +188,19 @@ mod tests {
             let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(value["seq"], n);
         }
+    }
+
+    #[test]
+    fn keyed_bodies_are_256_bytes_with_their_key() {
+        let mut keys = std::collections::HashSet::new();
+        for n in 1..=5_000 {
+            let body = keyed_body(n, 1000);
+            assert_eq!(body.len(), BODY_LEN);
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(value["seq"], n);
+            keys.insert(value.pointer("/k").unwrap().as_u64().unwrap());
+        }
+        assert_eq!(keys.len(), 1000);
     }
 
     #[test]

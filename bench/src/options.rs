@@ -29,9 +29,10 @@ pub(crate) struct Options {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// Only these, comma-separated: baseline, baseline-1000, baseline-emit, baseline-emit-ce,
-    /// jetrun-noop, jetrun-noop-256, jetrun-emit, jetrun-python-worker, jetrun-python-worker-2,
-    /// jetrun-exec-per-event, faststream-noop, latency, rss, scaling (how cost grows with
-    /// functions, payload and concurrency; not part of the default run).
+    /// jetrun-noop, jetrun-noop-256, keyed-1000, batch-100 (both compared with jetrun-noop),
+    /// jetrun-emit, jetrun-python-worker, jetrun-python-worker-2, jetrun-exec-per-event,
+    /// faststream-noop, latency, rss, scaling (how cost grows with functions, payload and
+    /// concurrency; not part of the default run).
     /// The baseline runs whenever a contender does: ratios need it.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,

@@ -54,6 +54,9 @@ pub(crate) struct Summary {
     /// The same against baseline-emit-ce (jetrun-emit only): jetrun's own
     /// overhead, the CloudEvents headers written by both.
     pub(crate) ratio_to_baseline_emit_ce: Option<f64>,
+    /// The same against jetrun-noop (keyed-1000 and batch-100): the cost of
+    /// ordering and of batching.
+    pub(crate) ratio_to_jetrun_noop: Option<f64>,
     pub(crate) median_server_cpu_us: Option<f64>,
     pub(crate) median_consumer_cpu_us: Option<f64>,
     pub(crate) max_peak_rss_kib: Option<u64>,
@@ -96,6 +99,7 @@ impl Results {
         let faststream = measured(Contender::FaststreamNoop);
         let baseline_emit = measured(Contender::BaselineEmit);
         let baseline_emit_ce = measured(Contender::BaselineEmitCe);
+        let jetrun_noop = measured(Contender::JetrunNoop);
         self.contenders
             .iter()
             .map(|(contender, outcomes)| {
@@ -130,6 +134,12 @@ impl Results {
                     ratio_to_baseline_emit_ce: (*contender == Contender::JetrunEmit)
                         .then(|| paired_ratio(&mine, &baseline_emit_ce))
                         .flatten(),
+                    ratio_to_jetrun_noop: matches!(
+                        contender,
+                        Contender::Keyed1000 | Contender::Batch100
+                    )
+                    .then(|| paired_ratio(&mine, &jetrun_noop))
+                    .flatten(),
                     median_server_cpu_us: median(
                         &runs
                             .iter()
@@ -282,7 +292,8 @@ impl Results {
             "jetrun-bench{}: {} events per contender (the Python workers and faststream a \
              tenth, exec-per-event a hundredth), {} run(s), nats-server {}; jetrun contenders \
              run the default config, but jetrun-noop-256 (concurrency {}), exec-per-event \
-             (concurrency {}) and python-worker-2 (workers {})\n",
+             (concurrency {}), python-worker-2 (workers {}), keyed-1000 (key = \"/k\", 1,000 \
+             keys, 4 partitions) and batch-100 (batch = {{ size = 100, wait = \"5ms\" }})\n",
             if setup.smoke { " --smoke" } else { "" },
             thousands(setup.events),
             setup.runs,
@@ -300,6 +311,7 @@ impl Results {
             "x baseline-emit",
             "x baseline-emit-ce",
             "x faststream",
+            "x jetrun-noop",
             "server µs/ev",
             "consumer µs/ev",
             "peak RSS",
@@ -333,6 +345,7 @@ impl Results {
                 optional(s.ratio_to_baseline_emit, |r| format!("{r:.2}")),
                 optional(s.ratio_to_baseline_emit_ce, |r| format!("{r:.2}")),
                 optional(s.ratio_to_faststream, |r| format!("{r:.2}")),
+                optional(s.ratio_to_jetrun_noop, |r| format!("{r:.2}")),
                 optional(s.median_server_cpu_us, |v| format!("{v:.1}")),
                 optional(s.median_consumer_cpu_us, |v| format!("{v:.1}")),
                 s.max_peak_rss_kib.map_or(String::new(), mib),

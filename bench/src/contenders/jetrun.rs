@@ -27,12 +27,28 @@ for line in sys.stdin:
 /// The per-event function: reads the event from stdin, succeeds.
 const SHELL_NOOP: &str = "#!/bin/sh\ncat >/dev/null\nexit 0\n";
 
+/// Where a keyed contender's function reads each event's key: the `k`
+/// field of its data (see [`crate::backlog::keyed_body`]).
+const KEY: &str = "/k";
+/// The keys of `keyed-1000`'s events.
+pub(crate) const KEYS: u64 = 1000;
+/// `batch-100`'s `batch` setting.
+pub(crate) const BATCH: &str = r#"{ size = 100, wait = "5ms" }"#;
+/// A keyed function's partitions when `partitions` is not set: the
+/// durable consumers `NAME-p0` to `NAME-p3`.
+const DEFAULT_PARTITIONS: usize = 4;
+
 /// What a contender sets beyond the function itself; `None` keeps jetrun's
-/// default (`concurrency` 16, one worker).
+/// default (`concurrency` 16, one worker, no key, no batch).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Tuning {
     pub(crate) concurrency: Option<usize>,
     pub(crate) workers: Option<usize>,
+    /// `key = "/k"` (default `partitions`), the events spread over this
+    /// many keys.
+    pub(crate) keys: Option<u64>,
+    /// `batch = ...`, an inline table.
+    pub(crate) batch: Option<&'static str>,
 }
 
 /// The function a jetrun contender runs.
@@ -104,6 +120,12 @@ impl Function {
         if let Some(concurrency) = tuning.concurrency {
             let _ = writeln!(text, "concurrency = {concurrency}");
         }
+        if tuning.keys.is_some() {
+            let _ = writeln!(text, "key = {}", toml_string(KEY));
+        }
+        if let Some(batch) = tuning.batch {
+            let _ = writeln!(text, "batch = {batch}");
+        }
         Ok(text)
     }
 }
@@ -120,19 +142,38 @@ pub(crate) async fn run(
     tuning: Tuning,
 ) -> anyhow::Result<Throughput> {
     let target = Target::new(name, run);
-    let stream = target.fill(&harness.js, events).await?;
+    let stream = match tuning.keys {
+        Some(keys) => target.fill_keyed(&harness.js, events, keys).await?,
+        None => target.fill(&harness.js, events).await?,
+    };
     let config = function.config(harness, &target, tuning)?;
     let mut runner = Runner::start(harness, &format!("{name}-{run}"), &config)?;
     let cpu = harness.cpu_probe(ConsumerCpu::Tree(runner.pid()));
-    let mut measured = measure::throughput(
-        &stream,
-        function.name(),
-        events,
-        Start::Polled,
-        &cpu,
-        &mut || runner.check_alive(),
-    )
-    .await?;
+    let mut measured = match tuning.keys {
+        // Every partition consumer is delivered every event: done when all
+        // of them have acked all of them.
+        Some(_) => {
+            let durables: Vec<String> = (0..DEFAULT_PARTITIONS)
+                .map(|p| format!("{}-p{p}", function.name()))
+                .collect();
+            let cpu_before = cpu.read();
+            measure::throughput_of_all(&stream, &durables, events, &cpu, cpu_before, &mut || {
+                runner.check_alive()
+            })
+            .await?
+        }
+        None => {
+            measure::throughput(
+                &stream,
+                function.name(),
+                events,
+                Start::Polled,
+                &cpu,
+                &mut || runner.check_alive(),
+            )
+            .await?
+        }
+    };
     measured.peak_rss_kib = runner.memory_kib("VmHWM");
     runner.stop().await?;
     no_dead_letters(harness).await?;

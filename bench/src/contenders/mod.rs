@@ -33,6 +33,12 @@ pub(crate) enum Contender {
     JetrunNoop,
     /// The same with `concurrency = --concurrency` (256).
     JetrunNoop256,
+    /// `noop` keyed by `key = "/k"`, the events spread over 1,000 keys,
+    /// default `partitions` (4), one runner: the cost of ordering.
+    Keyed1000,
+    /// `noop` with `batch = { size = 100, wait = "5ms" }`: `noop` handles a
+    /// batch in one call, so this is the cost (or gain) of batching alone.
+    Batch100,
     /// `jetrun run` with the `echo` built-in, default config: one emitted
     /// event per input.
     JetrunEmit,
@@ -56,13 +62,15 @@ pub(crate) enum Outcome {
 }
 
 impl Contender {
-    pub(crate) const ALL: [Contender; 11] = [
+    pub(crate) const ALL: [Contender; 13] = [
         Contender::Baseline,
         Contender::Baseline1000,
         Contender::BaselineEmit,
         Contender::BaselineEmitCe,
         Contender::JetrunNoop,
         Contender::JetrunNoop256,
+        Contender::Keyed1000,
+        Contender::Batch100,
         Contender::JetrunEmit,
         Contender::JetrunPythonWorker,
         Contender::JetrunPythonWorker2,
@@ -78,6 +86,8 @@ impl Contender {
             Contender::BaselineEmitCe => "baseline-emit-ce",
             Contender::JetrunNoop => "jetrun-noop",
             Contender::JetrunNoop256 => "jetrun-noop-256",
+            Contender::Keyed1000 => "keyed-1000",
+            Contender::Batch100 => "batch-100",
             Contender::JetrunEmit => "jetrun-emit",
             Contender::JetrunPythonWorker => "jetrun-python-worker",
             Contender::JetrunPythonWorker2 => "jetrun-python-worker-2",
@@ -93,7 +103,10 @@ impl Contender {
             | Contender::Baseline1000
             | Contender::BaselineEmit
             | Contender::BaselineEmitCe => baseline::DURABLE,
-            Contender::JetrunNoop | Contender::JetrunNoop256 => jetrun::Function::Noop.name(),
+            Contender::JetrunNoop
+            | Contender::JetrunNoop256
+            | Contender::Keyed1000
+            | Contender::Batch100 => jetrun::Function::Noop.name(),
             Contender::JetrunEmit => jetrun::Function::Echo.name(),
             Contender::JetrunPythonWorker | Contender::JetrunPythonWorker2 => {
                 jetrun::Function::PythonWorker.name()
@@ -194,6 +207,7 @@ async fn run_once(
     let tuned = jetrun::Tuning {
         concurrency: Some(harness.options.concurrency),
         workers: Some(harness.options.workers),
+        ..Default::default()
     };
     let default = jetrun::Tuning::default();
     let measured = match contender {
@@ -215,6 +229,20 @@ async fn run_once(
         Contender::JetrunNoop256 => {
             jetrun::run(harness, name, run, events, jetrun::Function::Noop, tuned).await?
         }
+        Contender::Keyed1000 => {
+            let keyed = jetrun::Tuning {
+                keys: Some(jetrun::KEYS),
+                ..Default::default()
+            };
+            jetrun::run(harness, name, run, events, jetrun::Function::Noop, keyed).await?
+        }
+        Contender::Batch100 => {
+            let batched = jetrun::Tuning {
+                batch: Some(jetrun::BATCH),
+                ..Default::default()
+            };
+            jetrun::run(harness, name, run, events, jetrun::Function::Noop, batched).await?
+        }
         Contender::JetrunEmit => match &prepared.echo {
             Some(Ok(())) => {
                 jetrun::run(harness, name, run, events, jetrun::Function::Echo, default).await?
@@ -229,15 +257,15 @@ async fn run_once(
         Contender::JetrunPythonWorker2 => {
             let function = jetrun::Function::PythonWorker;
             let two = jetrun::Tuning {
-                concurrency: None,
                 workers: Some(harness.options.workers),
+                ..Default::default()
             };
             jetrun::run(harness, name, run, events, function, two).await?
         }
         Contender::JetrunExecPerEvent => {
             let exec = jetrun::Tuning {
                 concurrency: Some(harness.options.exec_concurrency),
-                workers: None,
+                ..Default::default()
             };
             jetrun::run(
                 harness,
