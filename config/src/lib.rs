@@ -6,6 +6,7 @@ mod model;
 pub mod name;
 mod parse;
 mod retry;
+pub mod schedule;
 mod schema;
 mod subject;
 mod vars;
