@@ -14,6 +14,7 @@ mod projection;
 mod publish;
 mod replay;
 mod saga;
+mod schedule;
 mod session;
 mod status;
 
@@ -89,6 +90,9 @@ enum Command {
     /// A saga's instances: list them, or show one's timeline, state and data.
     #[command(after_help = saga::EXAMPLES)]
     Saga(saga::SagaArgs),
+    /// Scheduled functions: list them with their next fire time, or fire one now.
+    #[command(after_help = schedule::EXAMPLES)]
+    Schedule(schedule::ScheduleArgs),
     /// Run one function of the config once on a payload, without NATS; print
     /// its result, its emits and how it ended.
     #[command(after_help = invoke::EXAMPLES)]
@@ -178,6 +182,7 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
         Command::Replay(args) => return replay::replay(args).await,
         Command::Events(args) => return events::events(args).await,
         Command::Saga(args) => return saga::saga(args).await,
+        Command::Schedule(args) => return schedule::schedule(args).await,
         Command::Invoke(args) => return invoke::invoke(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -1,0 +1,628 @@
+//! `jetrun schedule list|trigger`: the scheduled functions, read from where
+//! a runner keeps them (docs/schedules.md): each schedule's holder message on
+//! `jetrun.schedules.<service>.<function>` and its ticks on
+//! `jetrun.schedule.<function>`, both in the schedules stream. `list` says,
+//! per function, its schedule, its next fire time, the last tick and whether
+//! the stored schedule matches the config; `trigger` publishes one tick now.
+//! What a holder and a tick say, the rows and the trigger's headers are pure
+//! functions; NATS is only in the `async` ones.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::HeaderMap;
+use chrono::{DateTime, SecondsFormat, SubsecRound as _, Utc};
+use clap::Subcommand;
+use futures::TryStreamExt as _;
+use jetrun_config::name::{schedule_holder_subject, schedule_tick_subject, SCHEDULES_STREAM};
+use jetrun_config::schedule::Schedule;
+use jetrun_config::{Config, FunctionConfig, ScheduleConfig};
+use serde_json::{json, Value};
+
+use super::args::{ConfigArg, FunctionArg};
+use super::output::table;
+use super::session::{self, Stopped};
+use crate::emit::{self, PublishError};
+use crate::envelope::{self, Origin};
+use crate::headers::{name, BadHeader, Put};
+use crate::schedule::{JETRUN_SCHEDULE, JETRUN_SCHEDULED_AT, JETRUN_TIME_ZONE};
+
+/// `jetrun schedule --help`'s examples.
+pub(crate) const EXAMPLES: &str = "\
+Examples:
+  jetrun schedule list -c config/examples/schedules.toml
+  jetrun schedule trigger nightly-report -c config/examples/schedules.toml
+
+A scheduled function's ticks are events on jetrun.schedule.<function> in
+stream JETRUN_SCHEDULES; its schedule is the message a runner stores on
+jetrun.schedules.<service>.<function> (docs/schedules.md).";
+
+/// Exit status of `list` when a stored schedule is missing or differs from
+/// the config: not the 1 of NATS unreachable, as `jetrun status` has it.
+const EXIT_NOT_STORED: u8 = 3;
+
+/// The arguments of `jetrun schedule`.
+#[derive(clap::Args)]
+pub(crate) struct ScheduleArgs {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// List the scheduled functions.
+    ///
+    /// One row per scheduled function of the config: its schedule and time
+    /// zone, its next fire time, the last tick stored (its scheduled time),
+    /// and whether the schedule stored in NATS is the config's (yes,
+    /// missing, differs). Without a config file, one row per schedule stored
+    /// in stream JETRUN_SCHEDULES. Exit status 3 when a stored schedule is
+    /// missing or differs (no runner has started with this config, or not
+    /// since it changed).
+    #[command(after_help = LIST_EXAMPLES, visible_alias = "ls")]
+    List(ListArgs),
+    /// Fire one tick of a scheduled function now.
+    ///
+    /// The tick is published to jetrun.schedule.<function> with
+    /// Jetrun-Scheduled-At set to now: the function handles it like any
+    /// tick (retries, dead letters, metrics), once, on whichever replica
+    /// pulls it. The schedule itself is left as it is.
+    #[command(after_help = TRIGGER_EXAMPLES)]
+    Trigger(TriggerArgs),
+}
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  jetrun schedule list -c config/examples/schedules.toml
+  jetrun schedule list -c config/examples/schedules.toml --json | jq -r '.[].next'";
+
+const TRIGGER_EXAMPLES: &str = "\
+Examples:
+  jetrun schedule trigger nightly-report -c config/examples/schedules.toml
+  jetrun schedule trigger nightly-report -c config/examples/schedules.toml --json";
+
+#[derive(clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct TriggerArgs {
+    #[command(flatten)]
+    target: FunctionArg,
+    /// Print `{"function", "id", "scheduled_at", "stream", "sequence"}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `jetrun schedule VERB`.
+pub(crate) async fn schedule(args: ScheduleArgs) -> ExitCode {
+    let config = match &args.verb {
+        Verb::List(a) => &a.config,
+        Verb::Trigger(a) => &a.target.config,
+    };
+    // Without a config file: the schedules stored in JETRUN_SCHEDULES, on
+    // the connection given.
+    let loaded = match session::load_if_any(config) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let config = loaded.as_ref().map(|l| &l.config);
+    session::exit(
+        async {
+            match &args.verb {
+                Verb::List(a) => list(config, a.json).await,
+                Verb::Trigger(a) => trigger(config, a).await,
+            }
+        }
+        .await,
+    )
+}
+
+/// The schedule of one function as a runner stored it: the holder message.
+#[derive(Debug, Clone, PartialEq)]
+struct Holder {
+    service: String,
+    function: String,
+    /// `Nats-Schedule`, what the server fires by.
+    expression: Option<String>,
+    /// `Nats-Schedule-Time-Zone`.
+    time_zone: Option<String>,
+    /// `Nats-Schedule-Target`.
+    target: Option<String>,
+    /// When the stream stored it (an `@every` counts from there).
+    stored_at: DateTime<Utc>,
+}
+
+impl Holder {
+    /// The holder on `subject` (`jetrun.schedules.<service>.<function>`).
+    fn read(subject: &str, headers: &HeaderMap, stored_at: DateTime<Utc>) -> Option<Holder> {
+        let (service, function) = subject
+            .strip_prefix("jetrun.schedules.")?
+            .rsplit_once('.')?;
+        Some(Holder {
+            service: service.to_string(),
+            function: function.to_string(),
+            expression: header(headers, "Nats-Schedule").map(str::to_string),
+            time_zone: header(headers, "Nats-Schedule-Time-Zone").map(str::to_string),
+            target: header(headers, "Nats-Schedule-Target").map(str::to_string),
+            stored_at,
+        })
+    }
+
+    /// Whether it fires `schedule` for `function`, as the config says.
+    fn matches(&self, function: &str, schedule: &ScheduleConfig) -> bool {
+        self.expression.as_deref() == Some(schedule.expression.as_str())
+            && self.time_zone == schedule.time_zone
+            && self.target.as_deref() == Some(schedule_tick_subject(function).as_str())
+    }
+}
+
+/// Whether the stored schedule is the config's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stored {
+    Yes,
+    Missing,
+    Differs,
+}
+
+impl Stored {
+    fn of(function: &str, schedule: &ScheduleConfig, holder: Option<&Holder>) -> Stored {
+        match holder {
+            None => Stored::Missing,
+            Some(holder) if holder.matches(function, schedule) => Stored::Yes,
+            Some(_) => Stored::Differs,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Stored::Yes => "yes",
+            Stored::Missing => "missing",
+            Stored::Differs => "differs",
+        }
+    }
+}
+
+/// The last tick stored on a function's tick subject.
+#[derive(Debug, Clone, PartialEq)]
+struct Tick {
+    sequence: u64,
+    /// The occurrence it was fired for (`Jetrun-Scheduled-At` of a
+    /// triggered tick, else computed from `Nats-Schedule-Next` and the
+    /// schedule that fired it); `None` when the headers do not say.
+    scheduled_at: Option<String>,
+    /// `Nats-Schedule-Next`, the server's next fire time after it.
+    next: Option<DateTime<Utc>>,
+    /// `Jetrun-Schedule`: the expression that fired it.
+    expression: Option<String>,
+    stored_at: DateTime<Utc>,
+}
+
+impl Tick {
+    /// The tick at `sequence`, read as the function reads it
+    /// ([`envelope::read_event`]): its `scheduled_at` is the event's time.
+    fn read(stream: &str, message: &StreamMessage) -> Tick {
+        let headers = &message.headers;
+        let stored_at = stored_time(message.time);
+        let origin = Origin {
+            subject: message.subject.as_str(),
+            stream,
+            sequence: message.sequence,
+            published: stored_at.into(),
+        };
+        let event = envelope::read_event(&origin, Some(headers), &message.payload).ok();
+        Tick {
+            sequence: message.sequence,
+            scheduled_at: event.and_then(|event| event.time),
+            next: header(headers, "Nats-Schedule-Next")
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|next| next.with_timezone(&Utc)),
+            expression: header(headers, JETRUN_SCHEDULE).map(str::to_string),
+            stored_at,
+        }
+    }
+}
+
+/// One row of `list`.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    function: String,
+    service: String,
+    expression: String,
+    time_zone: Option<String>,
+    next: Option<String>,
+    last_tick: Option<Tick>,
+    stored: Stored,
+}
+
+/// The next fire time of `expression` after `now`: the server's word (the
+/// last tick's `Nats-Schedule-Next`) while it is ahead and was said for
+/// this very schedule; for an `@every`, which counts from when its holder
+/// was stored, the first fire after that; else computed from the expression.
+fn next_fire(
+    expression: &str,
+    time_zone: Option<&str>,
+    holder: Option<&Holder>,
+    last_tick: Option<&Tick>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let schedule = Schedule::parse(expression, time_zone).ok()?;
+    let from_server = last_tick
+        .filter(|tick| tick.expression.as_deref() == Some(expression))
+        .and_then(|tick| tick.next)
+        .filter(|next| *next > now)
+        .map(|next| in_zone(next, time_zone));
+    // nats-server counts an `@every` from when its holder was stored.
+    let from_holder = || {
+        holder
+            .filter(|_| schedule.every().is_some())
+            .and_then(|holder| schedule.next_after_stored(holder.stored_at, now))
+            .map(|next| next.to_rfc3339())
+    };
+    from_server
+        .or_else(from_holder)
+        .or_else(|| schedule.next_after(now).map(|next| next.to_rfc3339()))
+}
+
+/// `at` in `time_zone` (UTC without one, or with one chrono-tz does not
+/// know), RFC 3339 with its offset, as a tick's `scheduled_at` is written.
+fn in_zone(at: DateTime<Utc>, time_zone: Option<&str>) -> String {
+    match time_zone.and_then(|zone| Schedule::parse("@daily", Some(zone)).ok()) {
+        Some(schedule) => at.with_timezone(&schedule.time_zone()).to_rfc3339(),
+        None => at.to_rfc3339(),
+    }
+}
+
+/// The row of a scheduled function of the config.
+fn config_row(
+    config: &Config,
+    function: &str,
+    schedule: &ScheduleConfig,
+    holder: Option<&Holder>,
+    last_tick: Option<Tick>,
+    now: DateTime<Utc>,
+) -> Row {
+    let time_zone = schedule.time_zone.as_deref();
+    Row {
+        function: function.to_string(),
+        service: config.service.name.clone(),
+        expression: schedule.expression.clone(),
+        time_zone: schedule.time_zone.clone(),
+        next: next_fire(
+            &schedule.expression,
+            time_zone,
+            holder.filter(|h| h.matches(function, schedule)),
+            last_tick.as_ref(),
+            now,
+        ),
+        stored: Stored::of(function, schedule, holder),
+        last_tick,
+    }
+}
+
+/// The row of a stored schedule, without a config.
+fn stored_row(holder: &Holder, last_tick: Option<Tick>, now: DateTime<Utc>) -> Row {
+    let expression = holder.expression.clone().unwrap_or_default();
+    Row {
+        function: holder.function.clone(),
+        service: holder.service.clone(),
+        next: next_fire(
+            &expression,
+            holder.time_zone.as_deref(),
+            Some(holder),
+            last_tick.as_ref(),
+            now,
+        ),
+        expression,
+        time_zone: holder.time_zone.clone(),
+        last_tick,
+        stored: Stored::Yes,
+    }
+}
+
+/// The table of `list`; with `services`, a SERVICE column (a configless
+/// list may show several configs' schedules).
+fn list_table(rows: &[Row], services: bool) -> String {
+    let mut headers = vec!["FUNCTION"];
+    if services {
+        headers.push("SERVICE");
+    }
+    headers.extend(["SCHEDULE", "TIME ZONE", "NEXT", "LAST TICK", "STORED"]);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let mut cells = vec![row.function.clone()];
+            if services {
+                cells.push(row.service.clone());
+            }
+            let every = row.expression.starts_with("@every ");
+            let zone = match (&row.time_zone, every) {
+                (Some(zone), _) => zone.clone(),
+                (None, true) => "-".to_string(),
+                (None, false) => "UTC".to_string(),
+            };
+            let last = row.last_tick.as_ref().map(|tick| {
+                (tick.scheduled_at.clone()).unwrap_or_else(|| format!("seq {}", tick.sequence))
+            });
+            cells.extend([
+                row.expression.clone(),
+                zone,
+                row.next.clone().unwrap_or_else(|| "-".to_string()),
+                last.unwrap_or_else(|| "-".to_string()),
+                row.stored.word().to_string(),
+            ]);
+            cells
+        })
+        .collect();
+    table(&headers, &cells)
+}
+
+fn row_json(row: &Row, stream: &str) -> Value {
+    let last_tick = row.last_tick.as_ref().map(|tick| {
+        json!({
+            "sequence": tick.sequence,
+            "scheduled_at": tick.scheduled_at,
+            "stored_at": rfc3339(tick.stored_at),
+        })
+    });
+    json!({
+        "function": row.function,
+        "service": row.service,
+        "schedule": row.expression,
+        "time_zone": row.time_zone,
+        "next": row.next,
+        "last_tick": last_tick,
+        "stored": row.stored.word(),
+        "stream": stream,
+        "tick_subject": schedule_tick_subject(&row.function),
+    })
+}
+
+/// The stream holding the schedules: the config's, else the default.
+fn stream_of(config: Option<&Config>) -> String {
+    config
+        .map_or(SCHEDULES_STREAM, crate::schedule::stream)
+        .to_string()
+}
+
+/// The scheduled functions of `config`, by name.
+fn scheduled(config: &Config) -> impl Iterator<Item = (&FunctionConfig, &ScheduleConfig)> {
+    (config.functions.values()).filter_map(|f| f.schedule.as_ref().map(|s| (f, s)))
+}
+
+async fn list(config: Option<&Config>, json: bool) -> Result<ExitCode, Stopped> {
+    let stream_name = stream_of(config);
+    let js = session::connect_to(config.map(|c| &c.nats)).await?;
+    let stream = open(&js, &stream_name).await?;
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    match config {
+        Some(config) => {
+            for (function, schedule) in scheduled(config) {
+                let name = &function.name;
+                let holder_subject = schedule_holder_subject(&config.service.name, name);
+                let (holder, tick) = match &stream {
+                    Some(stream) => (
+                        holder(stream, &holder_subject).await?,
+                        last_tick(stream, name).await?,
+                    ),
+                    None => (None, None),
+                };
+                rows.push(config_row(
+                    config,
+                    name,
+                    schedule,
+                    holder.as_ref(),
+                    tick,
+                    now,
+                ));
+            }
+        }
+        None => {
+            let Some(stream) = &stream else {
+                eprintln!(
+                    "jetrun: stream {stream_name} does not exist: no runner with a scheduled \
+                     function has started on this NATS"
+                );
+                print_rows(&rows, &stream_name, json, true)?;
+                return Ok(ExitCode::SUCCESS);
+            };
+            for holder in holders(stream, "jetrun.schedules.>").await? {
+                let tick = last_tick(stream, &holder.function).await?;
+                rows.push(stored_row(&holder, tick, now));
+            }
+        }
+    }
+    print_rows(&rows, &stream_name, json, config.is_none())?;
+    let mut code = ExitCode::SUCCESS;
+    for row in rows.iter().filter(|row| row.stored != Stored::Yes) {
+        let what = match row.stored {
+            Stored::Missing => "is not stored",
+            _ => "stored differs from the config",
+        };
+        eprintln!(
+            "jetrun: the schedule of function {} {what} (stream {stream_name}, subject {}); is \
+             `jetrun run` running with this config? A runner stores it at start and on reload.",
+            row.function,
+            schedule_holder_subject(&row.service, &row.function)
+        );
+        code = ExitCode::from(EXIT_NOT_STORED);
+    }
+    Ok(code)
+}
+
+fn print_rows(rows: &[Row], stream: &str, json: bool, services: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<Value> = rows.iter().map(|row| row_json(row, stream)).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", list_table(rows, services));
+    }
+    Ok(())
+}
+
+/// What a triggered tick carries, for `function` on `schedule`.
+fn trigger_headers(
+    expression: &str,
+    time_zone: Option<&str>,
+    scheduled_at: &str,
+) -> Result<HeaderMap, BadHeader> {
+    let mut headers = HeaderMap::new();
+    headers.put(name(JETRUN_SCHEDULED_AT)?, scheduled_at)?;
+    headers.put(name(JETRUN_SCHEDULE)?, expression)?;
+    if let Some(zone) = time_zone {
+        headers.put(name(JETRUN_TIME_ZONE)?, zone)?;
+    }
+    Ok(headers)
+}
+
+async fn trigger(config: Option<&Config>, args: &TriggerArgs) -> Result<ExitCode, Stopped> {
+    let function = &args.target.function;
+    let stream_name = stream_of(config);
+    let js = session::connect_to(config.map(|c| &c.nats)).await?;
+    let (expression, time_zone) = match config {
+        Some(config) => {
+            let path = args.target.config.path();
+            let found = session::function(config, &path, function)?;
+            let Some(schedule) = &found.schedule else {
+                let names: Vec<&str> = scheduled(config).map(|(f, _)| f.name.as_str()).collect();
+                return Err(Stopped::Usage(format!(
+                    "function {function} has no schedule; {} schedules {}",
+                    path.display(),
+                    match names.is_empty() {
+                        true => "no function".to_string(),
+                        false => names.join(", "),
+                    }
+                )));
+            };
+            (schedule.expression.clone(), schedule.time_zone.clone())
+        }
+        None => {
+            let filter = format!("jetrun.schedules.*.{function}");
+            let stored = match open(&js, &stream_name).await? {
+                Some(stream) => holders(&stream, &filter).await?,
+                None => Vec::new(),
+            };
+            let Some(holder) = stored.into_iter().next() else {
+                return Err(Stopped::Usage(format!(
+                    "no schedule of function {function} is stored in stream {stream_name}; \
+                     give the config that schedules it with -c"
+                )));
+            };
+            (holder.expression.unwrap_or_default(), holder.time_zone)
+        }
+    };
+    let at = in_zone(Utc::now().trunc_subsecs(3), time_zone.as_deref());
+    let headers = trigger_headers(&expression, time_zone.as_deref(), &at)
+        .map_err(|err| Stopped::Usage(err.to_string()))?;
+    let subject = schedule_tick_subject(function);
+    let body = json!({ "function": function }).to_string();
+    let ack = match emit::publish(&js, &subject, headers, body.into()).await {
+        Ok(ack) => ack,
+        Err(PublishError::NoStream { .. }) => {
+            return Err(Stopped::Failed(anyhow::anyhow!(
+                "no stream captures {subject}: stream {stream_name} is made by `jetrun run` \
+                 with a config that schedules a function; start it once"
+            )))
+        }
+        Err(err) => return Err(Stopped::Failed(err.into())),
+    };
+    let id = format!("{function}@{at}");
+    if args.json {
+        let out = json!({
+            "function": function,
+            "id": id,
+            "scheduled_at": at,
+            "stream": ack.stream,
+            "sequence": ack.sequence,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "triggered {function}: tick {id} stored in stream {} at sequence {}",
+            ack.stream, ack.sequence
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stream `name`, or `None` when it does not exist.
+async fn open(js: &jetstream::Context, name: &str) -> anyhow::Result<Option<Stream>> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(err) => match err.kind() {
+            GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                Ok(None)
+            }
+            _ => Err(err).with_context(|| format!("cannot read stream {name}")),
+        },
+    }
+}
+
+/// The last message on `subject`, or `None` when there is none.
+async fn last(stream: &Stream, subject: &str) -> anyhow::Result<Option<StreamMessage>> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("cannot read {subject}")),
+    }
+}
+
+/// The holder on `subject`.
+async fn holder(stream: &Stream, subject: &str) -> anyhow::Result<Option<Holder>> {
+    Ok(last(stream, subject)
+        .await?
+        .and_then(|m| Holder::read(subject, &m.headers, stored_time(m.time))))
+}
+
+/// Every holder on the subjects `filter` matches, by subject.
+async fn holders(stream: &Stream, filter: &str) -> anyhow::Result<Vec<Holder>> {
+    let mut subjects: Vec<String> = stream
+        .clone()
+        .info_with_subjects(filter)
+        .await
+        .context("cannot read the schedules stream")?
+        .map_ok(|(subject, _)| subject)
+        .try_collect()
+        .await
+        .context("cannot read the schedules stream")?;
+    subjects.sort();
+    let mut found = Vec::new();
+    for subject in subjects {
+        if let Some(holder) = holder(stream, &subject).await? {
+            found.push(holder);
+        }
+    }
+    Ok(found)
+}
+
+/// The last tick of `function`.
+async fn last_tick(stream: &Stream, function: &str) -> anyhow::Result<Option<Tick>> {
+    let stream_name = stream.cached_info().config.name.clone();
+    Ok(last(stream, &schedule_tick_subject(function))
+        .await?
+        .map(|message| Tick::read(&stream_name, &message)))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).map(|v| v.as_str())
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// When the stream stored a message.
+fn stored_time(time: impl Into<SystemTime>) -> DateTime<Utc> {
+    DateTime::<Utc>::from(time.into())
+}
