@@ -158,7 +158,9 @@ pub(crate) async fn publish_batch(
 
 /// Subjects no emit or replay may reach unless the function's `emits` names
 /// them outright: JetStream's, KV's, object stores', the system account's
-/// and micro services' APIs, inboxes, and every dead-letter subject. A
+/// and micro services' APIs, inboxes, every dead-letter subject, and the
+/// schedules stream's ticks and schedules (`jetrun schedule trigger` fires
+/// a tick; a function does not forge one). A
 /// handler (or a dead letter's `Jetrun-Original-Subject`) that names one is
 /// a permanent failure, never a stray API call.
 #[derive(Debug, Clone, Default)]
@@ -170,10 +172,12 @@ pub(crate) struct Reserved {
 const SYSTEM: [&str; 6] = ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "$SRV.>", "_INBOX.>"];
 
 impl Reserved {
-    /// The system spaces and `dlq.>`: what is reserved without a config.
+    /// The system spaces, `dlq.>` and the schedules stream's subjects: what
+    /// is reserved without a config.
     pub(crate) fn default_spaces() -> Reserved {
         let mut patterns: Vec<String> = SYSTEM.iter().map(ToString::to_string).collect();
         patterns.push(DLQ_SUBJECTS.to_string());
+        patterns.extend(crate::schedule::STREAM_SUBJECTS.map(String::from));
         Reserved { patterns }
     }
 
@@ -394,6 +398,15 @@ mod tests {
             );
         }
         assert_eq!(reserved.check("order.placed", None), Ok(()));
+    }
+
+    #[test]
+    fn ticks_and_schedules_are_reserved_by_default() {
+        let reserved = Reserved::default_spaces();
+        for subject in ["jetrun.schedule.tick", "jetrun.schedules.jetrun.tick"] {
+            assert!(reserved.check(subject, None).is_err(), "{subject}");
+        }
+        assert_eq!(reserved.check("jetrun.scheduled", None), Ok(()));
     }
 
     #[test]

@@ -96,7 +96,9 @@ pub(crate) fn read_event(
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_string())
     };
-    let mut event = if header("ce-specversion").is_some() {
+    let mut event = if let Some(tick) = schedule_tick(origin, headers, body) {
+        tick?
+    } else if header("ce-specversion").is_some() {
         binary(headers.unwrap_or(&HeaderMap::new()), body)?
     } else if header("content-type").is_some_and(|ct| ct.starts_with(STRUCTURED)) {
         structured(body)?
@@ -123,6 +125,77 @@ pub(crate) fn read_event(
     }
     check_attributes(&event)?;
     Ok(event)
+}
+
+/// A scheduled function's tick: one nats-server fired from the function's
+/// stored schedule (its `Jetrun-Schedule` and `Jetrun-Schedule-Time-Zone`,
+/// and `Nats-Schedule-Next`, the time it fires next), or one `jetrun
+/// schedule trigger` published (`Jetrun-Scheduled-At`). Read as a
+/// CloudEvent of type `jetrun.schedule.tick`, source `jetrun`, id
+/// `<function>@<scheduled_at>`, time `scheduled_at`, data `{"function",
+/// "scheduled_at"}`; `scheduled_at` is the occurrence just before the next
+/// one, in the schedule's time zone with its offset. `None`: not a tick.
+fn schedule_tick(
+    origin: &Origin<'_>,
+    headers: Option<&HeaderMap>,
+    body: &Bytes,
+) -> Option<Result<Event, Failure>> {
+    use crate::schedule::{JETRUN_SCHEDULE, JETRUN_SCHEDULED_AT, JETRUN_TIME_ZONE, TICK_TYPE};
+    let headers = headers?;
+    let header = |name: &str| headers.get(name).map(|v| v.as_str());
+    let scheduled_at = match (
+        header(JETRUN_SCHEDULED_AT),
+        header(JETRUN_SCHEDULE),
+        header("Nats-Schedule-Next"),
+    ) {
+        (Some(at), _, _) => match chrono::DateTime::parse_from_rfc3339(at) {
+            Ok(_) => Ok(at.to_string()),
+            Err(err) => Err(format!(
+                "{JETRUN_SCHEDULED_AT} {at:?} is not an RFC 3339 time ({err})"
+            )),
+        },
+        (None, Some(expression), Some(next)) => {
+            scheduled_before(expression, header(JETRUN_TIME_ZONE), next)
+        }
+        _ => return None,
+    };
+    let scheduled_at = match scheduled_at {
+        Ok(at) => at,
+        Err(why) => return Some(Err(Failure::permanent(format!("a schedule tick: {why}")))),
+    };
+    let function = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("function")?.as_str().map(str::to_string))
+        .or_else(|| (origin.subject.strip_prefix("jetrun.schedule.")).map(str::to_string))
+        .unwrap_or_else(|| origin.subject.to_string());
+    let data = serde_json::json!({ "function": function, "scheduled_at": scheduled_at });
+    Some(Ok(Event {
+        id: format!("{function}@{scheduled_at}"),
+        source: "jetrun".into(),
+        event_type: TICK_TYPE.into(),
+        time: Some(scheduled_at),
+        datacontenttype: Some("application/json".into()),
+        data: Bytes::from(data.to_string()),
+        ..Event::default()
+    }))
+}
+
+/// The time the tick whose next fire time is `next` (RFC 3339) was fired
+/// for, under `expression` in `time_zone` (UTC when `None`), in RFC 3339
+/// with the zone's offset.
+fn scheduled_before(
+    expression: &str,
+    time_zone: Option<&str>,
+    next: &str,
+) -> Result<String, String> {
+    let schedule = jetrun_config::schedule::Schedule::parse(expression, time_zone)?;
+    let next = chrono::DateTime::parse_from_rfc3339(next)
+        .map_err(|err| format!("Nats-Schedule-Next {next:?} is not an RFC 3339 time ({err})"))?
+        .with_timezone(&chrono::Utc);
+    let at = schedule
+        .scheduled_before(next)
+        .ok_or_else(|| format!("schedule {expression:?} has no occurrence before {next}"))?;
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
 }
 
 /// Every attribute of an event is a string without control characters: each

@@ -21,6 +21,7 @@ mod redact;
 mod request;
 mod runtime;
 mod saga;
+mod schedule;
 mod shutdown;
 mod tasks;
 mod telemetry;

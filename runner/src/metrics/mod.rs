@@ -48,10 +48,18 @@ pub(crate) struct Metrics {
     saga_too_big: IntCounterVec,
     task_restarts: IntCounterVec,
     rate_limited: CounterVec,
+    schedule_ticks: IntCounterVec,
+    schedule_lag: HistogramVec,
 }
 
 /// Batch sizes: from a lone event to the largest batch worth sending.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// Schedule lag buckets, in seconds: from a tick handled at once to one
+/// that waited out a long outage.
+const LAG_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
 
 /// Handler latency buckets, in seconds: from a no-op built-in to a slow HTTP call.
 const DURATION_BUCKETS: &[f64] = &[
@@ -224,6 +232,23 @@ impl Metrics {
         registry
             .register(Box::new(rate_limited.clone()))
             .expect("registered once");
+        let schedule_ticks = counter(
+            "jetrun_schedule_ticks_total",
+            "Ticks of a scheduled function handed to its handler, retries included.",
+            &["function"],
+        );
+        let schedule_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "jetrun_schedule_lag_seconds",
+                "From the time a tick was scheduled for to the start of its handling.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+            &["function"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(schedule_lag.clone()))
+            .expect("registered once");
         let config_reloads = counter(
             "jetrun_config_reloads_total",
             "Config reloads (SIGHUP or --watch), by result: success or failure.",
@@ -299,6 +324,17 @@ impl Metrics {
             saga_too_big,
             task_restarts,
             rate_limited,
+            schedule_ticks,
+            schedule_lag,
+        }
+    }
+
+    /// The tick handles of scheduled function `function`, visible at 0
+    /// from the start.
+    pub(crate) fn for_schedule(&self, function: &str) -> ScheduleMetrics {
+        ScheduleMetrics {
+            ticks: self.schedule_ticks.with_label_values(&[function]),
+            lag: self.schedule_lag.with_label_values(&[function]),
         }
     }
 
@@ -475,6 +511,13 @@ impl SagaMetrics {
     pub(crate) fn too_big(&self) {
         self.too_big.with_label_values(&[self.saga.as_str()]).inc();
     }
+}
+
+/// One scheduled function's tick handles, bound at start.
+#[derive(Clone)]
+pub(crate) struct ScheduleMetrics {
+    pub(crate) ticks: IntCounter,
+    pub(crate) lag: Histogram,
 }
 
 /// One aggregate's counters, bound at start.

@@ -1,5 +1,7 @@
 //! The streams of `[streams.*]`, created when missing and updated when they
-//! differ, and the `DLQ` stream for dead letters. jetrun marks what it
+//! differ, the `DLQ` stream for dead letters, and (when a function has a
+//! `schedule`) the schedules stream holding schedules and their ticks
+//! (`JETRUN_SCHEDULES`, made with `allow_msg_schedules`). jetrun marks what it
 //! creates (the stream's metadata) and updates only those, or those whose
 //! config says `manage = true`: a stream someone else made is reported with
 //! its differences and left alone.
@@ -22,7 +24,8 @@ pub(crate) struct StreamConflict {
     reason: String,
 }
 
-/// Makes every declared stream, and `DLQ`, look as the config says.
+/// Makes every declared stream, `DLQ`, and the schedules stream when a
+/// function has a schedule, look as the config says.
 pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Result<()> {
     for (name, stream) in &config.streams {
         let mut spec = desired(name, stream);
@@ -44,7 +47,36 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
     };
     // The dead-letter stream is jetrun's by its reserved name, marked or not
     // (one made before the mark existed).
-    ensure(js, dlq, Some(true)).await
+    ensure(js, dlq, Some(true)).await?;
+    if let Some(schedules) = schedules(config, replicas) {
+        // jetrun's too: it holds nothing but what jetrun puts there.
+        ensure(js, schedules, Some(true)).await?;
+    }
+    Ok(())
+}
+
+/// The schedules stream, when a function of `config` has a schedule: file
+/// storage, message schedules and per-message TTLs on (a fired tick
+/// expires unhandled after `Nats-Schedule-TTL`), roll-ups allowed (the
+/// server rolls each schedule's subject up to its newest holder), the tick
+/// subjects and the holder subjects.
+fn schedules(config: &Config, replicas: usize) -> Option<StreamSpec> {
+    if !config.functions.values().any(|f| f.schedule.is_some()) {
+        return None;
+    }
+    Some(StreamSpec {
+        name: crate::schedule::stream(config).to_string(),
+        subjects: crate::schedule::STREAM_SUBJECTS
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        storage: StorageType::File,
+        num_replicas: replicas,
+        allow_message_schedules: true,
+        allow_message_ttl: true,
+        allow_rollup: true,
+        ..Default::default()
+    })
 }
 
 /// The metadata entry that marks a stream jetrun created.
@@ -113,6 +145,11 @@ async fn ensure(js: &Context, mut want: StreamSpec, manage: Option<bool>) -> any
     if want.allow_atomic_publish {
         updated.allow_atomic_publish = true;
     }
+    // Schedules, TTLs and roll-ups, once on, stay on (JetStream refuses to
+    // turn schedules off).
+    updated.allow_message_schedules |= want.allow_message_schedules;
+    updated.allow_message_ttl |= want.allow_message_ttl;
+    updated.allow_rollup |= want.allow_rollup;
     if updated == existing {
         return Ok(());
     }
@@ -188,6 +225,21 @@ fn differences(now: &StreamSpec, config: &StreamSpec) -> Vec<String> {
         "allow_atomic_publish",
         now.allow_atomic_publish.to_string(),
         config.allow_atomic_publish.to_string(),
+    );
+    differ(
+        "allow_msg_schedules",
+        now.allow_message_schedules.to_string(),
+        config.allow_message_schedules.to_string(),
+    );
+    differ(
+        "allow_msg_ttl",
+        now.allow_message_ttl.to_string(),
+        config.allow_message_ttl.to_string(),
+    );
+    differ(
+        "allow_rollup_hdrs",
+        now.allow_rollup.to_string(),
+        config.allow_rollup.to_string(),
     );
     out
 }

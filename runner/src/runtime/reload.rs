@@ -2,7 +2,8 @@
 //! the file changes (its modification time or size, polled every second).
 //! A config that does not validate is logged, every error with its key path
 //! and line, and the running one stays; a good one is applied part by part,
-//! functions and sagas (see `supervisor`). `jetrun_config_reloads_total{result}` counts
+//! functions and sagas (see `supervisor`), then the stored schedules are
+//! made to match it (see `schedule`). `jetrun_config_reloads_total{result}` counts
 //! both.
 
 use std::path::{Path, PathBuf};
@@ -120,6 +121,11 @@ pub(crate) async fn reload(
              restart; the rest is reloaded."
         );
     }
+    if let Err(why) = crate::schedule::check_server(&config, &js.client().server_info().version) {
+        tracing::error!(error = %why, "Config reload refused; the running config stays.");
+        metrics.reloaded(false);
+        return current;
+    }
     if let Err(err) = nats::ensure_streams(js, &config).await {
         tracing::error!(error = %format!("{err:#}"), "Config reload refused: cannot set up its streams; the running config stays.");
         metrics.reloaded(false);
@@ -127,6 +133,11 @@ pub(crate) async fn reload(
     }
     supervisor.set_drain_timeout(config.shutdown_timeout);
     let changes = supervisor.apply(&config, loaded.functions).await;
+    // The stored schedules follow the functions now running; what fails is
+    // tried again at the next reload or start.
+    if let Err(err) = crate::schedule::reconcile(js, &config).await {
+        tracing::error!(error = %format!("{err:#}"), "Cannot make the stored schedules match the config.");
+    }
     metrics.reloaded(true);
     let (functions, sagas) = (&changes.functions, &changes.sagas);
     tracing::info!(

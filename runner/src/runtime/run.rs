@@ -1,4 +1,5 @@
-//! `jetrun run`: connect, make the streams, start every function, serve
+//! `jetrun run`: connect (refusing a server too old for the config's
+//! schedules), make the streams and store the schedules, start every function, serve
 //! metrics, reload the config on SIGHUP (or `--watch`), and on SIGTERM or
 //! SIGINT drain: stop pulling, let events in flight finish (up to
 //! `shutdown_timeout`), NAK what is left, exit 0.
@@ -53,6 +54,10 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let client = nats::connect(&connection, &metrics, &readiness).await?;
+    // Before anything is bound: a schedule this server cannot run is a
+    // person's to fix.
+    crate::schedule::check_server(&config, &client.server_info().version)
+        .map_err(anyhow::Error::msg)?;
     let js = async_nats::jetstream::new(client.clone());
 
     let urls = crate::redact::urls(&connection.urls);
@@ -63,7 +68,10 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
             // Retrying cannot help: a person has to choose.
             Err(err) if err.downcast_ref::<StreamConflict>().is_some() => Ok(Err(err)),
             Err(err) => Err(format!("{err:#}")),
-            Ok(()) => Ok(Ok(())),
+            Ok(()) => match crate::schedule::reconcile(&js, &config).await {
+                Err(err) => Err(format!("{err:#}")),
+                Ok(()) => Ok(Ok(())),
+            },
         }
     })
     .await;
