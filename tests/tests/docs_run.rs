@@ -27,6 +27,7 @@ const DOCS: &[&str] = &[
     "docs/architecture.md",
     "docs/events.md",
     "docs/functions.md",
+    "docs/schedules.md",
     "config/README.md",
     "deploy/README.md",
 ];
@@ -46,6 +47,11 @@ const SKIP: &[(&str, &str)] = &[
         "jetrun completions zsh",
         "writes into zsh's fpath, a zsh-only expansion",
     ),
+    // No config the docs run has schedules a function yet.
+    (
+        "jetrun schedule trigger",
+        "needs a config scheduling the function; schedule_cli.rs triggers one",
+    ),
 ];
 
 /// Verbs that talk to NATS: `jetrun run` of the config they name goes first.
@@ -57,6 +63,7 @@ const NATS_VERBS: &[&str] = &[
     "replay",
     "saga",
     "projection",
+    "schedule",
 ];
 
 /// How long one command may take.
