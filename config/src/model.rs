@@ -88,6 +88,10 @@ pub struct Config {
     pub dead_letters: DeadLetters,
     /// `[service]`.
     pub service: ServiceConfig,
+    /// `[schedules] stream`: the stream jetrun keeps scheduled functions'
+    /// schedules and ticks in ([`crate::name::SCHEDULES_STREAM`] unless
+    /// set); made only when a function has a `schedule`.
+    pub schedules_stream: String,
     /// What is valid but likely not meant, each with its key path and line
     /// (`jetrun check` prints them; `jetrun run` logs them).
     pub warnings: Vec<crate::ConfigError>,

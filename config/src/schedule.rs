@@ -88,12 +88,7 @@ impl Schedule {
                          the last tick, whatever the clock says; drop time_zone"
                     ));
                 }
-                Tz::from_str(name).map_err(|_| {
-                    format!(
-                        "time zone {name:?} is not an IANA time zone name, like \"Europe/Berlin\" \
-                         or \"America/New_York\""
-                    )
-                })?
+                time_zone_named(name).map_err(|why| format!("time zone {why}"))?
             }
         };
         let schedule = Schedule { when, time_zone };
@@ -184,6 +179,17 @@ impl Schedule {
             When::Cron(_) => None,
         }
     }
+}
+
+/// The IANA time zone `name` (as `time_zone =` holds it); the error is the
+/// end of a sentence about it.
+pub fn time_zone_named(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| {
+        format!(
+            "{name:?} is not an IANA time zone name, like \"Europe/Berlin\" or \
+             \"America/New_York\""
+        )
+    })
 }
 
 /// What Go's `time.Round(time.Second)` makes of `at`: halves round up.

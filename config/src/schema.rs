@@ -262,6 +262,8 @@ struct File {
     dead_letters: Option<DeadLettersTable>,
     /// The NATS micro service request functions are endpoints of.
     service: Option<Service>,
+    /// Where scheduled functions' schedules and ticks are kept: the stream jetrun makes (only when a function has a schedule).
+    schedules: Option<Schedules>,
     /// How long the drain on SIGTERM/SIGINT may take before what is left is NAKed.
     #[schemars(extend("default" = "30s"))]
     shutdown_timeout: Option<Duration>,
@@ -286,6 +288,15 @@ struct Service {
     /// Its name: letters, digits, - and _.
     #[schemars(extend("default" = "jetrun", "pattern" = "^[A-Za-z0-9_-]+$"))]
     name: Option<String>,
+}
+
+/// `[schedules]`: two teams sharing a NATS account name theirs apart.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Schedules {
+    /// The stream jetrun makes for scheduled functions (holding jetrun.schedule.> and jetrun.schedules.>, with message schedules allowed); no [streams.*] entry may take the name.
+    #[schemars(extend("default" = "JETRUN_SCHEDULES", "pattern" = STREAM_NAME))]
+    stream: Option<String>,
 }
 
 /// `[nats]`: servers, authentication (at most one of creds, nkey, user + password, token), TLS.
@@ -443,14 +454,17 @@ struct Stream {
     manage: Option<bool>,
 }
 
-/// `[functions.NAME]`: exactly one handler (builtin, exec or http), and subjects (it consumes a stream) or request (it answers requests).
+/// `[functions.NAME]`: exactly one handler (builtin, exec or http), and subjects (it consumes a stream), request (it answers requests) or schedule (it runs on a schedule).
 #[derive(JsonSchema)]
 #[schemars(deny_unknown_fields)]
 #[schemars(extend("allOf" = [
     { "oneOf": [
         { "required": ["builtin"] }, { "required": ["exec"] }, { "required": ["http"] }
     ] },
-    { "oneOf": [{ "required": ["subjects"] }, { "required": ["request"] }] },
+    { "oneOf": [
+        { "required": ["subjects"] }, { "required": ["request"] }, { "required": ["schedule"] }
+    ] },
+    { "not": { "required": ["schedule", "stream"] } },
     { "not": { "required": ["aggregate", "projection"] } },
     { "if": { "required": ["request"] }, "then": { "not": { "anyOf": [
         { "required": ["stream"] }, { "required": ["dead_letter"] }, { "required": ["emits"] },
@@ -462,7 +476,8 @@ struct Stream {
     { "not": { "required": ["batch", "projection"] } }
 ]))]
 #[schemars(extend("dependencies" = {
-    "on_dead_letter": ["key"], "missing_key": ["key"], "partitions": ["key"]
+    "on_dead_letter": ["key"], "missing_key": ["key"], "partitions": ["key"],
+    "time_zone": ["schedule"]
 }))]
 struct Function {
     /// A built-in function compiled into jetrun, by its registered name.
@@ -506,6 +521,11 @@ struct Function {
     /// Whether the event's data must be JSON: an event whose data is not goes straight to the dead letters.
     #[schemars(extend("default" = false))]
     json: Option<bool>,
+    /// The function runs on a schedule instead of subjects, each tick an event on jetrun.schedule.NAME: a 6-field cron (second minute hour day month weekday, like "0 0 2 * * *"), "@every DURATION" (Go syntax, at least 1s, like "@every 1m30s"), or @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly. Needs nats-server 2.14 or later.
+    schedule: Option<ScheduleText>,
+    /// With a cron schedule: the IANA time zone it is read in, like "Europe/Berlin" (default: UTC).
+    #[schemars(regex(pattern = or_var!(r"[A-Za-z][A-Za-z0-9_+/-]*")))]
+    time_zone: Option<String>,
     /// Events with one key are handled one at a time, in stream order, across every replica (different keys in parallel): a JSON pointer into the event's data, like "/account_id", or "subject:N", the N-th subject token (from 1). Stream functions only.
     key: Option<Key>,
     /// With key: what happens to the later events of a key whose event was dead-lettered: handled as usual (continue), or dead-lettered as parked until the first is replayed (park).
@@ -539,6 +559,14 @@ value_type!(
     /// `missing_key`.
     MissingKeyChoice,
     one_of(&["dead_letter", "unordered"])
+);
+
+value_type!(
+    /// `schedule`: six cron fields, `@every` and a duration, or a named schedule.
+    ScheduleText,
+    pattern(or_var!(
+        r"\s*[^\s@]+(?:\s+[^\s@]+){5}\s*|@every [0-9.]+[a-zµμ]+(?:[0-9.]+[a-zµμ]+)*|@(?:yearly|annually|monthly|weekly|daily|midnight|hourly)"
+    ))
 );
 
 value_type!(

@@ -1,5 +1,5 @@
 //! Binding functions to streams: which stream each function's consumer lives
-//! on, whether its dead letters land in a stream (and not back in its own
+//! on (a scheduled function's: the schedules stream), whether its dead letters land in a stream (and not back in its own
 //! input), and whether functions sharing a work-queue stream stay apart.
 
 use toml::Spanned;
@@ -31,7 +31,11 @@ pub(super) fn bind(
             if draft.request.is_some() {
                 return Ok(None);
             }
-            let stream = stream_of(ctx, draft, streams);
+            let stream = match &draft.schedule {
+                Ok(None) => stream_of(ctx, draft, streams),
+                Ok(Some(_)) => scheduled(draft, streams),
+                Err(reported) => Err(*reported),
+            };
             let dead_letter = dead_letter(ctx, draft, streams);
             let (stream, managed) = stream?;
             Ok(Some(Binding {
@@ -124,6 +128,14 @@ fn stream_of(ctx: &mut Ctx<'_>, draft: &Draft, streams: &Streams) -> Read<(Strin
         Some((_, stream)) if !failed => Ok((stream.to_owned(), true)),
         _ => Err(Reported),
     }
+}
+
+/// A scheduled function's stream: the schedules stream, which jetrun makes
+/// and manages (`stream = ...` beside `schedule` is reported as read).
+fn scheduled(draft: &Draft, streams: &Streams) -> Read<(String, bool)> {
+    draft.stream.as_ref().map_err(|r| *r)?;
+    let stream = streams.schedules_stream.clone().ok_or(Reported)?;
+    Ok((stream, true))
 }
 
 /// `dead_letter`, or `dlq.<name>`: captured by `dlq.>` or a declared stream,

@@ -5,6 +5,9 @@
 //! fills (`<bucket>_<n>`), and a function named like a durable consumer of a
 //! keyed function on its stream (`<name>-p<n>`, one per partition). Each is
 //! refused with its key path and line.
+//! Also the subjects jetrun keeps for scheduled functions (`jetrun.schedule.>`
+//! for ticks, `jetrun.schedules.>` for the schedules), which no stream,
+//! function subject or emit of the config may take.
 //! Also warns of a saga step whose timeout a redelivered command cannot meet.
 
 use std::collections::BTreeMap;
@@ -12,8 +15,9 @@ use std::ops::Range;
 
 use super::function::Draft;
 use super::section::{Ctx, Field, Section};
+use super::streams::Streams;
 use crate::model::{FunctionConfig, Role, SagaConfig};
-use crate::name;
+use crate::{name, subject};
 
 /// Bucket names that belong to jetrun itself.
 const RESERVED_BUCKETS: [&str; 4] = [
@@ -22,6 +26,62 @@ const RESERVED_BUCKETS: [&str; 4] = [
     "jetrun_snapshots_",
     "jetrun_dead_letters",
 ];
+
+/// The subjects jetrun keeps for scheduled functions: the ticks, and the
+/// messages holding the schedules.
+const SCHEDULE_SUBJECTS: [&str; 2] = ["jetrun.schedule.>", "jetrun.schedules.>"];
+
+/// The subjects jetrun keeps for scheduled functions that `subject`
+/// overlaps, and what jetrun keeps there. With `outright`, only a subject
+/// naming the `jetrun` space (its first token written out) counts: `>`
+/// alone takes them only from a stream, and only when the config schedules
+/// a function.
+pub(super) fn kept_for_schedules(
+    subject: &str,
+    outright: bool,
+) -> Option<(&'static str, &'static str)> {
+    if outright && subject.split('.').next() != Some("jetrun") {
+        return None;
+    }
+    let taken = SCHEDULE_SUBJECTS
+        .iter()
+        .find(|kept| subject::overlaps(kept, subject))?;
+    let what = if *taken == SCHEDULE_SUBJECTS[0] {
+        "scheduled functions' ticks"
+    } else {
+        "scheduled functions' schedules"
+    };
+    Some((taken, what))
+}
+
+/// The error of a declared stream's subject `s` overlapping `taken`.
+pub(super) fn stream_overlaps_schedules(s: &str, taken: &str, what: &str, stream: &str) -> String {
+    format!(
+        "{s:?} overlaps {taken}, which jetrun keeps for {what} in stream {stream}; JetStream \
+         refuses streams whose subjects overlap, so pick subjects outside it"
+    )
+}
+
+/// With a scheduled function, jetrun makes its schedules stream holding
+/// `jetrun.schedule.>` and `jetrun.schedules.>`: JetStream refuses it when a
+/// declared stream's subjects overlap those (`>`, `*.schedule.>`; those
+/// naming `jetrun` outright are refused as the stream is read).
+pub(super) fn schedules_stream_apart(ctx: &mut Ctx<'_>, streams: &Streams, stream: &str) {
+    for (name, subjects) in &streams.subjects {
+        for s in subjects {
+            if kept_for_schedules(s.get_ref(), true).is_some() {
+                continue;
+            }
+            if let Some((taken, what)) = kept_for_schedules(s.get_ref(), false) {
+                ctx.error(
+                    format!("{}.subjects", super::section::join("streams", name)),
+                    Some(&s.span()),
+                    stream_overlaps_schedules(s.get_ref(), taken, what, stream),
+                );
+            }
+        }
+    }
+}
 
 /// Where a function is written.
 pub(super) struct Place {

@@ -1,6 +1,6 @@
 //! `[defaults]` and `[functions.NAME]`: each function's own keys read over
 //! what it inherits, into a [`Draft`] that [`super::bind`] then binds to a
-//! stream.
+//! stream (a scheduled function's: the schedules stream, on its tick subject).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -10,16 +10,18 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::bind::Binding;
+use super::clashes;
 use super::flow::{self, Flow, FLOW_KEYS};
 use super::handler::{self, HANDLER_KEYS};
 use super::retry;
 use super::section::{Ctx, Field, Read, Reported, Section};
 use crate::model::{
-    AggregateConfig, FunctionConfig, Handler, ProjectionConfig, Role, StreamBinding, Trigger,
+    AggregateConfig, FunctionConfig, Handler, ProjectionConfig, Role, ScheduleConfig,
+    StreamBinding, Trigger,
 };
-use crate::name;
 use crate::retry::RetryPolicy;
-use crate::subject;
+use crate::schedule::{self, Schedule, SCHEDULE_FORMS};
+use crate::{name, subject};
 
 pub(super) const DEFAULTS_KEYS: &[&str] = &[
     "concurrency",
@@ -45,6 +47,8 @@ pub(super) const FUNCTION_KEYS: &[&str] = &[
     "dead_letter",
     "emits",
     "json",
+    "schedule",
+    "time_zone",
     FLOW_KEYS[0],
     FLOW_KEYS[1],
     FLOW_KEYS[2],
@@ -185,6 +189,9 @@ pub(super) struct Draft {
     pub(super) stream: Read<Option<Spanned<String>>>,
     /// `dead_letter = "subject"`, a valid subject without wildcards.
     pub(super) dead_letter: Read<Option<Spanned<String>>>,
+    /// `schedule = "..."` (with `time_zone`), valid: a scheduled function,
+    /// whose subjects are its tick subject, on the schedules stream.
+    pub(super) schedule: Read<Option<ScheduleConfig>>,
     settings: Option<Settings>,
 }
 
@@ -248,7 +255,7 @@ impl Draft {
             key: settings.flow.key,
             batch: settings.flow.batch,
             rate: settings.flow.rate,
-            schedule: None,
+            schedule: self.schedule.ok()?,
         })
     }
 }
@@ -305,8 +312,31 @@ fn function(
 ) -> Read<Draft> {
     let section = Section::of(field, FUNCTION_KEYS, ctx)?;
     let handler = handler::read(ctx, &section, base_dir, builtins);
-    let request = section.read(ctx, "request", request);
+    let schedule = schedule(ctx, &section);
+    let scheduled = section.field("schedule");
+    for key in ["subjects", "stream", "request"] {
+        if let (Some(_), Some(field)) = (&scheduled, section.field(key)) {
+            field.error(
+                ctx,
+                format!(
+                    "has no meaning for a scheduled function (schedule = ...): its events are \
+                     its ticks, on {} in the schedules stream; drop {key}",
+                    name::schedule_tick_subject(name)
+                ),
+            );
+        }
+    }
+    let request = match scheduled {
+        Some(_) => Ok(None),
+        None => section.read(ctx, "request", request),
+    };
     let subjects = match (section.field("subjects"), &request) {
+        // A scheduled function's one subject is its tick subject.
+        (None, Ok(None)) if scheduled.is_some() => Ok(vec![Spanned::new(
+            scheduled.as_ref().map(Field::span).unwrap_or_default(),
+            name::schedule_tick_subject(name),
+        )]),
+        (Some(_), _) if scheduled.is_some() => Err(Reported),
         (Some(field), Ok(None)) => subjects(ctx, &field),
         (Some(field), Ok(Some(_))) => Err(field.error(
             ctx,
@@ -319,7 +349,8 @@ fn function(
             section.key_path("subjects"),
             section.span(),
             "is required: the subjects the function runs for, like [\"order.placed\"] \
-             (or request = \"subject\" for a function answering requests)",
+             (or request = \"subject\" for a function answering requests, or \
+             schedule = \"...\" for one running on a schedule)",
         )),
     };
     let aggregate = section.read(ctx, "aggregate", |f, ctx| {
@@ -346,7 +377,10 @@ fn function(
             );
         }
     }
-    let stream = section.read(ctx, "stream", stream);
+    let stream = match (&scheduled, section.field("stream")) {
+        (Some(_), Some(_)) => Err(Reported),
+        _ => section.read(ctx, "stream", stream),
+    };
     let dead_letter = section.read(ctx, "dead_letter", dead_letter);
     let json = section.read(ctx, "json", Field::boolean);
     let emits = section.read(ctx, "emits", emits);
@@ -423,8 +457,43 @@ fn function(
         aggregate: aggregate.ok().flatten(),
         stream,
         dead_letter,
+        schedule,
         settings,
     })
+}
+
+/// `schedule = "..."` and `time_zone = "..."`, checked as nats-server reads
+/// them.
+fn schedule(ctx: &mut Ctx<'_>, section: &Section<'_, '_>) -> Read<Option<ScheduleConfig>> {
+    let time_zone = section.read(ctx, "time_zone", |field, ctx| {
+        let name = field.string(ctx)?;
+        match schedule::time_zone_named(&name) {
+            Ok(_) => Ok(name),
+            Err(why) => Err(field.error(ctx, why)),
+        }
+    });
+    let Some(field) = section.field("schedule") else {
+        if let Some(field) = section.field("time_zone") {
+            field.error(
+                ctx,
+                "has no meaning without schedule: it is the time zone a schedule's cron is read in",
+            );
+        }
+        return time_zone.and(Ok(None));
+    };
+    let expected = format!("a string: {SCHEDULE_FORMS}");
+    let expression = field.string_or(ctx, &expected)?;
+    let time_zone = time_zone?;
+    match Schedule::parse(&expression, time_zone.as_deref()) {
+        Ok(_) => Ok(Some(ScheduleConfig {
+            expression,
+            time_zone,
+        })),
+        Err(why) => match (why.strip_prefix("time zone "), section.field("time_zone")) {
+            (Some(why), Some(time_zone)) => Err(time_zone.error(ctx, why)),
+            _ => Err(field.error(ctx, why)),
+        },
+    }
 }
 
 /// A batch goes to a plain function: an aggregate's command handler and a
@@ -533,6 +602,15 @@ fn subjects(ctx: &mut Ctx<'_>, field: &Field<'_, '_>) -> Read<Vec<Spanned<String
     for (i, s) in subjects.iter().enumerate() {
         let error = match subject::check(s.get_ref(), true) {
             Err(why) => Some(format!("{:?} is not a valid subject: {why}", s.get_ref())),
+            Ok(()) if clashes::kept_for_schedules(s.get_ref(), true).is_some() => {
+                clashes::kept_for_schedules(s.get_ref(), true).map(|(taken, what)| {
+                    format!(
+                        "{:?} overlaps {taken}, which jetrun keeps for {what}; to run a \
+                         function on a schedule, set schedule = \"...\" instead of subjects",
+                        s.get_ref()
+                    )
+                })
+            }
             Ok(()) => subjects[..i]
                 .iter()
                 .find(|earlier| subject::overlaps(earlier.get_ref(), s.get_ref()))
@@ -561,8 +639,17 @@ fn emits(field: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<Vec<Spanned<String>>>
     let subjects = field.strings(ctx, "a non-empty list of subjects, like [\"inventory.>\"]")?;
     let mut failed = false;
     for s in &subjects {
-        if let Err(why) = subject::check(s.get_ref(), true) {
-            let message = format!("{:?} is not a valid subject: {why}", s.get_ref());
+        let error = match subject::check(s.get_ref(), true) {
+            Err(why) => Some(format!("{:?} is not a valid subject: {why}", s.get_ref())),
+            Ok(()) => clashes::kept_for_schedules(s.get_ref(), true).map(|(taken, what)| {
+                format!(
+                    "{:?} overlaps {taken}, which jetrun keeps for {what}; a function emits \
+                     no events there",
+                    s.get_ref()
+                )
+            }),
+        };
+        if let Some(message) = error {
             ctx.error(field.path.clone(), Some(&s.span()), message);
             failed = true;
         }

@@ -40,6 +40,7 @@ const TOP_KEYS: &[&str] = &[
     "sagas",
     "dead_letters",
     "service",
+    "schedules",
     "shutdown_timeout",
 ];
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,10 +63,16 @@ pub(crate) fn parse(
     let shutdown_timeout = top.read(&mut ctx, "shutdown_timeout", Field::duration);
     let dead_letters = shared::dead_letters(&mut ctx, field("dead_letters").as_ref());
     let service = shared::service(&mut ctx, field("service").as_ref());
+    let schedules_stream = shared::schedules(
+        &mut ctx,
+        field("schedules").as_ref(),
+        dead_letters.as_ref().ok(),
+    );
     let streams = streams::read(
         &mut ctx,
         field("streams").as_ref(),
         dead_letters.clone().unwrap_or_default(),
+        schedules_stream.clone().ok(),
     );
     let defaults = function::defaults(&mut ctx, field("defaults").as_ref());
     let drafts = function::read_all(
@@ -76,6 +83,12 @@ pub(crate) fn parse(
         builtins,
     );
     let bindings = bind::bind(&mut ctx, &drafts, &streams);
+    if let (true, Some(stream)) = (
+        drafts.iter().any(|d| matches!(d.schedule, Ok(Some(_)))),
+        &streams.schedules_stream,
+    ) {
+        clashes::schedules_stream_apart(&mut ctx, &streams, stream);
+    }
     let aggregates = aggregates::read(&mut ctx, field("aggregates").as_ref(), &streams);
     let sagas = sagas::read(&mut ctx, field("sagas").as_ref(), &streams, &defaults);
     for draft in &drafts {
@@ -115,6 +128,7 @@ pub(crate) fn parse(
         shutdown_timeout,
         dead_letters,
         service,
+        schedules_stream,
     ) {
         (
             Ok(nats),
@@ -123,6 +137,7 @@ pub(crate) fn parse(
             Ok(shutdown_timeout),
             Ok(dead_letters),
             Ok(service),
+            Ok(schedules_stream),
         ) if !ctx.has_errors() => Ok(Config {
             nats,
             metrics,
@@ -134,6 +149,7 @@ pub(crate) fn parse(
             sagas,
             dead_letters,
             service,
+            schedules_stream,
             warnings,
         }),
         _ => Err(ConfigErrors(ctx.into_errors())),

@@ -1,6 +1,7 @@
-//! `[dead_letters]` and `[service]`: the names of what jetrun shares in a
-//! NATS account (the dead-letter stream and its subjects, the micro service
-//! of request functions), so two teams' runners can keep theirs apart.
+//! `[dead_letters]`, `[service]` and `[schedules]`: the names of what jetrun
+//! shares in a NATS account (the dead-letter stream and its subjects, the
+//! micro service of request functions, the stream of scheduled functions'
+//! ticks), so two teams' runners can keep theirs apart.
 
 use super::section::{Ctx, Field, Read, Section};
 use crate::model::{DeadLetters, ServiceConfig};
@@ -8,23 +9,27 @@ use crate::{name, subject};
 
 pub(super) const DEAD_LETTERS_KEYS: &[&str] = &["stream", "prefix"];
 pub(super) const SERVICE_KEYS: &[&str] = &["name"];
+pub(super) const SCHEDULES_KEYS: &[&str] = &["stream"];
+
+/// `stream = "NAME"` of `[dead_letters]` or `[schedules]`.
+fn stream_name(f: &Field<'_, '_>, ctx: &mut Ctx<'_>) -> Read<String> {
+    let name = f.non_empty_string(ctx)?;
+    match name::is_stream_name(&name) {
+        true => Ok(name),
+        false => Err(f.error(
+            ctx,
+            format!(
+                "{name:?} is not a valid stream name: {}",
+                name::STREAM_NAME_RULE
+            ),
+        )),
+    }
+}
 
 /// `[dead_letters]`, absent or not.
 pub(super) fn dead_letters(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Read<DeadLetters> {
     let section = Section::optional("dead_letters", field, DEAD_LETTERS_KEYS, ctx)?;
-    let stream = section.read(ctx, "stream", |f, ctx| {
-        let name = f.non_empty_string(ctx)?;
-        match name::is_stream_name(&name) {
-            true => Ok(name),
-            false => Err(f.error(
-                ctx,
-                format!(
-                    "{name:?} is not a valid stream name: {}",
-                    name::STREAM_NAME_RULE
-                ),
-            )),
-        }
-    });
+    let stream = section.read(ctx, "stream", stream_name);
     let prefix = section.read(ctx, "prefix", |f, ctx| {
         let prefix = f.non_empty_string(ctx)?;
         match subject::check(&prefix, false) {
@@ -67,4 +72,30 @@ pub(super) fn service(ctx: &mut Ctx<'_>, field: Option<&Field<'_, '_>>) -> Read<
     Ok(ServiceConfig {
         name: service_name?.unwrap_or_else(|| ServiceConfig::default().name),
     })
+}
+
+/// `[schedules]`, absent or not: the name of the stream of scheduled
+/// functions' schedules and ticks, not the dead letters' (`dead_letters`,
+/// when it could be read).
+pub(super) fn schedules(
+    ctx: &mut Ctx<'_>,
+    field: Option<&Field<'_, '_>>,
+    dead_letters: Option<&DeadLetters>,
+) -> Read<String> {
+    let section = Section::optional("schedules", field, SCHEDULES_KEYS, ctx)?;
+    let stream = section.read(ctx, "stream", |f, ctx| {
+        let stream = stream_name(f, ctx)?;
+        match dead_letters.filter(|d| d.stream == stream) {
+            Some(_) => Err(f.error(
+                ctx,
+                format!(
+                    "{stream:?} is the dead-letter stream ([dead_letters] stream); \
+                     scheduled functions' ticks need a stream of their own"
+                ),
+            )),
+            None => Ok(stream),
+        }
+    });
+    section.finish(ctx);
+    Ok(stream?.unwrap_or_else(|| name::SCHEDULES_STREAM.to_owned()))
 }

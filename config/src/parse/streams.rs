@@ -1,15 +1,21 @@
 //! `[streams.NAME]`: the streams jetrun creates and updates, their subjects,
-//! and the checks between them (no two overlap; none reaches into `dlq.>`).
+//! and the checks between them (no two overlap; none reaches into `dlq.>`
+//! nor into the subjects jetrun keeps for scheduled functions).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::clashes;
 use super::section::{join, Ctx, Field, Read, Reported, Section};
 use crate::model::{DeadLetters, Retention, Storage, StreamConfig};
 use crate::name;
 use crate::subject;
+
+/// What the schedules stream holds: the ticks and the schedules.
+const SCHEDULE_TICKS: &str = "jetrun.schedule.>";
+const SCHEDULE_HOLDERS: &str = "jetrun.schedules.>";
 
 pub(super) const STREAM_KEYS: &[&str] = &[
     "subjects",
@@ -36,6 +42,9 @@ pub(super) struct Streams {
     /// Where dead letters go (`[dead_letters]`), which no declared stream
     /// may take.
     pub(super) dead_letters: DeadLetters,
+    /// The stream of scheduled functions (`[schedules] stream`), which no
+    /// declared stream may be; `None` when it could not be read.
+    pub(super) schedules_stream: Option<String>,
 }
 
 impl Streams {
@@ -57,6 +66,7 @@ pub(super) fn read(
     ctx: &mut Ctx<'_>,
     field: Option<&Field<'_, '_>>,
     dead_letters: DeadLetters,
+    schedules_stream: Option<String>,
 ) -> Streams {
     let mut streams = Streams {
         names: BTreeSet::new(),
@@ -64,14 +74,15 @@ pub(super) fn read(
         configs: BTreeMap::new(),
         complete: true,
         dead_letters,
+        schedules_stream,
     };
     let Ok(section) = Section::optional("streams", field, &[], ctx) else {
         streams.complete = false;
         return streams;
     };
     for (name, field) in section.entries() {
-        let named = stream_name(ctx, name, &field, &streams.dead_letters);
-        let (subjects, config) = stream(ctx, &field, &streams.dead_letters);
+        let named = stream_name(ctx, name, &field, &streams);
+        let (subjects, config) = stream(ctx, &field, &streams);
         if named.is_ok() {
             streams.names.insert(name.to_owned());
         }
@@ -93,8 +104,20 @@ fn stream_name(
     ctx: &mut Ctx<'_>,
     name: &str,
     field: &Field<'_, '_>,
-    dead_letters: &DeadLetters,
+    streams: &Streams,
 ) -> Read<()> {
+    let dead_letters = &streams.dead_letters;
+    if streams.schedules_stream.as_deref() == Some(name) {
+        return Err(ctx.error(
+            field.path.clone(),
+            field.key_span.as_ref(),
+            format!(
+                "is reserved: jetrun creates and manages the {name} stream for scheduled \
+                 functions ({} and {}); pick another name",
+                SCHEDULE_TICKS, SCHEDULE_HOLDERS
+            ),
+        ));
+    }
     if name == dead_letters.stream {
         return Err(ctx.error(
             field.path.clone(),
@@ -122,14 +145,14 @@ fn stream_name(
 fn stream(
     ctx: &mut Ctx<'_>,
     field: &Field<'_, '_>,
-    dead_letters: &DeadLetters,
+    streams: &Streams,
 ) -> (Read<Vec<Spanned<String>>>, Read<StreamConfig>) {
     let section = match Section::of(field, STREAM_KEYS, ctx) {
         Ok(section) => section,
         Err(reported) => return (Err(reported), Err(reported)),
     };
     let subjects = match section.field("subjects") {
-        Some(field) => subjects(ctx, &field, dead_letters),
+        Some(field) => subjects(ctx, &field, streams),
         None => Err(ctx.error(
             section.key_path("subjects"),
             section.span(),
@@ -204,13 +227,18 @@ fn window_within_age(
 }
 
 /// A non-empty list of valid subjects, none reaching into the dead letters'
-/// (`dlq.>`).
+/// (`dlq.>`) nor naming those of scheduled functions (`jetrun.schedule.>`).
 fn subjects(
     ctx: &mut Ctx<'_>,
     field: &Field<'_, '_>,
-    dead_letters: &DeadLetters,
+    streams: &Streams,
 ) -> Read<Vec<Spanned<String>>> {
+    let dead_letters = &streams.dead_letters;
     let dlq_subjects = dead_letters.subjects();
+    let schedules = streams
+        .schedules_stream
+        .as_deref()
+        .unwrap_or(name::SCHEDULES_STREAM);
     let subjects = field.strings(ctx, "a non-empty list of subjects, like [\"order.>\"]")?;
     let mut failed = false;
     for s in &subjects {
@@ -222,7 +250,9 @@ fn subjects(
                 s.get_ref(),
                 dead_letters.stream
             )),
-            Ok(()) => None,
+            Ok(()) => clashes::kept_for_schedules(s.get_ref(), true).map(|(taken, what)| {
+                clashes::stream_overlaps_schedules(s.get_ref(), taken, what, schedules)
+            }),
         };
         if let Some(message) = error {
             ctx.error(field.path.clone(), Some(&s.span()), message);

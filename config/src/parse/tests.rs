@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod flow;
+mod schedule;
 
 use crate::{
     parse, Account, AccountId, Config, ConfigErrors, ExecMode, Handler, NatsAuth, ProjectionConfig,
@@ -71,7 +72,7 @@ retyr = { max_attempts = 3 }
         [
             "functions.thumbnail.retyr is not a known key; expected one of: builtin, exec, http, \
           subjects, request, aggregate, projection, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
-          dead_letter, emits, json, key, on_dead_letter, missing_key, partitions, batch, rate (line 10)"
+          dead_letter, emits, json, schedule, time_zone, key, on_dead_letter, missing_key, partitions, batch, rate (line 10)"
         ]
     );
 }
@@ -222,7 +223,7 @@ http = "http://127.0.0.1:8080/ship"
         [
             "functions.resize.retyr is not a known key; expected one of: builtin, exec, http, \
              subjects, request, aggregate, projection, stream, concurrency, timeout, retry, ack_wait, max_ack_pending, \
-             dead_letter, emits, json, key, on_dead_letter, missing_key, partitions, batch, rate (line 10)",
+             dead_letter, emits, json, schedule, time_zone, key, on_dead_letter, missing_key, partitions, batch, rate (line 10)",
             "functions.resize.timeout must be a duration like 250ms, 30s, 5m or 7d, \
              got \"five seconds\" (line 11)",
             "functions.thumbnail.subjects \"image.uploaded\" is not captured by any [streams.*] \
@@ -1830,7 +1831,7 @@ fn the_schema_has_the_keys_of_the_parser() {
         sorted(TOP_KEYS),
         "the top level"
     );
-    let tables: [(&str, &[&str]); 15] = [
+    let tables: [(&str, &[&str]); 16] = [
         ("Nats", nats::NATS_KEYS),
         ("Tls", nats::TLS_KEYS),
         ("Metrics", nats::METRICS_KEYS),
@@ -1846,6 +1847,7 @@ fn the_schema_has_the_keys_of_the_parser() {
         ("Step", sagas::STEP_KEYS),
         ("DeadLetters", shared::DEAD_LETTERS_KEYS),
         ("Service", shared::SERVICE_KEYS),
+        ("Schedules", shared::SCHEDULES_KEYS),
     ];
     for (definition, keys) in tables {
         let table = &schema["definitions"][definition];
