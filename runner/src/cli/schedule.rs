@@ -626,3 +626,121 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 fn stored_time(time: impl Into<SystemTime>) -> DateTime<Utc> {
     DateTime::<Utc>::from(time.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn holder(expression: &str, time_zone: Option<&str>) -> Holder {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Schedule", expression);
+        headers.insert("Nats-Schedule-Target", "jetrun.schedule.report");
+        if let Some(zone) = time_zone {
+            headers.insert("Nats-Schedule-Time-Zone", zone);
+        }
+        let stored = at("2026-03-01T10:00:00.400Z");
+        Holder::read("jetrun.schedules.shop.report", &headers, stored).unwrap()
+    }
+
+    #[test]
+    fn a_holder_names_its_service_and_function_and_matches_the_config_or_not() {
+        let stored = holder("0 0 2 * * *", Some("Europe/Berlin"));
+        assert_eq!(
+            (stored.service.as_str(), stored.function.as_str()),
+            ("shop", "report")
+        );
+        let config = |expression: &str, zone: Option<&str>| ScheduleConfig {
+            expression: expression.to_string(),
+            time_zone: zone.map(str::to_string),
+        };
+        let same = config("0 0 2 * * *", Some("Europe/Berlin"));
+        assert_eq!(Stored::of("report", &same, Some(&stored)), Stored::Yes);
+        assert_eq!(Stored::of("report", &same, None), Stored::Missing);
+        let other_zone = config("0 0 2 * * *", None);
+        assert_eq!(
+            Stored::of("report", &other_zone, Some(&stored)),
+            Stored::Differs
+        );
+        let other_time = config("0 0 3 * * *", Some("Europe/Berlin"));
+        assert_eq!(
+            Stored::of("report", &other_time, Some(&stored)),
+            Stored::Differs
+        );
+        assert!(Holder::read(
+            "jetrun.schedule.report",
+            &HeaderMap::new(),
+            at("2026-01-01T00:00:00Z")
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn next_fire_is_the_servers_word_then_the_holders_phase_then_the_expression() {
+        let now = at("2026-03-01T10:30:00Z");
+        let tick = |next: &str| Tick {
+            sequence: 7,
+            scheduled_at: None,
+            next: Some(at(next)),
+            expression: Some("@every 1h".to_string()),
+            stored_at: now,
+        };
+        let ahead = tick("2026-03-01T11:00:01Z");
+        assert_eq!(
+            next_fire("@every 1h", None, None, Some(&ahead), now).as_deref(),
+            Some("2026-03-01T11:00:01+00:00")
+        );
+        // A next time already past says nothing; the holder's phase does.
+        let past = tick("2026-03-01T10:00:00Z");
+        let stored = holder("@every 1h", None);
+        assert_eq!(
+            next_fire("@every 1h", None, Some(&stored), Some(&past), now).as_deref(),
+            Some("2026-03-01T11:00:00+00:00")
+        );
+        assert_eq!(
+            next_fire("0 0 2 * * *", Some("Europe/Berlin"), None, None, now).as_deref(),
+            Some("2026-03-02T02:00:00+01:00")
+        );
+        assert_eq!(next_fire("not a schedule", None, None, None, now), None);
+    }
+
+    #[test]
+    fn a_trigger_carries_its_time_and_the_schedule_in_its_zone() {
+        let now = at("2026-07-01T12:00:00.250Z");
+        let when = in_zone(now, Some("Asia/Kolkata"));
+        assert_eq!(when, "2026-07-01T17:30:00.250+05:30");
+        assert_eq!(in_zone(now, None), "2026-07-01T12:00:00.250+00:00");
+        let headers = trigger_headers("*/2 * * * * *", Some("Asia/Kolkata"), &when).unwrap();
+        assert_eq!(header(&headers, "Jetrun-Scheduled-At"), Some(when.as_str()));
+        assert_eq!(header(&headers, "Jetrun-Schedule"), Some("*/2 * * * * *"));
+        assert_eq!(
+            header(&headers, "Jetrun-Schedule-Time-Zone"),
+            Some("Asia/Kolkata")
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_service_column_only_without_a_config() {
+        let row = Row {
+            function: "report".to_string(),
+            service: "shop".to_string(),
+            expression: "@every 1h".to_string(),
+            time_zone: None,
+            next: Some("2026-03-01T11:00:00+00:00".to_string()),
+            last_tick: None,
+            stored: Stored::Missing,
+        };
+        let with = list_table(std::slice::from_ref(&row), true);
+        assert!(with.starts_with("FUNCTION  SERVICE  SCHEDULE"), "{with}");
+        let without = list_table(&[row], false);
+        assert_eq!(
+            without.lines().nth(1).unwrap(),
+            "report    @every 1h  -          2026-03-01T11:00:00+00:00  -          missing"
+        );
+    }
+}
