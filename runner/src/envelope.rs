@@ -551,6 +551,68 @@ pub(crate) fn emitted_headers(
 mod tests {
     use super::*;
 
+    fn tick(pairs: &[(&str, &str)]) -> Result<Event, Failure> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, *value);
+        }
+        let origin = Origin {
+            subject: "jetrun.schedule.report",
+            stream: "JETRUN_SCHEDULES",
+            sequence: 7,
+            published: SystemTime::UNIX_EPOCH,
+        };
+        read_event(
+            &origin,
+            Some(&headers),
+            &Bytes::from(r#"{"function":"report"}"#),
+        )
+    }
+
+    #[test]
+    fn a_fired_tick_is_the_occurrence_before_its_next_in_its_time_zone() {
+        let event = tick(&[
+            ("Jetrun-Schedule", "*/2 * * * * *"),
+            ("Jetrun-Schedule-Time-Zone", "Asia/Kolkata"),
+            ("Nats-Scheduler", "jetrun.schedules.jetrun.report"),
+            ("Nats-Schedule-Next", "2026-12-05T20:31:38Z"),
+        ])
+        .expect("a tick");
+        let at = "2026-12-06T02:01:36+05:30";
+        assert_eq!(event.event_type, "jetrun.schedule.tick");
+        assert_eq!(event.source, "jetrun");
+        assert_eq!(event.id, format!("report@{at}"));
+        assert_eq!(event.time.as_deref(), Some(at));
+        assert_eq!(event.correlationid.as_deref(), Some(event.id.as_str()));
+        let data: Value = serde_json::from_slice(&event.data).expect("JSON");
+        assert_eq!(
+            data,
+            serde_json::json!({ "function": "report", "scheduled_at": at })
+        );
+
+        let every = tick(&[
+            ("Jetrun-Schedule", "@every 5s"),
+            ("Nats-Schedule-Next", "2026-12-05T20:31:38Z"),
+        ])
+        .expect("a tick");
+        assert_eq!(every.time.as_deref(), Some("2026-12-05T20:31:33+00:00"));
+    }
+
+    #[test]
+    fn a_triggered_tick_is_scheduled_when_it_was_asked_for() {
+        let event = tick(&[("Jetrun-Scheduled-At", "2026-12-05T20:31:38.5Z")]).expect("a tick");
+        assert_eq!(event.id, "report@2026-12-05T20:31:38.5Z");
+        let bad = tick(&[("Jetrun-Scheduled-At", "yesterday")]).unwrap_err();
+        assert!(bad.to_string().contains("Jetrun-Scheduled-At"), "{bad}");
+        assert!(bad.is_permanent());
+    }
+
+    #[test]
+    fn a_message_without_the_schedule_headers_is_no_tick() {
+        let event = tick(&[("Nats-Schedule-Next", "2026-12-05T20:31:38Z")]).expect("an event");
+        assert_eq!(event.event_type, "jetrun.schedule.report");
+    }
+
     fn origin() -> Origin<'static> {
         Origin {
             subject: "order.placed",

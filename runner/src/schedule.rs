@@ -31,8 +31,9 @@ pub(crate) const STREAM_SUBJECTS: [&str; 2] = ["jetrun.schedule.>", "jetrun.sche
 /// The CloudEvents type of a tick.
 pub(crate) const TICK_TYPE: &str = "jetrun.schedule.tick";
 
-/// How long a fired tick waits to be handled before the stream drops it.
-const TICK_TTL: &str = "7d";
+/// How long a fired tick waits to be handled before the stream drops it: a
+/// week, in Go's duration syntax (nats-server refuses `7d`).
+const TICK_TTL: &str = "168h";
 
 /// The server's: the schedule, where it fires, in which time zone, and
 /// the TTL of what it fires.
@@ -381,18 +382,18 @@ mod tests {
         );
         assert_eq!(
             headers.get("Nats-Schedule-TTL").map(|v| v.as_str()),
-            Some("7d")
+            Some("168h")
         );
         let utc = Holder {
             time_zone: None,
             ..holder.clone()
         };
         assert!(!utc.is_stored_in(&headers));
-        assert!(!utc
+        assert!(utc
             .headers(0)
             .expect("headers")
             .get("Nats-Schedule-Time-Zone")
-            .is_some());
+            .is_none());
         let slower = Holder {
             expression: "*/3 * * * * *".into(),
             ..holder.clone()

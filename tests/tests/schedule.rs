@@ -234,7 +234,7 @@ async fn every_second_on_two_replicas(kill: bool) {
     } else {
         assert!(twice.is_empty(), "ticks handled more than once: {twice:?}");
     }
-    // Both replicas took ticks while both ran, one at a time.
+    // Each handled as the tick event the issue describes.
     let calls = replicas.calls();
     for call in calls.iter().filter(|c| c.function == "tick") {
         assert_eq!(call.event_type, "jetrun.schedule.tick");
