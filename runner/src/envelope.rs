@@ -134,7 +134,8 @@ pub(crate) fn read_event(
 /// CloudEvent of type `jetrun.schedule.tick`, source `jetrun`, id
 /// `<function>@<scheduled_at>`, time `scheduled_at`, data `{"function",
 /// "scheduled_at"}`; `scheduled_at` is the occurrence just before the next
-/// one, in the schedule's time zone with its offset. `None`: not a tick.
+/// one, in the schedule's time zone with its offset (`Z` without a zone).
+/// `None`: not a tick.
 fn schedule_tick(
     origin: &Origin<'_>,
     headers: Option<&HeaderMap>,
@@ -182,7 +183,7 @@ fn schedule_tick(
 
 /// The time the tick whose next fire time is `next` (RFC 3339) was fired
 /// for, under `expression` in `time_zone` (UTC when `None`), in RFC 3339
-/// with the zone's offset.
+/// with the zone's offset (`Z` without a zone).
 fn scheduled_before(
     expression: &str,
     time_zone: Option<&str>,
@@ -195,7 +196,8 @@ fn scheduled_before(
     let at = schedule
         .scheduled_before(next)
         .ok_or_else(|| format!("schedule {expression:?} has no occurrence before {next}"))?;
-    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+    // UTC as `Z` when no zone was asked for; a zone's time with its offset.
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, time_zone.is_none()))
 }
 
 /// Every attribute of an event is a string without control characters: each
@@ -595,7 +597,7 @@ mod tests {
             ("Nats-Schedule-Next", "2026-12-05T20:31:38Z"),
         ])
         .expect("a tick");
-        assert_eq!(every.time.as_deref(), Some("2026-12-05T20:31:33+00:00"));
+        assert_eq!(every.time.as_deref(), Some("2026-12-05T20:31:33Z"));
     }
 
     #[test]
