@@ -2,25 +2,20 @@
 //! schedules stream's name and subjects, the stored schedules (one holder
 //! message per function, on `jetrun.schedules.<service>.<function>`) made
 //! to match the config at start and after every reload, the check that the
-//! nats-server in use runs what the config's schedules need, and the tick
-//! metrics counted around a scheduled function's handler.
+//! nats-server in use runs what the config's schedules need. (The tick
+//! metrics are a layer: `layers/ticked.rs`.)
 //!
 //! The server fires each tick into `jetrun.schedule.<function>`, once
 //! however many replicas run; the function consumes it like any event.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::SystemTime;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream::Stream};
 use async_nats::{HeaderMap, HeaderName};
-use async_trait::async_trait;
 use futures::TryStreamExt as _;
 use jetrun_config::schedule::Schedule;
 use jetrun_config::{name, Config, FunctionConfig};
-use jetrun_functions::{Context, Event, Function, Outcome};
-use prometheus::{Histogram, IntCounter};
 
 use crate::emit::{self, PublishError};
 use crate::headers::{BadHeader, Put};
@@ -257,64 +252,6 @@ async fn store(
         return Ok(());
     }
     Ok(())
-}
-
-/// Counts each tick a scheduled function is handed
-/// (`jetrun_schedule_ticks_total`) and how late its handling starts after
-/// the time it was scheduled for (`jetrun_schedule_lag_seconds`).
-pub(crate) struct Ticked {
-    inner: Arc<dyn Function>,
-    ticks: IntCounter,
-    lag: Histogram,
-}
-
-impl Ticked {
-    pub(crate) fn wrap(
-        inner: Arc<dyn Function>,
-        metrics: &crate::metrics::ScheduleMetrics,
-    ) -> Arc<dyn Function> {
-        Arc::new(Ticked {
-            inner,
-            ticks: metrics.ticks.clone(),
-            lag: metrics.lag.clone(),
-        })
-    }
-
-    fn count(&self, event: &Event) {
-        if event.event_type != TICK_TYPE {
-            return;
-        }
-        self.ticks.inc();
-        if let Some(lag) = event.time.as_deref().and_then(lag_since) {
-            self.lag.observe(lag);
-        }
-    }
-}
-
-/// Seconds from `scheduled_at` (RFC 3339) to now; 0 when it is ahead.
-fn lag_since(scheduled_at: &str) -> Option<f64> {
-    let at = chrono::DateTime::parse_from_rfc3339(scheduled_at).ok()?;
-    let at = SystemTime::from(at);
-    Some(
-        SystemTime::now()
-            .duration_since(at)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    )
-}
-
-#[async_trait]
-impl Function for Ticked {
-    async fn call(&self, event: &Event, ctx: &Context) -> Outcome {
-        self.count(event);
-        self.inner.call(event, ctx).await
-    }
-
-    async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
-        for (event, _) in items {
-            self.count(event);
-        }
-        self.inner.call_batch(items).await
-    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,12 @@ id = "order_id"
 subjects = ["ev.ping"]
 builtin = "noop"
 
+# Scheduled (hourly: no tick comes during the test), so that the schedule
+# families are exported for the dashboard's Schedules row.
+[functions.hourly]
+schedule = "@every 1h"
+builtin = "noop"
+
 [functions.add_item]
 request = "cmd.order.add"
 aggregate = "{AGGREGATE}"

@@ -11,7 +11,9 @@
 //! 3. **timeout** ([`timeout`]): a call past the function's timeout is dropped
 //!    (which kills an exec child's process group) and is a retryable failure;
 //! 4. **metered** ([`metered`]): `jetrun_events_in_flight` and
-//!    `jetrun_handler_duration_seconds`.
+//!    `jetrun_handler_duration_seconds`;
+//! 5. **ticked** ([`ticked`]), for a scheduled function: its ticks and how
+//!    late each is handled.
 //!
 //! Around them all, the delivery's tracing span (made in `dispatch`, so the
 //! ack and dead-letter logs are in it too). A handler never counts its own
@@ -20,6 +22,7 @@
 mod json;
 mod metered;
 mod role;
+mod ticked;
 mod timeout;
 
 use std::sync::Arc;
@@ -43,5 +46,9 @@ pub(crate) fn stack(
     let handler = role::wrap(function, handler, js, metrics);
     let handler = json::Checked::wrap(function, handler);
     let handler = timeout::TimeLimited::wrap(handler, function.timeout);
-    Metered::wrap(handler, handles)
+    let handler = Metered::wrap(handler, handles);
+    match &function.schedule {
+        Some(_) => ticked::Ticked::wrap(handler, &metrics.for_schedule(&function.name)),
+        None => handler,
+    }
 }

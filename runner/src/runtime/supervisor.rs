@@ -22,7 +22,6 @@ use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::request::{self, Endpoint};
 use crate::saga;
-use crate::schedule;
 use crate::shutdown::Control;
 use crate::tasks::{self, Supervision};
 
@@ -185,10 +184,6 @@ impl Supervisor {
         self.readiness.add(&name);
         let handles = self.metrics.for_function(&name);
         let handler = layers::stack(&config, handler, &self.js, &self.metrics, &handles);
-        let handler = match &config.schedule {
-            Some(_) => schedule::Ticked::wrap(handler, &self.metrics.for_schedule(&name)),
-            None => handler,
-        };
         let (control, shutdown) = Control::new();
         let readiness = self.readiness.clone();
         let task = match &config.trigger {
