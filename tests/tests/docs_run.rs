@@ -47,11 +47,6 @@ const SKIP: &[(&str, &str)] = &[
         "jetrun completions zsh",
         "writes into zsh's fpath, a zsh-only expansion",
     ),
-    // No config the docs run has schedules a function yet.
-    (
-        "jetrun schedule trigger",
-        "needs a config scheduling the function; schedule_cli.rs triggers one",
-    ),
 ];
 
 /// Verbs that talk to NATS: `jetrun run` of the config they name goes first.
