@@ -142,6 +142,12 @@ fn schedule_tick(
     body: &Bytes,
 ) -> Option<Result<Event, Failure>> {
     use crate::schedule::{JETRUN_SCHEDULE, JETRUN_SCHEDULED_AT, JETRUN_TIME_ZONE, TICK_TYPE};
+    // Ticks live on jetrun's tick subjects alone (no emit may reach them):
+    // the same headers on any other event are that event's own.
+    origin
+        .subject
+        .starts_with("jetrun.schedule.")
+        .then_some(())?;
     let headers = headers?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str());
     let scheduled_at = match (
@@ -598,6 +604,22 @@ mod tests {
         ])
         .expect("a tick");
         assert_eq!(every.time.as_deref(), Some("2026-12-05T20:31:33Z"));
+    }
+
+    #[test]
+    fn tick_headers_make_a_tick_only_on_a_tick_subject() {
+        let origin = Origin {
+            subject: "order.placed",
+            stream: "ORDERS",
+            sequence: 7,
+            published: SystemTime::UNIX_EPOCH,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Jetrun-Scheduled-At", "2026-12-05T20:31:38Z");
+        let event = read_event(&origin, Some(&headers), &Bytes::from(r#"{"order_id":1}"#))
+            .expect("an event");
+        assert_ne!(event.event_type, "jetrun.schedule.tick");
+        assert_eq!(&event.data[..], br#"{"order_id":1}"#);
     }
 
     #[test]
