@@ -204,7 +204,8 @@ fn round_to_second(at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// `@every`'s duration: Go's duration syntax (what nats-server parses),
-/// at least one second (the server fires no more often).
+/// a whole number of seconds, at least one (the server rounds each fire
+/// time to the second and fires no more often).
 fn every(text: &str) -> Result<Duration, String> {
     let duration = go_duration(text).ok_or_else(|| {
         format!(
@@ -216,6 +217,12 @@ fn every(text: &str) -> Result<Duration, String> {
         return Err(format!(
             "\"@every {text}\" is shorter than 1s: nats-server fires a schedule at most once a \
              second"
+        ));
+    }
+    if duration.subsec_nanos() != 0 {
+        return Err(format!(
+            "\"@every {text}\" is not a whole number of seconds: nats-server rounds each fire \
+             time to the second, so it would not fire every {text}"
         ));
     }
     Ok(duration)
@@ -624,9 +631,8 @@ mod tests {
         for (text, secs) in [
             ("@every 1s", 1.0),
             ("@every 2h", 7200.0),
-            ("@every 1.5s", 1.5),
-            ("@every 1500ms", 1.5),
-            ("@every 1h0m0.5s", 3600.5),
+            ("@every 2000ms", 2.0),
+            ("@every 1m0.0s", 60.0),
             ("@every .5h", 1800.0),
         ] {
             assert_eq!(
@@ -714,6 +720,8 @@ mod tests {
         assert!(refused("@at 2026-12-24T18:00:00Z", None).contains("one-off time (@at)"));
         assert!(refused("@reboot", None).contains("\"@reboot\" is not a schedule"));
         assert!(refused("@every 500ms", None).contains("shorter than 1s"));
+        assert!(refused("@every 1.5s", None).contains("whole number of seconds"));
+        assert!(refused("@every 1h0m0.5s", None).contains("whole number of seconds"));
         assert!(refused("@every 1d", None).contains("needs a duration"));
         assert!(refused("@every -5s", None).contains("needs a duration"));
         assert!(refused("@every 0", None).contains("shorter than 1s"));

@@ -1228,6 +1228,10 @@ const SAMPLES: &[(&str, &str)] = &[
         include_str!("../../examples/worker.toml"),
     ),
     (
+        "examples/schedules.toml",
+        include_str!("../../examples/schedules.toml"),
+    ),
+    (
         "examples/cluster.toml",
         include_str!("../../examples/cluster.toml"),
     ),

@@ -57,7 +57,7 @@ fn every_accepted_form() {
         "0  0   12 */2 * *",
         "@every 1s",
         "@every 1m30s",
-        "@every 1.5s",
+        "@every 1500s",
         "@every 2h",
         "@yearly",
         "@annually",
