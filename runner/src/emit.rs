@@ -37,6 +37,9 @@ pub(crate) enum PublishError {
     WrongLastSequence { subject: String },
     #[error("the message to {subject} is bigger than the server's max_payload")]
     TooBig { subject: String },
+    /// The connection broke under the publish: worth trying again.
+    #[error("cannot publish to {subject}: the connection to NATS broke")]
+    Disconnected { subject: String },
     #[error("cannot publish to {subject}: {reason}")]
     Failed { subject: String, reason: String },
 }
@@ -49,6 +52,7 @@ impl PublishError {
             PublishErrorKind::TimedOut => PublishError::NoAck { subject },
             PublishErrorKind::WrongLastSequence => PublishError::WrongLastSequence { subject },
             PublishErrorKind::MaxPayloadExceeded => PublishError::TooBig { subject },
+            PublishErrorKind::BrokenPipe => PublishError::Disconnected { subject },
             _ => PublishError::Failed {
                 subject,
                 reason: err.to_string(),

@@ -148,8 +148,7 @@ fn schedule_tick(
         .subject
         .starts_with("jetrun.schedule.")
         .then_some(())?;
-    let headers = headers?;
-    let header = |name: &str| headers.get(name).map(|v| v.as_str());
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
     let scheduled_at = match (
         header(JETRUN_SCHEDULED_AT),
         header(JETRUN_SCHEDULE),
@@ -164,7 +163,12 @@ fn schedule_tick(
         (None, Some(expression), Some(next)) => {
             scheduled_before(expression, header(JETRUN_TIME_ZONE), next)
         }
-        _ => return None,
+        // Only a tick belongs on a tick subject.
+        _ => Err(format!(
+            "a message on {} without {JETRUN_SCHEDULE} and Nats-Schedule-Next (a fired tick) \
+             or {JETRUN_SCHEDULED_AT} (a triggered one)",
+            origin.subject
+        )),
     };
     let scheduled_at = match scheduled_at {
         Ok(at) => at,
@@ -632,9 +636,10 @@ mod tests {
     }
 
     #[test]
-    fn a_message_without_the_schedule_headers_is_no_tick() {
-        let event = tick(&[("Nats-Schedule-Next", "2026-12-05T20:31:38Z")]).expect("an event");
-        assert_eq!(event.event_type, "jetrun.schedule.report");
+    fn a_message_on_a_tick_subject_without_the_tick_headers_fails_for_good() {
+        let failure = tick(&[("Nats-Schedule-Next", "2026-12-05T20:31:38Z")]).unwrap_err();
+        assert_eq!(failure.kind, jetrun_functions::FailureKind::Permanent);
+        assert!(failure.message.contains("Jetrun-Schedule"), "{failure:?}");
     }
 
     fn origin() -> Origin<'static> {

@@ -112,12 +112,16 @@ impl Holder {
         })
     }
 
-    /// Whether the stored holder's headers say what this one does.
+    /// Whether the stored holder's headers say what this one does: every
+    /// header jetrun writes on it (an older jetrun's holder is replaced).
     fn is_stored_in(&self, headers: &HeaderMap) -> bool {
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
         get(NATS_SCHEDULE.as_ref()).as_deref() == Some(self.expression.as_str())
+            && get(JETRUN_SCHEDULE).as_deref() == Some(self.expression.as_str())
             && get(NATS_TIME_ZONE.as_ref()) == self.time_zone
+            && get(JETRUN_TIME_ZONE) == self.time_zone
             && get(NATS_TARGET.as_ref()).as_deref() == Some(self.target.as_str())
+            && get(NATS_TTL.as_ref()).as_deref() == Some(TICK_TTL)
     }
 
     /// The holder message's headers, stored only if the subject's last
@@ -223,6 +227,19 @@ async fn store(
         match emit::publish(js, subject, headers, holder.body()).await {
             Ok(_) => {}
             Err(PublishError::WrongLastSequence { .. }) => continue,
+            // The server refused this schedule (a time zone its host does
+            // not know, say): trying again cannot help, and the other
+            // functions must not wait for it.
+            Err(err @ (PublishError::Failed { .. } | PublishError::TooBig { .. })) => {
+                tracing::error!(
+                    function = %holder.function,
+                    schedule = %holder.expression,
+                    %err,
+                    "nats-server refused the schedule; the function runs but gets no tick \
+                     until the schedule is fixed (jetrun schedule list shows it missing)."
+                );
+                return Ok(());
+            }
             Err(err) => {
                 return Err(err).with_context(|| {
                     format!(
@@ -251,6 +268,12 @@ async fn store(
         }
         return Ok(());
     }
+    tracing::warn!(
+        function = %holder.function,
+        schedule = %holder.expression,
+        "Another runner stored a different schedule for the function at the same time (a \
+         rolling deploy with two configs?); the last runner to start or reload decides."
+    );
     Ok(())
 }
 

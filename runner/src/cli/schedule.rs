@@ -267,19 +267,24 @@ fn next_fire(
         holder
             .filter(|_| schedule.every().is_some())
             .and_then(|holder| schedule.next_after_stored(holder.stored_at, now))
-            .map(|next| next.to_rfc3339())
+            .map(|next| next.to_rfc3339_opts(SecondsFormat::AutoSi, time_zone.is_none()))
     };
-    from_server
-        .or_else(from_holder)
-        .or_else(|| schedule.next_after(now).map(|next| next.to_rfc3339()))
+    from_server.or_else(from_holder).or_else(|| {
+        schedule
+            .next_after(now)
+            .map(|next| next.to_rfc3339_opts(SecondsFormat::AutoSi, time_zone.is_none()))
+    })
 }
 
 /// `at` in `time_zone` (UTC without one, or with one chrono-tz does not
-/// know), RFC 3339 with its offset, as a tick's `scheduled_at` is written.
+/// know), RFC 3339 with its offset (`Z` for UTC), as a tick's
+/// `scheduled_at` is written.
 fn in_zone(at: DateTime<Utc>, time_zone: Option<&str>) -> String {
     match time_zone.and_then(|zone| Schedule::parse("@daily", Some(zone)).ok()) {
-        Some(schedule) => at.with_timezone(&schedule.time_zone()).to_rfc3339(),
-        None => at.to_rfc3339(),
+        Some(schedule) => at
+            .with_timezone(&schedule.time_zone())
+            .to_rfc3339_opts(SecondsFormat::AutoSi, false),
+        None => at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     }
 }
 
@@ -693,14 +698,14 @@ mod tests {
         let ahead = tick("2026-03-01T11:00:01Z");
         assert_eq!(
             next_fire("@every 1h", None, None, Some(&ahead), now).as_deref(),
-            Some("2026-03-01T11:00:01+00:00")
+            Some("2026-03-01T11:00:01Z")
         );
         // A next time already past says nothing; the holder's phase does.
         let past = tick("2026-03-01T10:00:00Z");
         let stored = holder("@every 1h", None);
         assert_eq!(
             next_fire("@every 1h", None, Some(&stored), Some(&past), now).as_deref(),
-            Some("2026-03-01T11:00:00+00:00")
+            Some("2026-03-01T11:00:00Z")
         );
         assert_eq!(
             next_fire("0 0 2 * * *", Some("Europe/Berlin"), None, None, now).as_deref(),
@@ -714,7 +719,7 @@ mod tests {
         let now = at("2026-07-01T12:00:00.250Z");
         let when = in_zone(now, Some("Asia/Kolkata"));
         assert_eq!(when, "2026-07-01T17:30:00.250+05:30");
-        assert_eq!(in_zone(now, None), "2026-07-01T12:00:00.250+00:00");
+        assert_eq!(in_zone(now, None), "2026-07-01T12:00:00.250Z");
         let headers = trigger_headers("*/2 * * * * *", Some("Asia/Kolkata"), &when).unwrap();
         assert_eq!(header(&headers, "Jetrun-Scheduled-At"), Some(when.as_str()));
         assert_eq!(header(&headers, "Jetrun-Schedule"), Some("*/2 * * * * *"));
