@@ -502,6 +502,17 @@ fn batch_alone(ctx: &mut Ctx<'_>, section: &Section<'_, '_>, flow: Flow) -> Read
     let Some(field) = section.field("batch").filter(|_| flow.batch.is_some()) else {
         return Ok(flow);
     };
+    let parks = flow
+        .key
+        .as_ref()
+        .is_some_and(|key| key.on_dead_letter == crate::OnDeadLetter::Park);
+    if parks {
+        return Err(field.error(
+            ctx,
+            "cannot go with on_dead_letter = \"park\" yet: a batch's items are not checked \
+             against the parked keys; use one or the other",
+        ));
+    }
     let role = if section.field("aggregate").is_some() {
         "an aggregate's command handler (aggregate = ...), which handles one command at a time"
     } else if section.field("projection").is_some() {

@@ -37,6 +37,8 @@ pub(super) enum Admit<T> {
     Start(T),
     /// Its key is held: it waits (kept here).
     Wait,
+    /// It is the key's head, running now: a second delivery of it, dropped.
+    Running,
 }
 
 /// The keys of one partition with an event running, retrying or waiting.
@@ -71,12 +73,14 @@ impl<T> Order<T> {
                 );
                 Admit::Start(item)
             }
-            Some(state) if state.head == sequence => {
-                // The head again: its redelivery after a retry (or after the
-                // ack wait, should it have been lost).
+            Some(state) if state.head == sequence && state.retry_at.is_some() => {
+                // The head again: its redelivery after a retry.
                 state.retry_at = None;
                 Admit::Start(item)
             }
+            // The head again while it runs (its in-progress acks were late):
+            // the run under way settles it.
+            Some(state) if state.head == sequence => Admit::Running,
             Some(state) => {
                 if let Some(place) = state.waiting.iter_mut().find(|(s, _)| *s == sequence) {
                     // Delivered again while waiting (its in-progress acks
@@ -157,6 +161,30 @@ impl<T> Order<T> {
         released
     }
 
+    /// Every waiting event, the keys' heads kept (what runs still holds
+    /// its key).
+    pub(super) fn release_waiting(&mut self) -> Vec<T> {
+        self.waiting = 0;
+        let mut released = Vec::new();
+        self.keys.retain(|_, state| {
+            released.extend(state.waiting.drain(..).map(|(_, item)| item));
+            // A retrying head is not coming back here.
+            state.retry_at.is_none()
+        });
+        released
+    }
+
+    /// The keys whose retrying head is `grace` past its redelivery time
+    /// and has not come back.
+    pub(super) fn overdue(&self, grace: Duration) -> Vec<(Key, u64)> {
+        let now = Instant::now();
+        self.keys
+            .iter()
+            .filter(|(_, state)| state.retry_at.is_some_and(|at| now > at + grace))
+            .map(|(key, state)| (key.clone(), state.head))
+            .collect()
+    }
+
     /// Lets go of every key: all waiting events.
     pub(super) fn release_all(&mut self) -> Vec<T> {
         self.waiting = 0;
@@ -213,6 +241,28 @@ mod tests {
         assert_eq!(order.admit(&key("a"), 3, "a3 again"), Admit::Wait);
         assert_eq!(order.waiting(), 1);
         assert_eq!(order.settled(&key("a"), 2, Settled::Done), Some("a3 again"));
+    }
+
+    #[test]
+    fn giving_back_keeps_the_running_heads_and_a_lost_retry_frees_its_key() {
+        let mut order = Order::default();
+        order.admit(&key("a"), 1, "a1");
+        order.admit(&key("a"), 2, "a2");
+        order.admit(&key("b"), 3, "b3");
+        order.admit(&key("b"), 4, "b4");
+        order.settled(&key("b"), 3, Settled::Retrying(Duration::ZERO));
+        let mut released = order.release_waiting();
+        released.sort();
+        assert_eq!(released, vec!["a2", "b4"]);
+        assert_eq!(order.waiting(), 0);
+        // a's head still runs: a new event of a waits.
+        assert_eq!(order.admit(&key("a"), 5, "a5"), Admit::Wait);
+        // b's retrying head went with the partition.
+        assert_eq!(order.admit(&key("b"), 6, "b6"), Admit::Start("b6"));
+        order.settled(&key("b"), 6, Settled::Retrying(Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(order.overdue(Duration::from_millis(1)), vec![(key("b"), 6)]);
+        assert!(order.overdue(Duration::from_secs(60)).is_empty());
     }
 
     #[test]

@@ -149,6 +149,11 @@ pub(super) struct Keyed {
     /// While this runner takes a partition over: what it received, held
     /// until the events the last holder left unsettled have come back.
     takeover: Option<Takeover>,
+    /// While this runner gives the partition back: what arrives goes back
+    /// at once, and only what runs is waited for.
+    releasing: bool,
+    /// Messages received while giving the partition back, NAKed at once.
+    returned: Vec<Message>,
 }
 
 /// Taking a partition over from a runner that held it: the server
@@ -175,6 +180,8 @@ impl Keyed {
             settled_rx,
             unsettled: Arc::default(),
             takeover: None,
+            releasing: false,
+            returned: Vec::new(),
         }
     }
 }
@@ -357,6 +364,8 @@ impl Out {
                         .and_then(|v| v.as_str().parse::<usize>().ok())
                         .unwrap_or(self.outstanding);
                     self.outstanding = self.outstanding.saturating_sub(left);
+                    // Said at once, so the runner lets go of what it holds.
+                    return Err("another runner holds the partition's pin now".into());
                 }
                 StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED => {
                     if message.description.as_deref() == Some("Consumer Deleted") {
@@ -406,14 +415,17 @@ impl Pulling<'_> {
         // Messages of other partitions, acked at once.
         let mut skipped: Vec<Message> = Vec::new();
         let mut released_on_drain = false;
-        // Giving this partition back to rebalance: no more pulls, and once
-        // everything of it is settled, the unpin.
-        let mut releasing = false;
         loop {
             // Reap finished deliveries so the set does not grow.
             while in_flight.try_join_next().is_some() {}
             while let Ok((key, sequence, settled)) = keyed.settled_rx.try_recv() {
                 self.settled(keyed, &key, sequence, settled, &mut buffer);
+            }
+            if self.shutdown.is_draining() {
+                release_retrying(keyed).await;
+            }
+            if keyed.releasing {
+                release_waiting(keyed).await;
             }
             self.start_buffered(&mut buffer, in_flight, keyed);
             let draining = self.shutdown.is_draining();
@@ -439,7 +451,7 @@ impl Pulling<'_> {
             }
             if let Some(partition) = self.partition {
                 let presence = self.shared.presence.as_ref();
-                if !releasing
+                if !keyed.releasing
                     && !draining
                     && partition.is_pinned()
                     && keyed.takeover.is_none()
@@ -450,10 +462,13 @@ impl Pulling<'_> {
                         "The partition is another runner's share now: giving it back once what \
                          this runner holds of it is settled."
                     );
-                    releasing = true;
-                    release_retrying(keyed).await;
+                    // What waits goes back now: the next holder holds what
+                    // it receives until this runner's events in flight are
+                    // settled, then starts everything in stream order.
+                    keyed.releasing = true;
+                    release_waiting(keyed).await;
                 }
-                if releasing
+                if keyed.releasing
                     && out.outstanding() == 0
                     && buffer.is_empty()
                     && keyed.order.is_empty()
@@ -464,7 +479,7 @@ impl Pulling<'_> {
                         .give_back(self.shared, &info.stream_name, &info.name)
                         .await;
                     out.pin = None;
-                    releasing = false;
+                    keyed.releasing = false;
                     // Long enough for a runner short of its share to take it.
                     paused_until = Some(Instant::now() + REJOIN_AFTER);
                 }
@@ -479,7 +494,7 @@ impl Pulling<'_> {
             // places to wait for.
             let mut held_short = None;
             let mut keep_pin_at = None;
-            if !draining && !releasing && paused_until.is_none() {
+            if !draining && !keyed.releasing && paused_until.is_none() {
                 let plan = Plan {
                     wanted: self.wanted(buffer.len(), backlog),
                     allowed: self.held.available_permits(),
@@ -526,7 +541,9 @@ impl Pulling<'_> {
             let answered = until(out.answered_by());
             let keep_pin = until(keep_pin_at);
             let batch_due = until(self.batch_due(&buffer));
-            let waiting = !buffer.is_empty() || keyed.order.waiting() > 0;
+            let waiting = !buffer.is_empty()
+                || keyed.order.waiting() > 0
+                || keyed.takeover.as_ref().is_some_and(|t| !t.held.is_empty());
             tokio::select! {
                 biased;
                 () = self.shutdown.abandoned(), if draining => {
@@ -550,12 +567,30 @@ impl Pulling<'_> {
                 () = self.shutdown.draining(), if !draining => {}
                 Some((key, sequence, settled)) = keyed.settled_rx.recv() => {
                     self.settled(keyed, &key, sequence, settled, &mut buffer);
-                    if self.shutdown.is_draining() || releasing {
+                    if self.shutdown.is_draining() {
                         release_retrying(keyed).await;
+                    }
+                    if keyed.releasing {
+                        release_waiting(keyed).await;
                     }
                 }
                 _ = keep_alive.tick(), if waiting => {
-                    keep_alive_all(buffer.iter_mut().chain(keyed.order.waiting_mut()), ack_wait / 2).await;
+                    let held = keyed.takeover.as_mut().map(|t| t.held.iter_mut());
+                    keep_alive_all(
+                        buffer
+                            .iter_mut()
+                            .chain(keyed.order.waiting_mut())
+                            .chain(held.into_iter().flatten()),
+                        ack_wait / 2,
+                    )
+                    .await;
+                    // A key whose retrying event never came back (the stream
+                    // dropped it, say) would hold its key for ever.
+                    let grace = ack_wait * 2 + nats::PIN_TIMEOUT;
+                    for (key, sequence) in keyed.order.overdue(grace) {
+                        tracing::warn!(key = %key, sequence, "The retrying event holding this key did not come back; the key moves on.");
+                        self.settled(keyed, &key, sequence, Settled::Done, &mut buffer);
+                    }
                 }
                 pulled = out.next() => {
                     let mut pulled = pulled;
@@ -577,6 +612,9 @@ impl Pulling<'_> {
                             Some(next) => pulled = next,
                             None => break,
                         }
+                    }
+                    for message in keyed.returned.drain(..) {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
                     }
                     for message in skipped.drain(..) {
                         if let Err(err) = message.ack().await {
@@ -627,7 +665,13 @@ impl Pulling<'_> {
             keyed.takeover = Some(Takeover {
                 held: Vec::new(),
                 check_at: now,
-                give_up_at: now + ack_wait + nats::PIN_TIMEOUT + TAKEOVER_CHECK_EVERY * 10,
+                // Past every retry delay and the ack wait: what is still
+                // unacked then is not coming back.
+                give_up_at: now
+                    + ack_wait * 2
+                    + self.shared.unit.retry.max_delay()
+                    + nats::PIN_TIMEOUT
+                    + TAKEOVER_CHECK_EVERY * 10,
             });
         } else {
             tracing::warn!(
@@ -737,8 +781,21 @@ impl Pulling<'_> {
             kept_alive: now,
             arrived: now,
         };
+        if keyed.releasing {
+            // Giving the partition back: it goes to the next holder.
+            keyed.returned.push(buffered.message);
+            return;
+        }
         if let Some(takeover) = keyed.takeover.as_mut() {
-            takeover.held.push(buffered);
+            // A newer delivery of one held already replaces it.
+            match takeover
+                .held
+                .iter_mut()
+                .find(|held| held.delivery.sequence == buffered.delivery.sequence)
+            {
+                Some(held) => *held = buffered,
+                None => takeover.held.push(buffered),
+            }
             return;
         }
         self.admit(buffered, buffer, in_flight, keyed);
@@ -765,7 +822,7 @@ impl Pulling<'_> {
                         .observe(buffered.arrived.elapsed().as_secs_f64());
                     buffered
                 }
-                Admit::Wait => return,
+                Admit::Wait | Admit::Running => return,
             },
             None => buffered,
         };
@@ -983,6 +1040,16 @@ impl Pulling<'_> {
         if futures::FutureExt::now_or_never(&mut delivery).is_none() {
             in_flight.spawn(delivery);
         }
+    }
+}
+
+/// Gives back everything waiting in the runner (behind a key, or held by a
+/// takeover), keeping only what runs: the partition's next holder holds
+/// what it receives until those are settled, then starts it in order.
+async fn release_waiting(keyed: &mut Keyed) {
+    let held = keyed.takeover.take().map(|t| t.held).unwrap_or_default();
+    for buffered in keyed.order.release_waiting().into_iter().chain(held) {
+        let _ = buffered.message.ack_with(AckKind::Nak(None)).await;
     }
 }
 

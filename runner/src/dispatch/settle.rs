@@ -107,7 +107,7 @@ pub(super) async fn if_parked(
     let key = key.filter(|_| parks(shared))?;
     let lifted = async {
         let parked = parked(shared).await?;
-        let Some(blocker) = parked.blocker(key).await else {
+        let Some(blocker) = parked.blocker(key).await? else {
             return Ok(None);
         };
         if park::unparks(message.headers.as_ref()).as_ref() == Some(&blocker)

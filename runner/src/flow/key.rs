@@ -6,8 +6,9 @@
 use jetrun_config::KeySource;
 use jetrun_functions::Event;
 
-/// The most bytes of a key kept; a longer one is cut (its hash still tells
-/// it apart from the others).
+/// The most bytes of a key kept as written; a longer one is cut there and
+/// given the hash of the whole key, so two long keys sharing a beginning
+/// stay apart.
 const MAX_KEY: usize = 256;
 
 /// An event's key, as text: a string as it is, any other scalar as JSON.
@@ -22,12 +23,7 @@ impl Key {
     /// The partition (of `partitions`) this key belongs to: FNV-1a over its
     /// bytes, a hash whose value never changes between builds.
     pub(crate) fn partition(&self, partitions: usize) -> usize {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.0.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        (hash % partitions.max(1) as u64) as usize
+        (fnv1a(self.0.as_bytes()) % partitions.max(1) as u64) as usize
     }
 }
 
@@ -81,6 +77,16 @@ pub(crate) fn read(source: &KeySource, subject: &str, event: &Event) -> Result<K
     }
 }
 
+/// FNV-1a, 64 bits: a hash whose value never changes between builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 fn cut(text: &str) -> String {
     if text.len() <= MAX_KEY {
         return text.to_string();
@@ -89,7 +95,7 @@ fn cut(text: &str) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_string()
+    format!("{}#{:016x}", &text[..end], fnv1a(text.as_bytes()))
 }
 
 #[cfg(test)]
@@ -140,9 +146,16 @@ mod tests {
     }
 
     #[test]
-    fn long_keys_are_cut_on_a_char_boundary() {
+    fn long_keys_are_cut_on_a_char_boundary_and_stay_apart() {
         let long = "é".repeat(200);
         let key = super::read(&KeySource::SubjectToken(1), &long, &event("{}")).unwrap();
-        assert!(key.as_str().len() <= MAX_KEY);
+        assert!(key.as_str().len() <= MAX_KEY + 17, "{}", key.as_str().len());
+        let other = super::read(
+            &KeySource::SubjectToken(1),
+            &format!("{long}x"),
+            &event("{}"),
+        )
+        .unwrap();
+        assert_ne!(key, other, "two long keys sharing their first 256 bytes");
     }
 }

@@ -154,6 +154,9 @@ fn kv_error(what: &'static str) -> impl FnOnce(async_nats::Error) -> ParkError {
     }
 }
 
+/// How long a lookup waits for the parked keys to be read.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A park-mode function's parks, kept up to date by a watch.
 pub(crate) struct Parked {
     function: String,
@@ -200,14 +203,23 @@ impl Parked {
     }
 
     /// The blocker `key` is parked behind, if it is; waits for the watch
-    /// to have read the bucket first.
-    pub(crate) async fn blocker(&self, key: &Key) -> Option<Blocker> {
+    /// to have read the bucket first (an error when it has not within
+    /// [`LOAD_WAIT`]: the event is tried again later, never run unchecked).
+    pub(crate) async fn blocker(&self, key: &Key) -> Result<Option<Blocker>, ParkError> {
         let mut loaded = self.loaded.subscribe();
-        let _ = loaded.wait_for(|loaded| *loaded).await;
+        match tokio::time::timeout(LOAD_WAIT, loaded.wait_for(|loaded| *loaded)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(ParkError::Kv {
+                    what: "read the parked keys",
+                    reason: format!("not read within {}s", LOAD_WAIT.as_secs()),
+                })
+            }
+        }
         let bucket_key = bucket_key(&self.function, key);
-        lock(&self.parks)
+        Ok(lock(&self.parks)
             .blocker(&bucket_key)
-            .map(|(blocker, _)| blocker.clone())
+            .map(|(blocker, _)| blocker.clone()))
     }
 
     /// Parks `key` behind `blocker`; a park already there stays. The

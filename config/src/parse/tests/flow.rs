@@ -526,3 +526,20 @@ builtin = "noop"
         "subjects = [\"order.refunded\"]\nkey = \"/id\"",
     ));
 }
+
+#[test]
+fn a_batch_does_not_go_with_park() {
+    assert_eq!(
+        errors(&f(
+            "key = \"/account_id\"\non_dead_letter = \"park\"\nbatch = { size = 10 }"
+        )),
+        [
+            "functions.f.batch cannot go with on_dead_letter = \"park\" yet: a batch's items \
+             are not checked against the parked keys; use one or the other (line 11)"
+        ]
+    );
+    let continuing = function(&f(
+        "key = \"/account_id\"\non_dead_letter = \"continue\"\nbatch = { size = 10 }",
+    ));
+    assert!(continuing.batch.is_some() && continuing.key.is_some());
+}
