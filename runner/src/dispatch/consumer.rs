@@ -96,7 +96,12 @@ async fn run_one(
     readiness: &Readiness,
     shutdown: &Shutdown,
 ) {
-    let span = tracing::info_span!("partition", index = partition.as_ref().map(|p| p.index));
+    // A partition's index in every line of its consumer; nothing for a
+    // function without partitions.
+    let span = match &partition {
+        Some(partition) => tracing::info_span!("partition", index = partition.index),
+        None => tracing::Span::none(),
+    };
     async {
         let name = &shared.unit.name;
         let mut in_flight = JoinSet::new();
