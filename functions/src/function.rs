@@ -53,12 +53,22 @@ pub trait Function: Send + Sync + 'static {
     /// order. The default calls [`call`](Function::call) for each item, one
     /// after another; a handler that can take a batch at once overrides it.
     async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(items.len());
-        for (event, ctx) in items {
-            outcomes.push(self.call(event, ctx).await);
-        }
-        outcomes
+        each_alone(self, items).await
     }
+}
+
+/// A batch through [`Function::call`], one item after another: the default
+/// [`Function::call_batch`], and what a handler that cannot take a batch
+/// at once falls back to.
+pub async fn each_alone<F: Function + ?Sized>(
+    function: &F,
+    items: &[(Event, Context)],
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (event, ctx) in items {
+        outcomes.push(function.call(event, ctx).await);
+    }
+    outcomes
 }
 
 #[cfg(test)]

@@ -10,5 +10,5 @@ mod outcome;
 
 pub use builtin::{builtin, BUILTINS};
 pub use event::Event;
-pub use function::{Context, Function, TraceContext};
+pub use function::{each_alone, Context, Function, TraceContext};
 pub use outcome::{Emit, Failure, FailureKind, Outcome, Output};

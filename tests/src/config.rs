@@ -48,6 +48,15 @@ pub fn toml_str(text: impl AsRef<str>) -> String {
     quoted
 }
 
+/// The 1-based line of `text` that starts with `marker` (what an error
+/// about that line must name).
+pub fn line_of(text: &str, marker: &str) -> usize {
+    text.lines()
+        .position(|line| line.starts_with(marker))
+        .unwrap_or_else(|| panic!("no line starts with {marker:?}"))
+        + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ mod wait;
 
 pub use clock::{parse_rfc3339, unix_now};
 pub use cluster::NatsCluster;
-pub use config::{toml_str, write_config, IDLE_SAGA};
+pub use config::{line_of, toml_str, write_config, IDLE_SAGA};
 pub use http_server::{HttpServer, Reply, Request};
 pub use jetstream::{
     connect, consumer_info, header, publish_bare, publish_bare_burst, publish_raw_block,

@@ -6,7 +6,7 @@
 //! cron, an unknown time zone, `@at`, a time zone on `@every`, `schedule`
 //! beside `subjects`.
 
-use jetrun_e2e::{run_check, write_config};
+use jetrun_e2e::{line_of, run_check, write_config};
 
 /// The flow-control example of config/README.md, on a stream holding its
 /// subjects.
@@ -71,13 +71,6 @@ subjects = ["order.paid"]
 builtin = "noop"
 partitions = 8
 "#;
-
-fn line_of(text: &str, marker: &str) -> usize {
-    text.lines()
-        .position(|line| line.starts_with(marker))
-        .unwrap_or_else(|| panic!("no line starts with {marker:?}"))
-        + 1
-}
 
 #[test]
 fn check_accepts_the_flow_control_keys() {

@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use jetrun_e2e::{repo_root, run_check, toml_str, write_config, Runner};
+use jetrun_e2e::{line_of, repo_root, run_check, toml_str, write_config, Runner};
 
 /// One file with five different errors. The line an error names is the line
 /// of the bad key, or the function's table header when a key is missing.
@@ -38,13 +38,6 @@ exec = ["true"]
 subjects = ["foo.bar"]
 builtin = "noop"
 "#;
-
-fn line_of(text: &str, marker: &str) -> usize {
-    text.lines()
-        .position(|line| line.starts_with(marker))
-        .unwrap_or_else(|| panic!("no line starts with {marker:?}"))
-        + 1
-}
 
 #[test]
 fn check_reports_every_error_with_key_path_and_line() {

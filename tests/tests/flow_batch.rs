@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jetrun_e2e::{
-    consumer_info, header, holds_for, metric, publish_bare_burst, scrape, stream_messages,
-    toml_str, wait_for_consumer, wait_until, HttpServer, Reply, Runner, TestBed,
+    header, holds_for, metric, publish_bare_burst, scrape, stream_messages, toml_str, wait_acked,
+    wait_for_consumer, HttpServer, Reply, Runner, TestBed,
 };
 
 /// An exec worker taking batches: appends each call's size to `$CALLS`
@@ -105,19 +105,6 @@ batch = {batch}
     (config, recorded)
 }
 
-async fn wait_all_acked(js: &async_nats::jetstream::Context, consumer: &str, last: u64) {
-    wait_until(
-        Duration::from_secs(60),
-        "every event acked or terminated",
-        || async move {
-            consumer_info(js, TestBed::STREAM, consumer)
-                .await
-                .is_some_and(|i| i.ack_floor.stream_sequence == last && i.num_ack_pending == 0)
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_in_batches_of_100_take_at_most_15_calls() {
     let bed = TestBed::new();
@@ -129,7 +116,7 @@ async fn a_thousand_events_in_batches_of_100_take_at_most_15_calls() {
 
     publish_bare_burst(&client, "ev.load", 1000).await;
 
-    wait_all_acked(js, "load", 1000).await;
+    wait_acked(js, TestBed::STREAM, "load", 1000).await;
     let calls = recorded.calls();
     assert!(
         calls.len() <= 15,
@@ -179,7 +166,7 @@ async fn an_item_answered_as_a_permanent_failure_is_the_only_dead_letter() {
 
     publish_bare_burst(&client, "ev.load", 30).await;
 
-    wait_all_acked(js, "load", 30).await;
+    wait_acked(js, TestBed::STREAM, "load", 30).await;
     let letters = stream_messages(js, "DLQ").await;
     assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
     let letter = &letters[0];
@@ -210,7 +197,7 @@ async fn an_item_answered_as_retryable_is_the_only_one_redelivered_after_its_bac
 
     publish_bare_burst(&client, "ev.load", 30).await;
 
-    wait_all_acked(js, "load", 30).await;
+    wait_acked(js, TestBed::STREAM, "load", 30).await;
     let items = recorded.items();
     let times = recorded.times();
     assert_eq!(times.len(), 30);
@@ -268,7 +255,7 @@ batch = {{ size = 5, wait = "500ms" }}
 
     publish_bare_burst(&client, "ev.sink", 5).await;
 
-    wait_all_acked(js, "sink", 5).await;
+    wait_acked(js, TestBed::STREAM, "sink", 5).await;
     let requests = server.requests();
     assert!(!requests.is_empty());
     let mut seen = Vec::new();

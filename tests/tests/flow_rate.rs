@@ -94,6 +94,12 @@ async fn rate_holds_across(count: usize) {
     let shares: Vec<usize> = replicas.ledgers.iter().map(|l| l.len()).collect();
     eprintln!("{count} replica(s): {EVENTS} calls in {took:.2} s; calls per replica: {shares:?}");
     assert!(
+        shares
+            .iter()
+            .all(|&share| share as u64 >= EVENTS / (4 * count as u64)),
+        "every replica takes a share of the calls: {shares:?}"
+    );
+    assert!(
         (took - expected).abs() <= expected * 0.1,
         "{EVENTS} calls at {RATE}/s over {count} replica(s) took {took:.2} s, not {expected:.2} s ± 10% \
          (calls per replica: {shares:?})"

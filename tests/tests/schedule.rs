@@ -393,15 +393,14 @@ async fn reload_replaces_a_changed_schedule_and_deletes_a_removed_one() {
         "the holder is still there: {holder:?}"
     );
     let last_tick = |stream: async_nats::jetstream::stream::Stream| async move {
-        match stream
+        stream
             .get_last_raw_message_by_subject("jetrun.schedule.tick")
             .await
-        {
-            Ok(message) => message.sequence,
-            Err(_) => 0,
-        }
+            .expect("the ticks fired before the removal are stored")
+            .sequence
     };
     let before = last_tick(stream.clone()).await;
+    assert!(before > 0, "ticks were fired before the removal");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         last_tick(stream).await,

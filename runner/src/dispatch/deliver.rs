@@ -33,9 +33,10 @@ pub(super) struct Delivery {
     /// The event's key, when the function has `key` and it could be read
     /// (set by the pull, which orders the events of one key).
     pub(super) key: Option<Key>,
-    /// Why a keyed function's event has no key, when `missing_key` says
-    /// such an event is dead-lettered (a permanent failure).
-    pub(super) unkeyed: Option<String>,
+    /// The message read as an event, when the pull read it already (a
+    /// keyed function's, for its key); for an event without a key that
+    /// `missing_key` dead-letters, that permanent failure.
+    pub(super) event: Option<Result<Event, Failure>>,
 }
 
 impl Delivery {
@@ -55,7 +56,7 @@ impl Delivery {
                     sequence: info.stream_sequence,
                     published: info.published.into(),
                     key: None,
-                    unkeyed: None,
+                    event: None,
                 },
                 info.pending,
             )),
@@ -87,7 +88,7 @@ pub(super) fn read(function: &str, message: jetstream::Message, delivery: Delive
         sequence,
         published,
         key,
-        unkeyed,
+        event,
     } = delivery;
     let origin = Origin {
         subject: message.subject.as_str(),
@@ -95,12 +96,9 @@ pub(super) fn read(function: &str, message: jetstream::Message, delivery: Delive
         sequence,
         published,
     };
-    let event = envelope::read_event(&origin, message.headers.as_ref(), &message.payload).and_then(
-        |event| match unkeyed {
-            Some(why) => Err(Failure::permanent(why)),
-            None => Ok(event),
-        },
-    );
+    let event = event.unwrap_or_else(|| {
+        envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
+    });
     let traced = traced(
         function,
         &origin,

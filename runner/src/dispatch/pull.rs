@@ -29,6 +29,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind, Message};
 use async_nats::{StatusCode, Subject, Subscriber};
 use futures::StreamExt;
+use jetrun_functions::{Event, Failure};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -320,6 +321,19 @@ impl Out {
             .map(|at| at + EXPIRY_GRACE)
     }
 
+    /// A request ended with messages still asked for: what it had left
+    /// (`Nats-Pending-Messages`) is no longer coming; a note without the
+    /// count ends the accounting (what comes is still handled).
+    fn request_ended(&mut self, note: &async_nats::Message) {
+        let left = note
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Pending-Messages"))
+            .and_then(|v| v.as_str().parse::<usize>().ok())
+            .unwrap_or(self.outstanding);
+        self.outstanding = self.outstanding.saturating_sub(left);
+    }
+
     /// The next message; the server's status notes (a request expired or
     /// ended with messages left, a heartbeat) are accounted for on the way.
     /// Pending while nothing was asked for. Cancel-safe: nothing changes
@@ -357,13 +371,7 @@ impl Out {
                 // pull again without the old pin, as a candidate.
                 StatusCode::PIN_ID_MISMATCH => {
                     self.pin = None;
-                    let left = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok())
-                        .unwrap_or(self.outstanding);
-                    self.outstanding = self.outstanding.saturating_sub(left);
+                    self.request_ended(&message);
                     // Said at once, so the runner lets go of what it holds.
                     return Err("another runner holds the partition's pin now".into());
                 }
@@ -372,16 +380,7 @@ impl Out {
                         self.outstanding = 0;
                         return Err("the consumer was deleted".into());
                     }
-                    // What the request that ended had still asked for; a
-                    // note without the count ends the accounting (nothing
-                    // more is counted on; what comes is still handled).
-                    let left = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Pending-Messages"))
-                        .and_then(|v| v.as_str().parse::<usize>().ok())
-                        .unwrap_or(self.outstanding);
-                    self.outstanding = self.outstanding.saturating_sub(left);
+                    self.request_ended(&message);
                 }
                 status => {
                     return Err(format!(
@@ -763,13 +762,13 @@ impl Pulling<'_> {
         };
         *backlog = pending;
         if let Some(partition) = self.partition {
-            let (key, unkeyed) = self.key_of(&message, &delivery);
+            let (key, event) = self.key_of(&message, &delivery);
             if !partition.owns(key.as_ref()) {
                 skipped.push(message);
                 return;
             }
             delivery.key = key;
-            delivery.unkeyed = unkeyed;
+            delivery.event = Some(event);
         }
         // Pulls ask for no more than may be held: this never waits.
         let held = self.held.clone().try_acquire_owned().ok();
@@ -924,30 +923,38 @@ impl Pulling<'_> {
         }
     }
 
-    /// A keyed function's event: its key, or none with why, when it has
-    /// none and `missing_key` dead-letters it. A message that is no event
-    /// has no key (it is dead-lettered as it would be anyway).
-    fn key_of(&self, message: &Message, delivery: &Delivery) -> (Option<Key>, Option<String>) {
-        let Some(config) = &self.shared.unit.key else {
-            return (None, None);
-        };
+    /// A keyed function's message read as an event (once: the delivery
+    /// keeps it) and its key. An event whose key cannot be read has none,
+    /// and is a permanent failure when `missing_key` dead-letters it; a
+    /// message that is no event has no key (it is dead-lettered as it would
+    /// be anyway).
+    fn key_of(
+        &self,
+        message: &Message,
+        delivery: &Delivery,
+    ) -> (Option<Key>, Result<Event, Failure>) {
         let origin = Origin {
             subject: message.subject.as_str(),
             stream: &delivery.stream,
             sequence: delivery.sequence,
             published: delivery.published,
         };
-        let Ok(event) = envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
-        else {
-            return (None, None);
+        let event = match envelope::read_event(&origin, message.headers.as_ref(), &message.payload)
+        {
+            Ok(event) => event,
+            Err(failure) => return (None, Err(failure)),
+        };
+        let Some(config) = &self.shared.unit.key else {
+            return (None, Ok(event));
         };
         match key::read(&config.source, message.subject.as_str(), &event) {
-            Ok(key) => (Some(key), None),
+            Ok(key) => (Some(key), Ok(event)),
             Err(why) => match config.missing_key {
-                jetrun_config::MissingKey::Unordered => (None, None),
-                jetrun_config::MissingKey::DeadLetter => {
-                    (None, Some(format!("the event has no key: {why}")))
-                }
+                jetrun_config::MissingKey::Unordered => (None, Ok(event)),
+                jetrun_config::MissingKey::DeadLetter => (
+                    None,
+                    Err(Failure::permanent(format!("the event has no key: {why}"))),
+                ),
             },
         }
     }

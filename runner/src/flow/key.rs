@@ -131,9 +131,12 @@ mod tests {
         // Fixed values: a key must fall in the same partition on every
         // replica and after every upgrade.
         assert_eq!(
-            Key("a-1".into()).partition(4),
-            Key("a-1".into()).partition(4)
+            super::fnv1a(b"a"),
+            0xaf63_dc4c_8601_ec8c,
+            "FNV-1a's published value"
         );
+        assert_eq!(super::fnv1a(b"a-1"), 0xe61a_6419_0463_c246);
+        assert_eq!(Key("a-1".into()).partition(4), 2);
         assert_eq!(
             Key("".into()).partition(7),
             (0xcbf2_9ce4_8422_2325u64 % 7) as usize

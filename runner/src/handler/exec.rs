@@ -151,11 +151,7 @@ impl Function for Exec {
         };
         if self.answers {
             // A function that answers never gets a batch (config forbids it).
-            let mut outcomes = Vec::with_capacity(items.len());
-            for (event, ctx) in items {
-                outcomes.push(self.call(event, ctx).await);
-            }
-            return outcomes;
+            return jetrun_functions::each_alone(self, items).await;
         }
         let attempt = items.iter().map(|(_, ctx)| ctx.attempt).max().unwrap_or(1);
         let vars = [

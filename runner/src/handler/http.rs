@@ -148,11 +148,7 @@ impl Function for Http {
         };
         if self.answers {
             // A function that answers never gets a batch (config forbids it).
-            let mut outcomes = Vec::with_capacity(items.len());
-            for (event, ctx) in items {
-                outcomes.push(self.call(event, ctx).await);
-            }
-            return outcomes;
+            return jetrun_functions::each_alone(self, items).await;
         }
         let every = |failure: Failure| protocol::every_item(failure, items.len());
         let events: Vec<Value> = items

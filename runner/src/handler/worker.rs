@@ -228,11 +228,7 @@ impl Function for WorkerPool {
     async fn call_batch(&self, items: &[(Event, Context)]) -> Vec<Outcome> {
         if self.answers {
             // A function that answers never gets a batch (config forbids it).
-            let mut outcomes = Vec::with_capacity(items.len());
-            for (event, ctx) in items {
-                outcomes.push(self.call(event, ctx).await);
-            }
-            return outcomes;
+            return jetrun_functions::each_alone(self, items).await;
         }
         let mut line = Vec::from(&b"["[..]);
         let mut ids = Vec::with_capacity(items.len());
