@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use jetrun_e2e::{
-    consumer_info, holds_for, publish_bare, record_then, stream_messages, wait_acked,
+    consumer_info, holds_for, publish_bare, record_then, stream_len, stream_messages, wait_acked,
     wait_for_consumer, wait_until, Runner, TestBed,
 };
 
@@ -199,6 +199,16 @@ async fn a_consumer_made_first_keeps_its_start() {
     for n in 1..=3 {
         publish_bare(&client, "ev.ok", format!(r#"{{"history":{n}}}"#)).await;
     }
+    // A bare publish is stored after the flush returns, in its own time:
+    // the history must be stored before the consumer that skips it is made
+    // (else, on a loaded machine, it is "new" to that consumer).
+    let js_ref = &js;
+    wait_until(
+        Duration::from_secs(10),
+        "the 3 history events stored",
+        || async move { stream_len(js_ref, TestBed::STREAM).await == 3 },
+    )
+    .await;
     js.get_stream(TestBed::STREAM)
         .await
         .expect("stream")
