@@ -11,4 +11,4 @@ mod outcome;
 pub use builtin::{builtin, BUILTINS};
 pub use event::Event;
 pub use function::{each_alone, Context, Function, TraceContext};
-pub use outcome::{Emit, Failure, FailureKind, Outcome, Output};
+pub use outcome::{Emit, Failure, FailureKind, Later, Outcome, Output};

@@ -49,6 +49,28 @@ pub struct Emit {
     pub subject: Option<String>,
     /// The event's data, published as JSON.
     pub data: serde_json::Value,
+    /// When the event is to be stored on its subject, if not at once: a
+    /// delayed event (nats-server 2.12 or later; see docs/schedules.md).
+    pub later: Option<Later>,
+}
+
+/// When a delayed event is stored on its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Later {
+    /// This long after the call that emitted it succeeded.
+    After(std::time::Duration),
+    /// At this time (right away when it is past).
+    At(std::time::SystemTime),
+}
+
+impl Later {
+    /// The time it stands for, reading `After` from `now`.
+    pub fn from(self, now: std::time::SystemTime) -> std::time::SystemTime {
+        match self {
+            Later::After(delay) => now + delay,
+            Later::At(at) => at,
+        }
+    }
 }
 
 impl Emit {
@@ -57,6 +79,23 @@ impl Emit {
             event_type: event_type.into(),
             subject: None,
             data,
+            later: None,
+        }
+    }
+
+    /// The same event, stored `delay` after the call succeeds.
+    pub fn after(self, delay: std::time::Duration) -> Self {
+        Emit {
+            later: Some(Later::After(delay)),
+            ..self
+        }
+    }
+
+    /// The same event, stored at `at`.
+    pub fn at(self, at: std::time::SystemTime) -> Self {
+        Emit {
+            later: Some(Later::At(at)),
+            ..self
         }
     }
 

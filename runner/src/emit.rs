@@ -8,6 +8,7 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
@@ -16,8 +17,10 @@ use jetrun_functions::{Emit, Event, Failure};
 use prometheus::IntCounter;
 use tracing::Span;
 
+use crate::delayed;
 use crate::envelope;
 use crate::headers::{self, Put};
+use crate::metrics::FunctionMetrics;
 use crate::telemetry;
 
 /// Why a publish was not stored.
@@ -160,6 +163,36 @@ pub(crate) async fn publish_batch(
     publish(js, &subject, headers, body).await
 }
 
+/// Why an emit was not stored; for a delayed one, the holder's subject is
+/// not the user's to fix.
+fn words(err: PublishError, emit: &Emit) -> String {
+    match (err, emit.later) {
+        (PublishError::NoStream { .. }, Some(_)) => format!(
+            "the schedules stream holding delayed events ({}) does not exist; a runner makes \
+             it at start (see its log)",
+            delayed::SUBJECTS
+        ),
+        (err, _) => err.to_string(),
+    }
+}
+
+/// Whether an event for `subject` can be held for later: the server runs
+/// `@at` schedules, and a stream captures the subject (found now, not when
+/// the event is due). `Err`: why not, a retryable failure's words.
+pub(crate) async fn hold(js: &jetstream::Context, subject: &str) -> Result<(), String> {
+    delayed::check_server(&js.client().server_info().version)?;
+    match js.stream_by_subject(subject).await {
+        Ok(_) => Ok(()),
+        Err(err) => Err(match err.kind() {
+            jetstream::context::GetStreamByNameErrorKind::NotFound => PublishError::NoStream {
+                subject: subject.to_string(),
+            }
+            .to_string(),
+            _ => format!("cannot look up the stream of subject {subject}: {err}"),
+        }),
+    }
+}
+
 /// Subjects no emit or replay may reach unless the function's `emits` names
 /// them outright: JetStream's, KV's, object stores', the system account's
 /// and micro services' APIs, inboxes, every dead-letter subject, and the
@@ -243,7 +276,8 @@ pub(crate) struct IsReserved {
 
 /// Publishes what one function emits: each event with its deterministic id
 /// ([`envelope::emitted_headers`]) so a retry is stored once, counted in
-/// `jetrun_events_emitted_total`.
+/// `jetrun_events_emitted_total`; a delayed one held in the schedules
+/// stream ([`delayed`]), counted in `jetrun_delayed_events_scheduled_total`.
 #[derive(Clone)]
 pub(crate) struct Emitter {
     js: jetstream::Context,
@@ -252,6 +286,7 @@ pub(crate) struct Emitter {
     allowed: Option<Vec<String>>,
     reserved: Arc<Reserved>,
     emitted: IntCounter,
+    delayed: IntCounter,
 }
 
 impl Emitter {
@@ -259,14 +294,15 @@ impl Emitter {
         js: &jetstream::Context,
         function: &FunctionConfig,
         reserved: Arc<Reserved>,
-        emitted: IntCounter,
+        handles: &FunctionMetrics,
     ) -> Self {
         Emitter {
             js: js.clone(),
             function: function.name.clone(),
             allowed: function.emits.clone(),
             reserved,
-            emitted,
+            emitted: handles.emitted.clone(),
+            delayed: handles.delayed.clone(),
         }
     }
 
@@ -292,6 +328,7 @@ impl Emitter {
         traced: Option<&Span>,
     ) -> Result<usize, Failure> {
         self.check(emits)?;
+        let now = SystemTime::now();
         let failed = |emit: &Emit, span: &Option<Span>, err: String| {
             if let Some(span) = span {
                 telemetry::failed(span, &err);
@@ -318,22 +355,37 @@ impl Emitter {
                         Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
                     })?;
             let body = serde_json::to_vec(&emit.data).unwrap_or_default();
-            let ack = match send(&self.js, subject, headers, body.into()).await {
-                Ok(ack) => ack,
-                Err(err) => return Err(failed(emit, &span, err.to_string())),
+            let (to, headers) = match emit.later {
+                None => (subject.to_string(), headers),
+                Some(later) => {
+                    hold(&self.js, subject)
+                        .await
+                        .map_err(|err| failed(emit, &span, err))?;
+                    delayed::holder(subject, &id, later.from(now), headers).map_err(|err| {
+                        Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
+                    })?
+                }
             };
-            sent.push((emit, ack, span));
+            let ack = match send(&self.js, &to, headers, body.into()).await {
+                Ok(ack) => ack,
+                Err(err) => return Err(failed(emit, &span, words(err, emit))),
+            };
+            sent.push((emit, to, ack, span));
         }
         let mut duplicates = 0;
-        for (emit, ack, span) in sent {
-            let ack = match acked(emit.subject(), ack).await {
+        for (emit, to, ack, span) in sent {
+            let ack = match acked(&to, ack).await {
                 Ok(ack) => ack,
-                Err(err) => return Err(failed(emit, &span, err.to_string())),
+                Err(err) => return Err(failed(emit, &span, words(err, emit))),
             };
             if ack.duplicate {
                 duplicates += 1;
             }
-            self.emitted.inc();
+            match emit.later {
+                None => self.emitted.inc(),
+                Some(_) if ack.duplicate => {}
+                Some(_) => self.delayed.inc(),
+            }
         }
         Ok(duplicates)
     }

@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 mod cli;
+mod delayed;
 mod dispatch;
 mod emit;
 mod envelope;

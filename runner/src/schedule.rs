@@ -20,8 +20,13 @@ use jetrun_config::{name, Config, FunctionConfig};
 use crate::emit::{self, PublishError};
 use crate::headers::{BadHeader, Put};
 
-/// The subjects of the schedules stream: ticks, and the schedules.
-pub(crate) const STREAM_SUBJECTS: [&str; 2] = ["jetrun.schedule.>", "jetrun.schedules.>"];
+/// The subjects of the schedules stream: ticks, the schedules, and
+/// delayed events (held, and due: `delayed.rs`).
+pub(crate) const STREAM_SUBJECTS: [&str; 3] = [
+    "jetrun.schedule.>",
+    "jetrun.schedules.>",
+    crate::delayed::SUBJECTS,
+];
 
 /// The CloudEvents type of a tick.
 pub(crate) const TICK_TYPE: &str = "jetrun.schedule.tick";
@@ -80,7 +85,7 @@ pub(crate) fn check_server(config: &Config, version: &str) -> Result<(), String>
 }
 
 /// `2.11.3` -> (2, 11); `2.12.0-RC.1` -> (2, 12); `None` when unreadable.
-fn major_minor(version: &str) -> Option<(u32, u32)> {
+pub(crate) fn major_minor(version: &str) -> Option<(u32, u32)> {
     let version = version.trim().trim_start_matches('v');
     let mut parts = version.split('.');
     let number = |part: Option<&str>| -> Option<u32> {

@@ -213,7 +213,7 @@ async fn run(
     let handles = metrics.for_function(&function.name);
     let handler = layers::stack(&function, handler, &js, &metrics, &handles);
     let reserved = Arc::new(Reserved::of(config));
-    let emitter = Emitter::new(&js, &function, reserved, handles.emitted.clone());
+    let emitter = Emitter::new(&js, &function, reserved, &handles);
     let mut history = History::open(
         &js,
         stream,

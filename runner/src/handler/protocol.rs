@@ -1,5 +1,5 @@
-//! The JSON exec functions speak: `{"emit": [{"type", "data", "subject"?}]}`
-//! on stdout (per event; HTTP functions may reply with it too) and
+//! The JSON exec functions speak: `{"emit": [{"type", "data", "subject"?,
+//! "delay"? | "at"?}]}` on stdout (per event; HTTP functions may reply with it too) and
 //! `{"id", "ok", "emit", "result", "error", "retryable"}` replies (worker
 //! mode), each echoing the `id` of the request it answers. A function that
 //! answers (request, aggregate, projection) writes its result as its whole
@@ -10,7 +10,7 @@
 //! "permanent"}]}`, where `id` is the item's event `id` (or, from a worker,
 //! its request's numeric `id`); an item no result names succeeded.
 
-use jetrun_functions::{Emit, Failure, Outcome, Output as Done};
+use jetrun_functions::{Emit, Failure, Later, Outcome, Output as Done};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,6 +22,10 @@ struct EmitJson {
     #[serde(default)]
     data: Value,
     subject: Option<String>,
+    /// A delayed event: stored this long after the call (`"10m"`).
+    delay: Option<String>,
+    /// A delayed event: stored at this RFC 3339 time.
+    at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -48,14 +52,45 @@ fn yes() -> bool {
     true
 }
 
-fn emits(list: Vec<EmitJson>) -> Vec<Emit> {
+/// The emits of a reply; a `delay` or `at` that cannot be read says why.
+fn emits(list: Vec<EmitJson>) -> Result<Vec<Emit>, String> {
     list.into_iter()
-        .map(|e| Emit {
-            event_type: e.event_type,
-            subject: e.subject,
-            data: e.data,
+        .map(|e| {
+            Ok(Emit {
+                later: later(&e.event_type, e.delay.as_deref(), e.at.as_deref())?,
+                event_type: e.event_type,
+                subject: e.subject,
+                data: e.data,
+            })
         })
         .collect()
+}
+
+/// An emit's `delay` (a duration: `"10m"`, `"1h30m"`) or `at` (RFC 3339:
+/// `"2026-12-24T18:00:00Z"`), at most one of them.
+fn later(event_type: &str, delay: Option<&str>, at: Option<&str>) -> Result<Option<Later>, String> {
+    match (delay, at) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!(
+            "emit {event_type} has both \"delay\" and \"at\"; give one"
+        )),
+        (Some(delay), None) => humantime::parse_duration(delay)
+            .map(|delay| Some(Later::After(delay)))
+            .map_err(|err| {
+                format!(
+                    "emit {event_type} has \"delay\": {delay:?}, which is not a duration like \"10m\" \
+                     or \"1h30m\" ({err})"
+                )
+            }),
+        (None, Some(at)) => chrono::DateTime::parse_from_rfc3339(at)
+            .map(|at| Some(Later::At(at.into())))
+            .map_err(|err| {
+                format!(
+                    "emit {event_type} has \"at\": {at:?}, which is not an RFC 3339 time like \
+                     \"2026-12-24T18:00:00Z\" ({err})"
+                )
+            }),
+    }
 }
 
 /// A per-event process's stdout: empty, or `{"emit": [...]}`. Anything else is
@@ -71,10 +106,11 @@ pub(super) fn parse_stdout(stdout: &[u8]) -> Result<Vec<Emit>, Failure> {
     })
 }
 
-/// `{"emit": [{"type", "data", "subject"?}]}`, as a per-event process's
-/// stdout and an HTTP function's reply carry it.
-pub(super) fn parse_emit_list(json: &[u8]) -> Result<Vec<Emit>, serde_json::Error> {
-    serde_json::from_slice::<Output>(json).map(|out| emits(out.emit))
+/// `{"emit": [{"type", "data", "subject"?, "delay"? | "at"?}]}`, as a
+/// per-event process's stdout and an HTTP function's reply carry it.
+pub(super) fn parse_emit_list(json: &[u8]) -> Result<Vec<Emit>, String> {
+    let out = serde_json::from_slice::<Output>(json).map_err(|err| err.to_string())?;
+    emits(out.emit)
 }
 
 /// Why a line from a worker is not the reply it was asked for: the worker
@@ -110,7 +146,7 @@ pub(super) fn parse_reply(line: &[u8], id: u64) -> Result<Result<Done, Failure>,
 fn outcome(reply: WorkerReply) -> Result<Done, Failure> {
     if reply.ok {
         return Ok(Done {
-            emits: emits(reply.emit),
+            emits: emits(reply.emit).map_err(Failure::permanent)?,
             result: reply
                 .result
                 .map(|value| serde_json::to_vec(&value).unwrap_or_default().into()),
@@ -204,7 +240,9 @@ pub(super) fn parse_batch_answer(
 /// One item's result: failed when it has an `error` or says `"ok": false`.
 fn item_outcome(result: ItemResult) -> Outcome {
     if result.error.is_none() && result.ok != Some(false) {
-        return Ok(emits(result.emit).into());
+        return emits(result.emit)
+            .map(Done::from)
+            .map_err(Failure::permanent);
     }
     let message = result
         .error

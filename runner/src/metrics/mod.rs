@@ -50,6 +50,8 @@ pub(crate) struct Metrics {
     rate_limited: CounterVec,
     schedule_ticks: IntCounterVec,
     schedule_lag: HistogramVec,
+    delayed_scheduled: IntCounterVec,
+    pub(crate) delayed_late: Histogram,
 }
 
 /// Batch sizes: from a lone event to the largest batch worth sending.
@@ -249,6 +251,23 @@ impl Metrics {
         registry
             .register(Box::new(schedule_lag.clone()))
             .expect("registered once");
+        let delayed_scheduled = counter(
+            "jetrun_delayed_events_scheduled_total",
+            "Delayed events durably scheduled (stored to be published later), by the function \
+             or saga that emitted them; a repeat the schedules stream dropped is not counted.",
+            &["function"],
+        );
+        let delayed_late = Histogram::with_opts(
+            HistogramOpts::new(
+                "jetrun_delayed_events_late_seconds",
+                "From the time a delayed event was due to its store on its subject.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delayed_late.clone()))
+            .expect("registered once");
         let config_reloads = counter(
             "jetrun_config_reloads_total",
             "Config reloads (SIGHUP or --watch), by result: success or failure.",
@@ -326,6 +345,8 @@ impl Metrics {
             rate_limited,
             schedule_ticks,
             schedule_lag,
+            delayed_scheduled,
+            delayed_late,
         }
     }
 
@@ -432,6 +453,7 @@ impl Metrics {
             parked: self.dead_letters.with_label_values(&[function, "parked"]),
             parked_keys: self.parked_keys.with_label_values(f),
             emitted: self.emitted.with_label_values(f),
+            delayed: self.delayed_scheduled.with_label_values(f),
             pending: self.pending.with_label_values(f),
             ack_pending: self.ack_pending.with_label_values(f),
             rate_limited: self.rate_limited.with_label_values(f),
@@ -583,6 +605,8 @@ pub(crate) struct FunctionMetrics {
     /// `jetrun_parked_keys`: set by the watch of the function's parks.
     pub(crate) parked_keys: IntGauge,
     pub(crate) emitted: IntCounter,
+    /// `jetrun_delayed_events_scheduled_total`.
+    pub(crate) delayed: IntCounter,
     pub(crate) pending: IntGauge,
     pub(crate) ack_pending: IntGauge,
     /// `jetrun_rate_limited_seconds_total`.

@@ -1,7 +1,7 @@
 //! The streams of `[streams.*]`, created when missing and updated when they
-//! differ, the `DLQ` stream for dead letters, and (when a function has a
-//! `schedule`) the schedules stream holding schedules and their ticks
-//! (`JETRUN_SCHEDULES`, made with `allow_msg_schedules`). jetrun marks what it
+//! differ, the `DLQ` stream for dead letters, and the schedules stream
+//! holding schedules, their ticks and delayed events (`JETRUN_SCHEDULES`,
+//! made with `allow_msg_schedules`). jetrun marks what it
 //! creates (the stream's metadata) and updates only those, or those whose
 //! config says `manage = true`: a stream someone else made is reported with
 //! its differences and left alone.
@@ -24,9 +24,13 @@ pub(crate) struct StreamConflict {
     reason: String,
 }
 
-/// Makes every declared stream, `DLQ`, and the schedules stream when a
-/// function has a schedule, look as the config says.
-pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Result<()> {
+/// Makes every declared stream, `DLQ`, and the schedules stream look as the
+/// config says. The schedules stream must be made when a function has a
+/// schedule; otherwise it is made for delayed events when the server runs
+/// message schedules (2.12), and a failure to make it (a declared stream
+/// taking `>`, a user not allowed to) is a warning: delayed events then
+/// fail. Whether the schedules stream is there.
+pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Result<bool> {
     for (name, stream) in &config.streams {
         let mut spec = desired(name, stream);
         // An aggregate appends a command's events as one atomic batch.
@@ -48,23 +52,45 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
     // The dead-letter stream is jetrun's by its reserved name, marked or not
     // (one made before the mark existed).
     ensure(js, dlq, Some(true)).await?;
-    if let Some(schedules) = schedules(config, replicas) {
-        // jetrun's too: it holds nothing but what jetrun puts there.
+    // jetrun's too: it holds nothing but what jetrun puts there.
+    let schedules = schedules(config, replicas);
+    if config.functions.values().any(|f| f.schedule.is_some()) {
         ensure(js, schedules, Some(true)).await?;
+        return Ok(true);
     }
-    Ok(())
+    let version = js.client().server_info().version;
+    if let Err(why) = crate::delayed::check_server(&version) {
+        tracing::info!(%why, "No delayed events with this server.");
+        return Ok(false);
+    }
+    let name = schedules.name.clone();
+    match ensure(js, schedules, Some(true)).await {
+        Ok(()) => Ok(true),
+        Err(err) => {
+            tracing::warn!(
+                stream = %name,
+                error = %format!("{err:#}"),
+                "Cannot make the stream that holds delayed events; an emit with a delay fails \
+                 until it exists."
+            );
+            Ok(false)
+        }
+    }
 }
 
-/// The schedules stream, when a function of `config` has a schedule: file
-/// storage, message schedules and per-message TTLs on (a fired tick
-/// expires unhandled after `Nats-Schedule-TTL`), roll-ups allowed (the
-/// server rolls each schedule's subject up to its newest holder), the tick
-/// subjects and the holder subjects.
-fn schedules(config: &Config, replicas: usize) -> Option<StreamSpec> {
-    if !config.functions.values().any(|f| f.schedule.is_some()) {
-        return None;
-    }
-    Some(StreamSpec {
+/// How long the schedules stream remembers a delayed event's id: an input
+/// handled again within it (a crash before its ack, a retry) holds its
+/// delayed events once.
+pub(crate) const SCHEDULES_DUPLICATE_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(600);
+
+/// The schedules stream: file storage, message schedules and per-message
+/// TTLs on (a fired tick expires unhandled after `Nats-Schedule-TTL`),
+/// roll-ups allowed (the server rolls each schedule's subject up to its
+/// newest holder), the tick, holder and delayed-event subjects, and a
+/// duplicate window of [`SCHEDULES_DUPLICATE_WINDOW`].
+fn schedules(config: &Config, replicas: usize) -> StreamSpec {
+    StreamSpec {
         name: crate::schedule::stream(config).to_string(),
         subjects: crate::schedule::STREAM_SUBJECTS
             .iter()
@@ -75,8 +101,9 @@ fn schedules(config: &Config, replicas: usize) -> Option<StreamSpec> {
         allow_message_schedules: true,
         allow_message_ttl: true,
         allow_rollup: true,
+        duplicate_window: SCHEDULES_DUPLICATE_WINDOW,
         ..Default::default()
-    })
+    }
 }
 
 /// The metadata entry that marks a stream jetrun created.

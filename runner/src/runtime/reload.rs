@@ -126,13 +126,19 @@ pub(crate) async fn reload(
         metrics.reloaded(false);
         return current;
     }
-    if let Err(err) = nats::ensure_streams(js, &config).await {
-        tracing::error!(error = %format!("{err:#}"), "Config reload refused: cannot set up its streams; the running config stays.");
-        metrics.reloaded(false);
-        return current;
-    }
+    let schedules = match nats::ensure_streams(js, &config).await {
+        Ok(schedules) => schedules,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "Config reload refused: cannot set up its streams; the running config stays.");
+            metrics.reloaded(false);
+            return current;
+        }
+    };
     supervisor.set_drain_timeout(config.shutdown_timeout);
     let changes = supervisor.apply(&config, loaded.functions).await;
+    supervisor
+        .relay_delayed(schedules.then_some(config.schedules_stream.as_str()))
+        .await;
     // The stored schedules follow the functions now running; what fails is
     // tried again at the next reload or start.
     if let Err(err) = crate::schedule::reconcile(js, &config).await {

@@ -68,18 +68,18 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
             // Retrying cannot help: a person has to choose.
             Err(err) if err.downcast_ref::<StreamConflict>().is_some() => Ok(Err(err)),
             Err(err) => Err(format!("{err:#}")),
-            Ok(()) => match crate::schedule::reconcile(&js, &config).await {
+            Ok(schedules) => match crate::schedule::reconcile(&js, &config).await {
                 Err(err) => Err(format!("{err:#}")),
-                Ok(()) => Ok(Ok(())),
+                Ok(()) => Ok(Ok(schedules)),
             },
         }
     })
     .await;
-    match setup {
+    let schedules = match setup {
         None => return Ok(()),
         Some(Err(conflict)) => return Err(conflict),
-        Some(Ok(())) => {}
-    }
+        Some(Ok(schedules)) => schedules,
+    };
 
     let mut supervisor = Supervisor::new(
         js.clone(),
@@ -89,6 +89,9 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
         &config.service.name,
     );
     supervisor.apply(&config, functions).await;
+    supervisor
+        .relay_delayed(schedules.then_some(config.schedules_stream.as_str()))
+        .await;
     tracing::info!(
         functions = config.functions.len(),
         sagas = config.sagas.len(),

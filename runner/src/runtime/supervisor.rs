@@ -1,7 +1,8 @@
 //! What runs in this process: each function (consuming its stream, or
 //! answering requests) and each saga, started, stopped (drained) and swapped
 //! one by one as a [`diff`] of the config says, so a reload touches only
-//! what it changed.
+//! what it changed; and the relay of delayed events, on the schedules
+//! stream.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::diff::{diff, Diff};
+use crate::delayed;
 use crate::dispatch::{self, Unit};
 use crate::emit::{Emitter, Reserved};
 use crate::flow::presence::Presence;
@@ -49,6 +51,13 @@ impl Part for SagaConfig {
     }
 }
 
+/// The relay of delayed events, by the schedules stream it reads.
+impl Part for String {
+    fn stopped(_: &str) {
+        tracing::info!("Relay of delayed events stopped.");
+    }
+}
+
 pub(crate) struct Supervisor {
     js: async_nats::jetstream::Context,
     /// The `jetrun` micro service, registered with the first request function.
@@ -59,6 +68,8 @@ pub(crate) struct Supervisor {
     drain_timeout: Duration,
     functions: BTreeMap<String, Running<FunctionConfig>>,
     sagas: BTreeMap<String, Running<SagaConfig>>,
+    /// The relay of delayed events, when the schedules stream is there.
+    relay: Option<Running<String>>,
     /// What no emit may reach, for the config applied last.
     reserved: Arc<Reserved>,
 }
@@ -90,6 +101,7 @@ impl Supervisor {
             drain_timeout,
             functions: BTreeMap::new(),
             sagas: BTreeMap::new(),
+            relay: None,
             reserved: Arc::default(),
         }
     }
@@ -163,11 +175,52 @@ impl Supervisor {
         let timeout = self.drain_timeout;
         let functions = std::mem::take(&mut self.functions).into_iter();
         let sagas = std::mem::take(&mut self.sagas).into_iter();
-        futures::future::join(
+        let relay = self.relay.take().map(|r| (r.config.clone(), r));
+        futures::future::join3(
             futures::future::join_all(functions.map(|r| stop(r, timeout))),
             futures::future::join_all(sagas.map(|r| stop(r, timeout))),
+            futures::future::join_all(relay.map(|r| stop(r, timeout))),
         )
         .await;
+    }
+
+    /// Relays the delayed events of schedules stream `stream` (`None`: the
+    /// stream is not there, none are relayed): started, or moved to another
+    /// stream, or stopped.
+    pub(crate) async fn relay_delayed(&mut self, stream: Option<&str>) {
+        if self.relay.as_ref().map(|r| r.config.as_str()) == stream {
+            return;
+        }
+        if let Some(running) = self.relay.take() {
+            self.readiness.remove(delayed::RELAY);
+            stop((running.config.clone(), running), self.drain_timeout).await;
+        }
+        let Some(stream) = stream else { return };
+        self.readiness.add(delayed::RELAY);
+        let handles = self.metrics.for_function(delayed::RELAY);
+        let relay = delayed::Relay::new(&self.js, self.metrics.delayed_late.clone());
+        let shared = Arc::new(dispatch::Shared {
+            unit: delayed::unit(stream),
+            handler: layers::Metered::wrap(relay, &handles),
+            emitter: None,
+            js: self.js.clone(),
+            metrics: handles,
+            presence: None,
+            rate: None,
+        });
+        let (control, shutdown) = Control::new();
+        let (readiness, stop) = (self.readiness.clone(), shutdown.clone());
+        let task = tasks::spawn(
+            format!("consumer:{}", delayed::RELAY),
+            shutdown,
+            self.supervision(),
+            move || dispatch::run(shared.clone(), readiness.clone(), stop.clone()),
+        );
+        self.relay = Some(Running {
+            config: stream.to_string(),
+            control,
+            task,
+        });
     }
 
     fn supervision(&self) -> Supervision {
@@ -233,7 +286,7 @@ impl Supervisor {
                         &self.js,
                         &config,
                         self.reserved.clone(),
-                        handles.emitted.clone(),
+                        &handles,
                     )),
                     js: self.js.clone(),
                     metrics: handles,
