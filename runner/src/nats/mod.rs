@@ -18,4 +18,4 @@ pub(crate) use history::{stream_info, History, Item, Start, Stored};
 pub(crate) use kv::{
     dead_letter_bodies, parked_keys, replicas, BucketError, BucketSpec, DEAD_LETTER_BODIES,
 };
-pub(crate) use streams::{ensure_streams, StreamConflict};
+pub(crate) use streams::{ensure_schedules, ensure_streams, StreamConflict};

@@ -53,7 +53,7 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
     // (one made before the mark existed).
     ensure(js, dlq, Some(true)).await?;
     // jetrun's too: it holds nothing but what jetrun puts there.
-    let schedules = schedules(config, replicas);
+    let schedules = schedules(&config.schedules_stream, replicas);
     if config.functions.values().any(|f| f.schedule.is_some()) {
         ensure(js, schedules, Some(true)).await?;
         return Ok(true);
@@ -78,6 +78,13 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
     }
 }
 
+/// Makes schedules stream `name` (one replica) when it is missing, as a
+/// runner would: for a verb that holds a delayed event before any runner
+/// ran (`jetrun publish --delay`).
+pub(crate) async fn ensure_schedules(js: &Context, name: &str) -> anyhow::Result<()> {
+    ensure(js, schedules(name, 1), Some(true)).await
+}
+
 /// How long the schedules stream remembers a delayed event's id: an input
 /// handled again within it (a crash before its ack, a retry) holds its
 /// delayed events once.
@@ -89,9 +96,9 @@ pub(crate) const SCHEDULES_DUPLICATE_WINDOW: std::time::Duration =
 /// roll-ups allowed (the server rolls each schedule's subject up to its
 /// newest holder), the tick, holder and delayed-event subjects, and a
 /// duplicate window of [`SCHEDULES_DUPLICATE_WINDOW`].
-fn schedules(config: &Config, replicas: usize) -> StreamSpec {
+fn schedules(name: &str, replicas: usize) -> StreamSpec {
     StreamSpec {
-        name: crate::schedule::stream(config).to_string(),
+        name: name.to_string(),
         subjects: crate::schedule::STREAM_SUBJECTS
             .iter()
             .map(ToString::to_string)
