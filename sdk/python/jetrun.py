@@ -57,12 +57,13 @@ docs/functions.md in the jetrun repository is the whole contract.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Union
 
 __all__ = [
     "Aggregate",
@@ -112,14 +113,37 @@ class _Delete:
 DELETE: Any = _Delete()
 
 
-def emit(event_type: str, data: Any = None, subject: Optional[str] = None) -> Dict[str, Any]:
-    """An event to emit (or, without ``subject``, to append to an aggregate).
+def emit(
+    event_type: str,
+    data: Any = None,
+    subject: Optional[str] = None,
+    *,
+    delay: Union[None, str, datetime.timedelta] = None,
+    at: Union[None, str, datetime.datetime] = None,
+) -> Dict[str, Any]:
+    """An event to emit (or, without ``subject``, ``delay`` and ``at``, to
+    append to an aggregate).
 
-    It is published on ``subject``, else on the subject named like its type.
+    It is published on ``subject``, else on the subject named like its type:
+    at once, or, with ``delay`` (``"10m"`` or a ``timedelta``), that long
+    after the call, or, with ``at`` (RFC 3339 or an aware ``datetime``), at
+    that time: a delayed event (docs/schedules.md).
     """
     out: Dict[str, Any] = {"type": event_type, "data": data}
     if subject is not None:
         out["subject"] = subject
+    if delay is not None and at is not None:
+        raise TypeError("an emit has either delay or at, not both")
+    if isinstance(delay, datetime.timedelta):
+        delay = f"{max(0, round(delay.total_seconds() * 1000))}ms"
+    if delay is not None:
+        out["delay"] = delay
+    if isinstance(at, datetime.datetime):
+        if at.tzinfo is None:
+            raise TypeError(f"an emit's at needs a time zone (an aware datetime), got {at!r}")
+        at = at.isoformat()
+    if at is not None:
+        out["at"] = at
     return out
 
 
@@ -196,13 +220,14 @@ def _new_event(event: Any) -> Dict[str, Any]:
 def _checked_emit(event: Any) -> Dict[str, Any]:
     if not isinstance(event, dict):
         raise TypeError(f"an emit is jetrun.emit(type, data, subject=None), got {event!r}")
-    unknown = set(event) - {"type", "data", "subject"}
+    unknown = set(event) - {"type", "data", "subject", "delay", "at"}
     if unknown:
-        raise TypeError(f"an emit has only type, data and subject; got {sorted(unknown)}")
+        raise TypeError(f"an emit has only type, data, subject, delay and at; got {sorted(unknown)}")
     if not isinstance(event.get("type"), str) or not event["type"]:
         raise TypeError(f"an emit needs a non-empty type, got {event!r}")
-    if "subject" in event and not isinstance(event["subject"], str):
-        raise TypeError(f"an emit's subject is a string, got {event['subject']!r}")
+    for key in ["subject", "delay", "at"]:
+        if key in event and not isinstance(event[key], str):
+            raise TypeError(f"an emit's {key} is a string, got {event[key]!r}")
     return event
 
 

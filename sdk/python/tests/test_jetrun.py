@@ -4,6 +4,7 @@ child process as jetrun would (without jetrun or NATS), and the helpers.
     cd sdk/python && python3 -m unittest discover -s tests
 """
 
+import datetime
 import json
 import os
 import subprocess
@@ -199,6 +200,20 @@ class Helpers(unittest.TestCase):
     def test_emit_names_a_subject_only_when_given(self):
         self.assertEqual(jetrun.emit("t", 1), {"type": "t", "data": 1})
         self.assertEqual(jetrun.emit("t", 1, "s.x"), {"type": "t", "data": 1, "subject": "s.x"})
+
+    def test_a_delayed_emit_says_its_delay_or_time(self):
+        self.assertEqual(
+            jetrun.emit("t", 1, delay="10m"), {"type": "t", "data": 1, "delay": "10m"}
+        )
+        self.assertEqual(
+            jetrun.emit("t", 1, delay=datetime.timedelta(seconds=90))["delay"], "90000ms"
+        )
+        at = datetime.datetime(2026, 12, 24, 18, 0, tzinfo=datetime.timezone.utc)
+        self.assertEqual(jetrun.emit("t", 1, at=at)["at"], "2026-12-24T18:00:00+00:00")
+        with self.assertRaises(TypeError):
+            jetrun.emit("t", 1, delay="1m", at="2026-12-24T18:00:00Z")
+        with self.assertRaises(TypeError):
+            jetrun.emit("t", 1, at=datetime.datetime(2026, 12, 24, 18, 0))
 
     def test_a_malformed_emit_is_refused(self):
         @jetrun.handler
