@@ -37,6 +37,11 @@ pub fn partition_consumer(consumer: &str, index: usize) -> String {
 /// `allow_msg_schedules`), unless `[schedules] stream` names another.
 pub const SCHEDULES_STREAM: &str = "JETRUN_SCHEDULES";
 
+/// The durable consumer (on the schedules stream) relaying delayed events
+/// to their subjects, shared by every runner; also how its metrics and
+/// `/readyz` name it, so no function may be named so.
+pub const DELAYED_RELAY: &str = "jetrun-delayed";
+
 /// The subject scheduled function `function`'s ticks are published on.
 pub fn schedule_tick_subject(function: &str) -> String {
     format!("jetrun.schedule.{function}")

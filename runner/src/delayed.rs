@@ -41,7 +41,7 @@ const HOLD: &str = "jetrun.delayed.hold";
 /// Where the server stores a held event at its time, for the relay.
 pub(crate) const DUE: &str = "jetrun.delayed.due";
 /// The relay's durable consumer, its dispatch unit and its metric label.
-pub(crate) const RELAY: &str = "jetrun-delayed";
+pub(crate) const RELAY: &str = jetrun_config::name::DELAYED_RELAY;
 
 /// The subject the event is to be stored on.
 pub(crate) const FOR_SUBJECT: &str = "Jetrun-Delayed-Subject";
@@ -229,6 +229,12 @@ fn relayed(due: &HeaderMap) -> Result<(String, HeaderMap), String> {
         .put(NATS_MESSAGE_ID, &id)
         .map_err(|err| err.to_string())?;
     Ok((subject, headers))
+}
+
+/// The subjects every held event waits on, one each (what `jetrun schedule
+/// list --delayed` reads).
+pub(crate) fn held_subjects() -> String {
+    format!("{HOLD}.>")
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 //! fills (`<bucket>_<n>`), and a function named like a durable consumer of a
 //! keyed function on its stream (`<name>-p<n>`, one per partition). Each is
 //! refused with its key path and line.
-//! Also the subjects jetrun keeps for scheduled functions (`jetrun.schedule.>`
-//! for ticks, `jetrun.schedules.>` for the schedules), which no stream,
-//! function subject or emit of the config may take.
+//! Also the subjects jetrun keeps in its schedules stream (`jetrun.schedule.>`
+//! for ticks, `jetrun.schedules.>` for the schedules, `jetrun.delayed.>` for
+//! delayed events), which no stream, function subject or emit of the config
+//! may take, and the name of the relay of delayed events (`jetrun-delayed`),
+//! which no function may take.
 //! Also warns of a saga step whose timeout a redelivered command cannot meet.
 
 use std::collections::BTreeMap;
@@ -27,9 +29,9 @@ const RESERVED_BUCKETS: [&str; 4] = [
     "jetrun_dead_letters",
 ];
 
-/// The subjects jetrun keeps for scheduled functions: the ticks, and the
-/// messages holding the schedules.
-const SCHEDULE_SUBJECTS: [&str; 2] = ["jetrun.schedule.>", "jetrun.schedules.>"];
+/// The subjects jetrun keeps in its schedules stream: the ticks, the
+/// messages holding the schedules, and delayed events.
+const SCHEDULE_SUBJECTS: [&str; 3] = ["jetrun.schedule.>", "jetrun.schedules.>", "jetrun.delayed.>"];
 
 /// The subjects jetrun keeps for scheduled functions that `subject`
 /// overlaps, and what jetrun keeps there. With `outright`, only a subject
@@ -48,8 +50,10 @@ pub(super) fn kept_for_schedules(
         .find(|kept| subject::overlaps(kept, subject))?;
     let what = if *taken == SCHEDULE_SUBJECTS[0] {
         "scheduled functions' ticks"
-    } else {
+    } else if *taken == SCHEDULE_SUBJECTS[1] {
         "scheduled functions' schedules"
+    } else {
+        "delayed events"
     };
     Some((taken, what))
 }
@@ -108,6 +112,17 @@ pub(super) fn check(
     sagas: &BTreeMap<String, SagaConfig>,
 ) {
     for draft in drafts {
+        if draft.name == name::DELAYED_RELAY {
+            ctx.error(
+                draft.path.clone(),
+                draft.span.as_ref(),
+                format!(
+                    "{} is the name of jetrun's relay of delayed events (its durable consumer \
+                     and metrics); rename the function",
+                    name::DELAYED_RELAY
+                ),
+            );
+        }
         if let Some(saga) = draft
             .name
             .strip_prefix("saga-")

@@ -113,7 +113,7 @@ fn stream_name(
             field.key_span.as_ref(),
             format!(
                 "is reserved: jetrun creates and manages the {name} stream for scheduled \
-                 functions ({} and {}); pick another name",
+                 functions ({} and {}) and delayed events (jetrun.delayed.>); pick another name",
                 SCHEDULE_TICKS, SCHEDULE_HOLDERS
             ),
         ));

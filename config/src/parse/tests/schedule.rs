@@ -272,6 +272,12 @@ fn jetrun_keeps_the_schedule_subjects() {
           jetrun keeps for scheduled functions' schedules; a function emits no events there \
           (line 9)"]
     );
+    let delayed = tick("subjects = [\"order.placed\"]\nemits = [\"jetrun.delayed.due\"]");
+    assert_eq!(
+        errors(&delayed),
+        ["functions.tick.emits \"jetrun.delayed.due\" overlaps jetrun.delayed.>, which jetrun \
+          keeps for delayed events; a function emits no events there (line 9)"]
+    );
     // A wildcard names no space outright: a stream or an emit may hold it
     // while no function is scheduled.
     let wide = "[dead_letters]\nprefix = \"team.dlq\"\n[streams.ALL]\n\
@@ -300,7 +306,7 @@ fn the_schedules_stream_is_jetruns() {
         [
             "streams.JETRUN_SCHEDULES is reserved: jetrun creates and manages the \
           JETRUN_SCHEDULES stream for scheduled functions (jetrun.schedule.> and \
-          jetrun.schedules.>); pick another name (line 1)"
+          jetrun.schedules.>) and delayed events (jetrun.delayed.>); pick another name (line 1)"
         ]
     );
     assert_eq!(
@@ -321,5 +327,17 @@ fn the_schedules_stream_is_jetruns() {
              contain whitespace, ., *, >, / or \\ (line 2)",
             "schedules.replicas is not a known key; expected one of: stream (line 3)",
         ]
+    );
+}
+
+#[test]
+fn no_function_takes_the_name_of_the_relay_of_delayed_events() {
+    assert_eq!(
+        errors(
+            "[streams.EV]\nsubjects = [\"ev.>\"]\n[functions.jetrun-delayed]\nsubjects = \
+             [\"ev.x\"]\nbuiltin = \"noop\"\n"
+        ),
+        ["functions.jetrun-delayed jetrun-delayed is the name of jetrun's relay of delayed \
+          events (its durable consumer and metrics); rename the function (line 3)"]
     );
 }
