@@ -14,6 +14,12 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&permanent, "echo 'no such sku' >&2\nexit 65\n").unwrap();
     let retry = dir.join("retry.sh");
     std::fs::write(&retry, "exit 1\n").unwrap();
+    let remind = dir.join("remind.sh");
+    std::fs::write(
+        &remind,
+        r#"echo '{"emit": [{"type": "payment.reminder", "data": {"order_id": 1}, "delay": "24h"}, {"type": "sale.started", "data": {}, "at": "2026-12-24T19:00:00+01:00"}]}'"#,
+    )
+    .unwrap();
     let text = format!(
         r#"
 [nats]
@@ -34,6 +40,10 @@ exec = ["sh", {permanent}]
 subjects = ["order.flaky"]
 exec = ["sh", {retry}]
 
+[functions.remind]
+subjects = ["order.reminded"]
+exec = ["sh", {remind}]
+
 [functions.count]
 subjects = ["order.counted"]
 builtin = "noop"
@@ -41,6 +51,7 @@ projection = {{ bucket = "counts", key = "id" }}
 "#,
         permanent = toml_str(permanent.display().to_string()),
         retry = toml_str(retry.display().to_string()),
+        remind = toml_str(remind.display().to_string()),
     );
     let path = dir.join("jetrun.toml");
     std::fs::write(&path, text).unwrap();
@@ -112,4 +123,26 @@ fn invoke_runs_one_call_and_says_how_it_ended() {
     let output = child.wait_with_output().expect("wait");
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(out.contains(r#"{"from":"stdin"}"#), "{out}");
+}
+
+#[test]
+fn invoke_says_when_a_delayed_emit_is_due() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path());
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run_command(&["invoke", "remind", "{}", "-c", config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(r#"emit:    payment.reminder payment.reminder {"order_id":1} (delay 1day)"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("emit:    sale.started sale.started {} (at 2026-12-24T18:00:00.000Z)"),
+        "{out}"
+    );
+    let (code, out, err) = run_command(&["invoke", "remind", "{}", "--json", "-c", config]);
+    assert_eq!(code, 0, "{out}{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(answer["emits"][0]["delay"], "1day");
+    assert_eq!(answer["emits"][1]["at"], "2026-12-24T18:00:00.000Z");
 }

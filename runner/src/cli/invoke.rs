@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use anyhow::Context as _;
 use bytes::Bytes;
 use jetrun_config::Role;
-use jetrun_functions::{Context, Failure, Output};
+use jetrun_functions::{Context, Emit, Failure, Later, Output};
 use serde_json::{json, Value};
 
 use super::args::FunctionArg;
@@ -153,7 +153,14 @@ fn print(outcome: &Result<Output, Failure>, json: bool) {
     if json {
         let emits: Vec<Value> = emits
             .iter()
-            .map(|e| json!({"subject": e.subject(), "type": e.event_type, "data": e.data}))
+            .map(|e| {
+                let mut emit =
+                    json!({"subject": e.subject(), "type": e.event_type, "data": e.data});
+                if let Some((key, when)) = later(e) {
+                    emit[key] = Value::String(when);
+                }
+                emit
+            })
             .collect();
         let result = result_text.as_deref().map(|text| {
             serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.into()))
@@ -175,11 +182,20 @@ fn print(outcome: &Result<Output, Failure>, json: bool) {
         println!("result:  {result}");
     }
     for emit in emits {
+        let when = later(emit).map_or(String::new(), |(key, when)| format!(" ({key} {when})"));
         println!(
-            "emit:    {} {} {}",
+            "emit:    {} {} {}{when}",
             emit.subject(),
             emit.event_type,
             emit.data
         );
+    }
+}
+
+/// A delayed emit's `delay` or `at`, as it would be written.
+fn later(emit: &Emit) -> Option<(&'static str, String)> {
+    match emit.later? {
+        Later::After(delay) => Some(("delay", humantime::format_duration(delay).to_string())),
+        Later::At(at) => Some(("at", crate::delayed::rfc3339(at))),
     }
 }

@@ -287,6 +287,45 @@ mod tests {
     }
 
     #[test]
+    fn an_emit_may_wait_for_a_delay_or_a_time() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let out = parse_stdout(
+            br#"{"emit":[{"type":"a","delay":"1h30m"},{"type":"b","at":"2026-12-24T19:00:00+01:00"},{"type":"c"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(out[0].later, Some(Later::After(Duration::from_secs(5400))));
+        assert_eq!(
+            out[1].later,
+            Some(Later::At(UNIX_EPOCH + Duration::from_secs(1_798_135_200)))
+        );
+        assert_eq!(out[2].later, None);
+        for (bad, says) in [
+            (
+                r#"{"type":"a","delay":"soon"}"#,
+                r#"emit a has "delay": "soon", which is not a duration"#,
+            ),
+            (
+                r#"{"type":"a","at":"tomorrow"}"#,
+                r#"emit a has "at": "tomorrow", which is not an RFC 3339 time"#,
+            ),
+            (
+                r#"{"type":"a","delay":"1m","at":"2026-12-24T18:00:00Z"}"#,
+                r#"emit a has both "delay" and "at""#,
+            ),
+        ] {
+            let failure = parse_stdout(format!(r#"{{"emit":[{bad}]}}"#).as_bytes()).unwrap_err();
+            assert!(failure.is_permanent());
+            assert!(failure.message.contains(says), "{}", failure.message);
+            let reply = format!(r#"{{"id":7,"ok":true,"emit":[{bad}]}}"#);
+            let failure = parse_reply(reply.as_bytes(), 7).unwrap().unwrap_err();
+            assert!(
+                failure.is_permanent() && failure.message.contains(says),
+                "{failure:?}"
+            );
+        }
+    }
+
+    #[test]
     fn worker_replies_map_to_outcomes() {
         let reply = |line: &[u8]| parse_reply(line, 7).unwrap();
         assert_eq!(reply(br#"{"id":7,"ok":true}"#).unwrap(), Done::default());
