@@ -181,10 +181,14 @@ async fn publish_input(js: &Context, n: u64, fail_first: bool) -> u64 {
 /// 3 to 4.5 s after the first handling of its input, with the input's
 /// correlation id and the input as its cause.
 async fn assert_each_stored_once_on_time(js: &Context, replicas: &Replicas, inputs: &[u64]) {
-    wait_until(Duration::from_secs(30), "the delayed events stored", || async {
-        let stored = stored_out(js).await;
-        inputs.iter().all(|n| stored.iter().any(|s| s.n == *n))
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the delayed events stored",
+        || async {
+            let stored = stored_out(js).await;
+            inputs.iter().all(|n| stored.iter().any(|s| s.n == *n))
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored = stored_out(js).await;
@@ -194,7 +198,11 @@ async fn assert_each_stored_once_on_time(js: &Context, replicas: &Replicas, inpu
     }
     for n in inputs {
         let events = &by_input[n];
-        assert_eq!(events.len(), 1, "input {n}'s delayed event stored {events:?}");
+        assert_eq!(
+            events.len(),
+            1,
+            "input {n}'s delayed event stored {events:?}"
+        );
         let event = events[0];
         let (_, handled) = replicas.first_call(*n).expect("handled");
         let after = event.at - handled.at;
@@ -202,8 +210,14 @@ async fn assert_each_stored_once_on_time(js: &Context, replicas: &Replicas, inpu
             (3.0..=4.5).contains(&after),
             "input {n}'s delayed event stored {after:.3} s after it was handled"
         );
-        assert_eq!(event.causation.as_deref(), Some(format!("input-{n}").as_str()));
-        assert_eq!(event.correlation.as_deref(), Some(format!("order-{n}").as_str()));
+        assert_eq!(
+            event.causation.as_deref(),
+            Some(format!("input-{n}").as_str())
+        );
+        assert_eq!(
+            event.correlation.as_deref(),
+            Some(format!("order-{n}").as_str())
+        );
         assert!(!event.id.is_empty());
     }
 }
@@ -247,9 +261,14 @@ async fn a_delayed_emit_is_stored_once_3_s_after_its_input_was_handled() {
     // Nothing is left held or due.
     let schedules = stream_messages(&js, "JETRUN_SCHEDULES").await;
     assert!(
-        schedules.iter().all(|m| !m.subject.starts_with("jetrun.delayed.")),
+        schedules
+            .iter()
+            .all(|m| !m.subject.starts_with("jetrun.delayed.")),
         "{:?}",
-        schedules.iter().map(|m| m.subject.to_string()).collect::<Vec<_>>()
+        schedules
+            .iter()
+            .map(|m| m.subject.to_string())
+            .collect::<Vec<_>>()
     );
 }
 
@@ -287,7 +306,10 @@ async fn nats_server_restarted_during_the_delay_loses_no_delayed_event() {
     }
     nats.restart();
     let restarted = unix_now() - handled.at;
-    assert!(restarted < 3.0, "the restart ended {restarted:.3} s into the delay");
+    assert!(
+        restarted < 3.0,
+        "the restart ended {restarted:.3} s into the delay"
+    );
     let js = async_nats::jetstream::new(jetrun_e2e::connect(&nats.url()).await);
     assert_each_stored_once_on_time(&js, &replicas, &[1]).await;
 }

@@ -31,7 +31,11 @@ const RESERVED_BUCKETS: [&str; 4] = [
 
 /// The subjects jetrun keeps in its schedules stream: the ticks, the
 /// messages holding the schedules, and delayed events.
-const SCHEDULE_SUBJECTS: [&str; 3] = ["jetrun.schedule.>", "jetrun.schedules.>", "jetrun.delayed.>"];
+const SCHEDULE_SUBJECTS: [&str; 3] = [
+    "jetrun.schedule.>",
+    "jetrun.schedules.>",
+    "jetrun.delayed.>",
+];
 
 /// The subjects jetrun keeps for scheduled functions that `subject`
 /// overlaps, and what jetrun keeps there. With `outright`, only a subject

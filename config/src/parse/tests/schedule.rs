@@ -275,8 +275,10 @@ fn jetrun_keeps_the_schedule_subjects() {
     let delayed = tick("subjects = [\"order.placed\"]\nemits = [\"jetrun.delayed.due\"]");
     assert_eq!(
         errors(&delayed),
-        ["functions.tick.emits \"jetrun.delayed.due\" overlaps jetrun.delayed.>, which jetrun \
-          keeps for delayed events; a function emits no events there (line 9)"]
+        [
+            "functions.tick.emits \"jetrun.delayed.due\" overlaps jetrun.delayed.>, which jetrun \
+          keeps for delayed events; a function emits no events there (line 9)"
+        ]
     );
     // A wildcard names no space outright: a stream or an emit may hold it
     // while no function is scheduled.
@@ -337,7 +339,9 @@ fn no_function_takes_the_name_of_the_relay_of_delayed_events() {
             "[streams.EV]\nsubjects = [\"ev.>\"]\n[functions.jetrun-delayed]\nsubjects = \
              [\"ev.x\"]\nbuiltin = \"noop\"\n"
         ),
-        ["functions.jetrun-delayed jetrun-delayed is the name of jetrun's relay of delayed \
-          events (its durable consumer and metrics); rename the function (line 3)"]
+        [
+            "functions.jetrun-delayed jetrun-delayed is the name of jetrun's relay of delayed \
+          events (its durable consumer and metrics); rename the function (line 3)"
+        ]
     );
 }
