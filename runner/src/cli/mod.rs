@@ -66,7 +66,8 @@ enum Command {
     /// Validate the config file: exit 0 when it is good, 2 when it is not.
     #[command(after_help = CHECK_EXAMPLES)]
     Check(check::CheckArgs),
-    /// Publish one event (CloudEvents binary mode) and print its stream and sequence.
+    /// Publish one event (CloudEvents binary mode), now or later (--delay,
+    /// --at), and print its stream and sequence.
     #[command(after_help = PUBLISH_EXAMPLES)]
     Publish(publish::PublishArgs),
     /// Write a commented starter config (user.registered -> welcome_email).
@@ -90,7 +91,8 @@ enum Command {
     /// A saga's instances: list them, or show one's timeline, state and data.
     #[command(after_help = saga::EXAMPLES)]
     Saga(saga::SagaArgs),
-    /// Scheduled functions: list them with their next fire time, or fire one now.
+    /// Scheduled functions: list them with their next fire time, or fire one
+    /// now; delayed events: list them, or cancel one.
     #[command(after_help = schedule::EXAMPLES)]
     Schedule(schedule::ScheduleArgs),
     /// Run one function of the config once on a payload, without NATS; print
@@ -138,7 +140,10 @@ Examples:
   echo '{\"order_id\": 2, \"items\": []}' | jetrun publish order.placed -
   jetrun publish --server nats://127.0.0.1:4223 --header tenant=acme \\
     user.registered '{\"user_id\": 2, \"email\": \"bo@shop.test\"}'
-  jetrun publish -c config/jetrun.toml order.placed '{\"order_id\": 3}'   # [nats] URLs, credentials, TLS";
+  jetrun publish -c config/jetrun.toml order.placed '{\"order_id\": 3}'   # [nats] URLs, credentials, TLS
+  jetrun publish --delay 30m --id remind-1001 order.reminder '{\"order_id\": 1001}'
+  jetrun publish --at 2026-12-24T18:00:00+01:00 greeting.sent '{\"text\": \"Merry Christmas\"}'
+  jetrun schedule list --delayed     # what is held; jetrun schedule cancel remind-1001";
 
 const INIT_EXAMPLES: &str = "\
 Examples:
@@ -166,14 +171,14 @@ pub(crate) async fn execute(cli: Cli) -> ExitCode {
             Err(code) => return code,
         },
         Command::Publish(args) => {
-            let nats = match &args.config {
+            let config = match &args.config {
                 Some(path) => match session::load(path) {
-                    Ok(loaded) => Some(loaded.config.nats),
+                    Ok(loaded) => Some(loaded.config),
                     Err(code) => return code,
                 },
                 None => None,
             };
-            publish::publish(args, nats).await
+            publish::publish(args, config).await
         }
         Command::Init(args) => init::init(&args),
         Command::Dlq(args) => return dlq::dlq(args).await,

@@ -1,16 +1,24 @@
 //! `jetrun publish SUBJECT [DATA|-]`: one event in CloudEvents binary mode,
-//! acknowledged by the stream that captures the subject. The headers are
-//! built by a pure function; the command-line values are checked when parsed,
-//! so a bad one is a usage error (status 2) before NATS is touched.
+//! acknowledged by the stream that captures the subject; with `--delay` or
+//! `--at`, held in the schedules stream until its time instead
+//! ([`crate::delayed`]). The headers and what is printed are built by pure
+//! functions; the command-line values are checked when parsed, so a bad one
+//! is a usage error (status 2) before NATS is touched.
 
 use std::io::Read;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, context::GetStreamByNameErrorKind, publish::PublishAck};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use jetrun_config::name::SCHEDULES_STREAM;
+use jetrun_config::Config;
+use jetrun_functions::Later;
+use serde_json::{json, Value};
 
 use super::args::InvalidValue;
+use crate::delayed;
 use crate::emit::{self, PublishError};
 use crate::headers::{BadHeader, Put};
 
@@ -44,9 +52,48 @@ pub(crate) struct PublishArgs {
     /// jetrun sets (`ce-time`, say) replaces it.
     #[arg(long = "header", value_name = "KEY=VALUE", value_parser = header)]
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// Print `{"id", "stream", "sequence", "duplicate"}` instead of a line.
+    /// Store the event this long from now instead of at once (`30s`, `10m`,
+    /// `1h30m`): it is held in the schedules stream until then (nats-server
+    /// 2.12 or later; docs/schedules.md).
+    #[arg(long, value_name = "DURATION", value_parser = delay, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Store the event at this time instead of at once, RFC 3339 with any
+    /// offset (`2026-12-24T18:00:00Z`, `2026-12-24T19:00:00+01:00`); a past
+    /// time stores it right away. Held as with --delay.
+    #[arg(long, value_name = "TIME", value_parser = at)]
+    at: Option<SystemTime>,
+    /// Print `{"id", "stream", "sequence", "duplicate"}` instead of a line
+    /// (with --delay or --at, also `"at"` and `"delayed": true`).
     #[arg(long)]
     json: bool,
+}
+
+impl PublishArgs {
+    /// When the event is to be stored, if not at once.
+    fn later(&self) -> Option<Later> {
+        (self.delay.map(Later::After)).or(self.at.map(Later::At))
+    }
+}
+
+/// `--delay`: a duration as the runner reads an emit's `"delay"`.
+fn delay(text: &str) -> Result<Duration, InvalidValue> {
+    humantime::parse_duration(text).map_err(|err| {
+        InvalidValue(format!(
+            "{text:?} is not a duration like 30s, 10m or 1h30m ({err})"
+        ))
+    })
+}
+
+/// `--at`: an RFC 3339 time with any offset, as the runner reads an emit's
+/// `"at"`.
+fn at(text: &str) -> Result<SystemTime, InvalidValue> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(SystemTime::from)
+        .map_err(|err| {
+            InvalidValue(format!(
+                "{text:?} is not an RFC 3339 time like 2026-12-24T18:00:00Z ({err})"
+            ))
+        })
 }
 
 /// A CloudEvents attribute given on the command line: not empty, and fit
@@ -80,11 +127,10 @@ fn header(text: &str) -> Result<(HeaderName, HeaderValue), InvalidValue> {
 }
 
 /// Publishes the event and prints `published <id> to stream <S> at sequence
-/// <n>`; `nats` is the config's `[nats]` when --config names one.
-pub(crate) async fn publish(
-    args: PublishArgs,
-    nats: Option<jetrun_config::NatsConfig>,
-) -> anyhow::Result<()> {
+/// <n>` (a delayed one: [`scheduled_line`]); `config` is the one --config
+/// names: its `[nats]` to connect with, its `[schedules] stream` to hold a
+/// delayed event in.
+pub(crate) async fn publish(args: PublishArgs, config: Option<Config>) -> anyhow::Result<()> {
     let body = match args.data.as_deref() {
         Some("-") => {
             let mut buf = Vec::new();
@@ -100,15 +146,37 @@ pub(crate) async fn publish(
         Some(id) => id.clone(),
         None => attribute(&uuid::Uuid::new_v4().to_string())?,
     };
-    let headers = event_headers(&args, &id, &body, SystemTime::now())?;
-    let connection = super::session::connection(nats.as_ref())?;
+    let now = SystemTime::now();
+    let headers = event_headers(&args, &id, &body, now)?;
+    let connection = super::session::connection(config.as_ref().map(|c| &c.nats))?;
     let client = crate::nats::connect_once(&connection).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = jetstream::new(client);
     let subject = &args.subject;
+    if let Some(later) = args.later() {
+        let schedules = config
+            .as_ref()
+            .map_or(SCHEDULES_STREAM, crate::schedule::stream);
+        let at = later.from(now);
+        let ack = hold(&js, schedules, subject, id.as_str(), at, headers, body).await?;
+        if args.json {
+            println!("{}", scheduled_json(id.as_str(), at, &ack));
+            return Ok(());
+        }
+        println!("{}", scheduled_line(id.as_str(), subject, at, &ack));
+        if ack.duplicate {
+            eprintln!(
+                "jetrun: stream {} has held a delayed event with id {id} within its duplicate \
+                 window; it was not held again (one held keeps its own time; to delay one \
+                 cancelled again, give it a new --id)",
+                ack.stream
+            );
+        }
+        return Ok(());
+    }
     match emit::publish(&js, subject, headers, body.into()).await {
         Ok(ack) => {
             if args.json {
-                let ack = serde_json::json!({
+                let ack = json!({
                     "id": id.as_str(),
                     "stream": ack.stream,
                     "sequence": ack.sequence,
@@ -136,6 +204,66 @@ pub(crate) async fn publish(
         ),
         Err(err) => Err(err).with_context(|| format!("cannot publish to {subject}")),
     }
+}
+
+/// Holds the event for `subject` until `at` in the schedules stream
+/// (`schedules` when none holds delayed events yet, which is then made):
+/// the server must run `@at` schedules and a stream must capture `subject`
+/// now. The holder's ack.
+async fn hold(
+    js: &jetstream::Context,
+    schedules: &str,
+    subject: &str,
+    id: &str,
+    at: SystemTime,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> anyhow::Result<PublishAck> {
+    emit::hold(js, subject).await.map_err(anyhow::Error::msg)?;
+    let (holder, headers) = delayed::holder(subject, id, at, headers)?;
+    // Made only when missing: making it again would set a runner's stream
+    // to this verb's one replica.
+    match js.stream_by_subject(&holder).await {
+        Ok(_) => {}
+        Err(err) if err.kind() == GetStreamByNameErrorKind::NotFound => {
+            crate::nats::ensure_schedules(js, schedules)
+                .await
+                .with_context(|| {
+                    format!("cannot make stream {schedules}, which holds delayed events")
+                })?;
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot look up the stream of {holder}"))
+        }
+    }
+    emit::publish(js, &holder, headers, body.into())
+        .await
+        .with_context(|| format!("cannot hold the event for {subject}"))
+}
+
+/// What `publish --delay` prints; for a repeat of a held id, without the
+/// time asked for this time, which the held event does not take.
+fn scheduled_line(id: &str, subject: &str, at: SystemTime, ack: &PublishAck) -> String {
+    let at = match ack.duplicate {
+        true => String::new(),
+        false => format!(" at {}", delayed::rfc3339(at)),
+    };
+    format!(
+        "scheduled {id} for {subject}{at} (stream {}, sequence {})",
+        ack.stream, ack.sequence
+    )
+}
+
+/// What `publish --delay --json` prints.
+fn scheduled_json(id: &str, at: SystemTime, ack: &PublishAck) -> Value {
+    json!({
+        "id": id,
+        "stream": ack.stream,
+        "sequence": ack.sequence,
+        "duplicate": ack.duplicate,
+        "at": delayed::rfc3339(at),
+        "delayed": true,
+    })
 }
 
 /// The event's headers in binary mode: `ce-*` attributes, `Nats-Msg-Id`
@@ -258,6 +386,55 @@ mod tests {
     }
 
     #[test]
+    fn delay_and_at_say_when_and_exclude_each_other() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let when = |argv: &[&str]| parse(argv).unwrap().later().map(|l| l.from(now));
+        assert_eq!(when(&["a.b"]), None);
+        assert_eq!(
+            when(&["a.b", "--delay", "1h30m"]),
+            Some(now + Duration::from_secs(5_400))
+        );
+        let at = when(&["a.b", "--at", "2026-12-24T19:00:00+01:00"]).unwrap();
+        assert_eq!(delayed::rfc3339(at), "2026-12-24T18:00:00.000Z");
+        let both = parse(&["a.b", "--delay", "1m", "--at", "2026-12-24T18:00:00Z"]);
+        let err = both.err().expect("both parsed");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+    }
+
+    #[test]
+    fn a_delayed_event_says_where_and_when_it_is_held() {
+        let ack = |duplicate: bool| -> PublishAck {
+            serde_json::from_value(json!({
+                "stream": "JETRUN_SCHEDULES", "seq": 7, "duplicate": duplicate
+            }))
+            .unwrap()
+        };
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_798_135_200_250);
+        assert_eq!(
+            scheduled_line("r-1", "order.reminder", at, &ack(false)),
+            "scheduled r-1 for order.reminder at 2026-12-24T18:00:00.250Z \
+             (stream JETRUN_SCHEDULES, sequence 7)"
+        );
+        assert_eq!(
+            scheduled_line("r-1", "order.reminder", at, &ack(true)),
+            "scheduled r-1 for order.reminder (stream JETRUN_SCHEDULES, sequence 7)",
+            "a repeat keeps the held event's time, not this one"
+        );
+        assert_eq!(
+            scheduled_json("r-1", at, &ack(false)),
+            json!({
+                "id": "r-1",
+                "stream": "JETRUN_SCHEDULES",
+                "sequence": 7,
+                "duplicate": false,
+                "at": "2026-12-24T18:00:00.250Z",
+                "delayed": true,
+            })
+        );
+    }
+
+    #[test]
     fn bad_values_are_usage_errors_naming_them() {
         for (argv, expected) in [
             (
@@ -274,6 +451,16 @@ mod tests {
                 &["a.b", "--correlation-id", "x\ny"],
                 "must not contain CR or LF",
             ),
+            (
+                &["a.b", "--delay", "soon"],
+                "invalid value 'soon' for '--delay <DURATION>': \"soon\" is not a duration",
+            ),
+            (&["a.b", "--delay=-5m"], "'--delay <DURATION>'"),
+            (
+                &["a.b", "--at", "2026-12-24 18:00"],
+                "for '--at <TIME>': \"2026-12-24 18:00\" is not an RFC 3339 time",
+            ),
+            (&["a.b", "--at", "2026-12-24T18:00:00"], "'--at <TIME>'"),
         ] {
             let err = parse(argv)
                 .err()

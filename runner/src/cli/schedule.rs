@@ -1,10 +1,13 @@
-//! `jetrun schedule list|trigger`: the scheduled functions, read from where
-//! a runner keeps them (docs/schedules.md): each schedule's holder message on
-//! `jetrun.schedules.<service>.<function>` and its ticks on
-//! `jetrun.schedule.<function>`, both in the schedules stream. `list` says,
-//! per function, its schedule, its next fire time, the last tick and whether
-//! the stored schedule matches the config; `trigger` publishes one tick now.
-//! What a holder and a tick say, the rows and the trigger's headers are pure
+//! `jetrun schedule list|trigger|cancel`: the scheduled functions and the
+//! delayed events, read from where a runner keeps them (docs/schedules.md):
+//! each schedule's holder message on `jetrun.schedules.<service>.<function>`
+//! and its ticks on `jetrun.schedule.<function>`, each delayed event on
+//! `jetrun.delayed.hold.<token>` until its time, all in the schedules stream.
+//! `list` says, per function, its schedule, its next fire time, the last tick
+//! and whether the stored schedule matches the config; `trigger` publishes
+//! one tick now; `list --delayed` lists the delayed events waiting, and
+//! `cancel` removes a held one ([`crate::delayed`]). What a holder, a tick
+//! and a delayed event say, the rows and the trigger's headers are pure
 //! functions; NATS is only in the `async` ones.
 
 use std::process::ExitCode;
@@ -27,6 +30,7 @@ use serde_json::{json, Value};
 use super::args::{ConfigArg, FunctionArg};
 use super::output::table;
 use super::session::{self, Stopped};
+use crate::delayed;
 use crate::emit::{self, PublishError};
 use crate::envelope::{self, Origin};
 use crate::headers::{name, BadHeader, Put};
@@ -37,14 +41,22 @@ pub(crate) const EXAMPLES: &str = "\
 Examples:
   jetrun schedule list -c config/examples/schedules.toml
   jetrun schedule trigger nightly-report -c config/examples/schedules.toml
+  jetrun schedule list --delayed
+  jetrun schedule cancel remind-1001
 
 A scheduled function's ticks are events on jetrun.schedule.<function> in
 stream JETRUN_SCHEDULES; its schedule is the message a runner stores on
-jetrun.schedules.<service>.<function> (docs/schedules.md).";
+jetrun.schedules.<service>.<function>. A delayed event (jetrun publish
+--delay, an emit with \"delay\" or \"at\") waits there on
+jetrun.delayed.hold.<token> until its time (docs/schedules.md).";
 
 /// Exit status of `list` when a stored schedule is missing or differs from
 /// the config: not the 1 of NATS unreachable, as `jetrun status` has it.
 const EXIT_NOT_STORED: u8 = 3;
+
+/// Exit status of `cancel` when no event with the id is held: NATS
+/// answered, and what was asked for is not there (as [`EXIT_NOT_STORED`]).
+const EXIT_NOT_HELD: u8 = 3;
 
 /// The arguments of `jetrun schedule`.
 #[derive(clap::Args)]
@@ -64,6 +76,10 @@ enum Verb {
     /// in stream JETRUN_SCHEDULES. Exit status 3 when a stored schedule is
     /// missing or differs (no runner has started with this config, or not
     /// since it changed).
+    ///
+    /// With --delayed, the delayed events waiting in the schedules stream
+    /// instead, soonest first: each held one (state held) and each whose
+    /// time came that no runner has stored on its subject yet (state due).
     #[command(after_help = LIST_EXAMPLES, visible_alias = "ls")]
     List(ListArgs),
     /// Fire one tick of a scheduled function now.
@@ -74,17 +90,34 @@ enum Verb {
     /// pulls it. The schedule itself is left as it is.
     #[command(after_help = TRIGGER_EXAMPLES)]
     Trigger(TriggerArgs),
+    /// Cancel a delayed event that is still held.
+    ///
+    /// Removes the event with id ID from the schedules stream, so it is never
+    /// stored on its subject, and prints what it removed. Exit status 3 when
+    /// no event with that id is held: already delivered (or being
+    /// delivered), cancelled, or never delayed. An event whose time comes
+    /// while it is being cancelled may be delivered all the same.
+    #[command(after_help = CANCEL_EXAMPLES)]
+    Cancel(CancelArgs),
 }
 
 const LIST_EXAMPLES: &str = "\
 Examples:
   jetrun schedule list -c config/examples/schedules.toml
-  jetrun schedule list -c config/examples/schedules.toml --json | jq -r '.[].next'";
+  jetrun schedule list -c config/examples/schedules.toml --json | jq -r '.[].next'
+  jetrun schedule list --delayed
+  jetrun schedule list --delayed --json | jq -r '.[] | \"\\(.due) \\(.id)\"'";
 
 const TRIGGER_EXAMPLES: &str = "\
 Examples:
   jetrun schedule trigger nightly-report -c config/examples/schedules.toml
   jetrun schedule trigger nightly-report -c config/examples/schedules.toml --json";
+
+const CANCEL_EXAMPLES: &str = "\
+Examples:
+  jetrun publish --delay 30m --id remind-1001 order.reminder '{\"order_id\": 1001}'
+  jetrun schedule cancel remind-1001
+  jetrun schedule cancel remind-1001 --json";
 
 #[derive(clap::Args)]
 struct ListArgs {
@@ -93,6 +126,10 @@ struct ListArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// List the delayed events waiting in the schedules stream instead
+    /// (`jetrun publish --delay`, emits with "delay" or "at").
+    #[arg(long)]
+    delayed: bool,
 }
 
 #[derive(clap::Args)]
@@ -104,11 +141,24 @@ struct TriggerArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct CancelArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The delayed event's id (`ce-id`), as `jetrun publish` printed it or
+    /// `jetrun schedule list --delayed` lists it.
+    id: String,
+    /// Print what was removed as JSON, with `"cancelled": true`.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs `jetrun schedule VERB`.
 pub(crate) async fn schedule(args: ScheduleArgs) -> ExitCode {
     let config = match &args.verb {
         Verb::List(a) => &a.config,
         Verb::Trigger(a) => &a.target.config,
+        Verb::Cancel(a) => &a.config,
     };
     // Without a config file: the schedules stored in JETRUN_SCHEDULES, on
     // the connection given.
@@ -120,8 +170,10 @@ pub(crate) async fn schedule(args: ScheduleArgs) -> ExitCode {
     session::exit(
         async {
             match &args.verb {
+                Verb::List(a) if a.delayed => list_delayed(config, a.json).await,
                 Verb::List(a) => list(config, a.json).await,
                 Verb::Trigger(a) => trigger(config, a).await,
+                Verb::Cancel(a) => cancel(config, a).await,
             }
         }
         .await,
@@ -393,6 +445,134 @@ fn row_json(row: &Row, stream: &str) -> Value {
     })
 }
 
+/// Where a delayed event waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Until its time, on its own subject: `cancel` removes it.
+    Held,
+    /// Its time came: on `jetrun.delayed.due` until a runner's relay stores
+    /// it on its subject (at once while a runner runs).
+    Due,
+}
+
+impl Wait {
+    fn word(self) -> &'static str {
+        match self {
+            Wait::Held => "held",
+            Wait::Due => "due",
+        }
+    }
+}
+
+/// A delayed event in the schedules stream, read from its headers.
+#[derive(Debug, Clone, PartialEq)]
+struct Pending {
+    id: String,
+    /// The subject it is to be stored on.
+    subject: String,
+    /// `ce-type`.
+    event_type: Option<String>,
+    /// When it is due, RFC 3339 UTC, as held.
+    due: Option<String>,
+    /// `ce-correlationid`.
+    correlation: Option<String>,
+    state: Wait,
+    /// Its sequence in the schedules stream.
+    sequence: u64,
+}
+
+impl Pending {
+    /// The delayed event a message on a delayed-event subject holds; `None`
+    /// for one jetrun did not hold (no id or subject to store it on).
+    fn read(headers: &HeaderMap, sequence: u64, state: Wait) -> Option<Pending> {
+        let get = |name: &str| header(headers, name).map(str::to_string);
+        Some(Pending {
+            id: get(delayed::FOR_ID)?,
+            subject: get(delayed::FOR_SUBJECT)?,
+            event_type: get("ce-type"),
+            due: get(delayed::DUE_AT),
+            correlation: get("ce-correlationid"),
+            state,
+            sequence,
+        })
+    }
+
+    /// Its due time, for ordering: the ones that say none last.
+    fn due_time(&self) -> Option<DateTime<Utc>> {
+        let due = DateTime::parse_from_rfc3339(self.due.as_deref()?).ok()?;
+        Some(due.with_timezone(&Utc))
+    }
+}
+
+/// Soonest due first (those not saying when last), then by id.
+fn by_due(events: &mut [Pending]) {
+    events.sort_by_cached_key(|e| (e.due_time().is_none(), e.due_time(), e.id.clone()));
+}
+
+/// The table of `list --delayed`.
+fn delayed_table(events: &[Pending]) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    let cells: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                e.subject.clone(),
+                dash(&e.event_type),
+                dash(&e.due),
+                e.state.word().to_string(),
+                dash(&e.correlation),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "SUBJECT", "TYPE", "DUE", "STATE", "CORRELATION"],
+        &cells,
+    )
+}
+
+fn delayed_json(event: &Pending, stream: &str) -> Value {
+    json!({
+        "id": event.id,
+        "subject": event.subject,
+        "type": event.event_type,
+        "due": event.due,
+        "state": event.state.word(),
+        "correlation_id": event.correlation,
+        "stream": stream,
+        "sequence": event.sequence,
+    })
+}
+
+/// What `cancel` prints when it removed `event`.
+fn cancelled_line(event: &Pending, stream: &str) -> String {
+    format!(
+        "cancelled {}: {} for {}, due {} (removed from stream {stream}, sequence {})",
+        event.id,
+        event.event_type.as_deref().unwrap_or("an event"),
+        event.subject,
+        event.due.as_deref().unwrap_or("-"),
+        event.sequence
+    )
+}
+
+/// Why `cancel` removed nothing for `id`: `due` when its time came and it
+/// waits for a runner to store it.
+fn not_held(id: &str, stream: &str, due: Option<&Pending>) -> String {
+    match due {
+        Some(event) => format!(
+            "delayed event {id} is no longer held: its time came ({}), and a runner stores \
+             it on {} (at once while one runs); too late to cancel",
+            event.due.as_deref().unwrap_or("-"),
+            event.subject
+        ),
+        None => format!(
+            "no delayed event with id {id} is held in stream {stream}: it was delivered, \
+             cancelled, or never delayed (`jetrun schedule list --delayed` lists those held)"
+        ),
+    }
+}
+
 /// The stream holding the schedules: the config's, else the default.
 fn stream_of(config: Option<&Config>) -> String {
     config
@@ -474,6 +654,74 @@ fn print_rows(rows: &[Row], stream: &str, json: bool, services: bool) -> anyhow:
         print!("{}", list_table(rows, services));
     }
     Ok(())
+}
+
+async fn list_delayed(config: Option<&Config>, json: bool) -> Result<ExitCode, Stopped> {
+    let stream_name = stream_of(config);
+    let js = session::connect_to(config.map(|c| &c.nats)).await?;
+    let events = match open(&js, &stream_name).await? {
+        Some(stream) => pending(&stream).await?,
+        None => {
+            eprintln!(
+                "jetrun: stream {stream_name} does not exist: no runner or `jetrun publish \
+                 --delay` has made it on this NATS"
+            );
+            Vec::new()
+        }
+    };
+    if json {
+        let rows: Vec<Value> = (events.iter())
+            .map(|event| delayed_json(event, &stream_name))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).context("cannot print JSON")?
+        );
+    } else {
+        print!("{}", delayed_table(&events));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(config: Option<&Config>, args: &CancelArgs) -> Result<ExitCode, Stopped> {
+    let id = &args.id;
+    let stream_name = stream_of(config);
+    let js = session::connect_to(config.map(|c| &c.nats)).await?;
+    let not_held = |due: Option<&Pending>| {
+        eprintln!("jetrun: {}", not_held(id, &stream_name, due));
+        Ok(ExitCode::from(EXIT_NOT_HELD))
+    };
+    let Some(stream) = open(&js, &stream_name).await? else {
+        return not_held(None);
+    };
+    let subject = delayed::hold_subject(id);
+    let held = (last(&stream, &subject).await?)
+        .and_then(|m| Pending::read(&m.headers, m.sequence, Wait::Held));
+    let Some(held) = held else {
+        let due = due(&stream).await?.into_iter().find(|e| &e.id == id);
+        return not_held(due.as_ref());
+    };
+    let purged = stream
+        .purge()
+        .filter(&subject)
+        .await
+        .with_context(|| format!("cannot remove {subject} from stream {stream_name}"))?
+        .purged;
+    if purged == 0 {
+        // The server fired it between the read and the purge.
+        return not_held(Some(&Pending {
+            state: Wait::Due,
+            ..held
+        }));
+    }
+    if args.json {
+        let mut out = delayed_json(&held, &stream_name);
+        out["cancelled"] = json!(true);
+        println!("{out}");
+    } else {
+        println!("{}", cancelled_line(&held, &stream_name));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What a triggered tick carries, for `function` on `schedule`.
@@ -611,6 +859,51 @@ async fn holders(stream: &Stream, filter: &str) -> anyhow::Result<Vec<Holder>> {
     Ok(found)
 }
 
+/// The delayed events in `stream`, soonest first: each held one (the last
+/// message on its hold subject), and each due one not yet relayed.
+async fn pending(stream: &Stream) -> anyhow::Result<Vec<Pending>> {
+    let subjects: Vec<String> = stream
+        .clone()
+        .info_with_subjects(delayed::SUBJECTS)
+        .await
+        .context("cannot read the schedules stream")?
+        .map_ok(|(subject, _)| subject)
+        .try_collect()
+        .await
+        .context("cannot read the schedules stream")?;
+    let held = delayed::held_subjects();
+    let mut found = Vec::new();
+    for subject in subjects {
+        if subject == delayed::DUE {
+            found.extend(due(stream).await?);
+        } else if jetrun_config::subject_matches(&held, &subject) {
+            let message = last(stream, &subject).await?;
+            found.extend(message.and_then(|m| Pending::read(&m.headers, m.sequence, Wait::Held)));
+        }
+    }
+    by_due(&mut found);
+    Ok(found)
+}
+
+/// The due events a relay has not stored yet, oldest first.
+async fn due(stream: &Stream) -> anyhow::Result<Vec<Pending>> {
+    let mut found = Vec::new();
+    let mut from = 1;
+    loop {
+        let message = match stream
+            .get_first_raw_message_by_subject(delayed::DUE, from)
+            .await
+        {
+            Ok(message) => message,
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+            Err(err) => return Err(err).context("cannot read the due delayed events"),
+        };
+        from = message.sequence + 1;
+        found.extend(Pending::read(&message.headers, message.sequence, Wait::Due));
+    }
+    Ok(found)
+}
+
 /// The last tick of `function`.
 async fn last_tick(stream: &Stream, function: &str) -> anyhow::Result<Option<Tick>> {
     let stream_name = stream.cached_info().config.name.clone();
@@ -727,6 +1020,174 @@ mod tests {
             header(&headers, "Jetrun-Schedule-Time-Zone"),
             Some("Asia/Kolkata")
         );
+    }
+
+    /// What a delayed event's holder carries, as `jetrun publish --delay`
+    /// and an emit hold it.
+    fn held(id: &str, due: &str, correlation: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("ce-id", id);
+        headers.insert("ce-type", "order.reminder");
+        if let Some(correlation) = correlation {
+            headers.insert("ce-correlationid", correlation);
+        }
+        headers.insert(delayed::FOR_SUBJECT, "order.remind");
+        headers.insert(delayed::FOR_ID, id);
+        headers.insert(delayed::DUE_AT, due);
+        headers
+    }
+
+    #[test]
+    fn delayed_events_are_listed_soonest_first_with_their_state() {
+        let read = |id, due, correlation, sequence, state| {
+            Pending::read(&held(id, due, correlation), sequence, state).unwrap()
+        };
+        let mut events = vec![
+            read(
+                "late",
+                "2026-12-24T18:00:00.000Z",
+                Some("c-9"),
+                3,
+                Wait::Held,
+            ),
+            read("b", "2026-12-24T17:00:00.000Z", None, 5, Wait::Held),
+            read("a", "2026-12-24T17:00:00.000Z", None, 9, Wait::Held),
+            read("fired", "2026-12-01T08:00:00.000Z", None, 12, Wait::Due),
+        ];
+        by_due(&mut events);
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["fired", "a", "b", "late"]);
+        let text = delayed_table(&events);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID     SUBJECT       TYPE            DUE                       STATE  CORRELATION"
+        );
+        assert_eq!(
+            lines[1],
+            "fired  order.remind  order.reminder  2026-12-01T08:00:00.000Z  due    -"
+        );
+        assert_eq!(
+            lines[4],
+            "late   order.remind  order.reminder  2026-12-24T18:00:00.000Z  held   c-9"
+        );
+        assert_eq!(
+            delayed_json(&events[3], "JETRUN_SCHEDULES"),
+            json!({
+                "id": "late",
+                "subject": "order.remind",
+                "type": "order.reminder",
+                "due": "2026-12-24T18:00:00.000Z",
+                "state": "held",
+                "correlation_id": "c-9",
+                "stream": "JETRUN_SCHEDULES",
+                "sequence": 3,
+            })
+        );
+        assert_eq!(
+            delayed_table(&[]),
+            "ID  SUBJECT  TYPE  DUE  STATE  CORRELATION\n",
+            "none: the header alone"
+        );
+    }
+
+    #[test]
+    fn a_message_jetrun_did_not_hold_is_not_listed() {
+        assert!(Pending::read(&HeaderMap::new(), 1, Wait::Due).is_none());
+        let mut no_subject = HeaderMap::new();
+        no_subject.insert(delayed::FOR_ID, "x");
+        assert!(Pending::read(&no_subject, 1, Wait::Due).is_none());
+        // One that does not say when sorts last.
+        let mut undated = HeaderMap::new();
+        undated.insert(delayed::FOR_ID, "a");
+        undated.insert(delayed::FOR_SUBJECT, "x.y");
+        let mut events = vec![
+            Pending::read(&undated, 1, Wait::Held).unwrap(),
+            Pending::read(&held("z", "2030-01-01T00:00:00Z", None), 2, Wait::Held).unwrap(),
+        ];
+        by_due(&mut events);
+        assert_eq!(events[0].id, "z");
+        assert_eq!(
+            delayed_table(&events).lines().nth(2).unwrap(),
+            "a   x.y           -               -                     held   -"
+        );
+    }
+
+    #[test]
+    fn every_hold_subject_is_listed_and_cancel_says_what_it_did() {
+        let held_subjects = delayed::held_subjects();
+        for id in ["r-1", "order 7", "a.b.c"] {
+            let subject = delayed::hold_subject(id);
+            assert!(
+                jetrun_config::subject_matches(&held_subjects, &subject),
+                "{subject}"
+            );
+            assert!(!jetrun_config::subject_matches(
+                &held_subjects,
+                delayed::DUE
+            ));
+        }
+        let event = Pending::read(
+            &held("r-1", "2026-12-24T18:00:00.000Z", None),
+            4,
+            Wait::Held,
+        )
+        .unwrap();
+        assert_eq!(
+            cancelled_line(&event, "JETRUN_SCHEDULES"),
+            "cancelled r-1: order.reminder for order.remind, due 2026-12-24T18:00:00.000Z \
+             (removed from stream JETRUN_SCHEDULES, sequence 4)"
+        );
+        assert_eq!(
+            not_held("r-2", "JETRUN_SCHEDULES", None),
+            "no delayed event with id r-2 is held in stream JETRUN_SCHEDULES: it was \
+             delivered, cancelled, or never delayed (`jetrun schedule list --delayed` lists \
+             those held)"
+        );
+        let due = Pending {
+            state: Wait::Due,
+            ..event
+        };
+        let why = not_held("r-1", "JETRUN_SCHEDULES", Some(&due));
+        assert!(
+            why.starts_with(
+                "delayed event r-1 is no longer held: its time came \
+                 (2026-12-24T18:00:00.000Z)"
+            ) && why.ends_with("too late to cancel"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn list_delayed_and_cancel_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ScheduleArgs,
+        }
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("schedule").chain(argv.iter().copied()))
+                .map(|cli| cli.args.verb)
+        };
+        assert!(matches!(
+            parse(&["list", "--delayed", "--json"]),
+            Ok(Verb::List(ListArgs {
+                delayed: true,
+                json: true,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            parse(&["ls"]),
+            Ok(Verb::List(ListArgs { delayed: false, .. }))
+        ));
+        match parse(&["cancel", "r-1", "--json"]) {
+            Ok(Verb::Cancel(args)) => assert!(args.id == "r-1" && args.json),
+            _ => panic!("cancel r-1 did not parse"),
+        }
+        let missing = parse(&["cancel"]).err().expect("cancel without an id");
+        assert_eq!(missing.exit_code(), 2);
     }
 
     #[test]
