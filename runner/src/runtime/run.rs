@@ -54,16 +54,22 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let client = nats::connect(&connection, &metrics, &readiness).await?;
-    // Before anything is bound: a schedule this server cannot run is a
-    // person's to fix.
-    crate::schedule::check_server(&config, &client.server_info().version)
-        .map_err(anyhow::Error::msg)?;
     let js = async_nats::jetstream::new(client.clone());
 
     let urls = crate::redact::urls(&connection.urls);
     let what =
         format!("set up the streams at {urls} (is nats-server running there with JetStream, -js?)");
     let setup = retry_until(&what, &shutdown, || async {
+        // The server says its version once connected (the first connection
+        // is made in the background). Before anything is made: a schedule
+        // this server cannot run is a person's to fix.
+        let version = client.server_info().version;
+        if version.is_empty() {
+            return Err("not connected yet".to_string());
+        }
+        if let Err(why) = crate::schedule::check_server(&config, &version) {
+            return Ok(Err(anyhow::Error::msg(why)));
+        }
         match nats::ensure_streams(&js, &config).await {
             // Retrying cannot help: a person has to choose.
             Err(err) if err.downcast_ref::<StreamConflict>().is_some() => Ok(Err(err)),
