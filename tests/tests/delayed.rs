@@ -206,6 +206,7 @@ async fn assert_each_stored_once_on_time(js: &Context, replicas: &Replicas, inpu
         let event = events[0];
         let (_, handled) = replicas.first_call(*n).expect("handled");
         let after = event.at - handled.at;
+        eprintln!("delayed event of input {n}: stored {after:.3} s after its input was handled");
         assert!(
             (3.0..=4.5).contains(&after),
             "input {n}'s delayed event stored {after:.3} s after it was handled"
