@@ -142,8 +142,9 @@ Examples:
     user.registered '{\"user_id\": 2, \"email\": \"bo@shop.test\"}'
   jetrun publish -c config/jetrun.toml order.placed '{\"order_id\": 3}'   # [nats] URLs, credentials, TLS
   jetrun publish --delay 30m --id remind-1001 order.reminder '{\"order_id\": 1001}'
-  jetrun publish --at 2026-12-24T18:00:00+01:00 greeting.sent '{\"text\": \"Merry Christmas\"}'
-  jetrun schedule list --delayed     # what is held; jetrun schedule cancel remind-1001";
+  jetrun publish --at 2026-12-24T18:00:00+01:00 email.greeting '{\"to\": \"ada@shop.test\"}'
+  jetrun schedule list --delayed     # what is held
+  jetrun schedule cancel remind-1001 # not stored after all";
 
 const INIT_EXAMPLES: &str = "\
 Examples:
