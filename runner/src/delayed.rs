@@ -138,7 +138,7 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    pub(crate) fn new(js: &jetstream::Context, late: Histogram) -> Arc<dyn Function> {
+    pub(crate) fn handler(js: &jetstream::Context, late: Histogram) -> Arc<dyn Function> {
         Arc::new(Relay {
             js: js.clone(),
             late,

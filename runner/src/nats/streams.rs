@@ -80,9 +80,14 @@ pub(crate) async fn ensure_streams(js: &Context, config: &Config) -> anyhow::Res
 
 /// Makes schedules stream `name` (one replica) when it is missing, as a
 /// runner would: for a verb that holds a delayed event before any runner
-/// ran (`jetrun publish --delay`).
+/// ran (`jetrun publish --delay`). One that exists is left as it is (a
+/// runner's may have more replicas).
 pub(crate) async fn ensure_schedules(js: &Context, name: &str) -> anyhow::Result<()> {
-    ensure(js, schedules(name, 1), Some(true)).await
+    match js.get_stream(name).await {
+        Ok(_) => Ok(()),
+        Err(err) if is_stream_not_found(&err) => ensure(js, schedules(name, 1), Some(true)).await,
+        Err(err) => Err(err).with_context(|| format!("cannot look up stream {name}")),
+    }
 }
 
 /// How long the schedules stream remembers a delayed event's id: an input

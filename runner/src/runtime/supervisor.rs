@@ -198,7 +198,7 @@ impl Supervisor {
         let Some(stream) = stream else { return };
         self.readiness.add(delayed::RELAY);
         let handles = self.metrics.for_function(delayed::RELAY);
-        let relay = delayed::Relay::new(&self.js, self.metrics.delayed_late.clone());
+        let relay = delayed::Relay::handler(&self.js, self.metrics.delayed_late.clone());
         let shared = Arc::new(dispatch::Shared {
             unit: delayed::unit(stream),
             handler: layers::Metered::wrap(relay, &handles),
