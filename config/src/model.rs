@@ -151,7 +151,12 @@ pub struct SagaStep {
     /// not awaited.
     pub compensated: Option<String>,
     /// How long the reply (or an undo's confirmation) is awaited (30s unless set).
+    /// For a delayed step, from the time its command is due.
     pub timeout: Duration,
+    /// How long after the step is started its command is published (held in
+    /// the schedules stream until then); the saga's `timeout` is extended by
+    /// it. `None`: at once. An undo is never delayed.
+    pub delay: Option<Duration>,
 }
 
 /// `[aggregates.NAME]`: entities whose events are their record, each

@@ -37,6 +37,7 @@ pub(super) const STEP_KEYS: &[&str] = &[
     "compensate",
     "compensated",
     "timeout",
+    "delay",
 ];
 
 /// A step's timeout when it sets none: a function's built-in timeout.
@@ -84,6 +85,7 @@ struct Step {
     compensate: Option<Type>,
     compensated: Option<Type>,
     timeout: Duration,
+    delay: Option<Duration>,
 }
 
 fn saga(
@@ -218,6 +220,7 @@ fn saga(
                 compensate: step.compensate.map(into),
                 compensated: step.compensated.map(into),
                 timeout: step.timeout,
+                delay: step.delay,
             })
             .collect(),
         consumers,
@@ -300,6 +303,7 @@ fn step(
     let compensate = section.read(ctx, "compensate", event_type);
     let compensated = section.read(ctx, "compensated", event_type);
     let timeout = section.read(ctx, "timeout", Field::nonzero_duration);
+    let delay = section.read(ctx, "delay", Field::nonzero_duration);
     section.finish(ctx);
     let undo = match (&compensate, section.field("compensated")) {
         (Ok(None), Some(field)) => Err(field.error(
@@ -321,6 +325,7 @@ fn step(
         compensate,
         compensated,
         timeout,
+        delay,
     ) {
         (
             Ok(()),
@@ -331,6 +336,7 @@ fn step(
             Ok(compensate),
             Ok(compensated),
             Ok(timeout),
+            Ok(delay),
         ) => Ok(Step {
             name,
             command,
@@ -339,6 +345,7 @@ fn step(
             compensate,
             compensated,
             timeout: timeout.unwrap_or(STEP_TIMEOUT),
+            delay,
         }),
         _ => Err(Reported),
     };

@@ -1408,6 +1408,7 @@ fn a_saga_and_its_steps() {
                     compensate: Some("inventory.release".into()),
                     compensated: Some("inventory.released".into()),
                     timeout: Duration::from_secs(45),
+                    delay: None,
                 },
                 SagaStep {
                     name: "ship".into(),
@@ -1417,6 +1418,7 @@ fn a_saga_and_its_steps() {
                     compensate: None,
                     compensated: None,
                     timeout: Duration::from_secs(30),
+                    delay: None,
                 },
             ],
             consumers: vec![StreamBinding {
@@ -1500,6 +1502,41 @@ fn a_saga_keeps_ended_instances_for_its_retention() {
 }
 
 #[test]
+fn a_saga_step_may_wait() {
+    let waits = FULFIL_ORDER.replace(
+        "command = \"order.ship\"",
+        "command = \"order.ship\"\ndelay = \"24h\"",
+    );
+    let steps = &ok(&with_sagas(&waits)).sagas["fulfil-order"].steps;
+    assert_eq!(steps[0].delay, None);
+    assert_eq!(steps[1].delay, Some(Duration::from_secs(24 * 3600)));
+
+    for (delay, got) in [
+        (
+            "\"0s\"",
+            "must be a non-zero duration like 250ms, 30s, 5m or 7d, got \"0s\"",
+        ),
+        (
+            "\"a day\"",
+            "must be a duration like 250ms, 30s, 5m or 7d, got \"a day\"",
+        ),
+        (
+            "86400",
+            "must be a duration like 250ms, 30s, 5m or 7d, got 86400",
+        ),
+    ] {
+        let bad = FULFIL_ORDER.replace(
+            "command = \"order.ship\"",
+            &format!("command = \"order.ship\"\ndelay = {delay}"),
+        );
+        assert_eq!(
+            errors(&with_sagas(&bad)),
+            [format!("sagas.fulfil-order.steps[1].delay {got} (line 30)")]
+        );
+    }
+}
+
+#[test]
 fn saga_required_keys() {
     assert_eq!(
         errors(&with_sagas(
@@ -1579,7 +1616,7 @@ success = "order.shipped-again"
             "sagas.s.steps[0].timeout must be a non-zero duration like 250ms, 30s, 5m or 7d, \
              got \"0s\" (line 22)",
             "sagas.s.steps[0].retry is not a known key; expected one of: name, command, \
-             success, failure, compensate, compensated, timeout (line 23)",
+             success, failure, compensate, compensated, timeout, delay (line 23)",
             "sagas.s.steps[1].success is required, like success = \"inventory.reserved\" \
              (line 25)",
             "sagas.s.steps[2].name \"ship\" names another step already; step names must be \

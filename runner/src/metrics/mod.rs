@@ -379,6 +379,9 @@ impl Metrics {
             transitions: self.saga_transitions.clone(),
             ignored: self.saga_ignored.clone(),
             too_big: self.saga_too_big.clone(),
+            delayed: self
+                .delayed_scheduled
+                .with_label_values(&[&jetrun_config::name::saga_consumer(name)]),
         }
     }
 
@@ -502,6 +505,9 @@ pub(crate) struct SagaMetrics {
     transitions: IntCounterVec,
     ignored: IntCounterVec,
     too_big: IntCounterVec,
+    /// `jetrun_delayed_events_scheduled_total{function="saga-NAME"}`: the
+    /// delayed steps' commands held.
+    pub(crate) delayed: IntCounter,
 }
 
 impl SagaMetrics {

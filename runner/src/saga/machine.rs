@@ -8,6 +8,11 @@
 //! - The start event publishes step 1's command. A success reply for the
 //!   awaited step keeps its data under the step's name and publishes the next
 //!   command, or `completed` after the last step.
+//! - A step with a `delay` has its command published that much later (its
+//!   [`Publish::due_ms`]; the runtime holds it until then): its timeout
+//!   counts from that time, and the saga's deadline moves later by the
+//!   delay, so no wait counts against the saga's `timeout`. Undos are never
+//!   delayed.
 //! - A failure reply, a step's timeout or the saga's timeout undoes, in
 //!   reverse order, every step that completed, plus the step in flight when
 //!   it timed out (its work may be done with the reply lost, so undos must be
@@ -198,6 +203,11 @@ pub(crate) struct Publish {
     /// timeline: handling the same input again after a crash publishes the
     /// same ids, which the stream's duplicate window drops.
     pub(crate) event_id: String,
+    /// When it is to be stored on its subject, if not at once: a delayed
+    /// step's command. Decided with the change and kept in the outbox, so a
+    /// republish holds it for the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) due_ms: Option<Millis>,
 }
 
 /// What the machine decided.
@@ -539,8 +549,20 @@ impl<'s> Run<'s> {
         });
     }
 
-    /// Publishes `event_type` as the next transition; returns its id.
+    /// Publishes `event_type` as the next transition, at once; returns its id.
     fn publish(&mut self, kind: Kind, step: Option<usize>, event_type: &str) -> Uuid {
+        self.publish_at(kind, step, event_type, None)
+    }
+
+    /// Publishes `event_type` as the next transition, at `due_ms` when
+    /// given, else at once; returns its id.
+    fn publish_at(
+        &mut self,
+        kind: Kind,
+        step: Option<usize>,
+        event_type: &str,
+        due_ms: Option<Millis>,
+    ) -> Uuid {
         let id = event_id(
             &self.instance.saga,
             &self.instance.key,
@@ -562,16 +584,27 @@ impl<'s> Run<'s> {
             correlation_id: self.instance.correlation_id.clone(),
             causation_id: self.cause.clone(),
             event_id,
+            due_ms,
         });
         id
     }
 
-    /// Asks for `step`.
+    /// Asks for `step`: at once, or after its `delay`. A delayed command's
+    /// reply is awaited for the step's timeout from the command's delivery,
+    /// and the saga's deadline moves later by the delay.
     fn command(&mut self, step: usize) {
         let saga = self.saga;
+        let (timeout, delay) = (saga.steps[step].timeout, saga.steps[step].delay);
+        let due = delay.map(|delay| after(self.now, delay));
         self.instance.step = step;
-        self.instance.step_deadline_ms = Some(after(self.now, saga.steps[step].timeout));
-        self.publish(Kind::Command, Some(step), &saga.steps[step].command);
+        self.instance.step_deadline_ms = Some(after(due.unwrap_or(self.now), timeout));
+        if let Some(delay) = delay {
+            self.instance.saga_deadline_ms = self
+                .instance
+                .saga_deadline_ms
+                .map(|deadline| after(deadline, delay));
+        }
+        self.publish_at(Kind::Command, Some(step), &saga.steps[step].command, due);
     }
 
     /// Starts undoing the steps of `undo` (in that order) that can be undone.
@@ -696,6 +729,7 @@ mod tests {
             compensate: Some(format!("{name}.undo")),
             compensated: awaited.then(|| format!("{name}.undone")),
             timeout: Duration::from_secs(30),
+            delay: None,
         }
     }
 
@@ -1138,6 +1172,95 @@ mod tests {
         );
         assert_eq!(failed.transitions[3].kind, Kind::Timeout);
         assert_eq!(failed.transitions[3].step, None);
+    }
+
+    #[test]
+    fn a_delayed_step_is_published_later_and_its_timeouts_count_from_delivery() {
+        const HOUR: Millis = 3_600 * SECOND;
+        let mut saga = three_steps();
+        saga.steps[1].delay = Some(Duration::from_secs(3_600));
+        let started = start(&saga, 0);
+        assert_eq!(started.publish[0].due_ms, None);
+        let reserved = answered(&saga, &started.instance, "reserve.done", SECOND);
+
+        // charge.do is due an hour after reserve's reply, and awaited 30s from then.
+        assert_eq!(published(&reserved), ["charge.do"]);
+        assert_eq!(reserved.publish[0].due_ms, Some(SECOND + HOUR));
+        let waiting = &reserved.instance;
+        assert_eq!(waiting.step_deadline_ms, Some(SECOND + HOUR + 30 * SECOND));
+        // The saga's 10 minutes do not count the hour.
+        assert_eq!(waiting.saga_deadline_ms, Some(600 * SECOND + HOUR));
+        assert_eq!(reserved.next_deadline_ms, Some(SECOND + HOUR + 30 * SECOND));
+        assert_eq!(
+            tick(&saga, waiting, 31 * SECOND),
+            Outcome::Unchanged(Why::NotDue)
+        );
+        assert_eq!(
+            tick(&saga, waiting, HOUR + 31 * SECOND - 1),
+            Outcome::Unchanged(Why::NotDue)
+        );
+
+        // Answered 20s after its delivery: the next step is not delayed.
+        let charged = answered(&saga, waiting, "charge.done", HOUR + 21 * SECOND);
+        assert_eq!(published(&charged), ["ship.do"]);
+        assert_eq!(charged.publish[0].due_ms, None);
+        assert_eq!(charged.next_deadline_ms, Some(HOUR + 51 * SECOND));
+
+        // Timed out once its wait is over: the undos go out at once.
+        let timed_out = changed(tick(&saga, waiting, HOUR + 31 * SECOND));
+        assert_eq!(
+            published(&timed_out),
+            ["charge.undo", "reserve.undo", "order.cancelled"]
+        );
+        assert!(timed_out.publish.iter().all(|p| p.due_ms.is_none()));
+        assert_eq!(
+            timed_out.instance.compensation.as_ref().unwrap().cause,
+            Cause::StepTimeout { step: 1 }
+        );
+    }
+
+    #[test]
+    fn a_delayed_first_step_moves_the_saga_deadline_by_its_delay() {
+        let mut saga = three_steps();
+        saga.steps[0].delay = Some(Duration::from_secs(10));
+        saga.steps[0].timeout = Duration::from_secs(3_600);
+        let started = start(&saga, 5 * SECOND);
+        assert_eq!(published(&started), ["reserve.do"]);
+        assert_eq!(started.publish[0].due_ms, Some(15 * SECOND));
+        assert_eq!(started.instance.step_deadline_ms, Some(3_615 * SECOND));
+        assert_eq!(started.instance.saga_deadline_ms, Some(615 * SECOND));
+        assert_eq!(started.next_deadline_ms, Some(615 * SECOND));
+        assert_eq!(
+            tick(&saga, &started.instance, 615 * SECOND - 1),
+            Outcome::Unchanged(Why::NotDue)
+        );
+        let timed_out = changed(tick(&saga, &started.instance, 615 * SECOND));
+        assert_eq!(
+            timed_out.instance.compensation.as_ref().unwrap().cause,
+            Cause::SagaTimeout { step: 0 }
+        );
+        assert_eq!(published(&timed_out), ["reserve.undo", "order.cancelled"]);
+        assert!(timed_out.publish.iter().all(|p| p.due_ms.is_none()));
+    }
+
+    #[test]
+    fn an_outbox_keeps_when_a_command_is_due() {
+        let mut saga = three_steps();
+        saga.steps[0].delay = Some(Duration::from_secs(10));
+        let started = start(&saga, 0);
+        let delayed = &started.publish[0];
+        let text = serde_json::to_string(delayed).unwrap();
+        assert_eq!(&serde_json::from_str::<Publish>(&text).unwrap(), delayed);
+        let reserved = answered(&saga, &started.instance, "reserve.done", SECOND);
+        let at_once = serde_json::to_value(&reserved.publish[0]).unwrap();
+        assert!(at_once.get("due_ms").is_none(), "{at_once}");
+        // An outbox stored before delays existed reads as published at once.
+        let mut old = at_once.clone();
+        old.as_object_mut().unwrap().remove("due_ms");
+        assert_eq!(
+            serde_json::from_value::<Publish>(old).unwrap(),
+            reserved.publish[0]
+        );
     }
 
     #[test]

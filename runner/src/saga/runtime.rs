@@ -6,7 +6,8 @@
 //! bucket `jetrun_saga_NAME` with compare-and-set on its revision, so two
 //! replicas never advance one instance twice; what the machine decides is
 //! stored first (as the instance's outbox) and published after, with the
-//! machine's deterministic event ids. An instance that ends (completed or
+//! machine's deterministic event ids; a delayed step's command is held in
+//! the schedules stream until it is due (`delayed`). An instance that ends (completed or
 //! failed) is stored with a per-message TTL, the saga's `retention`, after
 //! which nats-server purges it; a stuck one is kept. A watch on the bucket
 //! keeps, for the instances still running, their next deadline and any
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State, Why};
+use crate::delayed;
 use crate::dispatch::{self, Unit};
 use crate::emit::{self, PublishError};
 use crate::envelope;
@@ -72,6 +74,10 @@ pub(crate) enum SagaError {
     /// be on its way); retried, then dead-lettered.
     #[error("no instance of saga {saga} answers to this reply (yet)")]
     NoInstance { saga: String },
+    /// A delayed step's command cannot be held (yet): the server runs no
+    /// message schedules, or no stream captures its subject or the holder's.
+    #[error("cannot hold command {event_type} until its step's delay is over: {reason}")]
+    Hold { event_type: String, reason: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -624,7 +630,10 @@ async fn publish_outbox(
 }
 
 /// One event the machine decided on, in CloudEvents binary mode, with its
-/// id as `Nats-Msg-Id` so a republish is dropped by the stream.
+/// id as `Nats-Msg-Id` so a republish is dropped by the stream. One with a
+/// due time (a delayed step's command) is held in the schedules stream
+/// until then, under the same id: a republish within that stream's
+/// duplicate window holds it once, and only the first is counted.
 async fn publish(
     saga: &Saga,
     event: &Publish,
@@ -644,7 +653,33 @@ async fn publish(
         headers.put(headers::name(&format!("ce-{name}"))?, value)?;
     }
     let body = serde_json::to_vec(&event.data).unwrap_or_default();
-    emit::publish(&saga.js, &event.event_type, headers, body.into()).await?;
+    let Some(due) = event.due_ms else {
+        emit::publish(&saga.js, &event.event_type, headers, body.into()).await?;
+        return Ok(());
+    };
+    let cannot_hold = |reason: String| SagaError::Hold {
+        event_type: event.event_type.clone(),
+        reason,
+    };
+    emit::hold(&saga.js, &event.event_type)
+        .await
+        .map_err(cannot_hold)?;
+    let at = UNIX_EPOCH + Duration::from_millis(due);
+    let (holder, headers) = delayed::holder(&event.event_type, &event.event_id, at, headers)?;
+    let ack = match emit::publish(&saga.js, &holder, headers, body.into()).await {
+        Ok(ack) => ack,
+        Err(PublishError::NoStream { .. }) => {
+            return Err(cannot_hold(format!(
+                "the schedules stream holding delayed events ({}) does not exist; a runner \
+                 makes it at start (see its log)",
+                delayed::SUBJECTS
+            )))
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if !ack.duplicate {
+        saga.metrics.delayed.inc();
+    }
     Ok(())
 }
 
