@@ -731,9 +731,11 @@ struct Step {
     compensate: Option<Subject>,
     /// The event type confirming the undo, which is then awaited (needs compensate; default: the undo is published once).
     compensated: Option<Subject>,
-    /// Non-zero: how long the reply (or the undo's confirmation) is awaited.
+    /// Non-zero: how long the reply (or the undo's confirmation) is awaited; for a delayed step, from the time its command is due.
     #[schemars(extend("default" = "30s"))]
     timeout: Option<Duration>,
+    /// Non-zero: the step's command is published this much after the step starts (held in the schedules stream; nats-server 2.12), and the saga's timeout is extended by it (default: at once). Undos are never delayed.
+    delay: Option<Duration>,
 }
 
 /// The generated schema, tidied: no `null` (TOML has none), no `format`
