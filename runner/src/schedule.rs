@@ -66,9 +66,21 @@ fn scheduled(
 }
 
 /// Refuses a config whose schedules the nats-server at `version` cannot
-/// run: cron and `@every` need 2.14.
+/// run: cron and `@every` need 2.14, a saga step's `delay` 2.12 (`@at`).
 pub(crate) fn check_server(config: &Config, version: &str) -> Result<(), String> {
     let found = major_minor(version);
+    for saga in config.sagas.values() {
+        let (major, minor) = crate::delayed::NEEDS_SERVER;
+        if let Some(step) = saga.steps.iter().find(|s| s.delay.is_some()) {
+            if found.is_some_and(|found| found < crate::delayed::NEEDS_SERVER) {
+                return Err(format!(
+                    "step {} of saga {} has a delay, which needs nats-server {major}.{minor} or \
+                     later; the server is {version}",
+                    step.name, saga.name
+                ));
+            }
+        }
+    }
     for (function, schedule) in scheduled(config) {
         let needs = Schedule::parse(&schedule.expression, schedule.time_zone.as_deref())
             .map(|s| s.needs_server())
@@ -311,6 +323,24 @@ mod tests {
         assert_eq!(check_server(&cron, "2.15.1"), Ok(()));
         assert_eq!(check_server(&cron, "2.14.0"), Ok(()));
         assert!(check_server(&config("@every 1s"), "2.12.0").is_err());
+    }
+
+    #[test]
+    fn a_delayed_saga_step_against_an_older_server_is_refused() {
+        let saga = parse(
+            "[streams.EV]\nsubjects = [\"ev.>\"]\n[functions.f]\nsubjects = [\"ev.x\"]\nexec = [\"true\"]\n[sagas.pay]\nkey = \"id\"\nstart = \"ev.placed\"\ncompleted = \
+             \"ev.paid\"\nfailed = \"ev.unpaid\"\n[[sagas.pay.steps]]\nname = \"remind\"\ncommand = \
+             \"ev.remind\"\nsuccess = \"ev.reminded\"\ndelay = \"1h\"\n",
+        );
+        assert_eq!(
+            check_server(&saga, "2.11.11"),
+            Err(
+                "step remind of saga pay has a delay, which needs nats-server 2.12 or later; the \
+                 server is 2.11.11"
+                    .to_string()
+            )
+        );
+        assert_eq!(check_server(&saga, "2.12.0"), Ok(()));
     }
 
     #[test]

@@ -120,3 +120,32 @@ echo '{"emit": [{"type": "ev.reminder", "data": {}, "delay": "1s"}]}'
         "nothing delayed is stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_saga_step_on_nats_server_2_11_stops_the_runner_naming_both_versions() {
+    let Some(nats) = old_server("a_delayed_saga_step_on_nats_server_2_11") else {
+        return;
+    };
+    let bed = TestBed::with_nats(nats);
+    let config = bed.write_config(&format!(
+        "{}\n[functions.echo]\nsubjects = [\"ev.in\"]\nbuiltin = \"echo\"\n\n[sagas.pay]\n\
+         key = \"order_id\"\nstart = \"ev.placed\"\ncompleted = \"ev.paid\"\nfailed = \
+         \"ev.unpaid\"\n\n[[sagas.pay.steps]]\nname = \"remind\"\ncommand = \"ev.remind\"\n\
+         success = \"ev.reminded\"\ndelay = \"1h\"\n",
+        bed.base_config()
+    ));
+    let mut runner = Runner::start(&config);
+    let status = runner
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the runner stops");
+    assert_eq!(status.code(), Some(1), "{}", runner.log());
+    assert!(
+        runner.log().contains(
+            "step remind of saga pay has a delay, which needs nats-server 2.12 or later; the \
+             server is 2.11.11"
+        ),
+        "{}",
+        runner.log()
+    );
+}
