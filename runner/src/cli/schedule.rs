@@ -6,7 +6,7 @@
 //! `list` says, per function, its schedule, its next fire time, the last tick
 //! and whether the stored schedule matches the config; `trigger` publishes
 //! one tick now; `list --delayed` lists the delayed events waiting, and
-//! `cancel` removes a held one ([`crate::delayed`]). What a holder, a tick
+//! `cancel` removes one not yet stored ([`crate::delayed`]). What a holder, a tick
 //! and a delayed event say, the rows and the trigger's headers are pure
 //! functions; NATS is only in the `async` ones.
 
@@ -90,13 +90,14 @@ enum Verb {
     /// pulls it. The schedule itself is left as it is.
     #[command(after_help = TRIGGER_EXAMPLES)]
     Trigger(TriggerArgs),
-    /// Cancel a delayed event that is still held.
+    /// Cancel a delayed event not yet stored on its subject.
     ///
-    /// Removes the event with id ID from the schedules stream, so it is never
-    /// stored on its subject, and prints what it removed. Exit status 3 when
-    /// no event with that id is held: already delivered (or being
-    /// delivered), cancelled, or never delayed. An event whose time comes
-    /// while it is being cancelled may be delivered all the same.
+    /// Removes the event with id ID from the schedules stream, held or due
+    /// (its time came while no runner was up), so it is never stored on its
+    /// subject, and prints what it removed. Exit status 3 when there is
+    /// none: already delivered (or being delivered), cancelled, or never
+    /// delayed. An event a runner stores while it is being cancelled may be
+    /// delivered all the same.
     #[command(after_help = CANCEL_EXAMPLES)]
     Cancel(CancelArgs),
 }
@@ -448,7 +449,7 @@ fn row_json(row: &Row, stream: &str) -> Value {
 /// Where a delayed event waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
-    /// Until its time, on its own subject: `cancel` removes it.
+    /// Until its time, on its own subject.
     Held,
     /// Its time came: on `jetrun.delayed.due` until a runner's relay stores
     /// it on its subject (at once while a runner runs).
@@ -697,29 +698,38 @@ async fn cancel(config: Option<&Config>, args: &CancelArgs) -> Result<ExitCode, 
     let subject = delayed::hold_subject(id);
     let held = (last(&stream, &subject).await?)
         .and_then(|m| Pending::read(&m.headers, m.sequence, Wait::Held));
-    let Some(held) = held else {
-        let due = due(&stream).await?.into_iter().find(|e| &e.id == id);
-        return not_held(due.as_ref());
-    };
-    let purged = stream
-        .purge()
-        .filter(&subject)
-        .await
-        .with_context(|| format!("cannot remove {subject} from stream {stream_name}"))?
-        .purged;
-    if purged == 0 {
-        // The server fired it between the read and the purge.
-        return not_held(Some(&Pending {
-            state: Wait::Due,
-            ..held
-        }));
+    let mut removed = None;
+    if let Some(held) = held {
+        let purged = stream
+            .purge()
+            .filter(&subject)
+            .await
+            .with_context(|| format!("cannot remove {subject} from stream {stream_name}"))?
+            .purged;
+        // None when the server fired it between the read and the purge.
+        removed = (purged > 0).then_some(held);
     }
+    if removed.is_none() {
+        // Fired, and not yet stored by a runner: the due message can still
+        // be removed (a relay that read it a moment before stores it).
+        let due = due(&stream).await?.into_iter().find(|e| &e.id == id);
+        let Some(due) = due else {
+            return not_held(None);
+        };
+        match stream.delete_message(due.sequence).await {
+            Ok(true) => removed = Some(due),
+            _ => return not_held(Some(&due)),
+        }
+    }
+    let Some(removed) = removed else {
+        return not_held(None);
+    };
     if args.json {
-        let mut out = delayed_json(&held, &stream_name);
+        let mut out = delayed_json(&removed, &stream_name);
         out["cancelled"] = json!(true);
         println!("{out}");
     } else {
-        println!("{}", cancelled_line(&held, &stream_name));
+        println!("{}", cancelled_line(&removed, &stream_name));
     }
     Ok(ExitCode::SUCCESS)
 }
