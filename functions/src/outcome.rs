@@ -63,16 +63,6 @@ pub enum Later {
     At(std::time::SystemTime),
 }
 
-impl Later {
-    /// The time it stands for, reading `After` from `now`.
-    pub fn from(self, now: std::time::SystemTime) -> std::time::SystemTime {
-        match self {
-            Later::After(delay) => now + delay,
-            Later::At(at) => at,
-        }
-    }
-}
-
 impl Emit {
     pub fn new(event_type: impl Into<String>, data: serde_json::Value) -> Self {
         Emit {

@@ -20,14 +20,14 @@
 //!    stored once), then deletes the due message, then the core acks it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
 use async_nats::{HeaderMap, HeaderName};
 use async_trait::async_trait;
 use jetrun_config::{RetryPolicy, StreamBinding};
-use jetrun_functions::{Context, Event, Failure, Function, Outcome, Output};
+use jetrun_functions::{Context, Event, Failure, Function, Later, Outcome, Output};
 use prometheus::Histogram;
 
 use crate::dispatch::Unit;
@@ -49,6 +49,8 @@ pub(crate) const FOR_SUBJECT: &str = "Jetrun-Delayed-Subject";
 pub(crate) const FOR_ID: &str = "Jetrun-Delayed-Id";
 /// When it is due, RFC 3339 UTC (the server strips `Nats-Schedule`).
 pub(crate) const DUE_AT: &str = "Jetrun-Delayed-At";
+/// The event's own `Nats-TTL`, while it is held.
+const FOR_TTL: &str = "Jetrun-Delayed-TTL";
 
 const NATS_SCHEDULE: HeaderName = HeaderName::from_static("Nats-Schedule");
 const NATS_TARGET: HeaderName = HeaderName::from_static("Nats-Schedule-Target");
@@ -76,20 +78,62 @@ pub(crate) fn hold_subject(id: &str) -> String {
     format!("{HOLD}.{}", token.simple())
 }
 
-/// `at` in RFC 3339 UTC to the millisecond, as `@at` and [`DUE_AT`] carry it.
+/// The latest time an event can be held until, 9999-12-31T23:59:59Z:
+/// nats-server reads `@at` as RFC 3339, whose years have four digits.
+const LATEST: Duration = Duration::from_secs(253_402_300_799);
+
+/// When `later`, read from `now`, is due. `Err`: a time nats-server cannot
+/// hold an event until, in words that follow the emit's name.
+pub(crate) fn due(later: Later, now: SystemTime) -> Result<SystemTime, String> {
+    let at = match later {
+        Later::After(delay) => now.checked_add(delay),
+        Later::At(at) => Some(at),
+    };
+    at.filter(|at| at.duration_since(UNIX_EPOCH).map_or(true, |since| since <= LATEST))
+        .ok_or_else(|| {
+            "is due after 9999-12-31T23:59:59Z, later than nats-server can hold an event"
+                .to_string()
+        })
+}
+
+/// `at` in RFC 3339 UTC to the millisecond, as `@at` and [`DUE_AT`] carry
+/// it (a time past [`LATEST`] as `LATEST`, which [`due`] refuses first).
 pub(crate) fn rfc3339(at: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let at = at.min(UNIX_EPOCH + LATEST);
+    let millis = match at.duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    };
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The held message for an event with id `id`, to be stored on `subject`
-/// at `at`: its own `headers` (which must carry its `Nats-Msg-Id`) plus the
-/// schedule's. Its subject and headers.
+/// at `at`: its own `headers` plus the schedule's, with `Nats-Msg-Id` =
+/// `id`. Every other header nats-server acts on is dropped (a `Nats-TTL`
+/// would expire the holder, a `Nats-Schedule-*` change the schedule, a
+/// `Nats-Expected-*` guard the wrong stream), but for a `Nats-TTL`, which
+/// rides as [`FOR_TTL`] and is the stored event's again. Its subject and headers.
 pub(crate) fn holder(
     subject: &str,
     id: &str,
     at: SystemTime,
-    mut headers: HeaderMap,
+    event: HeaderMap,
 ) -> Result<(String, HeaderMap), BadHeader> {
+    let mut headers = HeaderMap::with_capacity(event.len() + 6);
+    for (name, values) in event.iter() {
+        let text: &str = name.as_ref();
+        if text.eq_ignore_ascii_case("Nats-TTL") {
+            if let Some(ttl) = values.first() {
+                headers.set(headers::name(FOR_TTL)?, ttl.clone());
+            }
+        } else if !headers::is_server_directive(text) {
+            for value in values {
+                headers.add(name.clone(), value.clone());
+            }
+        }
+    }
     let at = rfc3339(at);
     headers.put(NATS_SCHEDULE, &format!("@at {at}"))?;
     headers.put(NATS_TARGET, DUE)?;
@@ -114,7 +158,9 @@ pub(crate) fn unit(stream: &str) -> Unit {
             managed: true,
             dead_letter: format!("dlq.{RELAY}"),
             ack_wait: Duration::from_secs(30),
-            max_ack_pending: 1000,
+            // Failed relays wait out their backoff unacked: one stream that
+            // is gone must not use up what the others need.
+            max_ack_pending: 100_000,
         },
         retry: RetryPolicy::new(
             20,
@@ -184,16 +230,15 @@ impl Function for Relay {
                 .unwrap_or_default();
             self.late.observe(late.as_secs_f64());
         }
-        // Deleted before the ack: a consumer made anew never relays it again.
-        match stream.delete_message(ctx.sequence).await {
-            Ok(_) => Ok(Output::default()),
-            Err(err) if err.to_string().contains("no message found") => Ok(Output::default()),
-            Err(err) => Err(Failure::retryable(format!(
-                "stored the delayed event, but cannot delete its due message {} (it is \
-                 relayed again, and stored once): {err}",
-                ctx.sequence
-            ))),
+        // Deleted before the ack, so a consumer made anew never relays it
+        // again. A delete that fails is not the event's failure: relaying it
+        // again past the target's duplicate window would store it twice.
+        if let Err(err) = stream.delete_message(ctx.sequence).await {
+            if !err.to_string().contains("no message found") {
+                tracing::warn!(sequence = ctx.sequence, %err, "Stored a delayed event, but cannot delete its due message; a consumer made anew would relay it again.");
+            }
         }
+        Ok(Output::default())
     }
 }
 
@@ -228,6 +273,9 @@ fn relayed(due: &HeaderMap) -> Result<(String, HeaderMap), String> {
     headers
         .put(NATS_MESSAGE_ID, &id)
         .map_err(|err| err.to_string())?;
+    if let Some(ttl) = due.get(FOR_TTL) {
+        headers.set(HeaderName::from_static("Nats-TTL"), ttl.clone());
+    }
     Ok((subject, headers))
 }
 
@@ -302,6 +350,58 @@ mod tests {
             Some("order.reminder")
         );
         assert_eq!(headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some("id-1"));
+    }
+
+    #[test]
+    fn a_held_event_keeps_no_server_directive_but_its_ttl_which_it_gets_back() {
+        let mut event = event_headers("id-1");
+        for (name, value) in [
+            ("Nats-TTL", "1h"),
+            ("Nats-Schedule-Rollup", "sub"),
+            ("Nats-Expected-Stream", "OTHER"),
+            ("Nats-Msg-Id", "another-id"),
+        ] {
+            event.put(headers::name(name).unwrap(), value).unwrap();
+        }
+        let (_, held) = holder("order.reminder", "id-1", SystemTime::now(), event).unwrap();
+        let get = |map: &HeaderMap, name: &str| map.get(name).map(|v| v.as_str().to_string());
+        for gone in ["Nats-TTL", "Nats-Schedule-Rollup", "Nats-Expected-Stream"] {
+            assert_eq!(get(&held, gone), None, "{gone}");
+        }
+        assert_eq!(get(&held, "Nats-Msg-Id").as_deref(), Some("id-1"));
+        assert_eq!(get(&held, FOR_TTL).as_deref(), Some("1h"));
+        // The server drops its directives as it fires; the relay restores the TTL.
+        let mut due = HeaderMap::new();
+        for (name, values) in held.iter() {
+            if !headers::is_server_directive(name.as_ref()) {
+                for value in values {
+                    due.add(name.clone(), value.clone());
+                }
+            }
+        }
+        let (_, stored) = relayed(&due).unwrap();
+        assert_eq!(get(&stored, "Nats-TTL").as_deref(), Some("1h"));
+        assert_eq!(get(&stored, FOR_TTL), None);
+    }
+
+    #[test]
+    fn a_time_past_what_the_server_can_hold_is_refused_without_a_panic() {
+        let now = SystemTime::now();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert!(due(Later::After(year), now).is_ok());
+        for later in [
+            Later::After(year * 300_000),
+            Later::After(Duration::MAX),
+            Later::At(UNIX_EPOCH + LATEST + Duration::from_secs(1)),
+        ] {
+            let why = due(later, now).unwrap_err();
+            assert!(why.starts_with("is due after 9999-12-31T23:59:59Z"), "{why}");
+        }
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + year * 300_000),
+            "9999-12-31T23:59:59.000Z"
+        );
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

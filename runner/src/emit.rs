@@ -358,10 +358,13 @@ impl Emitter {
             let (to, headers) = match emit.later {
                 None => (subject.to_string(), headers),
                 Some(later) => {
+                    let at = delayed::due(later, now).map_err(|why| {
+                        Failure::permanent(format!("emitted event {} {why}", emit.event_type))
+                    })?;
                     hold(&self.js, subject)
                         .await
                         .map_err(|err| failed(emit, &span, err))?;
-                    delayed::holder(subject, &id, later.from(now), headers).map_err(|err| {
+                    delayed::holder(subject, &id, at, headers).map_err(|err| {
                         Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
                     })?
                 }

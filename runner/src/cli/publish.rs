@@ -77,23 +77,28 @@ impl PublishArgs {
 
 /// `--delay`: a duration as the runner reads an emit's `"delay"`.
 fn delay(text: &str) -> Result<Duration, InvalidValue> {
-    humantime::parse_duration(text).map_err(|err| {
+    let delay = humantime::parse_duration(text).map_err(|err| {
         InvalidValue(format!(
             "{text:?} is not a duration like 30s, 10m or 1h30m ({err})"
         ))
-    })
+    })?;
+    delayed::due(Later::After(delay), SystemTime::now())
+        .map_err(|why| InvalidValue(format!("{text:?}: the event {why}")))?;
+    Ok(delay)
 }
 
 /// `--at`: an RFC 3339 time with any offset, as the runner reads an emit's
 /// `"at"`.
 fn at(text: &str) -> Result<SystemTime, InvalidValue> {
-    chrono::DateTime::parse_from_rfc3339(text)
+    let at = chrono::DateTime::parse_from_rfc3339(text)
         .map(SystemTime::from)
         .map_err(|err| {
             InvalidValue(format!(
                 "{text:?} is not an RFC 3339 time like 2026-12-24T18:00:00Z ({err})"
             ))
-        })
+        })?;
+    delayed::due(Later::At(at), SystemTime::now())
+        .map_err(|why| InvalidValue(format!("{text:?}: the event {why}")))
 }
 
 /// A CloudEvents attribute given on the command line: not empty, and fit
@@ -156,7 +161,7 @@ pub(crate) async fn publish(args: PublishArgs, config: Option<Config>) -> anyhow
         let schedules = config
             .as_ref()
             .map_or(SCHEDULES_STREAM, crate::schedule::stream);
-        let at = later.from(now);
+        let at = delayed::due(later, now).map_err(|why| anyhow::anyhow!("the event {why}"))?;
         let ack = hold(&js, schedules, subject, id.as_str(), at, headers, body).await?;
         if args.json {
             println!("{}", scheduled_json(id.as_str(), at, &ack));
@@ -388,7 +393,9 @@ mod tests {
     #[test]
     fn delay_and_at_say_when_and_exclude_each_other() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let when = |argv: &[&str]| parse(argv).unwrap().later().map(|l| l.from(now));
+        let when = |argv: &[&str]| {
+            (parse(argv).unwrap().later()).map(|l| delayed::due(l, now).expect("holdable"))
+        };
         assert_eq!(when(&["a.b"]), None);
         assert_eq!(
             when(&["a.b", "--delay", "1h30m"]),

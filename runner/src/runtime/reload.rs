@@ -136,9 +136,13 @@ pub(crate) async fn reload(
     };
     supervisor.set_drain_timeout(config.shutdown_timeout);
     let changes = supervisor.apply(&config, loaded.functions).await;
-    supervisor
-        .relay_delayed(schedules.then_some(config.schedules_stream.as_str()))
-        .await;
+    // A schedules stream this reload could not confirm (a NATS hiccup)
+    // leaves the relay running as it was.
+    if schedules {
+        supervisor
+            .relay_delayed(Some(config.schedules_stream.as_str()))
+            .await;
+    }
     // The stored schedules follow the functions now running; what fails is
     // tried again at the next reload or start.
     if let Err(err) = crate::schedule::reconcile(js, &config).await {
