@@ -89,11 +89,13 @@ pub(crate) fn due(later: Later, now: SystemTime) -> Result<SystemTime, String> {
         Later::After(delay) => now.checked_add(delay),
         Later::At(at) => Some(at),
     };
-    at.filter(|at| at.duration_since(UNIX_EPOCH).map_or(true, |since| since <= LATEST))
-        .ok_or_else(|| {
-            "is due after 9999-12-31T23:59:59Z, later than nats-server can hold an event"
-                .to_string()
-        })
+    at.filter(|at| {
+        at.duration_since(UNIX_EPOCH)
+            .map_or(true, |since| since <= LATEST)
+    })
+    .ok_or_else(|| {
+        "is due after 9999-12-31T23:59:59Z, later than nats-server can hold an event".to_string()
+    })
 }
 
 /// `at` in RFC 3339 UTC to the millisecond, as `@at` and [`DUE_AT`] carry
@@ -395,7 +397,10 @@ mod tests {
             Later::At(UNIX_EPOCH + LATEST + Duration::from_secs(1)),
         ] {
             let why = due(later, now).unwrap_err();
-            assert!(why.starts_with("is due after 9999-12-31T23:59:59Z"), "{why}");
+            assert!(
+                why.starts_with("is due after 9999-12-31T23:59:59Z"),
+                "{why}"
+            );
         }
         assert_eq!(
             rfc3339(UNIX_EPOCH + year * 300_000),

@@ -163,23 +163,36 @@ pub(crate) async fn publish_batch(
     publish(js, &subject, headers, body).await
 }
 
-/// Why an emit was not stored; for a delayed one, the holder's subject is
-/// not the user's to fix.
-fn words(err: PublishError, emit: &Emit) -> String {
-    match (err, emit.later) {
-        (PublishError::NoStream { .. }, Some(_)) => format!(
+/// Holds the event with id `id` for `subject` until `at` in the schedules
+/// stream ([`delayed`]): every delayed event, a function's, a saga's or
+/// `jetrun publish --delay`'s. The holder's ack; `Err`: why not, in words
+/// a user can act on (retrying may help).
+pub(crate) async fn publish_later(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    at: SystemTime,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<PublishAck, String> {
+    hold(js, subject).await?;
+    let (holder, headers) =
+        delayed::holder(subject, id, at, headers).map_err(|err| err.to_string())?;
+    match publish(js, &holder, headers, body).await {
+        Ok(ack) => Ok(ack),
+        Err(PublishError::NoStream { .. }) => Err(format!(
             "the schedules stream holding delayed events ({}) does not exist; a runner makes \
              it at start (see its log)",
             delayed::SUBJECTS
-        ),
-        (err, _) => err.to_string(),
+        )),
+        Err(err) => Err(err.to_string()),
     }
 }
 
 /// Whether an event for `subject` can be held for later: the server runs
 /// `@at` schedules, and a stream captures the subject (found now, not when
 /// the event is due). `Err`: why not, a retryable failure's words.
-pub(crate) async fn hold(js: &jetstream::Context, subject: &str) -> Result<(), String> {
+async fn hold(js: &jetstream::Context, subject: &str) -> Result<(), String> {
     delayed::check_server(&js.client().server_info().version)?;
     match js.stream_by_subject(subject).await {
         Ok(_) => Ok(()),
@@ -328,7 +341,19 @@ impl Emitter {
         traced: Option<&Span>,
     ) -> Result<usize, Failure> {
         self.check(emits)?;
+        // When each delayed one is due: one the server cannot hold fails
+        // the call before anything is sent.
         let now = SystemTime::now();
+        let due = (emits.iter())
+            .map(|emit| {
+                emit.later
+                    .map(|later| delayed::due(later, now))
+                    .transpose()
+                    .map_err(|why| {
+                        Failure::permanent(format!("emitted event {} {why}", emit.event_type))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let failed = |emit: &Emit, span: &Option<Span>, err: String| {
             if let Some(span) = span {
                 telemetry::failed(span, &err);
@@ -339,7 +364,8 @@ impl Emitter {
             ))
         };
         let mut sent = Vec::with_capacity(emits.len());
-        for (index, emit) in emits.iter().enumerate() {
+        let mut duplicates = 0;
+        for (index, (emit, due)) in emits.iter().zip(due).enumerate() {
             let id = envelope::emitted_id(&self.function, input, index);
             let subject = emit.subject();
             let (span, trace) = match traced {
@@ -355,40 +381,33 @@ impl Emitter {
                         Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
                     })?;
             let body = serde_json::to_vec(&emit.data).unwrap_or_default();
-            let (to, headers) = match emit.later {
-                None => (subject.to_string(), headers),
-                Some(later) => {
-                    let at = delayed::due(later, now).map_err(|why| {
-                        Failure::permanent(format!("emitted event {} {why}", emit.event_type))
-                    })?;
-                    hold(&self.js, subject)
-                        .await
-                        .map_err(|err| failed(emit, &span, err))?;
-                    delayed::holder(subject, &id, at, headers).map_err(|err| {
-                        Failure::permanent(format!("emitted event {}: {err}", emit.event_type))
-                    })?
+            if let Some(at) = due {
+                // Held, its ack awaited here: it is stored later anyway.
+                let ack = publish_later(&self.js, subject, &id, at, headers, body.into())
+                    .await
+                    .map_err(|err| failed(emit, &span, err))?;
+                if ack.duplicate {
+                    duplicates += 1;
+                } else {
+                    self.delayed.inc();
                 }
-            };
-            let ack = match send(&self.js, &to, headers, body.into()).await {
+                continue;
+            }
+            let ack = match send(&self.js, subject, headers, body.into()).await {
                 Ok(ack) => ack,
-                Err(err) => return Err(failed(emit, &span, words(err, emit))),
+                Err(err) => return Err(failed(emit, &span, err.to_string())),
             };
-            sent.push((emit, to, ack, span));
+            sent.push((emit, ack, span));
         }
-        let mut duplicates = 0;
-        for (emit, to, ack, span) in sent {
-            let ack = match acked(&to, ack).await {
+        for (emit, ack, span) in sent {
+            let ack = match acked(emit.subject(), ack).await {
                 Ok(ack) => ack,
-                Err(err) => return Err(failed(emit, &span, words(err, emit))),
+                Err(err) => return Err(failed(emit, &span, err.to_string())),
             };
             if ack.duplicate {
                 duplicates += 1;
             }
-            match emit.later {
-                None => self.emitted.inc(),
-                Some(_) if ack.duplicate => {}
-                Some(_) => self.delayed.inc(),
-            }
+            self.emitted.inc();
         }
         Ok(duplicates)
     }

@@ -224,10 +224,9 @@ async fn hold(
     headers: HeaderMap,
     body: Vec<u8>,
 ) -> anyhow::Result<PublishAck> {
-    emit::hold(js, subject).await.map_err(anyhow::Error::msg)?;
-    let (holder, headers) = delayed::holder(subject, id, at, headers)?;
-    // Made only when missing: making it again would set a runner's stream
-    // to this verb's one replica.
+    // Made only when no stream holds delayed events: one another name
+    // holds (a config's [schedules] stream, with no --config here) is used.
+    let holder = delayed::hold_subject(id);
     match js.stream_by_subject(&holder).await {
         Ok(_) => {}
         Err(err) if err.kind() == GetStreamByNameErrorKind::NotFound => {
@@ -241,9 +240,9 @@ async fn hold(
             return Err(err).with_context(|| format!("cannot look up the stream of {holder}"))
         }
     }
-    emit::publish(js, &holder, headers, body.into())
+    emit::publish_later(js, subject, id, at, headers, body.into())
         .await
-        .with_context(|| format!("cannot hold the event for {subject}"))
+        .map_err(|why| anyhow::anyhow!("cannot hold the event for {subject}: {why}"))
 }
 
 /// What `publish --delay` prints; for a repeat of a held id, without the

@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::machine::{self, Input, Instance, Millis, Outcome, Publish, Received, State, Why};
-use crate::delayed;
 use crate::dispatch::{self, Unit};
 use crate::emit::{self, PublishError};
 use crate::envelope;
@@ -657,26 +656,20 @@ async fn publish(
         emit::publish(&saga.js, &event.event_type, headers, body.into()).await?;
         return Ok(());
     };
-    let cannot_hold = |reason: String| SagaError::Hold {
+    let at = UNIX_EPOCH + Duration::from_millis(due);
+    let ack = emit::publish_later(
+        &saga.js,
+        &event.event_type,
+        &event.event_id,
+        at,
+        headers,
+        body.into(),
+    )
+    .await
+    .map_err(|reason| SagaError::Hold {
         event_type: event.event_type.clone(),
         reason,
-    };
-    emit::hold(&saga.js, &event.event_type)
-        .await
-        .map_err(cannot_hold)?;
-    let at = UNIX_EPOCH + Duration::from_millis(due);
-    let (holder, headers) = delayed::holder(&event.event_type, &event.event_id, at, headers)?;
-    let ack = match emit::publish(&saga.js, &holder, headers, body.into()).await {
-        Ok(ack) => ack,
-        Err(PublishError::NoStream { .. }) => {
-            return Err(cannot_hold(format!(
-                "the schedules stream holding delayed events ({}) does not exist; a runner \
-                 makes it at start (see its log)",
-                delayed::SUBJECTS
-            )))
-        }
-        Err(err) => return Err(err.into()),
-    };
+    })?;
     if !ack.duplicate {
         saga.metrics.delayed.inc();
     }
