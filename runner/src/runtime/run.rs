@@ -17,6 +17,9 @@ use crate::nats::{self, StreamConflict};
 use crate::readiness::Readiness;
 use crate::shutdown::{retry_until, Control};
 
+/// How long a start waits quietly for its first connection to NATS.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
+
 /// How long the final flush of acks may take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -55,6 +58,15 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let client = nats::connect(&connection, &metrics, &readiness).await?;
     let js = async_nats::jetstream::new(client.clone());
+    // The first connection is made in the background: give it a moment
+    // before the setup below says it is waiting.
+    let connecting = tokio::time::Instant::now();
+    while client.server_info().version.is_empty()
+        && connecting.elapsed() < CONNECT_GRACE
+        && !shutdown.is_draining()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let urls = crate::redact::urls(&connection.urls);
     let what =
