@@ -2,13 +2,15 @@
 //! function with a backlog pulls ahead, and when its handler then blocks,
 //! what waits in the buffer is kept alive with in-progress acks, so none is
 //! redelivered behind the runner's back, however long the block. At
-//! `concurrency = 1` the events are still handled in stream order.
+//! `concurrency = 1` the events are still handled in stream order. An idle
+//! function takes an event at once whenever it comes, also just after a pull
+//! request expired.
 
 use std::time::Duration;
 
 use jetrun_e2e::{
-    consumer_info, holds_for, publish_bare, toml_str, wait_ready, wait_until, Runner, TestBed,
-    WORKER_PY,
+    consumer_info, holds_for, publish_bare, stream_messages, toml_str, wait_for_consumer,
+    wait_ready, wait_until, Runner, TestBed, WORKER_PY,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,4 +119,58 @@ timeout = "60s"
     let info = consumer_info(js, TestBed::STREAM, "quick").await.unwrap();
     assert_eq!(info.num_redelivered, 0);
     eprintln!("{held} events held (1 running, the rest buffered) through a 6 s block");
+}
+
+/// An idle function's pull requests expire every 2 s and are renewed; an
+/// event stored around an expiry must not wait for the next pull. Twenty
+/// events at irregular gaps of 0.45 to 1.25 s (about 17 s, eight expiries):
+/// each is echoed within 300 ms of its store but for one, at most, on a
+/// loaded machine. (When the runner renewed a pull only a second after the
+/// server said it expired, about one event in three waited up to that
+/// second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_function_takes_an_event_at_once_whenever_it_comes() {
+    let bed = TestBed::new();
+    let config = bed.write_config(&format!(
+        "{}\n[functions.echo]\nsubjects = [\"ev.in\"]\nbuiltin = \"echo\"\n",
+        bed.base_config()
+    ));
+    let _runner = Runner::start(&config);
+    wait_ready(bed.metrics).await;
+    let js = bed.jetstream().await;
+    wait_for_consumer(&js, TestBed::STREAM, "echo").await;
+    // Past the first pull's expiry, then gaps of 0.45 to 1.25 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    const EVENTS: u64 = 20;
+    for n in 1..=EVENTS {
+        js.publish("ev.in", format!(r#"{{"n":{n}}}"#).into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        tokio::time::sleep(Duration::from_millis(450 + (n * 7919 % 800))).await;
+    }
+    let stored = |js: async_nats::jetstream::Context| async move {
+        let messages = stream_messages(&js, TestBed::STREAM).await;
+        let at = |subject: &str| -> Vec<f64> {
+            (messages.iter())
+                .filter(|m| m.subject.as_str() == subject)
+                .map(|m| m.time.unix_timestamp_nanos() as f64 / 1e9)
+                .collect()
+        };
+        (at("ev.in"), at("ev.in.echoed"))
+    };
+    wait_until(Duration::from_secs(20), "every event echoed", || {
+        let js = js.clone();
+        async move { stored(js).await.1.len() as u64 == EVENTS }
+    })
+    .await;
+    let (inputs, echoes) = stored(js.clone()).await;
+    // One at a time, so each echo follows its own input.
+    let waits: Vec<f64> = inputs.iter().zip(&echoes).map(|(i, e)| e - i).collect();
+    let slow: Vec<&f64> = waits.iter().filter(|w| **w > 0.3).collect();
+    assert!(
+        slow.len() <= 1,
+        "events waited more than 300 ms for an idle function: {slow:?} of {waits:?}"
+    );
 }

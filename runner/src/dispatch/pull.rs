@@ -334,11 +334,12 @@ impl Out {
         self.outstanding = self.outstanding.saturating_sub(left);
     }
 
-    /// The next message; the server's status notes (a request expired or
-    /// ended with messages left, a heartbeat) are accounted for on the way.
-    /// Pending while nothing was asked for. Cancel-safe: nothing changes
-    /// across an await.
-    async fn next(&mut self) -> Result<Message, async_nats::Error> {
+    /// The next message, or `None` when a request ended (expired, or ended
+    /// with messages left: the caller pulls again at once, or a message
+    /// stored meanwhile waits for the grace after its expiry); a heartbeat
+    /// is skipped. Pending while nothing was asked for. Cancel-safe: nothing
+    /// changes across an await.
+    async fn next(&mut self) -> Result<Option<Message>, async_nats::Error> {
         loop {
             let Some(subscription) = self.subscription.as_mut() else {
                 return std::future::pending().await;
@@ -361,10 +362,10 @@ impl Out {
                             self.pin = Some(pin.to_string());
                         }
                     }
-                    return Ok(Message {
+                    return Ok(Some(Message {
                         message,
                         context: self.js.clone(),
-                    });
+                    }));
                 }
                 StatusCode::IDLE_HEARTBEAT => {}
                 // Another runner holds the pin now: this request is over;
@@ -381,6 +382,7 @@ impl Out {
                         return Err("the consumer was deleted".into());
                     }
                     self.request_ended(&message);
+                    return Ok(None);
                 }
                 status => {
                     return Err(format!(
@@ -597,10 +599,12 @@ impl Pulling<'_> {
                     // of this select.
                     loop {
                         match pulled {
-                            Ok(message) => {
+                            Ok(Some(message)) => {
                                 self.sync_pin(&out, keyed, ack_wait).await;
                                 self.receive(message, &mut buffer, &mut backlog, in_flight, keyed, &mut skipped);
                             }
+                            // A request ended: plan (and pull) again now.
+                            Ok(None) => break,
                             Err(err) => {
                                 tracing::warn!(%err, "Pull request ended with an error; pulling again.");
                                 paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
