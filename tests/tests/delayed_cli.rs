@@ -86,6 +86,21 @@ async fn stored(js: &Context, subject: &str) -> Vec<Stored> {
         .collect()
 }
 
+/// Waits up to `within` for an event on `subject`, then a second more:
+/// there is one, and only one.
+async fn stored_once(js: &Context, subject: &str, within: Duration) {
+    wait_until(within, &format!("an event stored on {subject}"), || {
+        let js = js.clone();
+        async move { count(&js, subject).await >= 1 }
+    })
+    .await;
+    holds_for(Duration::from_secs(1), "stored once", || {
+        let js = js.clone();
+        async move { count(&js, subject).await == 1 }
+    })
+    .await;
+}
+
 async fn count(js: &Context, subject: &str) -> usize {
     stored(js, subject).await.len()
 }
@@ -140,16 +155,7 @@ async fn a_delayed_publish_is_listed_then_stored_once_on_time() {
         "not stored before its time"
     );
 
-    wait_until(Duration::from_secs(10), "the delayed event stored", || {
-        let js = js.clone();
-        async move { count(&js, "ev.later").await >= 1 }
-    })
-    .await;
-    holds_for(Duration::from_secs(1), "stored once", || {
-        let js = js.clone();
-        async move { count(&js, "ev.later").await == 1 }
-    })
-    .await;
+    stored_once(&js, "ev.later", Duration::from_secs(10)).await;
     let events = stored(&js, "ev.later").await;
     let event = &events[0];
     let after = event.at - before;
@@ -351,16 +357,7 @@ async fn held_with_no_runner_up_and_delivered_once_one_starts() {
     assert!(out.starts_with("cancelled early-2: "), "{out}");
 
     let _runner = Runner::start(&config);
-    wait_until(Duration::from_secs(30), "the event stored", || {
-        let js = js.clone();
-        async move { count(&js, "ev.early").await >= 1 }
-    })
-    .await;
-    holds_for(Duration::from_secs(1), "stored once", || {
-        let js = js.clone();
-        async move { count(&js, "ev.early").await == 1 }
-    })
-    .await;
+    stored_once(&js, "ev.early", Duration::from_secs(30)).await;
     let events = stored(&js, "ev.early").await;
     assert_eq!(events[0].id.as_deref(), Some("early-1"));
     assert_eq!(events[0].body, r#"{"n":2}"#);

@@ -848,9 +848,9 @@ async fn holder(stream: &Stream, subject: &str) -> anyhow::Result<Option<Holder>
         .and_then(|m| Holder::read(subject, &m.headers, stored_time(m.time))))
 }
 
-/// Every holder on the subjects `filter` matches, by subject.
-async fn holders(stream: &Stream, filter: &str) -> anyhow::Result<Vec<Holder>> {
-    let mut subjects: Vec<String> = stream
+/// The subjects of `stream` that `filter` matches and hold a message.
+async fn subjects(stream: &Stream, filter: &str) -> anyhow::Result<Vec<String>> {
+    stream
         .clone()
         .info_with_subjects(filter)
         .await
@@ -858,7 +858,12 @@ async fn holders(stream: &Stream, filter: &str) -> anyhow::Result<Vec<Holder>> {
         .map_ok(|(subject, _)| subject)
         .try_collect()
         .await
-        .context("cannot read the schedules stream")?;
+        .context("cannot read the schedules stream")
+}
+
+/// Every holder on the subjects `filter` matches, by subject.
+async fn holders(stream: &Stream, filter: &str) -> anyhow::Result<Vec<Holder>> {
+    let mut subjects = subjects(stream, filter).await?;
     subjects.sort();
     let mut found = Vec::new();
     for subject in subjects {
@@ -872,15 +877,7 @@ async fn holders(stream: &Stream, filter: &str) -> anyhow::Result<Vec<Holder>> {
 /// The delayed events in `stream`, soonest first: each held one (the last
 /// message on its hold subject), and each due one not yet relayed.
 async fn pending(stream: &Stream) -> anyhow::Result<Vec<Pending>> {
-    let subjects: Vec<String> = stream
-        .clone()
-        .info_with_subjects(delayed::SUBJECTS)
-        .await
-        .context("cannot read the schedules stream")?
-        .map_ok(|(subject, _)| subject)
-        .try_collect()
-        .await
-        .context("cannot read the schedules stream")?;
+    let subjects = subjects(stream, delayed::SUBJECTS).await?;
     let held = delayed::held_subjects();
     let mut found = Vec::new();
     for subject in subjects {
