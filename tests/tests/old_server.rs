@@ -95,16 +95,20 @@ echo '{"emit": [{"type": "ev.reminder", "data": {}, "delay": "1s"}]}'
         .expect("publish")
         .await
         .expect("stored");
-    wait_until(Duration::from_secs(20), "the echo and the dead letter", || {
-        let js = &js;
-        async move {
-            let echoed = stream_messages(js, TestBed::STREAM)
-                .await
-                .iter()
-                .any(|m| m.subject.as_str() == "ev.in.echoed");
-            echoed && !stream_messages(js, "DLQ").await.is_empty()
-        }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "the echo and the dead letter",
+        || {
+            let js = &js;
+            async move {
+                let echoed = stream_messages(js, TestBed::STREAM)
+                    .await
+                    .iter()
+                    .any(|m| m.subject.as_str() == "ev.in.echoed");
+                echoed && !stream_messages(js, "DLQ").await.is_empty()
+            }
+        },
+    )
     .await;
     let letters = stream_messages(&js, "DLQ").await;
     let error = header(&letters[0].headers, "Jetrun-Error").unwrap_or_default();
