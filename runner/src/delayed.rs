@@ -146,19 +146,36 @@ pub(crate) fn holder(
     Ok((hold_subject(id), headers))
 }
 
-/// The relay's consumer on the schedules stream `stream`: patient (a
-/// subject's stream may be made after its event was delayed), and
-/// dead-lettered to `dlq.jetrun-delayed` only after about an hour of tries.
-pub(crate) fn unit(stream: &str) -> Unit {
+/// Where the relay reads (the schedules stream) and where it dead-letters
+/// (`<[dead_letters] prefix>.jetrun-delayed`), as a config says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayAt {
+    pub(crate) stream: String,
+    pub(crate) dead_letter: String,
+}
+
+impl RelayAt {
+    pub(crate) fn of(config: &jetrun_config::Config) -> RelayAt {
+        RelayAt {
+            stream: config.schedules_stream.clone(),
+            dead_letter: config.dead_letters.subject(RELAY),
+        }
+    }
+}
+
+/// The relay's consumer on the schedules stream: patient (a subject's
+/// stream may be made after its event was delayed), and dead-lettered only
+/// after about an hour of tries.
+pub(crate) fn unit(at: &RelayAt) -> Unit {
     Unit {
         name: RELAY.to_string(),
         serves: "delayed events".to_string(),
         binding: StreamBinding {
             consumer: RELAY.to_string(),
             subjects: vec![DUE.to_string()],
-            stream: stream.to_string(),
+            stream: at.stream.clone(),
             managed: true,
-            dead_letter: format!("dlq.{RELAY}"),
+            dead_letter: at.dead_letter.clone(),
             ack_wait: Duration::from_secs(30),
             // Failed relays wait out their backoff unacked: one stream that
             // is gone must not use up what the others need.

@@ -205,6 +205,15 @@ pub(crate) async fn dlq(args: DlqArgs) -> ExitCode {
     session::exit(
         async {
             let (place, guard, nats) = match &loaded {
+                // The relay of delayed events is no function of the config.
+                Some(loaded) if target.function == crate::delayed::RELAY => {
+                    let config = &loaded.config;
+                    let guard = Guard {
+                        reserved: Reserved::of(config),
+                        emits: None,
+                    };
+                    (Place::of_relay(config), guard, Some(&config.nats))
+                }
                 Some(loaded) => {
                     let config = &loaded.config;
                     let function =
@@ -284,6 +293,17 @@ impl Place {
             subject,
             stream,
             shared,
+        }
+    }
+
+    /// Where the relay of delayed events dead-letters, as `config` says.
+    pub(super) fn of_relay(config: &Config) -> Place {
+        let at = crate::delayed::RelayAt::of(config);
+        Place {
+            function: crate::delayed::RELAY.to_string(),
+            subject: at.dead_letter,
+            stream: config.dead_letters.stream.clone(),
+            shared: false,
         }
     }
 
@@ -924,6 +944,12 @@ impl Plan {
         }
         let subject = match (to, h("Jetrun-Original-Subject")) {
             (Some(to), _) => to.to_string(),
+            // A delayed event the relay could not store: to its own
+            // subject, now that its time is past.
+            (None, Some(crate::delayed::DUE)) => match h(crate::delayed::FOR_SUBJECT) {
+                Some(subject) => subject.to_string(),
+                None => return Err(NotReplayable::NoSubject),
+            },
             (None, Some(original)) => original.to_string(),
             (None, None) => return Err(NotReplayable::NoSubject),
         };
@@ -1084,6 +1110,45 @@ mod tests {
         ("Jetrun-Failed-At", "2024-05-01T10:00:00.000Z"),
         ("Nats-Msg-Id", "ORDERS@1714557600000000000:7:reserve-stock"),
     ];
+
+    #[test]
+    fn a_delayed_event_the_relay_dead_lettered_is_replayed_to_its_own_subject() {
+        let letter: &[(&str, &str)] = &[
+            ("ce-id", "remind-7"),
+            ("Jetrun-Delayed-Subject", "order.reminder"),
+            ("Jetrun-Delayed-Id", "remind-7"),
+            ("Jetrun-Function", "jetrun-delayed"),
+            ("Jetrun-Reason", "exhausted"),
+            ("Jetrun-Original-Subject", "jetrun.delayed.due"),
+            ("Jetrun-Original-Stream", "JETRUN_SCHEDULES"),
+            ("Jetrun-Original-Sequence", "9"),
+        ];
+        let plan = Plan::of(&message(3, "dlq.jetrun-delayed", letter, b"{}"), None).unwrap();
+        assert_eq!(plan.subject, "order.reminder");
+        assert_eq!(header(&plan.headers, "Jetrun-Delayed-Subject"), None);
+        assert_eq!(header(&plan.headers, "ce-id"), Some("remind-7"));
+        let without: Vec<_> = (letter.iter())
+            .filter(|(n, _)| *n != "Jetrun-Delayed-Subject")
+            .copied()
+            .collect();
+        assert!(Plan::of(&message(3, "dlq.jetrun-delayed", &without, b"{}"), None).is_err());
+        let config = jetrun_config::parse(
+            "[dead_letters]\nprefix = \"team.dlq\"\n[streams.EV]\nsubjects = [\"ev.>\"]\n\
+             [functions.f]\nsubjects = [\"ev.x\"]\nexec = [\"true\"]\n",
+            &Default::default(),
+            std::path::Path::new("."),
+            &[],
+        )
+        .expect("valid config");
+        let place = Place::of_relay(&config);
+        assert_eq!(
+            (place.subject.as_str(), place.stream.as_str()),
+            (
+                "team.dlq.jetrun-delayed",
+                config.dead_letters.stream.as_str()
+            )
+        );
+    }
 
     #[test]
     fn a_replay_drops_jetrun_headers_and_carries_its_own_id() {

@@ -140,7 +140,7 @@ pub(crate) async fn reload(
     // leaves the relay running as it was.
     if schedules {
         supervisor
-            .relay_delayed(Some(config.schedules_stream.as_str()))
+            .relay_delayed(Some(crate::delayed::RelayAt::of(&config)))
             .await;
     }
     // The stored schedules follow the functions now running; what fails is

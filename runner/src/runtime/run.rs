@@ -108,7 +108,7 @@ pub(crate) async fn run(loaded: Loaded, source: Source) -> anyhow::Result<()> {
     );
     supervisor.apply(&config, functions).await;
     supervisor
-        .relay_delayed(schedules.then_some(config.schedules_stream.as_str()))
+        .relay_delayed(schedules.then(|| crate::delayed::RelayAt::of(&config)))
         .await;
     tracing::info!(
         functions = config.functions.len(),

@@ -51,8 +51,8 @@ impl Part for SagaConfig {
     }
 }
 
-/// The relay of delayed events, by the schedules stream it reads.
-impl Part for String {
+/// The relay of delayed events, by where it reads and dead-letters.
+impl Part for delayed::RelayAt {
     fn stopped(_: &str) {
         tracing::info!("Relay of delayed events stopped.");
     }
@@ -69,7 +69,7 @@ pub(crate) struct Supervisor {
     functions: BTreeMap<String, Running<FunctionConfig>>,
     sagas: BTreeMap<String, Running<SagaConfig>>,
     /// The relay of delayed events, when the schedules stream is there.
-    relay: Option<Running<String>>,
+    relay: Option<Running<delayed::RelayAt>>,
     /// What no emit may reach, for the config applied last.
     reserved: Arc<Reserved>,
 }
@@ -175,7 +175,7 @@ impl Supervisor {
         let timeout = self.drain_timeout;
         let functions = std::mem::take(&mut self.functions).into_iter();
         let sagas = std::mem::take(&mut self.sagas).into_iter();
-        let relay = self.relay.take().map(|r| (r.config.clone(), r));
+        let relay = self.relay.take().map(|r| (delayed::RELAY.to_string(), r));
         futures::future::join3(
             futures::future::join_all(functions.map(|r| stop(r, timeout))),
             futures::future::join_all(sagas.map(|r| stop(r, timeout))),
@@ -184,23 +184,23 @@ impl Supervisor {
         .await;
     }
 
-    /// Relays the delayed events of schedules stream `stream` (`None`: the
-    /// stream is not there, none are relayed): started, or moved to another
-    /// stream, or stopped.
-    pub(crate) async fn relay_delayed(&mut self, stream: Option<&str>) {
-        if self.relay.as_ref().map(|r| r.config.as_str()) == stream {
+    /// Relays the delayed events of the schedules stream `at` says (`None`:
+    /// the stream is not there, none are relayed): started, or moved, or
+    /// stopped.
+    pub(crate) async fn relay_delayed(&mut self, at: Option<delayed::RelayAt>) {
+        if self.relay.as_ref().map(|r| &r.config) == at.as_ref() {
             return;
         }
         if let Some(running) = self.relay.take() {
             self.readiness.remove(delayed::RELAY);
-            stop((running.config.clone(), running), self.drain_timeout).await;
+            stop((delayed::RELAY.to_string(), running), self.drain_timeout).await;
         }
-        let Some(stream) = stream else { return };
+        let Some(at) = at else { return };
         self.readiness.add(delayed::RELAY);
         let handles = self.metrics.for_function(delayed::RELAY);
         let relay = delayed::Relay::handler(&self.js, self.metrics.delayed_late.clone());
         let shared = Arc::new(dispatch::Shared {
-            unit: delayed::unit(stream),
+            unit: delayed::unit(&at),
             handler: layers::Metered::wrap(relay, &handles),
             emitter: None,
             js: self.js.clone(),
@@ -217,7 +217,7 @@ impl Supervisor {
             move || dispatch::run(shared.clone(), readiness.clone(), stop.clone()),
         );
         self.relay = Some(Running {
-            config: stream.to_string(),
+            config: at,
             control,
             task,
         });
