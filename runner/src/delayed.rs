@@ -14,7 +14,7 @@
 //! 2. **Relayed.** At its time the server stores it on `jetrun.delayed.due`
 //!    (and purges the holder). Every runner consumes that subject with one
 //!    shared durable consumer, `jetrun-delayed`, run by `dispatch` like any
-//!    function's, so retries, dead letters (`dlq.jetrun-delayed`), metrics
+//!    function's, so retries, dead letters (`<prefix>.jetrun-delayed`), metrics
 //!    and drain are the core's. Its handler, [`Relay`], publishes the event
 //!    to its subject with `Nats-Msg-Id` = its id (a relay tried again is
 //!    stored once), then deletes the due message, then the core acks it.

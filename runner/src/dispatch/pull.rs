@@ -334,10 +334,10 @@ impl Out {
         self.outstanding = self.outstanding.saturating_sub(left);
     }
 
-    /// The next message, or `None` when a request ended (expired, or ended
-    /// with messages left: the caller pulls again at once, or a message
-    /// stored meanwhile waits for the grace after its expiry); a heartbeat
-    /// is skipped. Pending while nothing was asked for. Cancel-safe: nothing
+    /// The next message, or `None` when a request expired (the caller pulls
+    /// again at once: a message stored meanwhile would otherwise wait for
+    /// the grace after the expiry); a heartbeat, and a request the server
+    /// ended with messages left, are accounted for on the way. Pending while nothing was asked for. Cancel-safe: nothing
     /// changes across an await.
     async fn next(&mut self) -> Result<Option<Message>, async_nats::Error> {
         loop {
@@ -382,7 +382,13 @@ impl Out {
                         return Err("the consumer was deleted".into());
                     }
                     self.request_ended(&message);
-                    return Ok(None);
+                    // An expired request is renewed at once; one the server
+                    // ended for another reason (too many requests waiting, a
+                    // leader change) waits for the next turn, so a refusal
+                    // is not asked again in a tight loop.
+                    if message.status == Some(StatusCode::TIMEOUT) {
+                        return Ok(None);
+                    }
                 }
                 status => {
                     return Err(format!(
