@@ -50,7 +50,7 @@ pub(crate) const FOR_ID: &str = "Jetrun-Delayed-Id";
 /// When it is due, RFC 3339 UTC (the server strips `Nats-Schedule`).
 pub(crate) const DUE_AT: &str = "Jetrun-Delayed-At";
 /// The event's own `Nats-TTL`, while it is held.
-const FOR_TTL: &str = "Jetrun-Delayed-TTL";
+pub(crate) const FOR_TTL: &str = "Jetrun-Delayed-TTL";
 
 const NATS_SCHEDULE: HeaderName = HeaderName::from_static("Nats-Schedule");
 const NATS_TARGET: HeaderName = HeaderName::from_static("Nats-Schedule-Target");

@@ -192,7 +192,7 @@ pub(crate) async fn publish_later(
 /// Whether an event for `subject` can be held for later: the server runs
 /// `@at` schedules, and a stream captures the subject (found now, not when
 /// the event is due). `Err`: why not, a retryable failure's words.
-async fn hold(js: &jetstream::Context, subject: &str) -> Result<(), String> {
+pub(crate) async fn hold(js: &jetstream::Context, subject: &str) -> Result<(), String> {
     delayed::check_server(&js.client().server_info().version)?;
     match js.stream_by_subject(subject).await {
         Ok(_) => Ok(()),

@@ -971,6 +971,12 @@ impl Plan {
             None => format!("replay:{}:{stream}:{sequence}", message.sequence),
         };
         headers.put(HeaderName::from_static("Nats-Msg-Id"), &id)?;
+        // A delayed event's own TTL, which it carried while held.
+        if h("Jetrun-Original-Subject") == Some(crate::delayed::DUE) {
+            if let Some(ttl) = h(crate::delayed::FOR_TTL) {
+                headers.put(HeaderName::from_static("Nats-TTL"), ttl)?;
+            }
+        }
         if let Some(blocker) = blocker_of(message) {
             headers.put(HeaderName::from_static(park::UNPARKS), &blocker.to_string())?;
         }
@@ -1117,6 +1123,7 @@ mod tests {
             ("ce-id", "remind-7"),
             ("Jetrun-Delayed-Subject", "order.reminder"),
             ("Jetrun-Delayed-Id", "remind-7"),
+            ("Jetrun-Delayed-TTL", "1h"),
             ("Jetrun-Function", "jetrun-delayed"),
             ("Jetrun-Reason", "exhausted"),
             ("Jetrun-Original-Subject", "jetrun.delayed.due"),
@@ -1126,6 +1133,7 @@ mod tests {
         let plan = Plan::of(&message(3, "dlq.jetrun-delayed", letter, b"{}"), None).unwrap();
         assert_eq!(plan.subject, "order.reminder");
         assert_eq!(header(&plan.headers, "Jetrun-Delayed-Subject"), None);
+        assert_eq!(header(&plan.headers, "Nats-TTL"), Some("1h"));
         assert_eq!(header(&plan.headers, "ce-id"), Some("remind-7"));
         let without: Vec<_> = (letter.iter())
             .filter(|(n, _)| *n != "Jetrun-Delayed-Subject")

@@ -224,6 +224,9 @@ async fn hold(
     headers: HeaderMap,
     body: Vec<u8>,
 ) -> anyhow::Result<PublishAck> {
+    // Checked before the schedules stream is made: a hold that cannot
+    // happen leaves nothing behind.
+    emit::hold(js, subject).await.map_err(anyhow::Error::msg)?;
     // Made only when no stream holds delayed events: one another name
     // holds (a config's [schedules] stream, with no --config here) is used.
     let holder = delayed::hold_subject(id);

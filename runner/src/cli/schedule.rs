@@ -718,7 +718,17 @@ async fn cancel(config: Option<&Config>, args: &CancelArgs) -> Result<ExitCode, 
         };
         match stream.delete_message(due.sequence).await {
             Ok(true) => removed = Some(due),
-            _ => return not_held(Some(&due)),
+            Ok(false) => return not_held(Some(&due)),
+            Err(err) if err.to_string().contains("no message found") => {
+                return not_held(Some(&due))
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!(
+                        "cannot remove due event {id} from stream {stream_name}"
+                    ))
+                    .into())
+            }
         }
     }
     let Some(removed) = removed else {

@@ -337,8 +337,9 @@ impl Out {
     /// The next message, or `None` when a request expired (the caller pulls
     /// again at once: a message stored meanwhile would otherwise wait for
     /// the grace after the expiry); a heartbeat, and a request the server
-    /// ended with messages left, are accounted for on the way. Pending while nothing was asked for. Cancel-safe: nothing
-    /// changes across an await.
+    /// ended with messages left, are accounted for on the way. Pending
+    /// while nothing was asked for. Cancel-safe: nothing changes across an
+    /// await.
     async fn next(&mut self) -> Result<Option<Message>, async_nats::Error> {
         loop {
             let Some(subscription) = self.subscription.as_mut() else {
@@ -609,7 +610,7 @@ impl Pulling<'_> {
                                 self.sync_pin(&out, keyed, ack_wait).await;
                                 self.receive(message, &mut buffer, &mut backlog, in_flight, keyed, &mut skipped);
                             }
-                            // A request ended: plan (and pull) again now.
+                            // A request expired: plan (and pull) again now.
                             Ok(None) => break,
                             Err(err) => {
                                 tracing::warn!(%err, "Pull request ended with an error; pulling again.");
