@@ -176,6 +176,19 @@ pub(crate) async fn publish_later(
     body: Bytes,
 ) -> Result<PublishAck, String> {
     hold(js, subject).await?;
+    store_held(js, subject, id, at, headers, body).await
+}
+
+/// The second half of [`publish_later`], once [`hold`] said yes: the
+/// holder stored.
+pub(crate) async fn store_held(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    at: SystemTime,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<PublishAck, String> {
     let (holder, headers) =
         delayed::holder(subject, id, at, headers).map_err(|err| err.to_string())?;
     match publish(js, &holder, headers, body).await {

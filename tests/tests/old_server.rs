@@ -40,20 +40,24 @@ async fn a_cron_schedule_on_nats_server_2_11_stops_the_runner_naming_both_versio
         "{}\n[functions.report]\nschedule = \"*/2 * * * * *\"\nbuiltin = \"noop\"\n",
         bed.base_config()
     ));
-    let mut runner = Runner::start(&config);
+    stops_saying(
+        &config,
+        "schedule \"*/2 * * * * *\" of function report needs nats-server 2.14 or later; the \
+         server is 2.11.11",
+    )
+    .await;
+}
+
+/// Starts a runner on `config` and checks it stops with exit status 1,
+/// its log saying `why`.
+async fn stops_saying(config: &std::path::Path, why: &str) {
+    let mut runner = Runner::start(config);
     let status = runner
         .wait_exit(Duration::from_secs(30))
         .await
         .expect("the runner stops");
     assert_eq!(status.code(), Some(1), "{}", runner.log());
-    assert!(
-        runner.log().contains(
-            "schedule \"*/2 * * * * *\" of function report needs nats-server 2.14 or later; \
-             the server is 2.11.11"
-        ),
-        "{}",
-        runner.log()
-    );
+    assert!(runner.log().contains(why), "{}", runner.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,18 +142,10 @@ async fn a_delayed_saga_step_on_nats_server_2_11_stops_the_runner_naming_both_ve
          success = \"ev.reminded\"\ndelay = \"1h\"\n",
         bed.base_config()
     ));
-    let mut runner = Runner::start(&config);
-    let status = runner
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("the runner stops");
-    assert_eq!(status.code(), Some(1), "{}", runner.log());
-    assert!(
-        runner.log().contains(
-            "step remind of saga pay has a delay, which needs nats-server 2.12 or later; the \
-             server is 2.11.11"
-        ),
-        "{}",
-        runner.log()
-    );
+    stops_saying(
+        &config,
+        "step remind of saga pay has a delay, which needs nats-server 2.12 or later; the server \
+         is 2.11.11",
+    )
+    .await;
 }

@@ -243,7 +243,7 @@ async fn hold(
             return Err(err).with_context(|| format!("cannot look up the stream of {holder}"))
         }
     }
-    emit::publish_later(js, subject, id, at, headers, body.into())
+    emit::store_held(js, subject, id, at, headers, body.into())
         .await
         .map_err(|why| anyhow::anyhow!("cannot hold the event for {subject}: {why}"))
 }
